@@ -1,0 +1,567 @@
+# Accumulation: decoded SSE events in, stream events and the message state out. Knows the Messages API's
+# event grammar (message_start, content_block_start/delta/stop, message_delta, message_stop, ping, error)
+# and passes anything else through. No I/O, no framing.
+#
+# Cost model: every handler does O(1) work plus the size of what it receives. Text and tool-input deltas
+# are appended to lists; snapshots are built only when an event's `.snapshot` or the message is read. The
+# tool-input parser is advanced lazily, fragment by fragment, so reading every snapshot in order costs
+# O(n) parsing in total (see partial_json.py).
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+from jiter import from_json
+
+from .errors import APIStreamError, IncompleteStreamError, ToolInputError, UsageError
+from .events import (
+    CitationEvent,
+    ContentBlockDeltaEvent,
+    ContentBlockStartEvent,
+    ContentBlockStopEvent,
+    Data,
+    Event,
+    InputJsonEvent,
+    MessageDeltaEvent,
+    MessageStartEvent,
+    MessageStopEvent,
+    SignatureEvent,
+    TextEvent,
+    ThinkingEvent,
+    UnknownEvent,
+    _Lazy,
+)
+from .partial_json import MISSING, PartialJSONError, ToolInputParser
+from .repair import Repair, decode_event_json
+from .sse import ServerSentEvent
+
+__all__ = ["MAX_REPAIRS", "MessageAccumulator", "PartialMode", "check_partial_mode"]
+
+PartialMode = Literal["on", "trailing-strings"]
+MAX_REPAIRS = 10_000
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _empty_message() -> dict[str, Any]:
+    return {
+        "id": "",
+        "type": "message",
+        "role": "assistant",
+        "model": "",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
+
+
+class _Joined:
+    """A growing string kept as parts; snapshot k is the join of the first k parts (cached, so reading
+    snapshots in order costs O(total length) joins of new parts... plus one copy per read)."""
+
+    __slots__ = ("_cache", "_cache_n", "parts")
+
+    def __init__(self, initial: str) -> None:
+        self.parts: list[str] = [initial] if initial else []
+        self._cache = ""
+        self._cache_n = 0
+
+    def snapshot_at(self, n: int) -> str:
+        if n == self._cache_n:
+            return self._cache
+        if n > self._cache_n:
+            value = self._cache + "".join(self.parts[self._cache_n : n])
+        else:
+            value = "".join(self.parts[:n])
+        self._cache, self._cache_n = value, n
+        return value
+
+    def value(self) -> str:
+        return self.snapshot_at(len(self.parts))
+
+
+class _Citations:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def snapshot_at(self, n: int) -> list[Any]:
+        return [Data(c) if type(c) is dict else c for c in self.items[:n]]
+
+
+class _ToolInput:
+    """The fragments of one tool block's input, and a parser advanced only as far as snapshots are read."""
+
+    __slots__ = ("_parser", "_parser_n", "_start", "fragments", "mode")
+
+    def __init__(self, start: Any, mode: PartialMode) -> None:
+        self._start = start
+        self.mode: PartialMode = mode
+        self.fragments: list[str] = []
+        self._parser: ToolInputParser | None = None
+        self._parser_n = 0
+
+    def raw(self) -> str:
+        return "".join(self.fragments)
+
+    def snapshot_at(self, n: int) -> Any:
+        if n < self._parser_n:  # an old event's snapshot read late: parse that prefix afresh
+            parser = ToolInputParser(partial_mode=self.mode)
+            parser.feed("".join(self.fragments[:n]))
+            value = parser.snapshot()
+        else:
+            parser = self._parser
+            if parser is None:
+                parser = self._parser = ToolInputParser(partial_mode=self.mode)
+            for fragment in self.fragments[self._parser_n : n]:
+                parser.feed(fragment)
+            self._parser_n = n
+            value = parser.snapshot()
+        return self._start if value is MISSING else value
+
+    def finish(self, index: int) -> tuple[Any, list[tuple[str, str]]]:
+        """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError."""
+        text = "".join(self.fragments)
+        repairs: list[tuple[str, str]] = []
+        if not text.strip():
+            return self._start, repairs
+        if self._start not in ({}, None):
+            repairs.append(("tool_input_replaced_start", f"start input {json.dumps(self._start)[:200]}"))
+        try:
+            value = json.loads(text, strict=False)
+        except ValueError:
+            pass
+        else:
+            if _CONTROL.search(text) is not None:
+                try:
+                    json.loads(text)
+                except ValueError:
+                    repairs.append(("tool_input_control_characters", "raw control characters kept in strings"))
+            return value, repairs
+        parser = ToolInputParser(partial_mode=self.mode)
+        parser.feed(text)
+        try:
+            value = parser.finish()
+        except PartialJSONError as exc:
+            values = parser.values
+            if exc.reason != "multiple values" or not values or not all(type(v) is dict for v in values):
+                raise
+            value = {}
+            for part in values:
+                value.update(part)
+            repairs.append(("tool_input_multiple_values", f"merged {len(values)} JSON objects in order"))
+        kinds = {kind for kind, _, _ in parser.repairs}
+        if "control_character" in kinds:
+            repairs.append(("tool_input_control_characters", "raw control characters kept in strings"))
+        if "invalid_escape" in kinds:
+            count = sum(1 for kind, _, _ in parser.repairs if kind == "invalid_escape")
+            repairs.append(("tool_input_invalid_escape", f"kept {count} invalid escape(s) literally"))
+        return value, repairs
+
+
+_TEXT, _THINKING, _TOOL, _OTHER = 0, 1, 2, 3
+
+
+class _Block:
+    __slots__ = ("block", "citations", "closed", "index", "kind", "text", "tool")
+
+    def __init__(self, index: int, block: dict[str, Any], mode: PartialMode) -> None:
+        self.index = index
+        self.block = block
+        self.closed = False
+        self.text: _Joined | None = None
+        self.tool: _ToolInput | None = None
+        self.citations: _Citations | None = None
+        btype = block.get("type")
+        if btype == "text" and type(block.get("text", "")) is str:
+            self.kind = _TEXT
+            self.text = _Joined(block.get("text") or "")
+        elif btype == "thinking" and type(block.get("thinking", "")) is str:
+            self.kind = _THINKING
+            self.text = _Joined(block.get("thinking") or "")
+        elif "input" in block:
+            self.kind = _TOOL
+            self.tool = _ToolInput(block["input"], mode)
+        else:
+            self.kind = _OTHER
+
+    def materialize(self, final: bool) -> dict[str, Any]:
+        """The block as a Messages API dict. ``final`` parses tool input completely (may raise)."""
+        out = dict(self.block)
+        if self.text is not None:
+            out["text" if self.kind == _TEXT else "thinking"] = self.text.value()
+        if self.citations is not None:
+            out["citations"] = list(self.citations.items)
+        if self.tool is not None:
+            if final:
+                out["input"] = self.tool.finish(self.index)[0]
+            else:
+                out["input"] = self.tool.snapshot_at(len(self.tool.fragments))
+        return out
+
+
+class MessageAccumulator:
+    """Turns decoded SSE events into stream events and an accumulated message.
+
+    ``handle(sse, out)`` appends the events for one SSE event to ``out``; ``end(out)`` closes the stream.
+    Errors raised: APIStreamError, IncompleteStreamError, ToolInputError, EventDecodeError.
+    """
+
+    def __init__(self, *, partial_mode: PartialMode = "on") -> None:
+        self.partial_mode: PartialMode = partial_mode
+        self.repairs: list[Repair] = []
+        self.stopped = False  # message_stop seen
+        self.stop_reason_seen = False
+        self._message: dict[str, Any] | None = None
+        self._blocks: dict[int, _Block] = {}
+        self._sse: ServerSentEvent | None = None  # the event being handled, for repair records
+        self._handlers: dict[str, Callable[[dict[str, Any], list[Event]], None]] = {
+            "content_block_delta": self._on_block_delta,
+            "content_block_start": self._on_block_start,
+            "content_block_stop": self._on_block_stop,
+            "message_start": self._on_message_start,
+            "message_delta": self._on_message_delta,
+            "message_stop": self._on_message_stop,
+            "ping": self._on_ping,
+            "error": self._on_error,
+        }
+
+    # -- snapshots ---------------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._message is not None
+
+    def message(self) -> dict[str, Any] | None:
+        """The message so far as a fresh dict (tool inputs as partial snapshots), or None before any event."""
+        if self._message is None:
+            return None
+        out = dict(self._message)
+        out["usage"] = dict(self._message["usage"]) if type(self._message.get("usage")) is dict else None
+        if out["usage"] is None:
+            del out["usage"]
+        blocks = self._blocks
+        out["content"] = [
+            blocks[i].block if blocks[i].closed else blocks[i].materialize(final=False) for i in sorted(blocks)
+        ]
+        return out
+
+    def raw_tool_inputs(self) -> dict[int, str]:
+        return {i: b.tool.raw() for i, b in self._blocks.items() if b.tool is not None and not b.closed}
+
+    # -- driving -----------------------------------------------------------------------------------------
+
+    def handle(self, sse: ServerSentEvent, out: list[Event]) -> None:
+        """Decode and apply one SSE event, appending the resulting stream events to ``out``."""
+        try:
+            obj = from_json(sse.raw_data)
+        except ValueError:
+            stripped = sse.raw_data.strip()
+            if not stripped or stripped == b"[DONE]":
+                return
+            obj, repairs = decode_event_json(sse, self.message())
+            for repair in repairs:
+                self._add_repair(repair)
+        self._sse = sse
+        if type(obj) is not dict:
+            out.append(UnknownEvent(sse.event or "unknown", Data({"type": sse.event, "data": obj})))
+            return
+        etype = obj.get("type")
+        name = sse.event
+        if type(etype) is not str:
+            etype = name or "unknown"
+        elif name is not None and name != etype and name != "error":
+            self._repair("event_name_mismatch", f"event name {name!r} but JSON type {etype!r}; used the JSON type")
+        if name == "error":
+            etype = "error"
+        if self.stopped and etype != "ping":
+            self._repair("event_after_message_stop", f"ignored a {etype!r} event after message_stop")
+            return
+        handler = self._handlers.get(etype)
+        if handler is None:
+            out.append(UnknownEvent(etype, Data(obj)))
+            return
+        if self._message is None and etype not in ("message_start", "ping", "error"):
+            self._repair("missing_message_start", f"{etype!r} arrived before message_start")
+            self._message = _empty_message()
+        handler(obj, out)
+
+    def end(self, out: list[Event], unfinished: bytes) -> None:
+        """End of stream. ``unfinished`` is the SSE decoder's unfinished final event, if any."""
+        if unfinished:
+            self._unfinished(unfinished, out)
+        if self.stopped:
+            return
+        if self.stop_reason_seen:
+            self._close_open_blocks(out)
+            self._repair("missing_message_stop", "the stream ended after message_delta without message_stop")
+            self._stop(out)
+            return
+        raise IncompleteStreamError(
+            "the stream ended before message_stop"
+            + (" (nothing was received)" if self._message is None else ""),
+            snapshot=self.message(),
+            raw_tool_inputs=self.raw_tool_inputs(),
+        )
+
+    # -- handlers ----------------------------------------------------------------------------------------
+
+    def _on_ping(self, obj: dict[str, Any], out: list[Event]) -> None:
+        pass
+
+    def _on_error(self, obj: dict[str, Any], out: list[Event]) -> None:
+        err = obj.get("error")
+        err = err if type(err) is dict else {}
+        error_type = err.get("type") if type(err.get("type")) is str else "unknown_error"
+        message = err.get("message") if type(err.get("message")) is str else ""
+        request_id = obj.get("request_id")
+        raise APIStreamError(
+            f"{error_type}: {message}" if message else str(error_type),
+            error_type=str(error_type),
+            body=obj,
+            request_id=request_id if type(request_id) is str else None,
+            snapshot=self.message(),
+            offset=self._sse.offset if self._sse else None,
+        )
+
+    def _on_message_start(self, obj: dict[str, Any], out: list[Event]) -> None:
+        message = obj.get("message")
+        if self._message is not None:
+            self._repair("duplicate_message_start", "ignored a second message_start")
+            return
+        if type(message) is not dict:
+            message = _empty_message()
+        message = dict(message)
+        if type(message.get("content")) is not list:
+            message["content"] = []
+        elif message["content"]:
+            for i, block in enumerate(message["content"]):
+                if type(block) is dict:
+                    self._blocks[i] = _Block(i, dict(block), self.partial_mode)
+                    self._blocks[i].closed = True
+        if type(message.get("usage")) is not dict:
+            message["usage"] = {"input_tokens": 0, "output_tokens": 0}
+        self._message = message
+        out.append(MessageStartEvent(Data(obj.get("message") if type(obj.get("message")) is dict else message)))
+
+    def _on_block_start(self, obj: dict[str, Any], out: list[Event]) -> None:
+        index = obj.get("index")
+        block = obj.get("content_block")
+        if type(index) is not int or type(block) is not dict:
+            out.append(UnknownEvent("content_block_start", Data(obj)))
+            return
+        if index in self._blocks:
+            self._repair("duplicate_block_start", f"ignored a second content_block_start for index {index}", index)
+            return
+        self._blocks[index] = _Block(index, dict(block), self.partial_mode)
+        out.append(ContentBlockStartEvent(index, Data(block)))
+
+    def _on_block_delta(self, obj: dict[str, Any], out: list[Event]) -> None:
+        index = obj.get("index")
+        delta = obj.get("delta")
+        if type(index) is not int or type(delta) is not dict:
+            out.append(UnknownEvent("content_block_delta", Data(obj)))
+            return
+        block = self._blocks.get(index)
+        dtype = delta.get("type")
+        if block is None:
+            block = self._synthesize(index, dtype)
+        out.append(ContentBlockDeltaEvent(index, Data(delta)))
+        if block is None or block.closed:
+            return
+        kind = block.kind
+        if dtype == "text_delta":
+            text = delta.get("text")
+            if kind == _TEXT and type(text) is str:
+                joined = block.text
+                assert joined is not None
+                joined.parts.append(text)
+                out.append(TextEvent(text, _Lazy(joined, len(joined.parts))))
+        elif dtype == "input_json_delta":
+            fragment = delta.get("partial_json")
+            tool = block.tool
+            if tool is not None and type(fragment) is str:
+                tool.fragments.append(fragment)
+                out.append(InputJsonEvent(fragment, _Lazy(tool, len(tool.fragments))))
+        elif dtype == "thinking_delta":
+            thinking = delta.get("thinking")
+            if kind == _THINKING and type(thinking) is str:
+                joined = block.text
+                assert joined is not None
+                joined.parts.append(thinking)
+                out.append(ThinkingEvent(thinking, _Lazy(joined, len(joined.parts))))
+        elif dtype == "signature_delta":
+            signature = delta.get("signature")
+            if kind == _THINKING and type(signature) is str:
+                block.block["signature"] = signature
+                out.append(SignatureEvent(signature))
+        elif dtype == "citations_delta":
+            citation = delta.get("citation")
+            if kind == _TEXT and citation is not None:
+                citations = block.citations
+                if citations is None:
+                    existing = block.block.get("citations")
+                    citations = block.citations = _Citations(list(existing) if type(existing) is list else [])
+                citations.items.append(citation)
+                out.append(
+                    CitationEvent(
+                        Data(citation) if type(citation) is dict else citation,
+                        _Lazy(citations, len(citations.items)),
+                    )
+                )
+        # Unknown delta types leave the block unchanged; the raw event above carries them.
+
+    def _on_block_stop(self, obj: dict[str, Any], out: list[Event]) -> None:
+        index = obj.get("index")
+        block = self._blocks.get(index) if type(index) is int else None
+        if block is None:
+            self._repair("block_not_started", f"content_block_stop for index {index!r}, which never started")
+            return
+        if block.closed:
+            return
+        self._close(block, out)
+
+    def _on_message_delta(self, obj: dict[str, Any], out: list[Event]) -> None:
+        message = self._message
+        assert message is not None
+        delta = obj.get("delta")
+        delta = delta if type(delta) is dict else {}
+        usage = obj.get("usage")
+        usage = usage if type(usage) is dict else {}
+        for key, value in delta.items():
+            if key == "container" and value is None:
+                continue
+            message[key] = value
+        if delta.get("stop_reason") is not None:
+            self.stop_reason_seen = True
+        if usage:
+            merged = message["usage"] = dict(message["usage"])
+            for key, value in usage.items():
+                if value is not None:
+                    merged[key] = value
+        out.append(MessageDeltaEvent(Data(delta), Data(usage)))
+
+    def _on_message_stop(self, obj: dict[str, Any], out: list[Event]) -> None:
+        self._close_open_blocks(out)
+        self._stop(out)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _stop(self, out: list[Event]) -> None:
+        self.stopped = True
+        message = self.message()
+        assert message is not None
+        out.append(MessageStopEvent(Data(message)))
+
+    def _close_open_blocks(self, out: list[Event]) -> None:
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            if not block.closed:
+                self._repair("missing_content_block_stop", f"block {index} was never stopped; closed it", index)
+                self._close(block, out)
+
+    def _close(self, block: _Block, out: list[Event]) -> None:
+        if block.tool is not None:
+            try:
+                value, repairs = block.tool.finish(block.index)
+            except PartialJSONError as exc:
+                raw = block.tool.raw()
+                raise ToolInputError(
+                    f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
+                    f"at char {exc.position} of {len(raw)}",
+                    raw=raw,
+                    index=block.index,
+                    snapshot=self.message(),
+                    offset=self._sse.offset if self._sse else None,
+                ) from None
+            for kind, detail in repairs:
+                self._repair(kind, detail, block.index, raw=block.tool.raw())
+            block.block["input"] = value
+            block.tool = None
+        if block.text is not None:
+            block.block["text" if block.kind == _TEXT else "thinking"] = block.text.value()
+            block.text = None
+        if block.citations is not None:
+            block.block["citations"] = block.citations.items
+            block.citations = None
+        block.closed = True
+        out.append(ContentBlockStopEvent(block.index, Data(block.block)))
+
+    def _synthesize(self, index: int, dtype: object) -> _Block | None:
+        template: dict[str, Any]
+        if dtype in ("text_delta", "citations_delta"):
+            template = {"type": "text", "text": ""}
+        elif dtype in ("thinking_delta", "signature_delta"):
+            template = {"type": "thinking", "thinking": "", "signature": ""}
+        elif dtype == "input_json_delta":
+            template = {"type": "tool_use", "id": "", "name": "", "input": {}}
+        else:
+            self._repair("block_not_started", f"{dtype!r} delta for index {index}, which never started", index)
+            return None
+        self._repair(
+            "block_not_started", f"{dtype} for index {index}, which never started; synthesized a block", index
+        )
+        block = self._blocks[index] = _Block(index, template, self.partial_mode)
+        return block
+
+    def _unfinished(self, unfinished: bytes, out: list[Event]) -> None:
+        # The last event had no terminating blank line. If its data is complete JSON, it was meant to be
+        # dispatched; otherwise the final frame was cut.
+        data: list[bytes] = []
+        name: str | None = None
+        for line in unfinished.splitlines():
+            field, _, value = line.partition(b":")
+            value = value[1:] if value[:1] == b" " else value
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+        raw = b"\n".join(data)
+        if not raw.strip():
+            return
+        try:
+            from_json(raw)
+        except ValueError:
+            if self.stop_reason_seen or self.stopped:
+                self._repair(
+                    "truncated_final_frame",
+                    f"dropped a cut final frame of {len(unfinished)} bytes",
+                    raw=unfinished.decode("utf-8", "replace"),
+                )
+                return
+            raise IncompleteStreamError(
+                f"the stream ended inside an event (a cut final frame of {len(unfinished)} bytes)",
+                snapshot=self.message(),
+                raw_tool_inputs=self.raw_tool_inputs(),
+            ) from None
+        if raw.strip() == b"[DONE]":
+            return
+        self._repair("unterminated_final_event", "the last event had no blank line after it; dispatched it")
+        offset = self._sse.offset if self._sse else 0
+        index = self._sse.index + 1 if self._sse else 0
+        self.handle(ServerSentEvent(name, raw, offset=offset, index=index), out)
+
+    def _repair(self, kind: str, detail: str, index: int | None = None, raw: str | None = None) -> None:
+        sse = self._sse
+        self._add_repair(
+            Repair(kind, detail, sse.offset if sse else None, sse.index if sse else None, index=index, raw=raw)
+        )
+
+    def _add_repair(self, repair: Repair) -> None:
+        if len(self.repairs) < MAX_REPAIRS:
+            self.repairs.append(repair)
+        elif len(self.repairs) == MAX_REPAIRS:
+            self.repairs.append(Repair("repairs_truncated", f"more than {MAX_REPAIRS} repairs; stopped recording"))
+
+
+def check_partial_mode(value: object) -> PartialMode:
+    if value is True or value == "on":
+        return "on"
+    if value == "trailing-strings":
+        return "trailing-strings"
+    raise UsageError(f"partial_mode must be one of 'on', 'trailing-strings' (or True), got {value!r}")
+

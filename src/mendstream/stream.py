@@ -1,0 +1,336 @@
+# MessageStream / AsyncMessageStream: pump byte chunks from any source into a MessageParser and offer the
+# SDK's MessageStream surface. The only difference between the twins is how a chunk is awaited; everything
+# else lives in _StreamState. `replay` / `areplay` build them from files, bytes or chunk iterables.
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+from .errors import StreamError, UsageError
+from .events import Event
+from .parser import MessageParser
+from .repair import Repair
+
+__all__ = ["AsyncMessageStream", "MessageStream", "areplay", "replay", "to_sdk_message"]
+
+Source = str | os.PathLike[str] | bytes | bytearray | Iterable[bytes]
+_READ_SIZE = 64 * 1024
+
+
+def to_sdk_message(message: dict[str, Any]) -> Any:
+    """``message`` as an ``anthropic.types.Message`` when the SDK is importable, else the dict itself.
+
+    Built without validation (as the SDK builds its own snapshots), so unknown block types survive.
+    """
+    try:
+        from anthropic._models import construct_type
+        from anthropic.types import Message
+    except ImportError:
+        return message
+    return construct_type(type_=Message, value=message)
+
+
+class _StreamState:
+    """What both twins share: the parser, the transport's metadata and error mapping."""
+
+    def __init__(
+        self,
+        parser: MessageParser | None,
+        response: object | None,
+        request_id: str | None,
+        wrap_error: Callable[[StreamError], BaseException] | None,
+    ) -> None:
+        self.parser = parser if parser is not None else MessageParser()
+        self.response = response
+        self._request_id = request_id
+        self._wrap_error = wrap_error
+        self.closed = False
+
+    def request_id(self) -> str | None:
+        if self._request_id is not None:
+            return self._request_id
+        headers = getattr(self.response, "headers", None)
+        if headers is not None:
+            value = headers.get("request-id")
+            return value if isinstance(value, str) else None
+        return None
+
+    def raise_error(self, error: StreamError) -> BaseException:
+        if self._wrap_error is not None:
+            return self._wrap_error(error)
+        return error
+
+    def final_message(self) -> Any:
+        if not self.parser.complete:
+            raise UsageError("the stream has not completed")
+        return to_sdk_message(self.parser.message)
+
+    def final_text(self) -> str:
+        message = self.parser.message
+        texts = [b.get("text", "") for b in message.get("content", []) if b.get("type") == "text"]
+        if not texts:
+            kinds = ",".join(str(b.get("type")) for b in message.get("content", []))
+            raise RuntimeError(
+                ".get_final_text() can only be called when the API returns a `text` content block.\n"
+                f"The API returned {kinds} content block type(s) that you can access by calling "
+                "get_final_message().content"
+            )
+        return "".join(texts)
+
+    def snapshot(self) -> Any:
+        if not self.parser.message:
+            raise UsageError("no message_start has been received yet")
+        return to_sdk_message(self.parser.message)
+
+
+class _Surface:
+    """Read-only properties common to both twins."""
+
+    _state: _StreamState
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The message so far (or final) as a Messages API dict."""
+        return self._state.parser.message
+
+    @property
+    def repairs(self) -> list[Repair]:
+        """Everything mendstream mended or tolerated in this stream."""
+        return self._state.parser.repairs
+
+    @property
+    def parser(self) -> MessageParser:
+        return self._state.parser
+
+    @property
+    def response(self) -> Any:
+        """The transport's response object (e.g. an httpx response), or None for replays."""
+        return self._state.response
+
+    @property
+    def request_id(self) -> str | None:
+        return self._state.request_id()
+
+    @property
+    def current_message_snapshot(self) -> Any:
+        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed."""
+        return self._state.snapshot()
+
+
+class MessageStream(_Surface):
+    """Events from an iterable of byte chunks, with the SDK ``MessageStream`` surface.
+
+    Iterating yields the stream events; ``close()`` (also called by ``__exit__``, after the last chunk, and
+    when iteration stops early through ``close``) calls the transport's ``close`` callback exactly once.
+    Errors are :class:`~mendstream.errors.StreamError` subclasses (or what ``wrap_error`` makes of them),
+    raised after every event decoded before them has been yielded.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        parser: MessageParser | None = None,
+        response: object | None = None,
+        request_id: str | None = None,
+        close: Callable[[], object] | None = None,
+        wrap_error: Callable[[StreamError], BaseException] | None = None,
+    ) -> None:
+        self._state = _StreamState(parser, response, request_id, wrap_error)
+        self._chunks = chunks
+        self._close_callback = close
+        self._iterator = self._events()
+        self.text_stream: Iterator[str] = self._text()
+
+    def _events(self) -> Iterator[Event]:
+        parser = self._state.parser
+        try:
+            for chunk in self._chunks:
+                try:
+                    events = parser.feed(chunk)
+                except StreamError as error:
+                    yield from error.events
+                    raise self._state.raise_error(error) from None
+                yield from events
+            try:
+                events = parser.end()
+            except StreamError as error:
+                yield from error.events
+                raise self._state.raise_error(error) from None
+            yield from events
+        finally:
+            self._release()
+
+    def _text(self) -> Iterator[str]:
+        for event in self:
+            if event.type == "text":
+                yield event.text
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._iterator
+
+    def __next__(self) -> Event:
+        return next(self._iterator)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _release(self) -> None:
+        if self._state.closed:
+            return
+        self._state.closed = True
+        if self._close_callback is not None:
+            self._close_callback()
+
+    def close(self) -> None:
+        """Stop reading and release the connection (idempotent)."""
+        self._iterator.close()
+        self._release()
+
+    def until_done(self) -> None:
+        """Read the stream to its end."""
+        for _ in self._iterator:
+            pass
+
+    def get_final_message(self) -> Any:
+        """Read to the end; return the final message (``anthropic.types.Message`` if the SDK is installed,
+        else the dict)."""
+        self.until_done()
+        return self._state.final_message()
+
+    def get_final_text(self) -> str:
+        """Read to the end; return the text blocks joined. RuntimeError if there are none (as the SDK)."""
+        self.until_done()
+        return self._state.final_text()
+
+
+class AsyncMessageStream(_Surface):
+    """The async twin of :class:`MessageStream`, fed by an async iterable of byte chunks."""
+
+    def __init__(
+        self,
+        achunks: AsyncIterable[bytes],
+        *,
+        parser: MessageParser | None = None,
+        response: object | None = None,
+        request_id: str | None = None,
+        close: Callable[[], object] | Callable[[], Awaitable[object]] | None = None,
+        wrap_error: Callable[[StreamError], BaseException] | None = None,
+    ) -> None:
+        self._state = _StreamState(parser, response, request_id, wrap_error)
+        self._chunks = achunks
+        self._close_callback = close
+        self._iterator = self._events()
+        self.text_stream: AsyncIterator[str] = self._text()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        parser = self._state.parser
+        try:
+            async for chunk in self._chunks:
+                try:
+                    events = parser.feed(chunk)
+                except StreamError as error:
+                    for event in error.events:
+                        yield event
+                    raise self._state.raise_error(error) from None
+                for event in events:
+                    yield event
+            try:
+                events = parser.end()
+            except StreamError as error:
+                for event in error.events:
+                    yield event
+                raise self._state.raise_error(error) from None
+            for event in events:
+                yield event
+        finally:
+            await self._release()
+
+    async def _text(self) -> AsyncIterator[str]:
+        async for event in self:
+            if event.type == "text":
+                yield event.text
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterator
+
+    async def __anext__(self) -> Event:
+        return await self._iterator.__anext__()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _release(self) -> None:
+        if self._state.closed:
+            return
+        self._state.closed = True
+        if self._close_callback is not None:
+            result = self._close_callback()
+            if inspect.isawaitable(result):
+                await result
+
+    async def close(self) -> None:
+        """Stop reading and release the connection (idempotent)."""
+        await self._iterator.aclose()
+        await self._release()
+
+    async def until_done(self) -> None:
+        async for _ in self._iterator:
+            pass
+
+    async def get_final_message(self) -> Any:
+        await self.until_done()
+        return self._state.final_message()
+
+    async def get_final_text(self) -> str:
+        await self.until_done()
+        return self._state.final_text()
+
+
+def _file_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while chunk := file.read(_READ_SIZE):
+            yield chunk
+
+
+def _chunks_of(source: Source) -> Iterable[bytes]:
+    if isinstance(source, (bytes, bytearray)):
+        return [bytes(source)]
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise UsageError(f"no such fixture file: {os.fspath(source)!r}")
+        return _file_chunks(source)
+    return source
+
+
+def replay(source: Source, /, **parser_options: Any) -> MessageStream:
+    """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
+
+    Returns a :class:`MessageStream` (use it as a context manager or iterate it). ``parser_options`` go to
+    :class:`MessageParser` (``max_event_bytes``, ``partial_mode``).
+    """
+    return MessageStream(_chunks_of(source), parser=MessageParser(**parser_options))
+
+
+async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def areplay(source: AsyncIterable[bytes] | Source, /, **parser_options: Any) -> AsyncMessageStream:
+    """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes)."""
+    achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
+    return AsyncMessageStream(achunks, parser=MessageParser(**parser_options))
