@@ -1,0 +1,327 @@
+# The SDK transport: `mendstream.stream(client, **params)` / `astream(async_client, **params)`. The request
+# goes through the client's own `messages.create(..., stream=True)`, so auth, base_url, default headers,
+# retries before the first byte, timeouts and middleware behave exactly as the user configured them; the
+# SDK's event decoding is skipped and the undecoded body bytes go into the mendstream core. Mid-stream
+# `error` events become exceptions that are both a mendstream APIStreamError and the SDK's matching
+# APIStatusError subclass. Works with anthropic 0.x (httpx) and >= 1.0 (httpx2): only duck-typed response
+# methods are used. This module is imported lazily (by `mendstream.stream`), so `import mendstream` stays
+# free of the SDK.
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mendstream.errors import APIStreamError, StreamError, UsageError
+from mendstream.parser import MessageParser
+from mendstream.stream import AsyncMessageStream, MessageStream
+from mendstream.transports import (
+    AsyncStreamOpener,
+    BodyPump,
+    CapturePath,
+    capture_error_response,
+    capture_writer,
+    check_content_type,
+    content_type_error,
+    request_json,
+)
+
+__all__ = ["astream", "sdk_error_class", "stream"]
+
+# The SDK class raised for each Messages API error type (first name the installed SDK has wins; names
+# moved between SDK versions, e.g. RequestTooLargeError became ContentTooLargeError).
+_SDK_ERROR_NAMES: dict[str, tuple[str, ...]] = {
+    "overloaded_error": ("OverloadedError",),
+    "rate_limit_error": ("RateLimitError",),
+    "api_error": ("InternalServerError",),
+    "invalid_request_error": ("BadRequestError",),
+    "authentication_error": ("AuthenticationError",),
+    "permission_error": ("PermissionDeniedError",),
+    "not_found_error": ("NotFoundError",),
+    "request_too_large": ("ContentTooLargeError", "RequestTooLargeError"),
+    "billing_error": ("PaymentRequiredError",),
+    "timeout_error": ("GatewayTimeoutError", "DeadlineExceededError"),
+}
+
+
+class _SDKStreamErrorBase(APIStreamError):
+    """Base that lets the SDK's error ``__init__`` chain (which calls ``super().__init__(message)``) end in
+    ``Exception.__init__``; :func:`_to_sdk_error` fills the APIStreamError attributes afterwards."""
+
+    def __init__(self, message: str, *args: Any, **kwargs: Any) -> None:
+        Exception.__init__(self, message)
+        self.message = message
+
+
+_combined_classes: dict[type[BaseException], type[BaseException]] = {}
+
+
+def sdk_error_class(error_type: str) -> type[BaseException]:
+    """The exception class raised for a mid-stream ``error`` event of ``error_type``.
+
+    A subclass of both the SDK's matching class (``anthropic.OverloadedError`` for ``overloaded_error``,
+    ``anthropic.RateLimitError``, ..., ``anthropic.APIStatusError`` for unknown types) and
+    :class:`mendstream.APIStreamError`. Classes are created once per SDK class and are importable from
+    this module (so they pickle).
+    """
+    import anthropic
+
+    sdk_cls: type[BaseException] = anthropic.APIStatusError
+    for name in _SDK_ERROR_NAMES.get(error_type, ()):
+        found = getattr(anthropic, name, None)
+        if isinstance(found, type) and issubclass(found, anthropic.APIStatusError):
+            sdk_cls = found
+            break
+    combined = _combined_classes.get(sdk_cls)
+    if combined is None:
+        name = f"Stream{sdk_cls.__name__}"
+        combined = type(
+            name,
+            (sdk_cls, _SDKStreamErrorBase),
+            {
+                "__module__": __name__,
+                "__qualname__": name,
+                "__doc__": f"A mid-stream error event; both anthropic.{sdk_cls.__name__} and APIStreamError.",
+            },
+        )
+        _combined_classes[sdk_cls] = combined
+        globals()[name] = combined
+    return combined
+
+
+def _to_sdk_error(err: StreamError, response: Any) -> BaseException:
+    if not isinstance(err, APIStreamError):
+        return err
+    cls: Any = sdk_error_class(err.error_type)
+    body = err.body
+    # The SDK formats a mid-stream error's message as `f"{body}"`; keep that, so logs read the same.
+    message = f"{body}" if body not in (None, "") else err.message
+    exc: Any = cls.__new__(cls)
+    try:
+        cls.__init__(exc, message, response=response, body=body)
+    except Exception:  # a stand-in response without headers/request: still raise a usable error
+        _SDKStreamErrorBase.__init__(exc, message)
+        exc.body, exc.response = body, response
+    exc.error_type = err.error_type
+    exc.snapshot = err.snapshot
+    exc.offset = err.offset
+    exc.events = getattr(err, "events", [])
+    exc.request_id = err.request_id or getattr(exc, "request_id", None)
+    return exc  # type: ignore[no-any-return]
+
+
+def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
+    for name in ("stream", "output_format"):
+        if name in params and params[name] is not None and params[name] is not True:
+            if name == "output_format":
+                raise UsageError(
+                    "output_format is not supported by mendstream.stream; pass the JSON schema as "
+                    "output_config={'format': {'type': 'json_schema', 'schema': ...}} instead"
+                )
+            raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
+    params.pop("stream", None)
+    params.pop("output_format", None)
+    return apply_cache(params, cache)
+
+
+def apply_cache(params: dict[str, Any], cache: Any) -> dict[str, Any]:
+    """``params`` with the plan ``cache`` applied by ``mendstream.cache.apply_cache``; None: unchanged."""
+    if cache is None:
+        return params
+    import importlib
+
+    planner = importlib.import_module("mendstream.cache")
+    return dict(planner.apply_cache(params, cache))
+
+
+def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
+    """``client.messages``, or ``client.beta.messages`` when beta features (``betas=``) are requested."""
+    _reject_non_sse_client(client)
+    if "betas" in params:
+        return client.beta.messages
+    return client.messages
+
+
+def _reject_non_sse_client(client: Any) -> None:
+    """AnthropicBedrock streams AWS event-stream frames, not SSE; fail before sending the request."""
+    make_decoder = getattr(client, "_make_sse_decoder", None)
+    if make_decoder is None:
+        return
+    try:
+        decoder = make_decoder()
+    except Exception:
+        return
+    if type(decoder).__name__ == "AWSEventStreamDecoder":
+        raise UsageError(
+            f"{type(client).__name__} streams AWS event-stream frames (InvokeModelWithResponseStream), not "
+            "SSE, so mendstream cannot read it; use anthropic.AnthropicBedrockMantle or AnthropicAWS "
+            "(SSE), or the SDK's own .stream() for this client"
+        )
+
+
+def _start_capture(capture: CapturePath | None, response: Any, params: Any, started_at: float) -> Any:
+    if capture is None:
+        return None
+    request = getattr(response, "request", None)
+    content = getattr(request, "content", None) if request is not None else None
+    writer = capture_writer(
+        capture,
+        request_body=request_json(content, params),
+        request_headers=list(request.headers.items()) if request is not None else [],
+        url=str(request.url) if request is not None else None,
+        transport="sdk",
+        started_at=started_at,
+    )
+    if writer is not None:
+        writer.start_response(response.status_code, list(response.headers.items()))
+    return writer
+
+
+def _capture_status_error(capture: CapturePath | None, exc: BaseException, params: Any, t0: float) -> None:
+    """When the SDK raised for an HTTP error and a capture was asked for, record the error response."""
+    response = getattr(exc, "response", None)
+    if capture is None or response is None or not hasattr(response, "status_code"):
+        return
+    try:
+        body = bytes(response.content)
+    except Exception:
+        return
+    request = getattr(response, "request", None)
+    writer = capture_writer(
+        capture,
+        request_body=request_json(getattr(request, "content", None), params),
+        request_headers=list(request.headers.items()) if request is not None else [],
+        url=str(request.url) if request is not None else None,
+        transport="sdk",
+        started_at=t0,
+    )
+    capture_error_response(writer, response.status_code, list(response.headers.items()), body)
+
+
+def stream(
+    client: Any,
+    /,
+    *,
+    capture: CapturePath | None = None,
+    cache: Any = None,
+    parser: MessageParser | None = None,
+    **params: Any,
+) -> MessageStream:
+    """Send a streaming Messages request through ``client`` and read it with mendstream.
+
+    Args:
+        client: an ``anthropic.Anthropic`` (or ``AnthropicVertex``, ``AnthropicFoundry``,
+            ``AnthropicBedrockMantle``, ``AnthropicAWS``, ``AnthropicGoogleCloud``: any SDK client whose
+            messages endpoint answers SSE). ``AnthropicBedrock`` is refused (AWS event-stream framing).
+        capture: a path; the response bytes are teed there as they arrive, with a sidecar
+            ``*.capture.json`` (see :mod:`mendstream.capture`).
+        cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
+        parser: a configured :class:`~mendstream.MessageParser` (default: a new one).
+        **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
+            ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
+            ``client.beta.messages``.
+
+    Returns:
+        A :class:`~mendstream.MessageStream` (context manager; iterate it for events).
+
+    Raises:
+        Whatever ``client.messages.create`` raises before the stream starts (``anthropic.APIStatusError``
+        subclasses, ``APIConnectionError``, ...), unchanged. While reading: ``APIStreamError`` subclasses
+        that are also the SDK's class for the error type (see :func:`sdk_error_class`), and the core's
+        ``StreamError`` subclasses. A connection dropped mid-body ends the input; if the message was not
+        complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
+        ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
+    """
+    params = _prepare(params, cache)
+    messages = _messages_of(client, params)
+    t0 = time.perf_counter()
+    try:
+        raw = messages.create(**params, stream=True)
+    except Exception as exc:
+        _capture_status_error(capture, exc, params, t0)
+        raise
+    response = raw.response
+    bad_type = check_content_type(response.headers, strict=False)
+    if bad_type is not None:
+        try:
+            head = response.read()
+        finally:
+            raw.close()
+        raise content_type_error(response.status_code, bad_type, head, response)
+    pump = BodyPump(
+        _start_capture(capture, response, params, t0),
+        convert_error=lambda err: _to_sdk_error(err, response),
+    )
+    chunks = pump.pump(response.iter_bytes())
+
+    def close() -> None:
+        try:
+            chunks.close()
+        finally:
+            raw.close()
+
+    return MessageStream(
+        chunks,
+        parser=parser,
+        response=response,
+        request_id=response.headers.get("request-id"),
+        close=close,
+        wrap_error=pump.wrap_error,
+    )
+
+
+def astream(
+    client: Any,
+    /,
+    *,
+    capture: CapturePath | None = None,
+    cache: Any = None,
+    parser: MessageParser | None = None,
+    **params: Any,
+) -> AsyncStreamOpener:
+    """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
+
+    Returns an opener: ``async with mendstream.astream(client, ...) as stream:`` (as with the SDK's
+    ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The request is
+    sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
+    """
+    params = _prepare(params, cache)
+    messages = _messages_of(client, params)
+
+    async def open_stream() -> AsyncMessageStream:
+        t0 = time.perf_counter()
+        try:
+            raw = await messages.create(**params, stream=True)
+        except Exception as exc:
+            _capture_status_error(capture, exc, params, t0)
+            raise
+        response = raw.response
+        bad_type = check_content_type(response.headers, strict=False)
+        if bad_type is not None:
+            try:
+                head = await response.aread()
+            finally:
+                await raw.close()
+            raise content_type_error(response.status_code, bad_type, head, response)
+        pump = BodyPump(
+            _start_capture(capture, response, params, t0),
+            convert_error=lambda err: _to_sdk_error(err, response),
+        )
+        chunks = pump.apump(response.aiter_bytes())
+
+        async def close() -> None:
+            try:
+                await chunks.aclose()
+            finally:
+                await raw.close()
+
+        return AsyncMessageStream(
+            chunks,
+            parser=parser,
+            response=response,
+            request_id=response.headers.get("request-id"),
+            close=close,
+            wrap_error=pump.wrap_error,
+        )
+
+    return AsyncStreamOpener(open_stream)
