@@ -1,0 +1,34 @@
+# Prompt-cache breakpoint planning for Messages API requests: where to put cache_control markers
+# (planner, strategies), what they would save (simulate) and what they did save (stats). Pure Python,
+# standard library only, no I/O except in the CLI; nothing here imports the rest of mendstream.
+from __future__ import annotations
+
+from .planner import (
+    MAX_BREAKPOINTS,
+    Breakpoint,
+    CacheMarkerWarning,
+    CachePlanner,
+    DroppedMarker,
+    PlacementReport,
+    apply_cache,
+    place_cache_breakpoints,
+    plan_cache_breakpoints,
+)
+from .strategies import STRATEGIES
+from .tokens import MIN_CACHEABLE_TOKENS, estimate_block_tokens, min_cacheable_tokens
+
+__all__ = [
+    "MAX_BREAKPOINTS",
+    "MIN_CACHEABLE_TOKENS",
+    "STRATEGIES",
+    "Breakpoint",
+    "CacheMarkerWarning",
+    "CachePlanner",
+    "DroppedMarker",
+    "PlacementReport",
+    "apply_cache",
+    "estimate_block_tokens",
+    "min_cacheable_tokens",
+    "place_cache_breakpoints",
+    "plan_cache_breakpoints",
+]
