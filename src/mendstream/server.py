@@ -29,6 +29,7 @@ __all__ = [
     "NoFixtureError",
     "RecordedRequest",
     "ReplayServer",
+    "is_messages_path",
     "load_fixtures",
 ]
 
@@ -172,6 +173,12 @@ class NoFixtureError(LookupError):
         self.status = status
 
 
+def is_messages_path(path: str) -> bool:
+    """True for a Messages endpoint path: ``.../v1/messages`` or Vertex AI's ``...:streamRawPredict`` /
+    ``...:rawPredict`` (the query string must already be removed)."""
+    return path.endswith(("/v1/messages", ":streamRawPredict", ":rawPredict"))
+
+
 def _normalize_body(body: Any) -> Any:
     if isinstance(body, Mapping):
         body = {k: v for k, v in body.items() if k != "stream"}
@@ -308,7 +315,8 @@ class _ServerState:
 
 
 class ReplayServer:
-    """Serves fixtures on ``http://127.0.0.1:PORT/v1/messages`` (any path ending in ``/v1/messages``).
+    """Serves fixtures on ``http://127.0.0.1:PORT/v1/messages`` (any path ending in ``/v1/messages``, and
+    Vertex AI's ``:streamRawPredict`` paths).
 
     ``source``: a directory of ``*.sse`` fixtures, a list of paths, or a mapping name → bytes/Fixture.
     ``port=0`` picks a free port. ``pace="captured"`` replays the captured chunk timings (divided by
@@ -504,7 +512,7 @@ class ReplayServer:
         record = RecordedRequest(method=method.upper(), path=target, headers=headers, body=body)
         self.requests.append(record)
 
-        if not path.endswith("/v1/messages"):
+        if not is_messages_path(path):
             record.status = 404
             msg = f"the replay server serves POST /v1/messages only, not {target}"
             await self._send_simple(writer, 404, error_body("not_found_error", msg), keep_alive)

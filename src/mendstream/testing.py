@@ -19,6 +19,7 @@ from mendstream.server import (
     ReplayServer,
     Select,
     error_body,
+    is_messages_path,
     load_fixtures,
     whole_message,
 )
@@ -105,7 +106,7 @@ def _transport_class(module: ModuleType) -> type:
             record = RecordedRequest(request.method, str(request.url), headers, body)
             self.requests.append(record)
             try:
-                if not request.url.path.endswith("/v1/messages"):
+                if not is_messages_path(request.url.path):
                     raise NoFixtureError(f"only POST /v1/messages is mocked, not {request.url.path}")
                 if not isinstance(body, dict):
                     raise NoFixtureError("request body must be a JSON object", 400)

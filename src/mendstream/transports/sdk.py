@@ -142,16 +142,24 @@ def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
     return client.messages
 
 
+# Clients whose streaming endpoint is not SSE (Bedrock's InvokeModelWithResponseStream sends AWS
+# event-stream frames); known by name as a fallback when their decoder cannot be built (no botocore).
+_NON_SSE_CLIENTS = frozenset({"AnthropicBedrock", "AsyncAnthropicBedrock"})
+
+
+def _streams_aws_event_stream(client: Any) -> bool:
+    make_decoder = getattr(client, "_make_sse_decoder", None)
+    if make_decoder is not None:
+        try:
+            return type(make_decoder()).__name__ == "AWSEventStreamDecoder"
+        except Exception:
+            pass
+    return any(cls.__name__ in _NON_SSE_CLIENTS for cls in type(client).__mro__)
+
+
 def _reject_non_sse_client(client: Any) -> None:
     """AnthropicBedrock streams AWS event-stream frames, not SSE; fail before sending the request."""
-    make_decoder = getattr(client, "_make_sse_decoder", None)
-    if make_decoder is None:
-        return
-    try:
-        decoder = make_decoder()
-    except Exception:
-        return
-    if type(decoder).__name__ == "AWSEventStreamDecoder":
+    if _streams_aws_event_stream(client):
         raise UsageError(
             f"{type(client).__name__} streams AWS event-stream frames (InvokeModelWithResponseStream), not "
             "SSE, so mendstream cannot read it; use anthropic.AnthropicBedrockMantle or AnthropicAWS "
