@@ -31,7 +31,6 @@ from .events import (
     TextEvent,
     ThinkingEvent,
     UnknownEvent,
-    _Lazy,
 )
 from .partial_json import MISSING, PartialJSONError, ToolInputParser
 from .repair import Repair, decode_event_json
@@ -380,20 +379,20 @@ class MessageAccumulator:
                 joined = block.text
                 assert joined is not None
                 joined.parts.append(text)
-                out.append(TextEvent(text, _Lazy(joined, len(joined.parts))))
+                out.append(TextEvent(text, joined, len(joined.parts)))
         elif dtype == "input_json_delta":
             fragment = delta.get("partial_json")
             tool = block.tool
             if tool is not None and type(fragment) is str:
                 tool.fragments.append(fragment)
-                out.append(InputJsonEvent(fragment, _Lazy(tool, len(tool.fragments))))
+                out.append(InputJsonEvent(fragment, tool, len(tool.fragments)))
         elif dtype == "thinking_delta":
             thinking = delta.get("thinking")
             if kind == _THINKING and type(thinking) is str:
                 joined = block.text
                 assert joined is not None
                 joined.parts.append(thinking)
-                out.append(ThinkingEvent(thinking, _Lazy(joined, len(joined.parts))))
+                out.append(ThinkingEvent(thinking, joined, len(joined.parts)))
         elif dtype == "signature_delta":
             signature = delta.get("signature")
             if kind == _THINKING and type(signature) is str:
@@ -410,7 +409,8 @@ class MessageAccumulator:
                 out.append(
                     CitationEvent(
                         Data(citation) if type(citation) is dict else citation,
-                        _Lazy(citations, len(citations.items)),
+                        citations,
+                        len(citations.items),
                     )
                 )
         # Unknown delta types leave the block unchanged; the raw event above carries them.

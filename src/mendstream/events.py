@@ -88,40 +88,38 @@ class _SnapshotSource(Protocol):
     def snapshot_at(self, n: int, /) -> Any: ...
 
 
-class _Lazy:
-    """The snapshot after the n-th delta of one block, computed on first access, then kept: producing an
-    event stays O(1) however large the block has grown."""
-
-    __slots__ = ("_n", "_source", "_value")
-
-    _UNSET: ClassVar[object] = object()
-
-    def __init__(self, source: _SnapshotSource, n: int) -> None:
-        self._source: _SnapshotSource | None = source
-        self._n = n
-        self._value: Any = _Lazy._UNSET
-
-    def get(self) -> Any:
-        if self._value is _Lazy._UNSET:
-            assert self._source is not None
-            self._value = self._source.snapshot_at(self._n)
-            self._source = None  # let the block go once this snapshot exists
-        return self._value
+_UNSET: Any = object()
 
 
 class _EventBase:
     __slots__ = ()
-    type: str
+    type: ClassVar[str]
+    _public: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the event (snapshots included, so this forces them)."""
+        """A JSON-ready dict of the event (snapshots included, so this builds them)."""
         out: dict[str, Any] = {"type": self.type}
         for name in self._public:
-            value = getattr(self, name)
-            out[name] = _plain(value)
+            out[name] = _plain(getattr(self, name))
         return out
 
-    _public: ClassVar[tuple[str, ...]] = ()
+
+class _SnapshotEvent(_EventBase):
+    """An event whose ``snapshot`` (the block's state after this delta) is built on first access and then
+    kept, so producing the event is O(1) however large the block has grown."""
+
+    __slots__ = ()
+    _source: _SnapshotSource | None
+    _n: int
+    _value: Any
+
+    @property
+    def snapshot(self) -> Any:
+        if self._value is _UNSET:
+            assert self._source is not None
+            self._value = self._source.snapshot_at(self._n)
+            self._source = None  # let the block go once this snapshot exists
+        return self._value
 
 
 def _plain(value: Any) -> Any:
@@ -132,123 +130,130 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+# Events are slotted dataclasses, not frozen ones: a frozen dataclass costs twice as much to build, and the
+# parser builds one or two per delta. Treat them as immutable.
+
+
+@dataclass(slots=True)
 class MessageStartEvent(_EventBase):
     message: Data
-    type: Literal["message_start"] = "message_start"
+    type: ClassVar[Literal["message_start"]] = "message_start"
     _public: ClassVar[tuple[str, ...]] = ("message",)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentBlockStartEvent(_EventBase):
     index: int
     content_block: Data
-    type: Literal["content_block_start"] = "content_block_start"
+    type: ClassVar[Literal["content_block_start"]] = "content_block_start"
     _public: ClassVar[tuple[str, ...]] = ("index", "content_block")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentBlockDeltaEvent(_EventBase):
     index: int
     delta: Data
-    type: Literal["content_block_delta"] = "content_block_delta"
+    type: ClassVar[Literal["content_block_delta"]] = "content_block_delta"
     _public: ClassVar[tuple[str, ...]] = ("index", "delta")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentBlockStopEvent(_EventBase):
     index: int
     content_block: Data
-    type: Literal["content_block_stop"] = "content_block_stop"
+    type: ClassVar[Literal["content_block_stop"]] = "content_block_stop"
     _public: ClassVar[tuple[str, ...]] = ("index", "content_block")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageDeltaEvent(_EventBase):
     delta: Data
     usage: Data
-    type: Literal["message_delta"] = "message_delta"
+    type: ClassVar[Literal["message_delta"]] = "message_delta"
     _public: ClassVar[tuple[str, ...]] = ("delta", "usage")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageStopEvent(_EventBase):
     message: Data
-    type: Literal["message_stop"] = "message_stop"
+    type: ClassVar[Literal["message_stop"]] = "message_stop"
     _public: ClassVar[tuple[str, ...]] = ("message",)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class TextEvent(_EventBase):
-    """A text delta. ``snapshot`` (all the block's text so far) is built on first access."""
-
-    text: str
-    _snapshot: _Lazy = field(repr=False)
-    type: Literal["text"] = "text"
-    _public: ClassVar[tuple[str, ...]] = ("text", "snapshot")
-
-    @property
-    def snapshot(self) -> str:
-        value: str = self._snapshot.get()
-        return value
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ThinkingEvent(_EventBase):
-    """A thinking delta. ``snapshot`` (all the block's thinking so far) is built on first access."""
-
-    thinking: str
-    _snapshot: _Lazy = field(repr=False)
-    type: Literal["thinking"] = "thinking"
-    _public: ClassVar[tuple[str, ...]] = ("thinking", "snapshot")
-
-    @property
-    def snapshot(self) -> str:
-        value: str = self._snapshot.get()
-        return value
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SignatureEvent(_EventBase):
     signature: str
-    type: Literal["signature"] = "signature"
+    type: ClassVar[Literal["signature"]] = "signature"
     _public: ClassVar[tuple[str, ...]] = ("signature",)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class CitationEvent(_EventBase):
+@dataclass(slots=True, eq=False, repr=False)
+class TextEvent(_SnapshotEvent):
+    """A text delta; ``snapshot`` is all the block's text so far."""
+
+    text: str
+    _source: _SnapshotSource | None
+    _n: int
+    _value: Any = _UNSET
+    type: ClassVar[Literal["text"]] = "text"
+    _public: ClassVar[tuple[str, ...]] = ("text", "snapshot")
+
+    def __repr__(self) -> str:
+        return f"TextEvent(text={self.text!r})"
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class ThinkingEvent(_SnapshotEvent):
+    """A thinking delta; ``snapshot`` is all the block's thinking so far."""
+
+    thinking: str
+    _source: _SnapshotSource | None
+    _n: int
+    _value: Any = _UNSET
+    type: ClassVar[Literal["thinking"]] = "thinking"
+    _public: ClassVar[tuple[str, ...]] = ("thinking", "snapshot")
+
+    def __repr__(self) -> str:
+        return f"ThinkingEvent(thinking={self.thinking!r})"
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class CitationEvent(_SnapshotEvent):
     """A citation appended to a text block; ``snapshot`` is the block's citations so far."""
 
-    citation: Data
-    _snapshot: _Lazy = field(repr=False)
-    type: Literal["citation"] = "citation"
+    citation: Any
+    _source: _SnapshotSource | None
+    _n: int
+    _value: Any = _UNSET
+    type: ClassVar[Literal["citation"]] = "citation"
     _public: ClassVar[tuple[str, ...]] = ("citation", "snapshot")
 
-    @property
-    def snapshot(self) -> list[Data]:
-        value: list[Data] = self._snapshot.get()
-        return value
+    def __repr__(self) -> str:
+        return f"CitationEvent(citation={self.citation!r})"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class InputJsonEvent(_EventBase):
-    """A tool-input fragment. ``snapshot`` is the parsed partial input after it, built on first access."""
+@dataclass(slots=True, eq=False, repr=False)
+class InputJsonEvent(_SnapshotEvent):
+    """A tool-input fragment; ``snapshot`` is the parsed partial input after it."""
 
     partial_json: str
-    _snapshot: _Lazy = field(repr=False)
-    type: Literal["input_json"] = "input_json"
+    _source: _SnapshotSource | None
+    _n: int
+    _value: Any = _UNSET
+    type: ClassVar[Literal["input_json"]] = "input_json"
     _public: ClassVar[tuple[str, ...]] = ("partial_json", "snapshot")
 
-    @property
-    def snapshot(self) -> object:
-        return self._snapshot.get()
+    def __repr__(self) -> str:
+        return f"InputJsonEvent(partial_json={self.partial_json!r})"
 
 
-class UnknownEvent(_EventBase):
+class UnknownEvent:
     """A wire event mendstream does not know, passed through: ``type``, ``data``, and its fields as
     attributes (``event.some_field``)."""
 
     __slots__ = ("data", "type")
+    type: str  # type: ignore[misc]
+    data: Data
 
     def __init__(self, type: str, data: Data) -> None:
         object.__setattr__(self, "type", type)

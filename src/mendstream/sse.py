@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import BufferLimitError, UsageError
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "ServerSentEvent"]
+
+_NAMES: dict[bytes, str | None] = {}  # decoded event names, shared: there are only a handful
 
 #: Default bound on the bytes held for one unfinished event (its data lines plus a partial line).
 #: Real events are far smaller; the largest are server-tool results of a few MB.
@@ -23,15 +25,14 @@ _BOM = b"\xef\xbb\xbf"
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
     """One dispatched event.
 
     ``raw_data`` holds the data lines joined with ``\\n`` as bytes (undecoded, so the JSON stage can parse
-    bytes directly). ``offset`` is the byte offset of the event's first line in the stream (after a BOM, if
-    any, is counted), ``index`` its ordinal among dispatched events. ``stray_lines`` holds, in order, lines
-    with an unknown field name together with the data lines around them, only when such lines occurred: a
-    raw line break inside a JSON string splits a data line, and the JSON stage uses them to rejoin it.
+    bytes directly). ``offset`` is the byte offset of the event's first line in the stream (a stripped BOM
+    counts), ``index`` its ordinal among dispatched events. ``stray_lines`` holds, in order, the event's data
+    lines (``True``) and lines with an unknown field name (``False``), only when such lines occurred: a raw
+    line break inside a JSON string splits a data line, and the JSON stage uses them to rejoin it.
     """
 
     event: str | None
@@ -40,7 +41,7 @@ class ServerSentEvent:
     retry: int | None = None
     offset: int = 0
     index: int = 0
-    stray_lines: tuple[tuple[bool, bytes], ...] | None = field(default=None, repr=False)
+    stray_lines: tuple[tuple[bool, bytes], ...] | None = None
 
     @property
     def data(self) -> str:
@@ -55,8 +56,9 @@ class SSEDecoder:
         max_event_bytes: bound on the bytes held for one unfinished event; exceeding it raises
             :class:`~mendstream.errors.BufferLimitError`.
 
-    At ``end()`` an unfinished event is not dispatched (WHATWG); it is available as ``unfinished`` (the raw
-    bytes of its lines, including a last line with no terminator) so the caller can decide what to do.
+    At ``end()`` an unfinished event is not dispatched (WHATWG); it is available as ``unfinished`` (its
+    event and data lines, re-serialised, then any last line with no terminator) so the caller can decide
+    what to do with it.
     """
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -78,7 +80,6 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self._event_bytes = 0
         self._event_offset = 0
-        self._event_lines: list[bytes] = []  # raw lines of the current event, for `unfinished`
         self._stray: list[tuple[bool, bytes]] | None = None
         self._count = 0
 
@@ -128,8 +129,12 @@ class SSEDecoder:
             self._started = True
         tail = b"".join(self._partial)
         self._partial.clear()
-        lines = self._event_lines
         if self._data or self._event is not None or tail or self._stray:
+            lines = [b"event: " + self._event.encode()] if self._event is not None else []
+            if self._stray is not None:
+                lines += [(b"data: " + v) if is_data else v for is_data, v in self._stray]
+            else:
+                lines += [b"data: " + v for v in self._data]
             self.unfinished = b"".join(line + b"\n" for line in lines) + tail
         return []
 
@@ -166,33 +171,113 @@ class SSEDecoder:
         )
 
     def _lines(self, head: bytes, events: list[ServerSentEvent]) -> None:
-        # One pass over complete lines. LF-only framing (the common case) splits with one C call and knows
-        # every terminator is one byte; any CR takes the regex path, which reports each terminator's length.
-        if b"\r" not in head:
-            pieces = head.split(b"\n")
-            pieces.pop()  # head ends with a terminator: the last piece is empty
-            for line in pieces:
-                self._line(line, len(line) + 1, events)
-        else:
-            for match in _LINE.finditer(head):
-                line = match.group(1)
-                self._line(line, match.end() - match.start(), events)
-
-    def _line(self, line: bytes, consumed: int, events: list[ServerSentEvent]) -> None:
-        position = self._position
-        self._position = position + consumed
-        if not line:
-            if self._data:
-                self._dispatch(events)
-            else:
-                self._reset()
+        if self._event_bytes or b"\r" in head:  # mid-event, or CR framing: the general loop
+            self._general(head, events)
             return
-        if not self._event_lines:
-            self._event_offset = position
-        self._event_lines.append(line)
-        self._event_bytes += consumed
-        if self._event_bytes > self.max_event_bytes:
-            self._overflow()
+        # Fast path, while the decoder is between events and framing is LF: split on blank lines (one C
+        # call, like memchr) and take each ordinary event (an optional `event:` line and one `data:` line)
+        # with a few bytes operations. Any other block goes through the general line loop.
+        blocks = head.split(b"\n\n")
+        rest = blocks.pop()  # after the last blank line: complete lines of an unfinished event, or b""
+        names = _NAMES
+        position = self._position
+        limit = self.max_event_bytes
+        for block in blocks:
+            size = len(block) + 2
+            if size > limit:
+                self._event_offset = position
+                self._overflow()
+            if block[:6] == b"event:":
+                newline = block.find(b"\n")
+                name = block[6:newline] if newline >= 0 else b""
+                line = block[newline + 1 :] if newline >= 0 else b""
+            else:
+                name = None
+                line = block
+            if line[:5] != b"data:" or line.find(b"\n") >= 0 or (name is not None and newline < 0):
+                self._position = position
+                self._general(block + b"\n\n", events)
+                position += size
+                continue
+            if name is not None:
+                text = names.get(name)
+                if text is None:
+                    text = name[1:].decode("utf-8", "replace") if name[:1] == b" " else name.decode(
+                        "utf-8", "replace"
+                    )
+                    text = text or None
+                    if len(names) < 64:
+                        names[name] = text
+            else:
+                text = None
+            events.append(
+                tuple.__new__(
+                    ServerSentEvent,
+                    (text, line[6:] if line[5:6] == b" " else line[5:], self.last_event_id, self.retry,
+                     position, self._count, None),
+                )
+            )
+            self._count += 1
+            position += size
+        self._position = position
+        if rest:
+            self._general(rest, events)
+
+    def _general(self, head: bytes, events: list[ServerSentEvent]) -> None:
+        # One pass over complete lines, with the decoder's state in locals. LF-only framing splits with one
+        # C call and knows every terminator is one byte; a head with any CR goes through the regex, which
+        # also reports each terminator's length (`extra` bytes beyond one).
+        if b"\r" not in head:
+            lines = head.split(b"\n")
+            lines.pop()  # head ends with a terminator: the last piece is empty
+            extra: list[int] | None = None
+        else:
+            matches = _LINE.findall(head)
+            lines = [m[0] for m in matches]
+            extra = [len(m[1]) - 1 for m in matches]
+        position = self._position
+        limit = self.max_event_bytes
+        event_bytes = self._event_bytes
+        data = self._data
+        for i, line in enumerate(lines):
+            consumed = len(line) + 1 if extra is None else len(line) + 1 + extra[i]
+            if not line:  # blank line: dispatch
+                if data:
+                    raw = data[0] if len(data) == 1 else b"\n".join(data)
+                    stray = tuple(self._stray) if self._stray is not None else None
+                    events.append(
+                        tuple.__new__(
+                            ServerSentEvent,
+                            (self._event, raw, self.last_event_id, self.retry, self._event_offset,
+                             self._count, stray),
+                        )
+                    )
+                    self._count += 1
+                    data = self._data = []
+                self._event = None
+                self._stray = None
+                event_bytes = 0
+                position += consumed
+                continue
+            if event_bytes == 0:
+                self._event_offset = position
+            position += consumed
+            event_bytes += consumed
+            if event_bytes > limit:
+                self._event_bytes = event_bytes
+                self._overflow()
+            if line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data.append(value)
+                if self._stray is not None:
+                    self._stray.append((True, value))
+            else:
+                self._field(line)
+        self._position = position
+        self._event_bytes = event_bytes
+
+    def _field(self, line: bytes) -> None:
+        # Every line but `data:` and blank ones: rare, so kept out of the loop above.
         if line[0] == 0x3A:  # ":" comment
             return
         colon = line.find(b":")
@@ -202,12 +287,12 @@ class SSEDecoder:
             name, value = line[:colon], line[colon + 1 :]
             if value[:1] == b" ":
                 value = value[1:]
-        if name == b"data":
+        if name == b"event":
+            self._event = value.decode("utf-8", "replace") or None
+        elif name == b"data":  # `data` without a colon: an empty data line
             self._data.append(value)
             if self._stray is not None:
                 self._stray.append((True, value))
-        elif name == b"event":
-            self._event = value.decode("utf-8", "replace")
         elif name == b"id":
             if b"\x00" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
@@ -220,22 +305,3 @@ class SSEDecoder:
             if self._stray is None:
                 self._stray = [(True, d) for d in self._data]
             self._stray.append((False, line))
-
-    def _dispatch(self, events: list[ServerSentEvent]) -> None:
-        data = self._data
-        raw = data[0] if len(data) == 1 else b"\n".join(data)
-        stray = tuple(self._stray) if self._stray is not None else None
-        events.append(
-            ServerSentEvent(
-                self._event, raw, self.last_event_id, self.retry, self._event_offset, self._count, stray
-            )
-        )
-        self._count += 1
-        self._reset()
-
-    def _reset(self) -> None:
-        self._event = None
-        self._data = []
-        self._event_bytes = 0
-        self._event_lines = []
-        self._stray = None
