@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cache_payloads import agent_turn_payload, all_markers, payloads, without_markers
 
 from mendstream.cache import (
     STRATEGIES,
@@ -19,6 +18,7 @@ from mendstream.cache import (
     place_cache_breakpoints,
     plan_cache_breakpoints,
 )
+from test_cache_payloads import agent_turn_payload, all_markers, payloads, without_markers
 
 OPTIONS = st.fixed_dictionaries(
     {},
@@ -132,7 +132,7 @@ def test_minimum_length_skips_short_prefixes() -> None:
     assert report.min_tokens == 4096 and report.too_short
     out, report = plan_cache_breakpoints(payload, min_tokens=0)
     assert len(report.breakpoints) == 2
-    out, report = plan_cache_breakpoints(payload, min_tokens={"claude-opus": 1})
+    _, report = plan_cache_breakpoints(payload, min_tokens={"claude-opus": 1})
     assert report.min_tokens == 1
 
 
@@ -198,10 +198,10 @@ def test_invalid_caller_markers_are_removed_and_reported() -> None:
 
 def test_ttl_per_region_and_longer_first() -> None:
     payload = agent_turn_payload(turns=2)
-    out, report = plan_cache_breakpoints(payload, ttl={"tools": "1h", "system": "1h", "messages": "5m"})
+    _, report = plan_cache_breakpoints(payload, ttl={"tools": "1h", "system": "1h", "messages": "5m"})
     assert [b.ttl for b in report.breakpoints] == ["1h", "1h", "5m", "5m"]
     assert not report.ttl_lowered
-    out, report = plan_cache_breakpoints(payload, ttl={"system": "5m", "messages": "1h"})
+    _, report = plan_cache_breakpoints(payload, ttl={"system": "5m", "messages": "1h"})
     assert [b.ttl for b in report.breakpoints] == ["5m", "5m", "5m", "5m"]
     assert len(report.ttl_lowered) == 2
 

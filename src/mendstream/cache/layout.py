@@ -146,13 +146,23 @@ class Layout:
             pos -= 1
         return None
 
-    def prefix_tokens(self) -> list[int]:
-        """Cumulative token estimate: ``prefix_tokens()[p]`` covers positions ``0..p``. O(n), memoised."""
+    def prefix_tokens(self, memo: dict[int, tuple[Any, int]] | None = None) -> list[int]:
+        """Cumulative token estimate: ``prefix_tokens()[p]`` covers positions ``0..p``. O(n), memoised.
+
+        ``memo`` (``id(block) -> (block, tokens)``) lets a caller that replays many payloads sharing the
+        same block objects estimate each block once; it keeps the blocks alive so ids stay unique.
+        """
         if self._prefix_tokens is None:
             total = 0
             out = []
             for block in self.blocks:
-                total += estimate_block_tokens(block)
+                if memo is None:
+                    total += estimate_block_tokens(block)
+                else:
+                    hit = memo.get(id(block))
+                    if hit is None or hit[0] is not block:
+                        hit = memo[id(block)] = (block, estimate_block_tokens(block))
+                    total += hit[1]
                 out.append(total)
             self._prefix_tokens = out
         return self._prefix_tokens
@@ -169,10 +179,14 @@ class Layout:
                 return True
         return False
 
-    def prefix_hashes(self) -> list[bytes]:
+    def prefix_hashes(
+        self, memo: dict[tuple[int, str, bool], tuple[Any, bytes]] | None = None
+    ) -> list[bytes]:
         """``prefix_hashes()[p]`` identifies the whole prefix up to and including ``p``: the model, every
         earlier block in order, message boundaries and roles, and (from the first message on) the
-        ``tool_choice`` and ``thinking`` settings, which the documentation says invalidate message caches."""
+        ``tool_choice`` and ``thinking`` settings, which the documentation says invalidate message caches.
+        ``memo`` works as in :meth:`prefix_tokens` (``cache_control`` is excluded from the digest, so a
+        block that only gained a marker is a new object and is hashed again, with the same result)."""
         payload = self.payload
         state = hashlib.blake2b(str(payload.get("model", "")).encode(), digest_size=16).digest()
         settings = json.dumps(
@@ -188,7 +202,14 @@ class Layout:
                 salted = True
             first = region == MESSAGES and self.outer[pos] != previous_outer
             previous_outer = self.outer[pos] if region == MESSAGES else -1
-            digest = block_digest(self.roles[pos], first, block)
+            if memo is None:
+                digest = block_digest(self.roles[pos], first, block)
+            else:  # keyed by identity: valid only while the caller does not mutate the blocks it replays
+                key = (id(block), self.roles[pos], first)
+                hit = memo.get(key)
+                if hit is None or hit[0] is not block:
+                    hit = memo[key] = (block, block_digest(self.roles[pos], first, block))
+                digest = hit[1]
             state = hashlib.blake2b(state + digest, digest_size=16).digest()
             out.append(state)
         return out
