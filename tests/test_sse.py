@@ -55,7 +55,7 @@ def test_basic_event_and_offsets() -> None:
     events, _ = decode([data])
     assert simple(events) == [("a", '{"x": 1}', None), ("b", "2", None)]
     assert [e.offset for e in events] == [0, data.index(b"event: b")]
-    assert [e.index for e in events] == [0, 1]
+    assert [e.ordinal for e in events] == [0, 1]
 
 
 def test_every_terminator_and_split_cr_lf() -> None:

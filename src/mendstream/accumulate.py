@@ -113,9 +113,9 @@ class _ToolInput:
             parser.feed("".join(self.fragments[:n]))
             value = parser.snapshot()
         else:
+            if self._parser is None:
+                self._parser = ToolInputParser(partial_mode=self.mode)
             parser = self._parser
-            if parser is None:
-                parser = self._parser = ToolInputParser(partial_mode=self.mode)
             for fragment in self.fragments[self._parser_n : n]:
                 parser.feed(fragment)
             self._parser_n = n
@@ -345,7 +345,8 @@ class MessageAccumulator:
         if type(message.get("usage")) is not dict:
             message["usage"] = {"input_tokens": 0, "output_tokens": 0}
         self._message = message
-        out.append(MessageStartEvent(Data(obj.get("message") if type(obj.get("message")) is dict else message)))
+        sent = obj.get("message")
+        out.append(MessageStartEvent(Data(sent if type(sent) is dict else message)))
 
     def _on_block_start(self, obj: dict[str, Any], out: list[Event]) -> None:
         index = obj.get("index")
@@ -542,13 +543,13 @@ class MessageAccumulator:
             return
         self._repair("unterminated_final_event", "the last event had no blank line after it; dispatched it")
         offset = self._sse.offset if self._sse else 0
-        index = self._sse.index + 1 if self._sse else 0
-        self.handle(ServerSentEvent(name, raw, offset=offset, index=index), out)
+        index = self._sse.ordinal + 1 if self._sse else 0
+        self.handle(ServerSentEvent(name, raw, offset=offset, ordinal=index), out)
 
     def _repair(self, kind: str, detail: str, index: int | None = None, raw: str | None = None) -> None:
         sse = self._sse
         self._add_repair(
-            Repair(kind, detail, sse.offset if sse else None, sse.index if sse else None, index=index, raw=raw)
+            Repair(kind, detail, sse.offset if sse else None, sse.ordinal if sse else None, index=index, raw=raw)
         )
 
     def _add_repair(self, repair: Repair) -> None:

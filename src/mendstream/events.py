@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 __all__ = [
@@ -118,7 +118,6 @@ class _SnapshotEvent(_EventBase):
         if self._value is _UNSET:
             assert self._source is not None
             self._value = self._source.snapshot_at(self._n)
-            self._source = None  # let the block go once this snapshot exists
         return self._value
 
 
@@ -252,7 +251,7 @@ class UnknownEvent:
     attributes (``event.some_field``)."""
 
     __slots__ = ("data", "type")
-    type: str  # type: ignore[misc]
+    type: str
     data: Data
 
     def __init__(self, type: str, data: Data) -> None:

@@ -93,7 +93,7 @@ def decode_event_json(sse: ServerSentEvent, snapshot: dict[str, Any] | None) -> 
     repairs: list[Repair] = []
 
     def record(kind: str, detail: str, raw: str | None = None) -> None:
-        repairs.append(Repair(kind, detail, sse.offset, sse.index, raw=raw))
+        repairs.append(Repair(kind, detail, sse.offset, sse.ordinal, raw=raw))
 
     raw = sse.raw_data
     if sse.stray_lines:
@@ -117,14 +117,14 @@ def decode_event_json(sse: ServerSentEvent, snapshot: dict[str, Any] | None) -> 
     if controls:
         record("control_characters", _describe_controls(controls))
     if invalid:
-        record("invalid_escape", f"kept {invalid} invalid escape(s) inside JSON strings as literal backslashes")
+        record("invalid_escape", f"kept {invalid} invalid escape(s) in JSON strings as literal backslashes")
     try:
         return json.loads(mended), repairs
     except ValueError as exc:
         raise EventDecodeError(
-            f"event #{sse.index} at byte {sse.offset} ({sse.event or 'unnamed'}): data is not JSON even "
+            f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): data is not JSON even "
             f"after repair: {exc.msg} at data char {exc.pos}" if isinstance(exc, json.JSONDecodeError)
-            else f"event #{sse.index} at byte {sse.offset}: data is not JSON even after repair",
+            else f"event #{sse.ordinal} at byte {sse.offset}: data is not JSON even after repair",
             raw=sse.raw_data,
             snapshot=snapshot,
             offset=sse.offset,

@@ -30,7 +30,7 @@ class ServerSentEvent(NamedTuple):
 
     ``raw_data`` holds the data lines joined with ``\\n`` as bytes (undecoded, so the JSON stage can parse
     bytes directly). ``offset`` is the byte offset of the event's first line in the stream (a stripped BOM
-    counts), ``index`` its ordinal among dispatched events. ``stray_lines`` holds, in order, the event's data
+    counts), ``ordinal`` its position among dispatched events. ``stray_lines`` holds, in order, the event's data
     lines (``True``) and lines with an unknown field name (``False``), only when such lines occurred: a raw
     line break inside a JSON string splits a data line, and the JSON stage uses them to rejoin it.
     """
@@ -40,7 +40,7 @@ class ServerSentEvent(NamedTuple):
     id: str | None = None
     retry: int | None = None
     offset: int = 0
-    index: int = 0
+    ordinal: int = 0
     stray_lines: tuple[tuple[bool, bytes], ...] | None = None
 
     @property

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from types import TracebackType
 from typing import Any, Self
 
 from .errors import StreamError, UsageError
-from .events import Event
+from .events import Event, TextEvent
 from .parser import MessageParser
 from .repair import Repair
 
@@ -145,7 +154,7 @@ class MessageStream(_Surface):
         self._iterator = self._events()
         self.text_stream: Iterator[str] = self._text()
 
-    def _events(self) -> Iterator[Event]:
+    def _events(self) -> Generator[Event, None, None]:
         parser = self._state.parser
         try:
             for chunk in self._chunks:
@@ -166,7 +175,7 @@ class MessageStream(_Surface):
 
     def _text(self) -> Iterator[str]:
         for event in self:
-            if event.type == "text":
+            if isinstance(event, TextEvent):
                 yield event.text
 
     def __iter__(self) -> Iterator[Event]:
@@ -231,7 +240,7 @@ class AsyncMessageStream(_Surface):
         self._iterator = self._events()
         self.text_stream: AsyncIterator[str] = self._text()
 
-    async def _events(self) -> AsyncIterator[Event]:
+    async def _events(self) -> AsyncGenerator[Event, None]:
         parser = self._state.parser
         try:
             async for chunk in self._chunks:
@@ -256,7 +265,7 @@ class AsyncMessageStream(_Surface):
 
     async def _text(self) -> AsyncIterator[str]:
         async for event in self:
-            if event.type == "text":
+            if isinstance(event, TextEvent):
                 yield event.text
 
     def __aiter__(self) -> AsyncIterator[Event]:
