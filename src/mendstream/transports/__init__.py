@@ -178,9 +178,9 @@ class BodyPump:
 
     A transport error while reading the body (the peer reset the connection, a read timed out) ends the
     input instead of escaping: the core then sees EOF and either finishes a complete message or raises
-    ``IncompleteStreamError`` with the partial message; :meth:`wrap_error` chains the transport error as
-    that error's ``__cause__``. A capture is finished with outcome ``"complete"``, ``"closed"`` (consumer
-    stopped early) or ``"error"``.
+    ``IncompleteStreamError`` with the partial message; :meth:`wrap_error` attaches the transport error to
+    that error as ``transport_error`` (and a note). A capture is finished with outcome ``"complete"``,
+    ``"closed"`` (consumer stopped early) or ``"error"``.
 
     ``convert_error`` maps core errors to what is raised (the SDK transport turns ``APIStreamError`` into
     the SDK's error classes); it receives the error after the cause has been attached.
@@ -197,12 +197,20 @@ class BodyPump:
         self._convert_error = convert_error
 
     def wrap_error(self, err: StreamError) -> BaseException:
-        """Attach a transport error that ended the body, then apply ``convert_error``."""
-        if self.transport_error is not None and err.__cause__ is None:
-            err.__cause__ = self.transport_error
+        """Record a transport error that ended the body on ``err``, then apply ``convert_error``.
+
+        The transport error is kept as ``transport_error`` and in a note on the raised exception (shown in
+        tracebacks), and offered as ``__cause__`` (which the core may reset when it raises).
+        """
         converted = self._convert_error(err) if self._convert_error is not None else err
-        if converted is not err and self.transport_error is not None and converted.__cause__ is None:
-            converted.__cause__ = self.transport_error
+        failure = self.transport_error
+        if failure is not None:
+            for target in {id(err): err, id(converted): converted}.values():
+                target.transport_error = failure  # type: ignore[attr-defined]
+                if target.__cause__ is None:
+                    target.__cause__ = failure
+            reason = f"{type(failure).__name__}: {failure}"
+            converted.add_note(f"the connection failed before the stream ended: {reason}")
         return converted
 
     def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:

@@ -53,6 +53,17 @@ class _SDKStreamErrorBase(APIStreamError):
         self.message = message
 
 
+def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """Unpickle a combined error without calling the SDK's ``__init__`` (its keyword arguments are gone)."""
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    return exc
+
+
+def _reduce_error(self: BaseException) -> tuple[Any, ...]:
+    return _rebuild_error, (type(self), self.args), self.__dict__
+
+
 _combined_classes: dict[type[BaseException], type[BaseException]] = {}
 
 
@@ -81,6 +92,7 @@ def sdk_error_class(error_type: str) -> type[BaseException]:
             {
                 "__module__": __name__,
                 "__qualname__": name,
+                "__reduce__": _reduce_error,
                 "__doc__": f"A mid-stream error event; both anthropic.{sdk_cls.__name__} and APIStreamError.",
             },
         )
