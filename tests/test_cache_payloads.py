@@ -152,10 +152,7 @@ def agent_turn_payload(turns: int, parallel: int = 1, system_blocks: int = 1) ->
             {
                 "role": "assistant",
                 "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}]
-                + [
-                    {"type": "tool_use", "id": f"c{t}_{k}", "name": "read", "input": {"k": k}}
-                    for k in range(parallel)
-                ],
+                + [{"type": "tool_use", "id": f"c{t}_{k}", "name": "read", "input": {"k": k}} for k in range(parallel)],
             }
         )
         messages.append(

@@ -140,9 +140,7 @@ def test_string_content_becomes_one_block_list() -> None:
     payload = {"model": "m", "system": "s", "messages": [{"role": "user", "content": "hello"}]}
     out = place_cache_breakpoints(payload, min_tokens=0)
     assert out["system"] == [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]
-    assert out["messages"][0]["content"] == [
-        {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}
-    ]
+    assert out["messages"][0]["content"] == [{"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}]
     assert payload["messages"][0]["content"] == "hello"
 
 
@@ -265,9 +263,7 @@ def test_strategy_none_removes_markers_without_warning() -> None:
 def test_large_history_is_shared_not_copied() -> None:
     payload = agent_turn_payload(turns=1000)
     out = place_cache_breakpoints(payload)
-    changed = [
-        i for i, (a, b) in enumerate(zip(payload["messages"], out["messages"], strict=True)) if a is not b
-    ]
+    changed = [i for i, (a, b) in enumerate(zip(payload["messages"], out["messages"], strict=True)) if a is not b]
     assert changed == [len(payload["messages"]) - 3, len(payload["messages"]) - 1]
     assert out["tools"][0] is payload["tools"][0]
 

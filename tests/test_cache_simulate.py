@@ -192,9 +192,7 @@ def test_default_reaches_the_ceiling_on_a_parallel_tool_loop() -> None:
 def test_load_session(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     p = blocks_payload(3)
-    path.write_text(
-        json.dumps(p) + "\n\n" + json.dumps({"payload": p, "timestamp": 5, "usage": {"input_tokens": 3}})
-    )
+    path.write_text(json.dumps(p) + "\n\n" + json.dumps({"payload": p, "timestamp": 5, "usage": {"input_tokens": 3}}))
     entries = load_session(path)
     assert entries[0].payload == p and entries[1].timestamp == 5.0 and entries[1].usage == {"input_tokens": 3}
     path.write_text("{\n")

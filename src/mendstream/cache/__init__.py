@@ -14,6 +14,8 @@ from .planner import (
     place_cache_breakpoints,
     plan_cache_breakpoints,
 )
+from .simulate import RequestResult, SessionEntry, SimulationReport, ceiling, load_session, simulate
+from .stats import CacheStats
 from .strategies import STRATEGIES
 from .tokens import MIN_CACHEABLE_TOKENS, estimate_block_tokens, min_cacheable_tokens
 
@@ -22,13 +24,20 @@ __all__ = [
     "MIN_CACHEABLE_TOKENS",
     "STRATEGIES",
     "Breakpoint",
+    "CacheStats",
     "CacheMarkerWarning",
     "CachePlanner",
     "DroppedMarker",
     "PlacementReport",
+    "RequestResult",
+    "SessionEntry",
+    "SimulationReport",
     "apply_cache",
+    "ceiling",
     "estimate_block_tokens",
+    "load_session",
     "min_cacheable_tokens",
     "place_cache_breakpoints",
     "plan_cache_breakpoints",
+    "simulate",
 ]

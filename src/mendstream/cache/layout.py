@@ -97,20 +97,34 @@ class Layout:
             for i, block in enumerate(system):
                 add(SYSTEM, i, -1, block, "system", _is_cacheable(block))
         messages = payload.get("messages")
-        if isinstance(messages, Sequence) and not isinstance(messages, str):
+        if isinstance(messages, list | tuple):
+            # The hot loop of the stateless planner (a 2,000-block history): exact type checks and bound
+            # methods, because ABC isinstance checks and attribute lookups dominate at this size.
+            r_add, o_add, i_add = layout.region.append, layout.outer.append, layout.inner.append
+            b_add, role_add, c_add = layout.blocks.append, layout.roles.append, layout.cacheable.append
+            blocks, markers, span = layout.blocks, layout.markers, layout.message_span
+            unmarkable = _UNMARKABLE_TYPES
             for m, message in enumerate(messages):
-                if not isinstance(message, Mapping):
+                if type(message) is not dict and not isinstance(message, Mapping):
                     continue
-                role = str(message.get("role", ""))
+                role = message.get("role", "")
                 content = message.get("content")
-                start = len(layout.blocks)
-                if isinstance(content, str):
-                    add(MESSAGES, m, -1, content, role, content != "")
-                elif isinstance(content, Sequence):
+                start = len(blocks)
+                if type(content) is str:
+                    if content:
+                        r_add(MESSAGES), o_add(m), i_add(-1), b_add(content), role_add(role), c_add(True)
+                elif type(content) is list or isinstance(content, list | tuple):
                     for b, block in enumerate(content):
-                        add(MESSAGES, m, b, block, role, _is_cacheable(block))
-                if len(layout.blocks) > start:
-                    layout.message_span[m] = (start, len(layout.blocks) - 1)
+                        if type(block) is dict:
+                            if "cache_control" in block:
+                                markers[start + b] = block["cache_control"]
+                            kind = block.get("type")
+                            c_add(kind not in unmarkable and (kind != "text" or bool(block.get("text"))))
+                        else:
+                            c_add(_is_cacheable(block))
+                        r_add(MESSAGES), o_add(m), i_add(b), b_add(block), role_add(role)
+                if len(blocks) > start:
+                    span[m] = (start, len(blocks) - 1)
         return layout
 
     def _add(self, region: int, outer: int, inner: int, block: Any, role: str, cacheable: bool) -> None:
@@ -179,9 +193,7 @@ class Layout:
                 return True
         return False
 
-    def prefix_hashes(
-        self, memo: dict[tuple[int, str, bool], tuple[Any, bytes]] | None = None
-    ) -> list[bytes]:
+    def prefix_hashes(self, memo: dict[tuple[int, str, bool], tuple[Any, bytes]] | None = None) -> list[bytes]:
         """``prefix_hashes()[p]`` identifies the whole prefix up to and including ``p``: the model, every
         earlier block in order, message boundaries and roles, and (from the first message on) the
         ``tool_choice`` and ``thinking`` settings, which the documentation says invalidate message caches.

@@ -128,21 +128,15 @@ class PlacementReport:
         for bp in self.breakpoints:
             where = "top-level" if bp.source == "automatic" else _where(bp.region, bp.location)
             tokens = "" if bp.prefix_tokens is None else str(bp.prefix_tokens)
-            rows.append(
-                (str(bp.position), bp.region, where, bp.role, bp.block_type, tokens, bp.ttl, bp.reason)
-            )
+            rows.append((str(bp.position), bp.region, where, bp.role, bp.block_type, tokens, bp.ttl, bp.reason))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows
-        ]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows]
         lines.append(
             f"{len(self.breakpoints)}/{MAX_BREAKPOINTS} breakpoints; minimum cacheable prefix "
             f"{self.min_tokens} tokens; strategy {self.strategy}; provider {self.provider}"
         )
         for d in self.dropped:
-            lines.append(
-                f"dropped caller marker at {_where(d.region, d.location)} ({d.block_type}): {d.reason}"
-            )
+            lines.append(f"dropped caller marker at {_where(d.region, d.location)} ({d.block_type}): {d.reason}")
         for c in self.too_short:
             lines.append(f"skipped position {c.position} ({c.reason}): prefix under {self.min_tokens} tokens")
         for pos in self.ttl_lowered:
@@ -198,9 +192,7 @@ def _resolve(
     if strategy == "automatic" and provider != "anthropic":
         raise ValueError(f"strategy 'automatic' is not available for provider {provider!r}")
     if automatic and provider in ("bedrock", "vertex", "prefix-auto"):
-        raise ValueError(
-            f"provider {provider!r} has no top-level automatic caching; use automatic=False/None"
-        )
+        raise ValueError(f"provider {provider!r} has no top-level automatic caching; use automatic=False/None")
     return _Options(strategy, model, ttl_map, min_tokens, automatic, provider, lookback)
 
 
@@ -243,9 +235,7 @@ def _plan(
     layout: Layout | None = None,
 ) -> _Plan:
     if not isinstance(payload, Mapping):
-        raise TypeError(
-            f"payload must be a mapping (a Messages API request body), not {type(payload).__name__}"
-        )
+        raise TypeError(f"payload must be a mapping (a Messages API request body), not {type(payload).__name__}")
     layout = layout or Layout.of(payload)
     minimum = min_cacheable_tokens(opts.model or str(payload.get("model") or ""), opts.min_tokens)
     top = payload.get("cache_control")
@@ -272,7 +262,7 @@ def _plan(
     else:
         use_auto = opts.automatic
     top_value: Any
-    if use_auto:  # noqa: SIM108
+    if use_auto:
         top_value = top if top is not None else _marker(opts.ttl.get("messages"))
     else:
         top_value = None
@@ -281,9 +271,7 @@ def _plan(
     ctx = StrategyContext(layout, opts.lookback, use_auto)
     region = layout.region
 
-    caller_prefix = sorted(
-        (p for p in layout.markers if region[p] != MESSAGES), key=lambda p: (-region[p], -p)
-    )
+    caller_prefix = sorted((p for p in layout.markers if region[p] != MESSAGES), key=lambda p: (-region[p], -p))
     caller_messages = sorted((p for p in layout.markers if region[p] == MESSAGES), reverse=True)
     order: list[tuple[int, Source, str]] = []  # (position, source, reason)
     order += [(p, "caller", "caller's marker (tools/system)") for p in caller_prefix[:_CALLER_PREFIX_FIRST]]
@@ -566,11 +554,7 @@ class CachePlanner:
             survived = prev_tail < n and chain[prev_tail] == self._previous[prev_tail]
             if survived:
                 self._tail_back = 0
-            elif (
-                common is not None
-                and layout.region[common] == MESSAGES
-                and prev_tail - common <= ctx.lookback
-            ):
+            elif common is not None and layout.region[common] == MESSAGES and prev_tail - common <= ctx.lookback:
                 self._tail_back = prev_tail - common
             else:
                 self._tail_back = 0
@@ -608,9 +592,7 @@ class CachePlanner:
         if current is not None and anchor is not None and current - anchor > ctx.lookback:
             stone = layout.last_cacheable(current - max(1, ctx.lookback // 2), floor=anchor + 1)
             if stone is not None:
-                out.append(
-                    Candidate(stone, f"stepping stone: {current - anchor} blocks since the read point")
-                )
+                out.append(Candidate(stone, f"stepping stone: {current - anchor} blocks since the read point"))
         if not out:
             return default_strategy(ctx)
         return out
@@ -669,9 +651,7 @@ def apply_cache(payload: dict[str, Any], cache: object) -> dict[str, Any]:
     if isinstance(cache, Mapping):
         unknown = set(cache) - set(_APPLY_OPTIONS)
         if unknown:
-            raise ValueError(
-                f"unknown cache option(s) {sorted(unknown)}; allowed: {', '.join(_APPLY_OPTIONS)}"
-            )
+            raise ValueError(f"unknown cache option(s) {sorted(unknown)}; allowed: {', '.join(_APPLY_OPTIONS)}")
         return place_cache_breakpoints(payload, **cache)
     raise ValueError(
         "cache must be one of the allowed values: None, False, True, a strategy name "

@@ -223,8 +223,7 @@ class SimulationReport:
         )
         widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
         return "\n".join(
-            "  ".join(c.rjust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-            for row in rows
+            "  ".join(c.rjust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows
         )
 
     def chart(self, path: str | Path, *, title: str | None = None) -> None:
@@ -275,15 +274,12 @@ def _timestamps(entries: list[SessionEntry], interval: float) -> list[float]:
     return out
 
 
-def _scaled_prefix(
-    layout: Layout, usage: Mapping[str, Any] | None, memo: dict[int, tuple[Any, int]]
-) -> list[int]:
+def _scaled_prefix(layout: Layout, usage: Mapping[str, Any] | None, memo: dict[int, tuple[Any, int]]) -> list[int]:
     prefix = layout.prefix_tokens(memo)
     if not usage or not prefix:
         return prefix
     actual = sum(
-        int(usage.get(k) or 0)
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
     if actual <= 0:
         return prefix
@@ -294,16 +290,12 @@ def _scaled_prefix(
 def _validate(layout: Layout, top: Any) -> str | None:
     count = len(layout.markers) + (top is not None)
     if count > MAX_BREAKPOINTS:
-        return (
-            f"400: A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."
-        )
+        return f"400: A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."
     for pos in sorted(layout.markers):
         if not layout.cacheable[pos]:
             return f"400: cache_control cannot be set on a {layout.block_type(pos)} block (position {pos})"
     seen_short = False
-    ttls = [_ttl(layout.markers[p]) for p in sorted(layout.markers)] + (
-        [_ttl(top)] if top is not None else []
-    )
+    ttls = [_ttl(layout.markers[p]) for p in sorted(layout.markers)] + ([_ttl(top)] if top is not None else [])
     for ttl in ttls:
         if ttl not in TTL_SECONDS:
             return f"400: unknown cache ttl {ttl!r}"

@@ -100,6 +100,15 @@ def _stable_prefix(layout: Layout) -> list[Candidate]:
     return []
 
 
+def _tail_guard(layout: Layout, current: int | None) -> int | None:
+    if current is None or layout.block_type(current) != "text":
+        return None
+    start, end = layout.message_span[layout.outer[current]]
+    if current != end or current == start:
+        return None
+    return layout.last_cacheable(current - 1, floor=start)
+
+
 def default_strategy(ctx: StrategyContext) -> list[Candidate]:
     """Breakpoints where they will be read.
 
@@ -107,8 +116,10 @@ def default_strategy(ctx: StrategyContext) -> list[Candidate]:
     2. the previous request's tail: the exact prefix the previous request wrote, a hit even for providers
        without lookback and however many blocks this turn added;
     3. the current tail: written now, read by the next request's (2);
-    4. the end of the tool definitions when a system prompt follows them (a system change keeps tools);
-    5. a stepping stone ``lookback // 2`` blocks before the tail when more than ``lookback`` blocks
+    4. when the last message ends in a text block after other blocks (agents append reminders there and
+       drop them from the stored history), the block before it: the next request's (2) reads it exactly;
+    5. the end of the tool definitions when a system prompt follows them (a system change keeps tools);
+    6. a stepping stone ``lookback // 2`` blocks before the tail when more than ``lookback`` blocks
        separate the two tails, so that if the next request alters its tail, walking back still lands
        on a written prefix.
     """
@@ -120,6 +131,13 @@ def default_strategy(ctx: StrategyContext) -> list[Candidate]:
         out.append(Candidate(previous, "previous request's tail: read exactly where it was written"))
     if current is not None and not ctx.automatic:
         out.append(Candidate(current, "current tail: written for the next request"))
+    guard = _tail_guard(layout, current)
+    if guard is not None:
+        out.append(
+            Candidate(
+                guard, "block before a trailing text block: survives if that text (a reminder) is not kept in history"
+            )
+        )
     tools_end = region_end(layout, TOOLS)
     if tools_end is not None and region_end(layout, SYSTEM) is not None:
         out.append(Candidate(tools_end, "end of tool definitions: survives a system change"))
@@ -159,11 +177,7 @@ def dual_strategy(ctx: StrategyContext) -> list[Candidate]:
     floor = _first_message_position(layout)
     if floor is not None:
         for pos in range(len(layout) - 1, floor - 1, -1):
-            if (
-                layout.roles[pos] == "assistant"
-                and layout.block_type(pos) == "tool_use"
-                and layout.cacheable[pos]
-            ):
+            if layout.roles[pos] == "assistant" and layout.block_type(pos) == "tool_use" and layout.cacheable[pos]:
                 out.append(Candidate(pos, "last assistant tool_use"))
                 break
     return out
