@@ -276,6 +276,7 @@ def stream(
 
     def close() -> None:
         try:
+            pump.drain(chunks)
             chunks.close()
         finally:
             response.close()
@@ -359,6 +360,7 @@ def astream(
 
         async def close() -> None:
             try:
+                await pump.adrain(chunks)
                 await chunks.aclose()
             finally:
                 await response.aclose()

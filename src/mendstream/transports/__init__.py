@@ -173,6 +173,10 @@ def is_transport_error(exc: BaseException) -> bool:
     return False
 
 
+DRAIN_LIMIT = 64 * 1024 * 1024
+"""Most bytes read after a stream error to complete a capture."""
+
+
 class BodyPump:
     """Moves body chunks from an HTTP response into the core, teeing them to a capture.
 
@@ -194,7 +198,29 @@ class BodyPump:
     ) -> None:
         self.capture = capture
         self.transport_error: BaseException | None = None
+        self.failed = False
         self._convert_error = convert_error
+
+    def drain(self, chunks: Generator[bytes, None, None]) -> None:
+        """After a stream error, read the rest of the body into the capture (so a fixture of a broken
+        stream is whole), at most ``DRAIN_LIMIT`` bytes. Does nothing when not capturing."""
+        if not self.failed or self.capture is None:
+            return
+        seen = 0
+        for chunk in chunks:
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT:
+                break
+
+    async def adrain(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        """The async twin of :meth:`drain`."""
+        if not self.failed or self.capture is None:
+            return
+        seen = 0
+        async for chunk in chunks:
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT:
+                break
 
     def wrap_error(self, err: StreamError) -> BaseException:
         """Record a transport error that ended the body on ``err``, then apply ``convert_error``.
@@ -202,6 +228,7 @@ class BodyPump:
         The transport error is kept as ``transport_error`` and in a note on the raised exception (shown in
         tracebacks), and offered as ``__cause__`` (which the core may reset when it raises).
         """
+        self.failed = True
         converted = self._convert_error(err) if self._convert_error is not None else err
         failure = self.transport_error
         if failure is not None:

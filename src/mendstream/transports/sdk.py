@@ -276,6 +276,7 @@ def stream(
 
     def close() -> None:
         try:
+            pump.drain(chunks)
             chunks.close()
         finally:
             raw.close()
@@ -331,6 +332,7 @@ def astream(
 
         async def close() -> None:
             try:
+                await pump.adrain(chunks)
                 await chunks.aclose()
             finally:
                 await raw.close()
