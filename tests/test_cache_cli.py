@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cache_payloads import agent_turn_payload
 
 from mendstream.cache.cli import main
+from test_cache_payloads import agent_turn_payload
 
 
 def write_session(path: Path, turns: int = 4) -> None:

@@ -5,9 +5,8 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
-from test_cache_payloads import agent_turn_payload
-
 from mendstream.cache import CachePlanner, CacheStats
+from test_cache_payloads import agent_turn_payload
 
 
 def test_cache_stats_aggregates_usage() -> None:
