@@ -108,6 +108,7 @@ _STRING_RUN: Final = re.compile(
     r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})+"
 )
 _CONTROL_RUN: Final = re.compile(r"[\x00-\x1f]+")
+_CONTROL_DETAIL: Final = 16
 _ESCAPE_DECODER: Final = json.JSONDecoder(strict=False)
 _SIMPLE_ESCAPES: Final = {
     '"': '"',
@@ -185,9 +186,7 @@ class ToolInputParser:
             offset in the whole text.
     """
 
-    def __init__(
-        self, *, partial_mode: Literal["on", "trailing-strings"] = "on", max_depth: int = 1000
-    ) -> None:
+    def __init__(self, *, partial_mode: Literal["on", "trailing-strings"] = "on", max_depth: int = 1000) -> None:
         if partial_mode not in _PARTIAL_MODES:
             raise ValueError(f"partial_mode must be one of {_PARTIAL_MODES!r}, not {partial_mode!r}")
         if max_depth < 1:
@@ -207,6 +206,8 @@ class ToolInputParser:
         self._escape = ""  # raw text of an escape begun but not complete, e.g. "\\u00"
         self._escape_start = 0
         self._high_surrogate = ""  # raw "\\uD8xx" waiting to see whether a low surrogate follows
+        self._control_run_end = -1  # where the last recorded run of control characters ended
+        self._control_run_head = ""  # its first characters, for the repair's detail
         # number token
         self._num_parts: list[str] = []
         # literal token
@@ -429,9 +430,20 @@ class ToolInputParser:
         return i
 
     def _record_controls(self, chunk: str, i: int) -> None:
+        # One repair per run of control characters, however the run is split across fragments, so that
+        # `repairs` does not depend on the split. The detail shows at most _CONTROL_DETAIL characters.
         for run in _CONTROL_RUN.finditer(chunk):
-            detail = run.group().encode("unicode_escape").decode("ascii")
-            self.repairs.append(("control_character", self._offset + i + run.start(), detail))
+            start = self._offset + i + run.start()
+            raw = run.group()[: _CONTROL_DETAIL + 1]
+            if start == self._control_run_end and self.repairs:
+                start = self.repairs.pop()[1]
+                raw = (self._control_run_head + raw)[: _CONTROL_DETAIL + 1]
+            self._control_run_head = raw
+            self._control_run_end = self._offset + i + run.end()
+            detail = raw[:_CONTROL_DETAIL].encode("unicode_escape").decode("ascii")
+            if len(raw) > _CONTROL_DETAIL:
+                detail += "..."
+            self.repairs.append(("control_character", start, detail))
 
     def _scan_escape(self, text: str, i: int, n: int) -> int:
         """Advance an escape begun earlier, one character at a time (at most 12 per escape)."""
