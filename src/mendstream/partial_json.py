@@ -136,6 +136,13 @@ _LITERALS: Final[dict[str, tuple[str, Any]]] = {
 }
 _NEGATIVE_INFINITY: Final = ("-Infinity", float("-inf"))
 
+# Shortcuts for small tokens that arrive whole within one fragment (see `_structural`): a string without
+# escapes or control characters, a key with its colon, a number followed by a character that ends it.
+_PLAIN_STRING: Final = re.compile(r'"([^"\\\x00-\x1f]*)"')
+_WHOLE_KEY: Final = re.compile(r'"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
+_NEXT_KEY: Final = re.compile(r',[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
+_WHOLE_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?(?=[^0-9eE.+\-])")
+
 _PARTIAL_MODES: Final = ("on", "trailing-strings")
 
 
@@ -300,7 +307,10 @@ class ToolInputParser:
         # number and hands its terminating character back, which the next pass consumes (a number cannot
         # end twice in a row). Long runs (string bodies, whitespace, digits) are consumed by one compiled
         # regex call each; a Python step touches only structural characters and escapes, O(1) work each.
-        # So a fragment of length k costs O(k), and the whole text O(n) however it is split.
+        # The whole-token shortcuts in `_structural` are tried once per token start, so a failed attempt
+        # re-reads at most that token's characters in this fragment once more. Nothing from earlier
+        # fragments is ever re-read (tokens carry their state instead). So a fragment of length k costs
+        # O(k), and the whole text O(n) however it is split.
         i = 0
         n = len(text)
         while i < n:
@@ -315,23 +325,49 @@ class ToolInputParser:
                 match = _WHITESPACE_RUN.match(text, i)
                 i = match.end() if match is not None else i + 1
             else:
-                i = self._structural(text[i], i)
+                i = self._structural(text, i)
 
     def _fail(self, index: int, reason: str) -> PartialJSONError:
         return PartialJSONError(self._offset + index, reason)
 
-    def _structural(self, char: str, i: int) -> int:
-        """Handle non-whitespace `char` at index `i` outside any token; return the next index."""
+    def _structural(self, text: str, i: int) -> int:
+        """Handle the non-whitespace character at `text[i]`, outside any token; return the next index.
+
+        Complete keys, plain strings and numbers that lie wholly inside the fragment are taken by one
+        regex match each (the common case for small members); anything else goes through the token
+        states, which give the same result.
+        """
+        char = text[i]
         state = self._state
         if state in (_VALUE, _VALUE_OR_END):
-            if char == "]" and state == _VALUE_OR_END:
+            if char == '"':
+                match = _PLAIN_STRING.match(text, i)
+                if match is not None:
+                    self._emit(match.group(1))
+                    return match.end()
+            elif char in _NUMBER_START:
+                match = _WHOLE_NUMBER.match(text, i)
+                if match is not None:
+                    value = _number_value(match.group())
+                    if value is not MISSING:
+                        self._emit(value)
+                        return match.end()
+            elif char == "]" and state == _VALUE_OR_END:
                 self._close()
                 return i + 1
             return self._start_value(char, i)
         if state == _AFTER_VALUE:
             frame = self._stack[-1]
             if char == ",":
-                self._state = _KEY if frame.is_object else _VALUE
+                if frame.is_object:
+                    match = _NEXT_KEY.match(text, i)
+                    if match is not None:
+                        frame.key = match.group(1)
+                        self._state = _VALUE
+                        return match.end()
+                    self._state = _KEY
+                else:
+                    self._state = _VALUE
             elif char == ("}" if frame.is_object else "]"):
                 self._close()
             else:
@@ -339,6 +375,11 @@ class ToolInputParser:
             return i + 1
         if state in (_KEY, _KEY_OR_END):
             if char == '"':
+                match = _WHOLE_KEY.match(text, i)
+                if match is not None:
+                    self._stack[-1].key = match.group(1)
+                    self._state = _VALUE
+                    return match.end()
                 self._start_string(i, is_key=True)
             elif char == "}" and state == _KEY_OR_END:
                 self._close()
