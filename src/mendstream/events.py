@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from operator import itemgetter
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 __all__ = [
     "CitationEvent",
@@ -88,13 +88,28 @@ class _SnapshotSource(Protocol):
     def snapshot_at(self, n: int, /) -> Any: ...
 
 
-_UNSET: Any = object()
+_new = tuple.__new__
 
 
-class _EventBase:
+def _item(i: int) -> Any:
+    """A read-only attribute reading field ``i`` of an event (a C-level getter, as NamedTuple uses)."""
+    return property(itemgetter(i))
+
+
+class _EventBase(tuple[Any, ...]):
+    """Events are tuple subclasses: immutable, and built by one C call (``tuple.__new__``) on the hot path,
+    which costs a fraction of a dataclass ``__init__``. The parser builds one or two per delta.
+
+    ``_public`` names the attributes ``to_dict()`` and ``repr()`` show. Two events are equal when they are
+    of the same class and hold equal fields.
+    """
+
     __slots__ = ()
     type: ClassVar[str]
     _public: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *fields: Any) -> Self:
+        return _new(cls, fields)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the event (snapshots included, so this builds them)."""
@@ -103,22 +118,30 @@ class _EventBase:
             out[name] = _plain(getattr(self, name))
         return out
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._public if name != "snapshot")
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
 
 class _SnapshotEvent(_EventBase):
-    """An event whose ``snapshot`` (the block's state after this delta) is built on first access and then
-    kept, so producing the event is O(1) however large the block has grown."""
+    """An event whose ``snapshot`` is the block's state after this delta: fields (payload, source, n). It is
+    computed when read (its source caches the latest), so producing the event is O(1) however large the
+    block has grown."""
 
     __slots__ = ()
-    _source: _SnapshotSource | None
-    _n: int
-    _value: Any
 
     @property
     def snapshot(self) -> Any:
-        if self._value is _UNSET:
-            assert self._source is not None
-            self._value = self._source.snapshot_at(self._n)
-        return self._value
+        source: _SnapshotSource = self[1]
+        return source.snapshot_at(self[2])
 
 
 def _plain(value: Any) -> Any:
@@ -129,121 +152,98 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Events are slotted dataclasses, not frozen ones: a frozen dataclass costs twice as much to build, and the
-# parser builds one or two per delta. Treat them as immutable.
-
-
-@dataclass(slots=True)
 class MessageStartEvent(_EventBase):
-    message: Data
+    __slots__ = ()
     type: ClassVar[Literal["message_start"]] = "message_start"
-    _public: ClassVar[tuple[str, ...]] = ("message",)
+    _public = ("message",)
+    message: Data = _item(0)
 
 
-@dataclass(slots=True)
 class ContentBlockStartEvent(_EventBase):
-    index: int
-    content_block: Data
+    __slots__ = ()
     type: ClassVar[Literal["content_block_start"]] = "content_block_start"
-    _public: ClassVar[tuple[str, ...]] = ("index", "content_block")
+    _public = ("index", "content_block")
+    index: int = _item(0)  # type: ignore[assignment]  # the SDK's name; it shadows tuple.index
+    content_block: Data = _item(1)
 
 
-@dataclass(slots=True)
 class ContentBlockDeltaEvent(_EventBase):
-    index: int
-    delta: Data
+    """A delta as sent: fields (index, the delta's dict). ``delta`` is a view built when read."""
+
+    __slots__ = ()
     type: ClassVar[Literal["content_block_delta"]] = "content_block_delta"
-    _public: ClassVar[tuple[str, ...]] = ("index", "delta")
+    _public = ("index", "delta")
+    index: int = _item(0)  # type: ignore[assignment]  # the SDK's name; it shadows tuple.index
+
+    @property
+    def delta(self) -> Data:
+        return Data(self[1])
 
 
-@dataclass(slots=True)
 class ContentBlockStopEvent(_EventBase):
-    index: int
-    content_block: Data
+    __slots__ = ()
     type: ClassVar[Literal["content_block_stop"]] = "content_block_stop"
-    _public: ClassVar[tuple[str, ...]] = ("index", "content_block")
+    _public = ("index", "content_block")
+    index: int = _item(0)  # type: ignore[assignment]  # the SDK's name; it shadows tuple.index
+    content_block: Data = _item(1)
 
 
-@dataclass(slots=True)
 class MessageDeltaEvent(_EventBase):
-    delta: Data
-    usage: Data
+    __slots__ = ()
     type: ClassVar[Literal["message_delta"]] = "message_delta"
-    _public: ClassVar[tuple[str, ...]] = ("delta", "usage")
+    _public = ("delta", "usage")
+    delta: Data = _item(0)
+    usage: Data = _item(1)
 
 
-@dataclass(slots=True)
 class MessageStopEvent(_EventBase):
-    message: Data
+    __slots__ = ()
     type: ClassVar[Literal["message_stop"]] = "message_stop"
-    _public: ClassVar[tuple[str, ...]] = ("message",)
+    _public = ("message",)
+    message: Data = _item(0)
 
 
-@dataclass(slots=True)
 class SignatureEvent(_EventBase):
-    signature: str
+    __slots__ = ()
     type: ClassVar[Literal["signature"]] = "signature"
-    _public: ClassVar[tuple[str, ...]] = ("signature",)
+    _public = ("signature",)
+    signature: str = _item(0)
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class TextEvent(_SnapshotEvent):
     """A text delta; ``snapshot`` is all the block's text so far."""
 
-    text: str
-    _source: _SnapshotSource | None
-    _n: int
-    _value: Any = _UNSET
+    __slots__ = ()
     type: ClassVar[Literal["text"]] = "text"
-    _public: ClassVar[tuple[str, ...]] = ("text", "snapshot")
-
-    def __repr__(self) -> str:
-        return f"TextEvent(text={self.text!r})"
+    _public = ("text", "snapshot")
+    text: str = _item(0)
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class ThinkingEvent(_SnapshotEvent):
     """A thinking delta; ``snapshot`` is all the block's thinking so far."""
 
-    thinking: str
-    _source: _SnapshotSource | None
-    _n: int
-    _value: Any = _UNSET
+    __slots__ = ()
     type: ClassVar[Literal["thinking"]] = "thinking"
-    _public: ClassVar[tuple[str, ...]] = ("thinking", "snapshot")
-
-    def __repr__(self) -> str:
-        return f"ThinkingEvent(thinking={self.thinking!r})"
+    _public = ("thinking", "snapshot")
+    thinking: str = _item(0)
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class CitationEvent(_SnapshotEvent):
     """A citation appended to a text block; ``snapshot`` is the block's citations so far."""
 
-    citation: Any
-    _source: _SnapshotSource | None
-    _n: int
-    _value: Any = _UNSET
+    __slots__ = ()
     type: ClassVar[Literal["citation"]] = "citation"
-    _public: ClassVar[tuple[str, ...]] = ("citation", "snapshot")
-
-    def __repr__(self) -> str:
-        return f"CitationEvent(citation={self.citation!r})"
+    _public = ("citation", "snapshot")
+    citation: Any = _item(0)
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class InputJsonEvent(_SnapshotEvent):
     """A tool-input fragment; ``snapshot`` is the parsed partial input after it."""
 
-    partial_json: str
-    _source: _SnapshotSource | None
-    _n: int
-    _value: Any = _UNSET
+    __slots__ = ()
     type: ClassVar[Literal["input_json"]] = "input_json"
-    _public: ClassVar[tuple[str, ...]] = ("partial_json", "snapshot")
-
-    def __repr__(self) -> str:
-        return f"InputJsonEvent(partial_json={self.partial_json!r})"
+    _public = ("partial_json", "snapshot")
+    partial_json: str = _item(0)
 
 
 class UnknownEvent:

@@ -85,6 +85,25 @@ class SSEDecoder:
 
     def feed(self, data: bytes, /) -> list[ServerSentEvent]:
         """Decode ``data``; return the events it completes (possibly none)."""
+        # `13 not in data` (CR): testing an int is a memchr; `b"\r" in` first builds a TypeError.
+        if self._idle and data[-2:] == b"\n\n" and 13 not in data:
+            # The common case: the decoder holds nothing and the chunk ends on a blank line, so the chunk
+            # is whole events. (The piece after the last blank line can only be b"" or b"\n".)
+            events: list[ServerSentEvent] = []
+            blocks = data.split(b"\n\n")
+            tail = len(blocks.pop())
+            self._events(blocks, events)
+            self._position += tail
+            return events
+        return self._feed(data)
+
+    @property
+    def _idle(self) -> bool:
+        return (
+            self._started and not self._partial and not self._event_bytes and not self._skip_lf and not self._ended
+        )
+
+    def _feed(self, data: bytes) -> list[ServerSentEvent]:
         if self._ended:
             raise UsageError("feed() called after end()")
         if not data:
@@ -171,14 +190,20 @@ class SSEDecoder:
         )
 
     def _lines(self, head: bytes, events: list[ServerSentEvent]) -> None:
-        if self._event_bytes or b"\r" in head:  # mid-event, or CR framing: the general loop
+        if self._event_bytes or 13 in head:  # mid-event, or CR framing: the general loop
             self._general(head, events)
             return
-        # Fast path, while the decoder is between events and framing is LF: split on blank lines (one C
-        # call, like memchr) and take each ordinary event (an optional `event:` line and one `data:` line)
-        # with a few bytes operations. Any other block goes through the general line loop.
+        # Between events with LF framing: split on blank lines (one C call, like memchr).
         blocks = head.split(b"\n\n")
         rest = blocks.pop()  # after the last blank line: complete lines of an unfinished event, or b""
+        self._events(blocks, events)
+        if rest:
+            self._general(rest, events)
+
+    def _events(self, blocks: list[bytes], events: list[ServerSentEvent]) -> None:
+        # Each block is one event's lines without its blank line. An ordinary event (an optional `event:`
+        # line and one `data:` line) is taken with a few bytes operations; any other block goes through the
+        # general line loop.
         names = _NAMES
         position = self._position
         limit = self.max_event_bytes
@@ -220,14 +245,12 @@ class SSEDecoder:
             self._count += 1
             position += size
         self._position = position
-        if rest:
-            self._general(rest, events)
 
     def _general(self, head: bytes, events: list[ServerSentEvent]) -> None:
         # One pass over complete lines, with the decoder's state in locals. LF-only framing splits with one
         # C call and knows every terminator is one byte; a head with any CR goes through the regex, which
         # also reports each terminator's length (`extra` bytes beyond one).
-        if b"\r" not in head:
+        if 13 not in head:
             lines = head.split(b"\n")
             lines.pop()  # head ends with a terminator: the last piece is empty
             extra: list[int] | None = None
@@ -294,7 +317,7 @@ class SSEDecoder:
             if self._stray is not None:
                 self._stray.append((True, value))
         elif name == b"id":
-            if b"\x00" not in value:
+            if 0 not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
         elif name == b"retry":
             if value.isdigit():
