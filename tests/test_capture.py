@@ -23,7 +23,7 @@ from mendstream.capture import (
 )
 from mendstream.errors import IncompleteStreamError, StreamError
 from mendstream.server import Fixture, ReplayServer, load_fixtures
-from mendstream.stream import replay
+from mendstream.streaming import replay
 
 SECRET = "sk-ant-api03-SECRETSECRETSECRET"
 BODY: dict[str, Any] = {

@@ -41,11 +41,6 @@ def test_top_level_astream_is_the_sdk_transport() -> None:
     assert mendstream.astream is sdk.astream
 
 
-@pytest.mark.xfail(
-    isinstance(getattr(mendstream, "stream", None), types.ModuleType),
-    reason="the submodule mendstream/stream.py shadows the lazy name mendstream.stream; __init__ must bind it",
-    strict=True,
-)
 def test_top_level_stream_is_the_sdk_transport() -> None:
     import mendstream.transports.sdk as sdk
 

@@ -20,7 +20,7 @@ from .events import Data, Event
 from .parser import MessageParser
 from .repair import Repair
 from .sse import ServerSentEvent, SSEDecoder
-from .stream import AsyncMessageStream, MessageStream, areplay, replay
+from .streaming import AsyncMessageStream, MessageStream, areplay, replay
 
 __version__ = "0.1.0"
 

@@ -42,7 +42,7 @@ def _event_dict(event: Any, *, snapshots: bool) -> dict[str, Any]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from mendstream.errors import StreamError
-    from mendstream.stream import replay
+    from mendstream.streaming import replay
 
     path = Path(args.file)
     if not path.is_file():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mendstream.errors import UsageError
 from mendstream.parser import MessageParser
-from mendstream.stream import AsyncMessageStream, MessageStream
+from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports import (
     AsyncStreamOpener,
     BodyPump,

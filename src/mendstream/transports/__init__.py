@@ -15,7 +15,7 @@ from mendstream.errors import ProtocolError, StreamError
 
 if TYPE_CHECKING:
     from mendstream.capture import CaptureWriter
-    from mendstream.stream import AsyncMessageStream
+    from mendstream.streaming import AsyncMessageStream
 
 __all__ = [
     "AsyncStreamOpener",
@@ -318,7 +318,7 @@ def capture_writer(
 class AsyncStreamOpener:
     """What ``astream(...)`` returns: await it, or use it with ``async with`` (the request is sent then).
 
-    ``stream = await opener`` gives the :class:`~mendstream.stream.AsyncMessageStream`;
+    ``stream = await opener`` gives the :class:`~mendstream.streaming.AsyncMessageStream`;
     ``async with opener as stream:`` also closes it on exit, as the SDK's ``AsyncMessageStreamManager``
     does. An opener sends its request once; awaiting it a second time raises ``RuntimeError``.
     """

@@ -14,7 +14,7 @@ from typing import Any
 
 from mendstream.errors import APIStreamError, StreamError, UsageError
 from mendstream.parser import MessageParser
-from mendstream.stream import AsyncMessageStream, MessageStream
+from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports import (
     AsyncStreamOpener,
     BodyPump,

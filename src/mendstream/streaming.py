@@ -162,13 +162,13 @@ class MessageStream(_Surface):
                     events = parser.feed(chunk)
                 except StreamError as error:
                     yield from error.events
-                    raise self._state.raise_error(error) from None
+                    raise self._state.raise_error(error) from error.__cause__
                 yield from events
             try:
                 events = parser.end()
             except StreamError as error:
                 yield from error.events
-                raise self._state.raise_error(error) from None
+                raise self._state.raise_error(error) from error.__cause__
             yield from events
         finally:
             self._release()
@@ -249,7 +249,7 @@ class AsyncMessageStream(_Surface):
                 except StreamError as error:
                     for event in error.events:
                         yield event
-                    raise self._state.raise_error(error) from None
+                    raise self._state.raise_error(error) from error.__cause__
                 for event in events:
                     yield event
             try:
@@ -257,7 +257,7 @@ class AsyncMessageStream(_Surface):
             except StreamError as error:
                 for event in error.events:
                     yield event
-                raise self._state.raise_error(error) from None
+                raise self._state.raise_error(error) from error.__cause__
             for event in events:
                 yield event
         finally:
