@@ -40,6 +40,7 @@ __all__ = ["MAX_REPAIRS", "MessageAccumulator", "PartialMode", "check_partial_mo
 
 PartialMode = Literal["on", "trailing-strings"]
 MAX_REPAIRS = 10_000
+_MISSING_SNAPSHOT: Any = object()
 
 
 def _empty_message() -> dict[str, Any]:
@@ -56,8 +57,8 @@ def _empty_message() -> dict[str, Any]:
 
 
 class _Joined:
-    """A growing string kept as parts; snapshot k is the join of the first k parts (cached, so reading
-    snapshots in order costs O(total length) joins of new parts... plus one copy per read)."""
+    """A growing string kept as parts; snapshot k is the join of the first k parts. The latest snapshot is
+    cached, so reading them in order joins only the new parts (plus the copy any new str costs)."""
 
     __slots__ = ("_cache", "_cache_n", "parts")
 
@@ -131,7 +132,7 @@ class _ToolInput:
             value = parser.snapshot()
         return self._start if value is MISSING else value
 
-    def finish(self, index: int) -> tuple[Any, list[tuple[str, str]]]:
+    def finish(self) -> tuple[Any, list[tuple[str, str]]]:
         """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError."""
         text = "".join(self.fragments)
         repairs: list[tuple[str, str]] = []
@@ -179,7 +180,6 @@ class _ToolInput:
         return value, repairs
 
 
-_MISSING_SNAPSHOT: Any = object()
 _TEXT, _THINKING, _TOOL, _OTHER, _CLOSED = 0, 1, 2, 3, 4
 _NO_PARTS: list[str] = []
 
@@ -213,26 +213,24 @@ class _Block:
     def closed(self) -> bool:
         return self.kind == _CLOSED
 
-    def materialize(self, final: bool) -> dict[str, Any]:
-        """The block as a Messages API dict. ``final`` parses tool input completely (may raise)."""
+    def materialize(self) -> dict[str, Any]:
+        """The open block as a Messages API dict, its tool input as a partial snapshot."""
         out = dict(self.block)
         if self.text is not None:
             out["text" if self.kind == _TEXT else "thinking"] = self.text.value()
         if self.citations is not None:
             out["citations"] = list(self.citations.items)
         if self.tool is not None:
-            if final:
-                out["input"] = self.tool.finish(self.index)[0]
-            else:
-                out["input"] = self.tool.snapshot_at(len(self.tool.fragments))
+            out["input"] = self.tool.snapshot_at(len(self.tool.fragments))
         return out
 
 
 class MessageAccumulator:
     """Turns decoded SSE events into stream events and an accumulated message.
 
-    ``handle(sse, out)`` appends the events for one SSE event to ``out``; ``end(out)`` closes the stream.
-    Errors raised: APIStreamError, IncompleteStreamError, ToolInputError, EventDecodeError.
+    ``handle(name, obj, offset, ordinal, out)`` applies one decoded SSE event and appends the resulting
+    stream events to ``out``; ``end(out)`` closes the stream. Errors raised: APIStreamError,
+    IncompleteStreamError, ToolInputError.
     """
 
     def __init__(self, *, partial_mode: PartialMode = "on") -> None:
@@ -272,7 +270,7 @@ class MessageAccumulator:
             del out["usage"]
         blocks = self._blocks
         out["content"] = [
-            blocks[i].block if blocks[i].closed else blocks[i].materialize(final=False) for i in sorted(blocks)
+            blocks[i].block if blocks[i].closed else blocks[i].materialize() for i in sorted(blocks)
         ]
         return out
 
@@ -490,7 +488,7 @@ class MessageAccumulator:
     def _close(self, block: _Block, out: list[Event]) -> None:
         if block.tool is not None:
             try:
-                value, repairs = block.tool.finish(block.index)
+                value, repairs = block.tool.finish()
             except PartialJSONError as exc:
                 raw = block.tool.raw()
                 raise ToolInputError(
