@@ -5,17 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 
+def sdk_http_module() -> Any:
+    """The HTTP library the installed SDK runs on: httpx2 from anthropic 1.0 on, httpx before."""
+    import importlib
+
+    import anthropic
+
+    major = int(anthropic.__version__.split(".")[0])
+    return importlib.import_module("httpx2" if major >= 1 else "httpx")
+
+
 def sdk_events(data: bytes) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
     """Run the SDK's own .stream() on the bytes; return comparable event tuples and the final message."""
     import anthropic
-    import httpx2
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=data)
+    http = sdk_http_module()
+
+    def handler(request: Any) -> Any:
+        return http.Response(200, headers={"content-type": "text/event-stream"}, content=data)
 
     client = anthropic.Anthropic(
         api_key="test", base_url="http://sdk.test", max_retries=0,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+        http_client=http.Client(transport=http.MockTransport(handler)),
     )
     out: list[tuple[Any, ...]] = []
     with client.messages.stream(model="m", max_tokens=1, messages=[{"role": "user", "content": "hi"}]) as s:

@@ -135,9 +135,20 @@ def test_fixture_repairs_are_readable() -> None:
 SDK_NAMES = [n for n in NAMES if load(n)[1]["sdk_compatible"]]
 
 
+# Where anthropic 0.x itself behaves differently from the current SDK the fixtures were checked against.
+OLD_SDK_DIFFERS = {
+    "framing_named_empty_data": "anthropic 0.x raises JSONDecodeError on a named event with empty data",
+    "unknown_event_block_delta": "anthropic 0.x drops events of unknown types instead of passing them on",
+}
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", SDK_NAMES)
 def test_fixture_matches_the_sdk(name: str) -> None:
+    import anthropic
+
+    if name in OLD_SDK_DIFFERS and int(anthropic.__version__.split(".")[0]) < 1:
+        pytest.xfail(OLD_SDK_DIFFERS[name])
     data, expected = load(name)
     theirs, sdk_message = sdk_events(data)
     with mendstream.replay(data) as stream:
