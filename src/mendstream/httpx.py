@@ -271,23 +271,8 @@ def stream(
     writer = req.new_capture(request)
     if writer is not None:
         writer.start_response(response.status_code, list(response.headers.items()))
-    pump = BodyPump(writer)
-    chunks = pump.pump(response.iter_bytes())
-
-    def close() -> None:
-        try:
-            pump.drain(chunks)
-            chunks.close()
-        finally:
-            response.close()
-
-    return MessageStream(
-        chunks,
-        parser=parser,
-        response=response,
-        request_id=response.headers.get("request-id"),
-        close=close,
-        wrap_error=pump.wrap_error,
+    return BodyPump(writer).message_stream(
+        response.iter_bytes(), response=response, parser=parser, release=response.close
     )
 
 
@@ -355,25 +340,13 @@ def astream(
         writer = req.new_capture(request)
         if writer is not None:
             writer.start_response(response.status_code, list(response.headers.items()))
-        pump = BodyPump(writer)
-        chunks = pump.apump(response.aiter_bytes())
+        async def release() -> None:
+            await response.aclose()
+            if owned is not None:
+                await owned.aclose()
 
-        async def close() -> None:
-            try:
-                await pump.adrain(chunks)
-                await chunks.aclose()
-            finally:
-                await response.aclose()
-                if owned is not None:
-                    await owned.aclose()
-
-        return AsyncMessageStream(
-            chunks,
-            parser=parser,
-            response=response,
-            request_id=response.headers.get("request-id"),
-            close=close,
-            wrap_error=pump.wrap_error,
+        return BodyPump(writer).amessage_stream(
+            response.aiter_bytes(), response=response, parser=parser, release=release
         )
 
     return AsyncStreamOpener(open_stream)

@@ -15,7 +15,8 @@ from mendstream.errors import ProtocolError, StreamError
 
 if TYPE_CHECKING:
     from mendstream.capture import CaptureWriter
-    from mendstream.streaming import AsyncMessageStream
+    from mendstream.parser import MessageParser
+    from mendstream.streaming import AsyncMessageStream, MessageStream
 
 __all__ = [
     "AsyncStreamOpener",
@@ -248,47 +249,88 @@ class BodyPump:
         """Finish the capture as ``"closed"`` if the body was never read to the end (idempotent)."""
         self._finish("closed")
 
+    def _body_failed(self, exc: Exception) -> bool:
+        """Record that reading the body raised ``exc``; True if it must propagate (not a transport error)."""
+        self._finish("error", exc)
+        if not is_transport_error(exc):
+            return True
+        self.transport_error = exc
+        return False
+
     def pump(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
         """Yield ``chunks`` (teeing them), stopping quietly at a transport error."""
         capture = self.capture
-        outcome: Outcome = "closed"
         try:
             for chunk in chunks:
                 if capture is not None:
                     capture.write(chunk)
                 yield chunk
-            outcome = "complete"
+            self._finish("complete")
         except Exception as exc:
-            if not is_transport_error(exc):
-                outcome = "error"
-                self._finish(outcome, exc)
+            if self._body_failed(exc):
                 raise
-            self.transport_error = exc
-            outcome = "error"
-            self._finish(outcome, exc)
         finally:
-            self._finish(outcome)
+            self._finish("closed")
 
     async def apump(self, chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
         """The async twin of :meth:`pump`."""
         capture = self.capture
-        outcome: Outcome = "closed"
         try:
             async for chunk in chunks:
                 if capture is not None:
                     capture.write(chunk)
                 yield chunk
-            outcome = "complete"
+            self._finish("complete")
         except Exception as exc:
-            if not is_transport_error(exc):
-                outcome = "error"
-                self._finish(outcome, exc)
+            if self._body_failed(exc):
                 raise
-            self.transport_error = exc
-            outcome = "error"
-            self._finish(outcome, exc)
         finally:
-            self._finish(outcome)
+            self._finish("closed")
+
+    def message_stream(
+        self, body: Iterable[bytes], *, response: Any, parser: MessageParser | None, release: Callable[[], object]
+    ) -> MessageStream:
+        """The :class:`MessageStream` over ``body``: closing it drains the capture, then ``release()``."""
+        from mendstream.streaming import MessageStream
+
+        chunks = self.pump(body)
+
+        def close() -> None:
+            try:
+                self.drain(chunks)
+                chunks.close()
+            finally:
+                release()
+
+        return MessageStream(
+            chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
+            close=close, wrap_error=self.wrap_error,
+        )
+
+    def amessage_stream(
+        self,
+        body: AsyncIterable[bytes],
+        *,
+        response: Any,
+        parser: MessageParser | None,
+        release: Callable[[], Awaitable[object]],
+    ) -> AsyncMessageStream:
+        """The async twin of :meth:`message_stream`."""
+        from mendstream.streaming import AsyncMessageStream
+
+        chunks = self.apump(body)
+
+        async def close() -> None:
+            try:
+                await self.adrain(chunks)
+                await chunks.aclose()
+            finally:
+                await release()
+
+        return AsyncMessageStream(
+            chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
+            close=close, wrap_error=self.wrap_error,
+        )
 
 
 def capture_writer(

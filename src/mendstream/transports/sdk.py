@@ -272,23 +272,7 @@ def stream(
         _start_capture(capture, response, params, t0),
         convert_error=lambda err: _to_sdk_error(err, response),
     )
-    chunks = pump.pump(response.iter_bytes())
-
-    def close() -> None:
-        try:
-            pump.drain(chunks)
-            chunks.close()
-        finally:
-            raw.close()
-
-    return MessageStream(
-        chunks,
-        parser=parser,
-        response=response,
-        request_id=response.headers.get("request-id"),
-        close=close,
-        wrap_error=pump.wrap_error,
-    )
+    return pump.message_stream(response.iter_bytes(), response=response, parser=parser, release=raw.close)
 
 
 def astream(
@@ -328,22 +312,6 @@ def astream(
             _start_capture(capture, response, params, t0),
             convert_error=lambda err: _to_sdk_error(err, response),
         )
-        chunks = pump.apump(response.aiter_bytes())
-
-        async def close() -> None:
-            try:
-                await pump.adrain(chunks)
-                await chunks.aclose()
-            finally:
-                await raw.close()
-
-        return AsyncMessageStream(
-            chunks,
-            parser=parser,
-            response=response,
-            request_id=response.headers.get("request-id"),
-            close=close,
-            wrap_error=pump.wrap_error,
-        )
+        return pump.amessage_stream(response.aiter_bytes(), response=response, parser=parser, release=raw.close)
 
     return AsyncStreamOpener(open_stream)
