@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import mendstream
 from mendstream import MessageParser, StreamError
 from sdk_reference import comparable, sdk_events
+from splitting import split_at
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.sse"))
@@ -66,16 +67,6 @@ def run(chunks: list[bytes]) -> dict[str, Any]:
         if isinstance(error, mendstream.ToolInputError):
             result["error"]["raw"] = error.raw
     return result
-
-
-def split_at(data: bytes, points: list[int]) -> list[bytes]:
-    cuts = sorted({p % (len(data) + 1) for p in points})
-    pieces, start = [], 0
-    for cut in cuts:
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
 
 
 def test_fixtures_exist() -> None:

@@ -25,6 +25,7 @@ from mendstream import (
     UsageError,
 )
 from sdk_reference import comparable, sdk_events
+from splitting import split_at
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -107,16 +108,6 @@ def parse(chunks: list[bytes], **options: Any) -> tuple[list[Any], MessageParser
         events += parser.feed(chunk)
     events += parser.end()
     return events, parser
-
-
-def split_at(data: bytes, points: list[int]) -> list[bytes]:
-    cuts = sorted({p % (len(data) + 1) for p in points})
-    pieces, start = [], 0
-    for cut in cuts:
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
 
 
 # -- properties ---------------------------------------------------------------------------------------------

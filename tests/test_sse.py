@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mendstream import BufferLimitError, SSEDecoder
 from mendstream.sse import ServerSentEvent
+from splitting import split_at
 
 
 def decode(chunks: list[bytes], **options: int) -> tuple[list[ServerSentEvent], SSEDecoder]:
@@ -20,16 +21,6 @@ def decode(chunks: list[bytes], **options: int) -> tuple[list[ServerSentEvent], 
         events += decoder.feed(chunk)
     events += decoder.end()
     return events, decoder
-
-
-def split_at(data: bytes, points: list[int]) -> list[bytes]:
-    cuts = sorted({p % (len(data) + 1) for p in points})
-    pieces, start = [], 0
-    for cut in cuts:
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
 
 
 def simple(events: list[ServerSentEvent]) -> list[tuple[str | None, str, str | None]]:
