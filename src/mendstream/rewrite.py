@@ -1,0 +1,603 @@
+# Sans-IO rewriting of Messages API traffic at the HTTP boundary, for transports and proxies that cannot
+# change the code that reads the stream: a request rewriter (body in, cache-planned body out) and a response
+# rewriter (upstream SSE bytes in, SSE bytes that any strict SSE + JSON consumer accepts out). No I/O here.
+#
+# Theory of operation (response): the rewriter cuts the input into raw event blocks (everything up to and
+# including a blank line) itself, because the core's decoder does not expose byte ranges, and feeds each
+# block to a MessageParser, the source of truth for what the stream means. A block whose bytes are in
+# canonical form (`event: NAME` LF `data: {...}` LF LF) and for which the parser recorded no repair is
+# forwarded as received; every other block is replaced by the re-encoding of the events the parser made of
+# it (so BOM, `[DONE]`, comments, padding and CR framing disappear, control characters come out escaped).
+# Tool input fragments are checked by a small incremental string scanner so that their concatenation is
+# JSON the SDK's partial parser accepts. A stream that ends too early gets a final `event: error`.
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import (
+    APIStreamError,
+    BufferLimitError,
+    EventDecodeError,
+    IncompleteStreamError,
+    StreamError,
+    ToolInputError,
+    UsageError,
+)
+from .parser import MessageParser
+from .repair import Repair
+from .sse import DEFAULT_MAX_EVENT_BYTES
+
+if TYPE_CHECKING:
+    from .cache import CachePlanner
+
+__all__ = [
+    "CacheMode",
+    "RequestRewrite",
+    "ResponseRewriter",
+    "ToolInputFixer",
+    "is_messages_path",
+    "rewrite_request",
+    "with_content_length",
+]
+
+CacheMode = Literal["default", "planner", "off"]
+CACHE_MODES: tuple[str, ...] = ("default", "planner", "off")
+
+# -- requests -----------------------------------------------------------------------------------------------
+
+
+def is_messages_path(path: str, /) -> bool:
+    """True for the paths whose requests and responses are Messages API ones: ``.../v1/messages`` (first
+    party, Bedrock Mantle, gateways that keep the path under a prefix) and Vertex AI's ``:streamRawPredict``
+    / ``:rawPredict``. ``/v1/messages/count_tokens`` and ``/v1/messages/batches`` are not (their bodies and
+    answers differ). A query string is ignored."""
+    path = path.split("?", 1)[0].rstrip("/")
+    return path.endswith("/v1/messages") or path.endswith(":streamRawPredict") or path.endswith(":rawPredict")
+
+
+class RequestRewrite:
+    """The outcome of :func:`rewrite_request`.
+
+    Attributes:
+        body: the bytes to send (the original object when nothing changed).
+        changed: whether ``body`` differs from the input.
+        payload: the decoded request (after planning), or ``None`` when ``cache="off"`` skipped decoding.
+        markers_before / markers_after: ``cache_control`` markers counted in the request before and after.
+    """
+
+    __slots__ = ("body", "changed", "markers_after", "markers_before", "payload")
+
+    def __init__(
+        self, body: bytes, changed: bool, payload: dict[str, Any] | None, markers_before: int, markers_after: int
+    ) -> None:
+        self.body = body
+        self.changed = changed
+        self.payload = payload
+        self.markers_before = markers_before
+        self.markers_after = markers_after
+
+
+def count_markers(value: Any, /) -> int:
+    """The number of ``cache_control`` keys anywhere in a decoded request (iterative: no recursion limit)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            if "cache_control" in item:
+                count += 1
+            stack.extend(v for v in item.values() if type(v) in (dict, list))
+        elif type(item) is list:
+            stack.extend(v for v in item if type(v) in (dict, list))
+    return count
+
+
+def rewrite_request(
+    body: bytes, /, *, cache: CacheMode = "default", planner: CachePlanner | None = None
+) -> RequestRewrite:
+    """Plan the cache breakpoints of a Messages API request body.
+
+    Args:
+        body: the request body as sent (JSON).
+        cache: ``"default"`` places at most 4 breakpoints with
+            :func:`mendstream.cache.plan_cache_breakpoints`; ``"planner"`` uses ``planner`` (a
+            :class:`~mendstream.cache.CachePlanner` for this conversation, required); ``"off"`` returns the
+            body untouched without decoding it.
+
+    Returns a :class:`RequestRewrite`; its ``body`` is the original bytes when planning changed nothing,
+    otherwise compact JSON (UTF-8, keys in their original order). Set ``content-length`` from it (see
+    :func:`with_content_length`).
+
+    Raises:
+        UsageError: ``cache`` is not a known mode, ``"planner"`` without a planner, or the body is not a
+            JSON object.
+    """
+    if cache not in CACHE_MODES:
+        raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
+    if cache == "off":
+        return RequestRewrite(body, False, None, 0, 0)
+    if cache == "planner" and planner is None:
+        raise UsageError("cache='planner' needs a CachePlanner (planner=...)")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"the request body is not JSON ({exc}); {len(body)} bytes received") from None
+    if type(payload) is not dict:
+        raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
+    before = count_markers(payload)
+    try:
+        if planner is not None and cache == "planner":
+            planned, _ = planner.plan(payload)
+        else:
+            from .cache import plan_cache_breakpoints
+
+            planned, _ = plan_cache_breakpoints(payload)
+    except (TypeError, ValueError) as exc:  # a payload the planner cannot read (e.g. messages not a list)
+        raise UsageError(f"cannot plan cache breakpoints for this request: {exc}") from None
+    if planned == payload:
+        return RequestRewrite(body, False, payload, before, before)
+    encoded = json.dumps(planned, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return RequestRewrite(encoded, True, planned, before, count_markers(planned))
+
+
+def with_content_length(headers: Iterable[tuple[bytes, bytes]], length: int, /) -> list[tuple[bytes, bytes]]:
+    """``headers`` (raw name/value pairs) with every ``content-length`` and ``transfer-encoding`` replaced by
+    one ``content-length: length``, so a rewritten body is framed correctly."""
+    out = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+    out.append((b"content-length", str(length).encode()))
+    return out
+
+
+# -- tool input ---------------------------------------------------------------------------------------------
+
+_STRING_STOP = re.compile(r'["\\\x00-\x1f]')
+_ESCAPES = frozenset('"\\/bfnrt')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class ToolInputFixer:
+    """Rewrites successive ``partial_json`` fragments of one tool block so that their concatenation has no
+    raw control character and no invalid escape inside a JSON string, as mendstream's own repair reads it
+    (control character → ``\\u00XX``; a backslash that starts no valid escape → ``\\\\``).
+
+    ``feed(fragment)`` returns the fragment to send: the very same object when nothing needed fixing. An
+    escape cut by a fragment boundary (a lone trailing backslash, or ``\\u`` with fewer than 4 hex digits)
+    is held back and sent with the next fragment, so it is judged whole. ``finish()`` returns what is still
+    held (sent as-is: the block's JSON is unfinished anyway). Work is linear in the fragment's length, the
+    scan of ordinary string characters being done by a compiled regex.
+    """
+
+    __slots__ = ("_held", "_in_string", "fixed")
+
+    def __init__(self) -> None:
+        self._in_string = False
+        self._held = ""
+        self.fixed = 0
+        """Number of characters escaped or backslashes doubled so far."""
+
+    def feed(self, fragment: str, /) -> str:
+        text = self._held + fragment if self._held else fragment
+        carried = bool(self._held)
+        self._held = ""
+        pieces: list[str] = []
+        last = 0
+        i = 0
+        n = len(text)
+        in_string = self._in_string
+        # Each iteration consumes at least one character: O(len(text)) overall.
+        while i < n:
+            if not in_string:
+                j = text.find('"', i)
+                if j < 0:
+                    break
+                in_string = True
+                i = j + 1
+                continue
+            match = _STRING_STOP.search(text, i)
+            if match is None:
+                break
+            j = match.start()
+            char = text[j]
+            if char == '"':
+                in_string = False
+                i = j + 1
+            elif char == "\\":
+                if j + 1 >= n:  # a backslash at the very end: its escape is in the next fragment
+                    pieces.append(text[last:j])
+                    self._held = text[j:]
+                    last = i = n
+                    break
+                follower = text[j + 1]
+                if follower in _ESCAPES:
+                    i = j + 2
+                    continue
+                if follower == "u":
+                    digits = 0
+                    while digits < 4 and j + 2 + digits < n and text[j + 2 + digits] in _HEX:
+                        digits += 1
+                    if digits == 4:
+                        i = j + 6
+                        continue
+                    if j + 2 + digits == n:  # all hex so far, but cut: judge it with the next fragment
+                        pieces.append(text[last:j])
+                        self._held = text[j:]
+                        last = i = n
+                        break
+                # An invalid escape: keep the backslash as a literal one; the follower is read normally.
+                pieces.append(text[last:j])
+                pieces.append("\\\\")
+                self.fixed += 1
+                last = i = j + 1
+            else:  # a raw control character inside a string
+                pieces.append(text[last:j])
+                pieces.append(f"\\u{ord(char):04x}")
+                self.fixed += 1
+                last = i = j + 1
+        self._in_string = in_string
+        if not pieces and not carried:
+            return fragment
+        pieces.append(text[last:])
+        return "".join(pieces)
+
+    def finish(self) -> str:
+        """What is still held back at the end of the block."""
+        held, self._held = self._held, ""
+        return held
+
+
+# -- responses ----------------------------------------------------------------------------------------------
+
+# A blank line: a line terminator followed by another. A CR counts as a whole terminator only when no LF
+# follows it (CRLF is one terminator).
+_BLANK = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+
+# Block types the SDK accumulates input_json_delta fragments into (others ignore them).
+_EMPTY_MESSAGE: dict[str, Any] = {
+    "id": "", "type": "message", "role": "assistant", "model": "", "content": [],
+    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0},
+}
+
+# What the core synthesizes for a delta whose block never started (see fixtures/README.md), so that the
+# re-encoded stream starts the same block for consumers that need a content_block_start.
+_SYNTHESIZED_BLOCKS: dict[str, dict[str, Any]] = {
+    "text_delta": {"type": "text", "text": ""},
+    "citations_delta": {"type": "text", "text": ""},
+    "thinking_delta": {"type": "thinking", "thinking": "", "signature": ""},
+    "signature_delta": {"type": "thinking", "thinking": "", "signature": ""},
+    "input_json_delta": {"type": "tool_use", "id": "", "name": "", "input": {}},
+}
+
+#: The ``error.type`` of the ``error`` event ending a stream that mendstream could not complete, by cause.
+ERROR_TYPES: dict[type[StreamError], str] = {
+    IncompleteStreamError: "incomplete_stream_error",
+    EventDecodeError: "undecodable_event_error",
+    ToolInputError: "invalid_tool_input_error",
+    BufferLimitError: "event_too_large_error",
+}
+_MAX_KEPT_REPAIRS = 1000
+
+
+def _error_type_of(exc: StreamError) -> str:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TYPES:
+            return ERROR_TYPES[cls]
+    return "invalid_stream_error"
+
+
+def encode_event(name: str, payload: Mapping[str, Any], /) -> bytes:
+    """One canonical SSE event: ``event: name``, one ``data:`` line of compact JSON, a blank line. JSON
+    escapes every control character, so no raw line break can reach the data line."""
+    try:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from a \\ud800 escape): ASCII JSON keeps it valid
+        data = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return b"event: " + name.encode("utf-8", "replace").replace(b"\n", b"").replace(b"\r", b"") + b"\ndata: " + (
+        data + b"\n\n"
+    )
+
+
+def _is_canonical(block: bytes) -> bool:
+    # `event: NAME` LF `data: {...}` LF LF, nothing else: the shape the API sends. O(1) slices plus two
+    # C-level scans (the parser scanned the same bytes already).
+    if block[:7] != b"event: " or 13 in block:
+        return False
+    newline = block.find(b"\n", 7)
+    if newline < 0 or block[newline + 1 : newline + 8] != b"data: {":
+        return False
+    return block.find(b"\n", newline + 1) == len(block) - 2 and block[-3:] == b"}\n\n"
+
+
+class ResponseRewriter:
+    """Rewrites the SSE body of a Messages API response, incrementally.
+
+    Args:
+        on_repair: called with each :class:`~mendstream.Repair` as it happens (the core's repairs, plus
+            ``sse_framing`` for an event re-encoded only because its framing was not canonical). Exceptions
+            it raises propagate to the caller of ``feed``/``end``.
+        max_event_bytes: bound on one unfinished event (as :class:`~mendstream.MessageParser`).
+
+    ``feed(data)`` returns the bytes to send on for ``data`` (possibly ``b""`` while an event is
+    incomplete); ``end()`` returns the last bytes. The concatenated output is the same however the input was
+    split. Guarantees:
+
+    * a stream that needs no repair and is canonically framed comes out byte for byte;
+    * every other event is re-encoded (canonical framing, JSON with control characters escaped);
+      ``input_json_delta`` fragments are fixed so that their concatenation is the JSON the core parsed;
+    * a stream that ends before ``message_stop`` and without a stop reason, or that the core cannot read,
+      ends with ``event: error`` whose ``error.type`` is one of :data:`ERROR_TYPES` (an ``error`` event from
+      the upstream is passed on as such); a stream cut after its stop reason gets the missing
+      ``content_block_stop``/``message_stop``. Nothing is sent after the end of the message.
+
+    Never raises a StreamError for bad input (that becomes the ``error`` event; see :attr:`error`); raises
+    UsageError for ``feed`` after ``end``.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_repair: Callable[[Repair], None] | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self._parser = MessageParser(max_event_bytes=max_event_bytes)
+        self._limit = max_event_bytes
+        self._on_repair = on_repair
+        self._buf = bytearray()
+        self._scan = 0
+        self._position = 0  # stream offset of _buf[0]
+        self._reported = 0  # parser repairs already reported
+        self._own: list[Repair] = []
+        self._message_started = False
+        self._blocks: set[int] = set()
+        self._tools: dict[int, ToolInputFixer] = {}
+        self._finished = False  # message_stop or error sent: drop everything after
+        self._ended = False
+        self.error: StreamError | None = None
+        """The error the stream ended with (then sent as an ``error`` event), if any."""
+        self.repair_counts: Counter[str] = Counter()
+        """Repairs by kind (counted even past the bound on kept :attr:`repairs`)."""
+        self.dropped_bytes = 0
+        """Input bytes received after the message ended (not sent on)."""
+
+    @property
+    def repairs(self) -> list[Repair]:
+        """The core's repairs followed by this rewriter's own (``sse_framing``), bounded."""
+        return [*self._parser.repairs, *self._own]
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The message accumulated from the input so far (the core's reading)."""
+        return self._parser.message
+
+    @property
+    def complete(self) -> bool:
+        """True once the message has stopped (possibly completed at ``end()``)."""
+        return self._parser.complete
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether any output byte differs from the input (false for a byte-for-byte pass-through)."""
+        return self._changed
+
+    _changed = False
+
+    def feed(self, data: bytes, /) -> bytes:
+        """The output bytes for the next input bytes."""
+        if self._ended:
+            raise UsageError("feed() called after end()")
+        if self._finished:
+            self.dropped_bytes += len(data)
+            return b""
+        out: list[bytes] = []
+        buf = self._buf
+        if not buf and data[-2:] == b"\n\n" and 13 not in data:
+            # The common case: whole LF-framed events. One split, no copy into the buffer.
+            blocks = data.split(b"\n\n")
+            tail = blocks.pop()
+            for block in blocks:
+                if self._finished:
+                    self.dropped_bytes += len(block) + 2
+                    continue
+                self._block(block + b"\n\n", out)
+                self._position += len(block) + 2
+            if tail and not self._finished:
+                buf += tail
+            elif tail:
+                self.dropped_bytes += len(tail)
+            return b"".join(out)
+        buf += data
+        start = 0
+        search_from = self._scan
+        while not self._finished:
+            match = _BLANK.search(buf, search_from)
+            if match is None:
+                break
+            end = match.end()
+            if end == len(buf) and buf[end - 1] == 13:  # a CR that may be half of a CRLF: wait
+                break
+            self._block(bytes(buf[start:end]), out)
+            self._position += end - start
+            start = search_from = end
+        if self._finished:
+            self.dropped_bytes += len(buf) - start
+            buf.clear()
+        else:
+            del buf[:start]
+            # A blank line is at most 4 bytes (CRLF CRLF): rescan only the last 3, so each byte is scanned
+            # a bounded number of times (amortised O(n) whatever the chunking).
+            self._scan = max(len(buf) - 3, 0)
+            if len(buf) > self._limit:
+                self._fail(
+                    BufferLimitError(
+                        f"an unfinished SSE event exceeded max_event_bytes={self._limit} "
+                        f"(event starting at byte {self._position})",
+                        limit=self._limit,
+                        offset=self._position,
+                        snapshot=self._parser.message,
+                    ),
+                    out,
+                )
+                buf.clear()
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """The last output bytes: what completes the stream, or its ``error`` event."""
+        if self._ended:
+            return b""
+        self._ended = True
+        out: list[bytes] = []
+        if self._finished:
+            return b""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        parser = self._parser
+        try:
+            events = parser.feed(rest) if rest else []
+            events += parser.end()
+        except StreamError as exc:
+            self._fail(exc, out)
+            return b"".join(out)
+        if rest.strip(b"\r\n") or events:
+            self._changed = True
+            self._reencode(events, out)
+        else:
+            out.append(rest)  # only line breaks: harmless to any consumer, and keeps clean streams identical
+        self._report()
+        return b"".join(out)
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _block(self, block: bytes, out: list[bytes]) -> None:
+        parser = self._parser
+        before = len(parser.repairs)
+        try:
+            events = parser.feed(block)
+        except StreamError as exc:
+            self._fail(exc, out, block)
+            return
+        canonical = _is_canonical(block)
+        if canonical and len(parser.repairs) == before:
+            pending: list[bytes] = []
+            if self._track(events, pending, emit=False):
+                out.append(block)
+                return
+            # The tool scanner changed a fragment; _track has already updated state: encode what it built.
+            self._changed = True
+            out.extend(pending)
+            return
+        self._changed = True
+        if len(parser.repairs) == before and block.strip(b"\r\n"):
+            self._own_repair(Repair("sse_framing", "re-encoded an event whose SSE framing was not canonical",
+                                    self._position))
+        self._reencode(events, out)
+        self._report()
+
+    def _reencode(self, events: Sequence[Any], out: list[bytes]) -> None:
+        self._track(events, out, emit=True)
+
+    def _track(self, events: Sequence[Any], out: list[bytes], *, emit: bool) -> bool:
+        """Follow the stream's structure through ``events``; append their encoding to ``out`` (always when
+        ``emit``; otherwise only if a tool fragment had to change, in which case this returns False after
+        encoding the whole lot). Returns True when the events may be forwarded as received."""
+        encoded: list[tuple[str, dict[str, Any]]] = []  # encoded only if needed: O(1) per clean event
+        unchanged = True
+        for event in events:
+            kind = event.type
+            if kind == "message_start":
+                self._message_started = True
+                encoded.append((kind, {"type": kind, "message": event.message.to_dict()}))
+            elif kind == "content_block_start":
+                self._start_message(encoded)
+                self._blocks.add(event.index)
+                block = event.content_block.to_dict()
+                encoded.append((kind, {"type": kind, "index": event.index, "content_block": block}))
+            elif kind == "content_block_delta":
+                self._start_message(encoded)
+                index = event.index
+                delta: dict[str, Any] = event[1]
+                if index not in self._blocks:
+                    self._blocks.add(index)
+                    template = _SYNTHESIZED_BLOCKS.get(delta.get("type"))  # type: ignore[arg-type]
+                    if template is not None:
+                        encoded.append(("content_block_start", {
+                            "type": "content_block_start", "index": index, "content_block": dict(template)}))
+                if delta.get("type") == "input_json_delta" and type(delta.get("partial_json")) is str:
+                    fixer = self._tools.get(index)
+                    if fixer is None:
+                        fixer = self._tools[index] = ToolInputFixer()
+                    fragment = delta["partial_json"]
+                    fixed = fixer.feed(fragment)
+                    if fixed is not fragment:
+                        unchanged = False
+                        delta = {**delta, "partial_json": fixed}
+                encoded.append((kind, {"type": kind, "index": index, "delta": delta}))
+            elif kind == "content_block_stop":
+                fixer = self._tools.pop(event.index, None)
+                held = fixer.finish() if fixer is not None else ""
+                if held:
+                    unchanged = False
+                    encoded.append(("content_block_delta", {
+                        "type": "content_block_delta", "index": event.index,
+                        "delta": {"type": "input_json_delta", "partial_json": held}}))
+                encoded.append((kind, {"type": kind, "index": event.index}))
+            elif kind == "message_delta":
+                self._start_message(encoded)
+                encoded.append((kind, {
+                    "type": kind, "delta": event.delta.to_dict(), "usage": event.usage.to_dict()}))
+            elif kind == "message_stop":
+                self._finished = True
+                encoded.append((kind, {"type": kind}))
+            elif kind in ("text", "thinking", "signature", "citation", "input_json"):
+                continue  # derived events: their wire event is the content_block_delta beside them
+            else:  # an event the core passes through unknown: send it as it was decoded
+                data = event.data.to_dict()
+                encoded.append((kind, data))
+        if emit or not unchanged:
+            out.extend(encode_event(name, payload) for name, payload in encoded)
+        return unchanged
+
+    def _start_message(self, out: list[tuple[str, dict[str, Any]]]) -> None:
+        # The core tolerates events before message_start (and synthesizes the message); a consumer like the
+        # SDK does not, so the re-encoded stream gets the message_start the core assumed.
+        if not self._message_started:
+            self._message_started = True
+            out.append(("message_start", {"type": "message_start", "message": dict(_EMPTY_MESSAGE)}))
+
+    def _fail(self, exc: StreamError, out: list[bytes], block: bytes | None = None) -> None:
+        self.error = exc
+        self._finished = True
+        if exc.events:
+            self._changed = True
+            self._reencode(exc.events, out)
+        if isinstance(exc, APIStreamError):
+            if block is not None and _is_canonical(block) and block.startswith(b"event: error\n"):
+                out.append(block)  # the upstream's own error event, as sent
+            else:
+                self._changed = True
+                body = exc.body if type(exc.body) is dict and exc.body.get("type") == "error" else {
+                    "type": "error", "error": {"type": exc.error_type, "message": exc.message}}
+                out.append(encode_event("error", body))
+        else:
+            self._changed = True
+            out.append(encode_event("error", {
+                "type": "error", "error": {"type": _error_type_of(exc), "message": f"mendstream: {exc.message}"}}))
+        self._report()
+
+    def _own_repair(self, repair: Repair) -> None:
+        self.repair_counts[repair.kind] += 1
+        if len(self._own) < _MAX_KEPT_REPAIRS:
+            self._own.append(repair)
+        if self._on_repair is not None:
+            self._on_repair(repair)
+
+    def _report(self) -> None:
+        repairs = self._parser.repairs
+        while self._reported < len(repairs):
+            repair = repairs[self._reported]
+            self._reported += 1
+            self.repair_counts[repair.kind] += 1
+            if self._on_repair is not None:
+                self._on_repair(repair)
