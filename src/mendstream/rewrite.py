@@ -157,45 +157,100 @@ def with_content_length(headers: Iterable[tuple[bytes, bytes]], length: int, /) 
 _STRING_STOP = re.compile(r'["\\\x00-\x1f]')
 _ESCAPES = frozenset('"\\/bfnrt')
 _HEX = frozenset("0123456789abcdefABCDEF")
+_STRUCTURE = re.compile(r'["{}\[\]]')
+_NON_SPACE = re.compile(r"\S")
 
 
 class ToolInputFixer:
-    """Rewrites successive ``partial_json`` fragments of one tool block so that their concatenation has no
-    raw control character and no invalid escape inside a JSON string, as mendstream's own repair reads it
-    (control character → ``\\u00XX``; a backslash that starts no valid escape → ``\\\\``).
+    """Rewrites successive ``partial_json`` fragments of one tool block so that their concatenation is the
+    JSON mendstream's own repair reads: no raw control character inside a string (→ ``\\u00XX``), no
+    invalid escape (its backslash doubled), and several top-level objects in a row merged into one (the
+    core merges ``{…}{…}``; the SDK's partial parser would silently keep the first).
 
     ``feed(fragment)`` returns the fragment to send: the very same object when nothing needed fixing. An
     escape cut by a fragment boundary (a lone trailing backslash, or ``\\u`` with fewer than 4 hex digits)
-    is held back and sent with the next fragment, so it is judged whole. ``finish()`` returns what is still
-    held (sent as-is: the block's JSON is unfinished anyway). Work is linear in the fragment's length, the
-    scan of ordinary string characters being done by a compiled regex.
+    is sent as received and judged with the next fragment: if invalid, :attr:`unescape_previous` asks the
+    caller to double that backslash in the fragment it holds back (see :attr:`escape_at_end`). When a
+    fragment ends just after the top-level object closed, :attr:`closed_at_end` is set: if the next
+    fragment opens another object, :attr:`unclose_previous` is set and the caller must remove the last
+    ``}`` from the fragment it sent before (the rewriter holds that event back for one event to allow it).
+    Work is linear in the fragment's length; ordinary string characters are skipped by a compiled regex.
     """
 
-    __slots__ = ("_held", "_in_string", "fixed")
+    __slots__ = ("_depth", "_in_string", "_merging", "_pending", "_top_closed", "closed_at_end", "fixed",
+                 "unclose_previous", "unescape_previous")
 
     def __init__(self) -> None:
         self._in_string = False
-        self._held = ""
+        self._pending = ""  # an escape cut at the end of the previous fragment (sent as received)
+        self._depth = 0
+        self._top_closed = False  # a top-level object has closed and nothing but whitespace followed yet
+        self._merging = False  # dropped the `{` of a following object; its first key needs a comma
+        self.closed_at_end = False
+        self.unclose_previous = False
+        self.unescape_previous = 0
         self.fixed = 0
-        """Number of characters escaped or backslashes doubled so far."""
+        """Number of characters escaped, backslashes doubled and objects merged so far."""
 
     def feed(self, fragment: str, /) -> str:
-        text = self._held + fragment if self._held else fragment
-        carried = bool(self._held)
-        self._held = ""
+        text = fragment
+        self.closed_at_end = False
+        self.unclose_previous = False
+        self.unescape_previous = 0
         pieces: list[str] = []
         last = 0
         i = 0
         n = len(text)
         in_string = self._in_string
+        if self._pending:
+            i = self._resolve(text)
+        close_pos = -1  # where the top-level `}` closed in this text, if it did
         # Each iteration consumes at least one character: O(len(text)) overall.
         while i < n:
             if not in_string:
-                j = text.find('"', i)
-                if j < 0:
+                if self._top_closed or self._merging:
+                    match = _NON_SPACE.search(text, i)
+                    if match is None:
+                        break
+                    j = match.start()
+                    char = text[j]
+                    if self._top_closed and char == "{":  # a second object: merge it into the first
+                        self._top_closed = False
+                        self._merging = True
+                        self._depth = 1
+                        self.fixed += 1
+                        if close_pos >= 0:
+                            pieces.append(text[last:close_pos])
+                            pieces.append(text[close_pos + 1 : j])
+                        else:
+                            pieces.append(text[last:j])
+                            self.unclose_previous = True
+                        last = i = j + 1
+                        close_pos = -1
+                        continue
+                    if self._merging:
+                        self._merging = False
+                        if char == '"':
+                            pieces.append(text[last:j])
+                            pieces.append(",")
+                            last = j
+                    self._top_closed = False
+                    i = j
+                match = _STRUCTURE.search(text, i)
+                if match is None:
                     break
-                in_string = True
+                j = match.start()
+                char = text[j]
                 i = j + 1
+                if char == '"':
+                    in_string = True
+                elif char in "{[":
+                    self._depth += 1
+                else:
+                    self._depth -= 1
+                    if self._depth == 0 and char == "}":
+                        self._top_closed = True
+                        close_pos = j
                 continue
             match = _STRING_STOP.search(text, i)
             if match is None:
@@ -206,10 +261,9 @@ class ToolInputFixer:
                 in_string = False
                 i = j + 1
             elif char == "\\":
-                if j + 1 >= n:  # a backslash at the very end: its escape is in the next fragment
-                    pieces.append(text[last:j])
-                    self._held = text[j:]
-                    last = i = n
+                if j + 1 >= n:  # a backslash at the very end: its escape is judged with the next fragment
+                    self._pending = text[j:]
+                    i = n
                     break
                 follower = text[j + 1]
                 if follower in _ESCAPES:
@@ -223,9 +277,8 @@ class ToolInputFixer:
                         i = j + 6
                         continue
                     if j + 2 + digits == n:  # all hex so far, but cut: judge it with the next fragment
-                        pieces.append(text[last:j])
-                        self._held = text[j:]
-                        last = i = n
+                        self._pending = text[j:]
+                        i = n
                         break
                 # An invalid escape: keep the backslash as a literal one; the follower is read normally.
                 pieces.append(text[last:j])
@@ -238,15 +291,47 @@ class ToolInputFixer:
                 self.fixed += 1
                 last = i = j + 1
         self._in_string = in_string
-        if not pieces and not carried:
+        self.closed_at_end = self._top_closed and close_pos >= 0
+        if not pieces:
             return fragment
         pieces.append(text[last:])
         return "".join(pieces)
 
+    @property
+    def escape_at_end(self) -> bool:
+        """The last fragment ended inside an escape, judged when the next fragment arrives (then, if it is
+        invalid, :attr:`unescape_previous` says how far from the end of the previous fragment the backslash
+        to double is)."""
+        return bool(self._pending)
+
+    def _resolve(self, text: str) -> int:
+        # Complete the escape cut at the end of the previous fragment; return where scanning resumes.
+        pending = self._pending
+        candidate = pending + text[: 6 - len(pending)]
+        follower = candidate[1:2]
+        if not follower:  # an empty fragment: still pending
+            return 0
+        self._pending = ""
+        if follower in _ESCAPES:
+            return 2 - len(pending)
+        if follower == "u":
+            digits = 0
+            while digits < 4 and 2 + digits < len(candidate) and candidate[2 + digits] in _HEX:
+                digits += 1
+            if digits == 4:
+                return 6 - len(pending)
+            if 2 + digits == len(candidate):  # still cut (a one- or two-character fragment): keep waiting
+                self._pending = candidate
+                return len(text)
+        # Invalid: the backslash, already sent, must be doubled by the caller; its follower is read normally.
+        self.unescape_previous = len(pending)
+        self.fixed += 1
+        return 0
+
     def finish(self) -> str:
-        """What is still held back at the end of the block."""
-        held, self._held = self._held, ""
-        return held
+        """What must still be sent at the end of the block (nothing: a cut escape means unfinished JSON)."""
+        self._pending = ""
+        return ""
 
 
 # -- responses ----------------------------------------------------------------------------------------------
@@ -279,6 +364,19 @@ ERROR_TYPES: dict[type[StreamError], str] = {
     BufferLimitError: "event_too_large_error",
 }
 _MAX_KEPT_REPAIRS = 1000
+
+
+def _remove_last_brace(fragment: str) -> str:
+    cut = fragment.rfind("}")
+    return fragment[:cut] + fragment[cut + 1 :] if cut >= 0 else fragment
+
+
+def _double_backslash_at(distance: int) -> Callable[[str], str]:
+    def patch(fragment: str) -> str:
+        cut = len(fragment) - distance
+        return fragment[:cut] + "\\" + fragment[cut:] if 0 <= cut < len(fragment) else fragment
+
+    return patch
 
 
 def _error_type_of(exc: StreamError) -> str:
@@ -354,6 +452,8 @@ class ResponseRewriter:
         self._blocks: set[int] = set()
         self._tools: dict[int, ToolInputFixer] = {}
         self._finished = False  # message_stop or error sent: drop everything after
+        # An event kept back for one event (see _block): (raw block if forwardable, wire events, block index).
+        self._held: tuple[bytes | None, list[tuple[str, dict[str, Any]]], int] | None = None
         self._ended = False
         self.error: StreamError | None = None
         """The error the stream ended with (then sent as an ``error`` event), if any."""
@@ -464,6 +564,7 @@ class ResponseRewriter:
             self._changed = True
             self._reencode(events, out)
         else:
+            self._flush_held(out)
             out.append(rest)  # only line breaks: harmless to any consumer, and keeps clean streams identical
         self._report()
         return b"".join(out)
@@ -476,34 +577,70 @@ class ResponseRewriter:
         try:
             events = parser.feed(block)
         except StreamError as exc:
+            self._flush_held(out)
             self._fail(exc, out, block)
             return
-        canonical = _is_canonical(block)
-        if canonical and len(parser.repairs) == before:
-            pending: list[bytes] = []
-            if self._track(events, pending, emit=False):
-                out.append(block)
-                return
-            # The tool scanner changed a fragment; _track has already updated state: encode what it built.
+        clean = _is_canonical(block) and len(parser.repairs) == before
+        unchanged, encoded, closed = self._track(events)
+        self._flush_held(out)
+        if not clean:
             self._changed = True
-            out.extend(pending)
+            if len(parser.repairs) == before and block.strip(b"\r\n"):
+                self._own_repair(
+                    Repair("sse_framing", "re-encoded an event whose SSE framing was not canonical", self._position)
+                )
+            self._report()
+        elif not unchanged:
+            self._changed = True
+        if closed is not None:
+            # A tool fragment ended just after its top-level object closed: keep this event back for one
+            # event, in case the next fragment opens a second object that must be merged into it.
+            self._held = (block if clean and unchanged else None, encoded, closed)
             return
-        self._changed = True
-        if len(parser.repairs) == before and block.strip(b"\r\n"):
-            self._own_repair(Repair("sse_framing", "re-encoded an event whose SSE framing was not canonical",
-                                    self._position))
-        self._reencode(events, out)
-        self._report()
+        if clean and unchanged:
+            out.append(block)
+        else:
+            out.extend(encode_event(name, payload) for name, payload in encoded)
+
+    def _flush_held(self, out: list[bytes]) -> None:
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        raw, encoded, _ = held
+        if raw is not None:
+            out.append(raw)
+        else:
+            out.extend(encode_event(name, payload) for name, payload in encoded)
+
+    def _patch_held(self, index: int, patch: Callable[[str], str]) -> None:
+        # The next fragment of block `index` showed that the held fragment must change (see ToolInputFixer):
+        # patch it; the held event is then re-encoded. A fragment that is no longer held cannot change.
+        held = self._held
+        if held is None or held[2] != index:
+            return
+        _, encoded, _ = held
+        for name, payload in reversed(encoded):
+            if name == "content_block_delta" and payload.get("index") == index:
+                delta = payload["delta"]
+                payload["delta"] = {**delta, "partial_json": patch(delta["partial_json"])}
+                self._held = (None, encoded, index)
+                self._changed = True
+                return
 
     def _reencode(self, events: Sequence[Any], out: list[bytes]) -> None:
-        self._track(events, out, emit=True)
+        self._flush_held(out)
+        _, encoded, _ = self._track(events)
+        out.extend(encode_event(name, payload) for name, payload in encoded)
 
-    def _track(self, events: Sequence[Any], out: list[bytes], *, emit: bool) -> bool:
-        """Follow the stream's structure through ``events``; append their encoding to ``out`` (always when
-        ``emit``; otherwise only if a tool fragment had to change, in which case this returns False after
-        encoding the whole lot). Returns True when the events may be forwarded as received."""
-        encoded: list[tuple[str, dict[str, Any]]] = []  # encoded only if needed: O(1) per clean event
+    def _track(self, events: Sequence[Any]) -> tuple[bool, list[tuple[str, dict[str, Any]]], int | None]:
+        """Follow the stream's structure through ``events``. Returns whether they may be forwarded as
+        received (no tool fragment had to change, no block had to be started), their wire events as
+        ``(name, payload)`` pairs (encoded only when needed: O(1) per clean event), and the index of a tool
+        block whose fragment ended just after its top-level object closed (or None)."""
+        encoded: list[tuple[str, dict[str, Any]]] = []
         unchanged = True
+        closed: int | None = None
         for event in events:
             kind = event.type
             if kind == "message_start":
@@ -522,6 +659,7 @@ class ResponseRewriter:
                     self._blocks.add(index)
                     template = _SYNTHESIZED_BLOCKS.get(delta.get("type"))  # type: ignore[arg-type]
                     if template is not None:
+                        unchanged = False
                         encoded.append(("content_block_start", {
                             "type": "content_block_start", "index": index, "content_block": dict(template)}))
                 if delta.get("type") == "input_json_delta" and type(delta.get("partial_json")) is str:
@@ -530,9 +668,14 @@ class ResponseRewriter:
                         fixer = self._tools[index] = ToolInputFixer()
                     fragment = delta["partial_json"]
                     fixed = fixer.feed(fragment)
+                    if fixer.unclose_previous:
+                        self._patch_held(index, _remove_last_brace)
+                    if fixer.unescape_previous:
+                        self._patch_held(index, _double_backslash_at(fixer.unescape_previous))
                     if fixed is not fragment:
                         unchanged = False
                         delta = {**delta, "partial_json": fixed}
+                    closed = index if fixer.closed_at_end or fixer.escape_at_end else None
                 encoded.append((kind, {"type": kind, "index": index, "delta": delta}))
             elif kind == "content_block_stop":
                 fixer = self._tools.pop(event.index, None)
@@ -543,21 +686,22 @@ class ResponseRewriter:
                         "type": "content_block_delta", "index": event.index,
                         "delta": {"type": "input_json_delta", "partial_json": held}}))
                 encoded.append((kind, {"type": kind, "index": event.index}))
+                closed = None
             elif kind == "message_delta":
                 self._start_message(encoded)
                 encoded.append((kind, {
                     "type": kind, "delta": event.delta.to_dict(), "usage": event.usage.to_dict()}))
+                closed = None
             elif kind == "message_stop":
                 self._finished = True
                 encoded.append((kind, {"type": kind}))
+                closed = None
             elif kind in ("text", "thinking", "signature", "citation", "input_json"):
                 continue  # derived events: their wire event is the content_block_delta beside them
             else:  # an event the core passes through unknown: send it as it was decoded
-                data = event.data.to_dict()
-                encoded.append((kind, data))
-        if emit or not unchanged:
-            out.extend(encode_event(name, payload) for name, payload in encoded)
-        return unchanged
+                encoded.append((kind, event.data.to_dict()))
+                closed = None
+        return unchanged, encoded, closed
 
     def _start_message(self, out: list[tuple[str, dict[str, Any]]]) -> None:
         # The core tolerates events before message_start (and synthesizes the message); a consumer like the
@@ -569,6 +713,7 @@ class ResponseRewriter:
     def _fail(self, exc: StreamError, out: list[bytes], block: bytes | None = None) -> None:
         self.error = exc
         self._finished = True
+        self._flush_held(out)
         if exc.events:
             self._changed = True
             self._reencode(exc.events, out)
