@@ -177,8 +177,18 @@ class ToolInputFixer:
     Work is linear in the fragment's length; ordinary string characters are skipped by a compiled regex.
     """
 
-    __slots__ = ("_depth", "_in_string", "_merging", "_pending", "_top_closed", "closed_at_end", "fixed",
-                 "unclose_previous", "unescape_previous")
+    __slots__ = (
+        "_depth",
+        "_in_string",
+        "_merging",
+        "_pending",
+        "_top_closed",
+        "closed_at_end",
+        "continued",
+        "fixed",
+        "unclose_previous",
+        "unescape_previous",
+    )
 
     def __init__(self) -> None:
         self._in_string = False
@@ -189,6 +199,8 @@ class ToolInputFixer:
         self.closed_at_end = False
         self.unclose_previous = False
         self.unescape_previous = 0
+        self.continued = False
+        """The whole last fragment continued an escape cut earlier, which is still unfinished."""
         self.fixed = 0
         """Number of characters escaped, backslashes doubled and objects merged so far."""
 
@@ -197,6 +209,7 @@ class ToolInputFixer:
         self.closed_at_end = False
         self.unclose_previous = False
         self.unescape_previous = 0
+        self.continued = False
         pieces: list[str] = []
         last = 0
         i = 0
@@ -307,10 +320,11 @@ class ToolInputFixer:
     def _resolve(self, text: str) -> int:
         # Complete the escape cut at the end of the previous fragment; return where scanning resumes.
         pending = self._pending
+        if not text:  # an empty fragment: still pending
+            self.continued = True
+            return 0
         candidate = pending + text[: 6 - len(pending)]
         follower = candidate[1:2]
-        if not follower:  # an empty fragment: still pending
-            return 0
         self._pending = ""
         if follower in _ESCAPES:
             return 2 - len(pending)
@@ -322,6 +336,7 @@ class ToolInputFixer:
                 return 6 - len(pending)
             if 2 + digits == len(candidate):  # still cut (a one- or two-character fragment): keep waiting
                 self._pending = candidate
+                self.continued = True
                 return len(text)
         # Invalid: the backslash, already sent, must be doubled by the caller; its follower is read normally.
         self.unescape_previous = len(pending)
@@ -366,15 +381,28 @@ ERROR_TYPES: dict[type[StreamError], str] = {
 _MAX_KEPT_REPAIRS = 1000
 
 
-def _remove_last_brace(fragment: str) -> str:
-    cut = fragment.rfind("}")
-    return fragment[:cut] + fragment[cut + 1 :] if cut >= 0 else fragment
+def _remove_last_brace(fragments: list[str]) -> list[str]:
+    out = list(fragments)
+    for k in range(len(out) - 1, -1, -1):
+        cut = out[k].rfind("}")
+        if cut >= 0:
+            out[k] = out[k][:cut] + out[k][cut + 1 :]
+            break
+    return out
 
 
-def _double_backslash_at(distance: int) -> Callable[[str], str]:
-    def patch(fragment: str) -> str:
-        cut = len(fragment) - distance
-        return fragment[:cut] + "\\" + fragment[cut:] if 0 <= cut < len(fragment) else fragment
+def _double_backslash_at(distance: int) -> Callable[[list[str]], list[str]]:
+    # `distance` counts characters back from the end of the held fragments to the backslash to double.
+    def patch(fragments: list[str]) -> list[str]:
+        out = list(fragments)
+        remaining = distance
+        for k in range(len(out) - 1, -1, -1):
+            if remaining <= len(out[k]):
+                cut = len(out[k]) - remaining
+                out[k] = out[k][:cut] + "\\" + out[k][cut:]
+                break
+            remaining -= len(out[k])
+        return out
 
     return patch
 
@@ -582,6 +610,12 @@ class ResponseRewriter:
             return
         clean = _is_canonical(block) and len(parser.repairs) == before
         unchanged, encoded, closed = self._track(events)
+        held = self._held
+        if held is not None and closed == held[2] and self._tools[closed].continued:
+            # This fragment only continued an escape cut in the held one: hold both until it is judged.
+            raw = held[0] + block if held[0] is not None and clean and unchanged else None
+            self._held = (raw, held[1] + encoded, closed)
+            return
         self._flush_held(out)
         if not clean:
             self._changed = True
@@ -613,20 +647,22 @@ class ResponseRewriter:
         else:
             out.extend(encode_event(name, payload) for name, payload in encoded)
 
-    def _patch_held(self, index: int, patch: Callable[[str], str]) -> None:
-        # The next fragment of block `index` showed that the held fragment must change (see ToolInputFixer):
-        # patch it; the held event is then re-encoded. A fragment that is no longer held cannot change.
+    def _patch_held(self, index: int, patch: Callable[[list[str]], list[str]]) -> None:
+        # The next fragment of block `index` showed that the held fragments must change (see
+        # ToolInputFixer): patch them; the held events are then re-encoded. Fragments no longer held cannot
+        # change (then the SDK's parser rejects the JSON: an exception, never a silent truncation).
         held = self._held
         if held is None or held[2] != index:
             return
         _, encoded, _ = held
-        for name, payload in reversed(encoded):
-            if name == "content_block_delta" and payload.get("index") == index:
-                delta = payload["delta"]
-                payload["delta"] = {**delta, "partial_json": patch(delta["partial_json"])}
-                self._held = (None, encoded, index)
-                self._changed = True
-                return
+        payloads = [p for name, p in encoded if name == "content_block_delta" and p.get("index") == index]
+        fragments = [p["delta"].get("partial_json") for p in payloads]
+        if not payloads or not all(type(f) is str for f in fragments):
+            return
+        for payload, fragment in zip(payloads, patch(fragments), strict=True):
+            payload["delta"] = {**payload["delta"], "partial_json": fragment}
+        self._held = (None, encoded, index)
+        self._changed = True
 
     def _reencode(self, events: Sequence[Any], out: list[bytes]) -> None:
         self._flush_held(out)
