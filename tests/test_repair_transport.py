@@ -174,3 +174,61 @@ def test_json_response_of_a_messages_endpoint_is_untouched() -> None:
 
     with http.Client(transport=RepairTransport(http.MockTransport(handler))) as client:
         assert client.post("http://x.test/v1/messages", json=REQUEST).content == body
+
+
+# -- frameworks that call the SDK themselves (optional test dependencies) ----------------------------------
+
+FRAMEWORK_FIXTURES = ["fault_control_chars_in_event_json", "fault_raw_lf_splits_data_line", "framing_data_only"]
+
+
+def _expected_text(name: str) -> str:
+    return "".join(b.get("text", "") for b in expected(name)["message"]["content"] if b["type"] == "text")
+
+
+async def _pydantic_ai_text(base_url: str, name: str, transport: Any) -> str:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    http_client = http.AsyncClient(transport=transport, headers={"x-mendstream-fixture": name})
+    provider = AnthropicProvider(api_key="k", base_url=base_url, http_client=http_client)
+    agent = Agent(AnthropicModel("claude-test", provider=provider))
+    async with agent.run_stream("hi") as result:
+        text = await result.get_output()
+    await http_client.aclose()
+    return str(text)
+
+
+@pytest.mark.parametrize("name", FRAMEWORK_FIXTURES)
+async def test_pydantic_ai_through_transport(replay_server: ReplayServer, name: str) -> None:
+    pytest.importorskip("pydantic_ai")
+    text = await _pydantic_ai_text(replay_server.base_url, name, AsyncRepairTransport())
+    assert text == _expected_text(name)
+    try:
+        bare: str | None = await _pydantic_ai_text(replay_server.base_url, name, http.AsyncHTTPTransport())
+    except Exception:
+        bare = None
+    assert bare != _expected_text(name)  # without the transport it fails or loses text
+
+
+def _langchain_text(base_url: str, name: str, transport: Any) -> str:
+    from langchain_anthropic import ChatAnthropic
+
+    llm = ChatAnthropic(model="claude-test", api_key="k", base_url=base_url, max_retries=0,
+                        default_headers={"x-mendstream-fixture": name})
+    # ChatAnthropic builds its own SDK client; give it one whose HTTP client repairs the stream.
+    llm.__dict__["_client"] = anthropic.Anthropic(
+        api_key="k", base_url=base_url, max_retries=0, default_headers={"x-mendstream-fixture": name},
+        http_client=http.Client(transport=transport))
+    return "".join(chunk.text for chunk in llm.stream("hi"))
+
+
+@pytest.mark.parametrize("name", FRAMEWORK_FIXTURES)
+def test_langchain_through_transport(replay_server: ReplayServer, name: str) -> None:
+    pytest.importorskip("langchain_anthropic")
+    assert _langchain_text(replay_server.base_url, name, RepairTransport()) == _expected_text(name)
+    try:
+        bare: str | None = _langchain_text(replay_server.base_url, name, http.HTTPTransport())
+    except Exception:
+        bare = None
+    assert bare != _expected_text(name)

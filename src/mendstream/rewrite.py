@@ -479,6 +479,7 @@ class ResponseRewriter:
         self._message_started = False
         self._blocks: set[int] = set()
         self._tools: dict[int, ToolInputFixer] = {}
+        self._changed = False
         self._finished = False  # message_stop or error sent: drop everything after
         # An event kept back for one event (see _block): (raw block if forwardable, wire events, block index).
         self._held: tuple[bytes | None, list[tuple[str, dict[str, Any]]], int] | None = None
@@ -509,8 +510,6 @@ class ResponseRewriter:
     def rewritten(self) -> bool:
         """Whether any output byte differs from the input (false for a byte-for-byte pass-through)."""
         return self._changed
-
-    _changed = False
 
     def feed(self, data: bytes, /) -> bytes:
         """The output bytes for the next input bytes."""
