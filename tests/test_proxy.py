@@ -172,3 +172,40 @@ def test_secret_never_in_captures_or_logs(proxy: Served, caplog: pytest.LogCaptu
     assert files and all(SECRET.encode() not in f.read_bytes() for f in files)
     assert SECRET not in caplog.text
     assert SECRET not in json.dumps(proxy.app.stats())
+
+
+async def _faulty_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An upstream that answers 529 with an API error body, or cuts its stream mid-event (by path)."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    if scope["path"].startswith("/overloaded"):
+        body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        await send({"type": "http.response.start", "status": 529,
+                    "headers": [(b"content-type", b"application/json"), (b"request-id", b"req_1")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+        return
+    data = fixture_bytes("text_basic")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": data[: data.index(b"event: content_block_stop") + 20],
+                "more_body": True})
+    raise RuntimeError("upstream dies mid-stream")  # uvicorn drops the connection
+
+
+def test_upstream_error_status_and_cut_stream() -> None:
+    upstream = Served(_faulty_upstream)
+    served = Served(create_app(upstream.base_url))
+    try:
+        client = anthropic.Anthropic(api_key="k", base_url=served.base_url + "/overloaded", max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as info:
+            client.messages.create(**REQUEST)
+        assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
+        assert info.value.response.headers["request-id"] == "req_1"
+        client = anthropic.Anthropic(api_key="k", base_url=served.base_url + "/cut", max_retries=0)
+        with pytest.raises(anthropic.APIStatusError, match="incomplete_stream_error"), \
+                client.messages.stream(**REQUEST) as stream:
+            stream.get_final_message()
+    finally:
+        served.stop()
+        upstream.stop()
