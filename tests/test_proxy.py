@@ -209,3 +209,38 @@ def test_upstream_error_status_and_cut_stream() -> None:
     finally:
         served.stop()
         upstream.stop()
+
+
+def test_proxy_subcommand_serves_until_stopped(upstream: ReplayServer) -> None:
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    code = ("import argparse, sys; from mendstream.proxy import add_proxy_subcommand; "
+            "p = argparse.ArgumentParser(); add_proxy_subcommand(p.add_subparsers(dest='command')); "
+            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    bad = subprocess.run([sys.executable, "-c", code, "proxy", "--upstream", "ftp://x"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "http:// or https://" in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-c", code, "proxy", "--upstream", upstream.base_url, "--port",
+                             str(port), "--cache", "planner"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stats = httpx.get(f"http://127.0.0.1:{port}/mendstream/stats").json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        assert stats["requests"] == 0
+        client = anthropic.Anthropic(api_key=SECRET, base_url=f"http://127.0.0.1:{port}", max_retries=0)
+        with client.messages.stream(**REQUEST, extra_headers={"x-mendstream-fixture": "framing_data_only"}) as s:
+            assert s.get_final_message().stop_reason == expected("framing_data_only")["message"]["stop_reason"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert SECRET.encode() not in err  # uvicorn's access log names paths, never credentials
