@@ -85,6 +85,15 @@ def test_sdk_through_proxy_on_every_fixture(proxy: Served, name: str) -> None:
         assert error is not None, f"{name}: silent truncation"
 
 
+def test_sdk_finds_the_proxy_through_anthropic_base_url(proxy: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy.base_url)
+    client = anthropic.Anthropic(api_key=SECRET, max_retries=0)
+    name = "fault_tool_input_control_chars"
+    with client.messages.stream(**REQUEST, extra_headers={"x-mendstream-fixture": name}) as stream:
+        message = stream.get_final_message().to_dict(mode="json")
+    assert without_sdk_nulls(message, expected(name)["message"]) == expected(name)["message"]
+
+
 def test_clean_streams_byte_for_byte(proxy: Served) -> None:
     for name in [n for n in FIXTURE_NAMES if is_clean(fixture_bytes(n))]:
         response = httpx.post(proxy.base_url + "/v1/messages", json={**REQUEST, "stream": True},

@@ -197,12 +197,30 @@ def test_buffer_bound_gives_an_error_event() -> None:
     assert rewriter.feed(b"more") == b"" and rewriter.end() == b""
 
 
-def test_rescans_are_linear() -> None:
-    # An event fed one byte at a time: the scan offset keeps the work per byte bounded. Count regex
-    # searches indirectly through the buffer: the whole output must equal the one-chunk output.
-    data = fixture_bytes("tool_use_64kb_input")
-    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
-    assert rewrite(pieces)[0] == rewrite([data])[0]
+def test_scanning_is_linear_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One 300 KB event fed 10 bytes at a time: the blank-line search must not rescan the held bytes, so the
+    # bytes it examines stay within a small factor of the input (a rescan per chunk would be ~4,500x).
+    import mendstream.rewrite as rw
+
+    scanned = 0
+    pattern = rw._BLANK
+
+    class Counting:
+        def search(self, buf: bytearray, pos: int) -> Any:
+            nonlocal scanned
+            match = pattern.search(buf, pos)
+            scanned += (match.end() if match else len(buf)) - pos
+            return match
+
+    monkeypatch.setattr(rw, "_BLANK", Counting())
+    head = fixture_bytes("text_basic").split(b"\n\n")[0] + b"\n\n"
+    text = "x" * 300_000
+    event = ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             '"delta":{"type":"text_delta","text":"' + text + '"}}\n\n').encode()
+    data = head + event
+    out, _ = rewrite([data[i : i + 10] for i in range(0, len(data), 10)])
+    assert scanned <= 2 * len(data)
+    assert out.startswith(data[: len(head)]) and text.encode() in out
 
 
 @pytest.mark.skipif(not CORPUS_FILES, reason="shared corpus not present")
