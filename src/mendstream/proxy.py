@@ -191,10 +191,11 @@ class ProxyApp:
                 payload = json.loads(body)
             except (ValueError, UnicodeDecodeError):
                 raise UsageError("the request body is not JSON") from None
-            if isinstance(payload, dict):
-                key = conversation_key(payload)
-            planner = self._planner_for(key) if self.cache == "planner" and key is not None else None
-            body = rewrite_request(body, cache=self.cache, planner=planner).body
+            if not isinstance(payload, dict):
+                raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
+            key = conversation_key(payload)
+            planner = self._planner_for(key) if self.cache == "planner" else None
+            body = rewrite_request(body, cache=self.cache, planner=planner, payload=payload).body
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
         url = self.upstream + path + (("?" + query.decode("latin-1")) if query else "")

@@ -97,7 +97,12 @@ def count_markers(value: Any, /) -> int:
 
 
 def rewrite_request(
-    body: bytes, /, *, cache: CacheMode = "default", planner: CachePlanner | None = None
+    body: bytes,
+    /,
+    *,
+    cache: CacheMode = "default",
+    planner: CachePlanner | None = None,
+    payload: dict[str, Any] | None = None,
 ) -> RequestRewrite:
     """Plan the cache breakpoints of a Messages API request body.
 
@@ -107,6 +112,7 @@ def rewrite_request(
             :func:`mendstream.cache.plan_cache_breakpoints`; ``"planner"`` uses ``planner`` (a
             :class:`~mendstream.cache.CachePlanner` for this conversation, required); ``"off"`` returns the
             body untouched without decoding it.
+        payload: ``body`` already decoded, when the caller has it (saves a second parse).
 
     Returns a :class:`RequestRewrite`; its ``body`` is the original bytes when planning changed nothing,
     otherwise compact JSON (UTF-8, keys in their original order). Set ``content-length`` from it (see
@@ -122,10 +128,11 @@ def rewrite_request(
         return RequestRewrite(body, False, None, 0, 0)
     if cache == "planner" and planner is None:
         raise UsageError("cache='planner' needs a CachePlanner (planner=...)")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"the request body is not JSON ({exc}); {len(body)} bytes received") from None
+    if payload is None:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"the request body is not JSON ({exc}); {len(body)} bytes received") from None
     if type(payload) is not dict:
         raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
     before = count_markers(payload)
