@@ -189,6 +189,15 @@ def test_nothing_after_message_stop_and_feed_after_end_is_usage_error() -> None:
         rewriter.feed(b"x")
 
 
+def test_feed_takes_bytes_like_only() -> None:
+    data = fixture_bytes("text_basic")
+    rewriter = ResponseRewriter()
+    out = rewriter.feed(memoryview(data)) + rewriter.feed(bytearray()) + rewriter.end()
+    assert out == data
+    with pytest.raises(UsageError, match="takes bytes"):
+        ResponseRewriter().feed("text")  # type: ignore[arg-type]
+
+
 def test_buffer_bound_gives_an_error_event() -> None:
     rewriter = ResponseRewriter(max_event_bytes=1000)
     head = fixture_bytes("text_basic").split(b"\n\n")[0] + b"\n\n"

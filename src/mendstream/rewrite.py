@@ -522,6 +522,10 @@ class ResponseRewriter:
         """The output bytes for the next input bytes."""
         if self._ended:
             raise UsageError("feed() called after end()")
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
+            data = bytes(data)
         if self._finished:
             self.dropped_bytes += len(data)
             return b""
