@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIStreamError",
     "AsyncMessageStream",
+    "AsyncRepairTransport",
     "BufferLimitError",
     "CachePlanner",
     "CacheStats",
@@ -38,6 +39,7 @@ __all__ = [
     "MessageStream",
     "ProtocolError",
     "Repair",
+    "RepairTransport",
     "SSEDecoder",
     "ServerSentEvent",
     "StreamError",
@@ -57,6 +59,8 @@ _LAZY = {
     "place_cache_breakpoints": ("mendstream.cache", "place_cache_breakpoints"),
     "CachePlanner": ("mendstream.cache", "CachePlanner"),
     "CacheStats": ("mendstream.cache", "CacheStats"),
+    "RepairTransport": ("mendstream.transports.repair", "RepairTransport"),
+    "AsyncRepairTransport": ("mendstream.transports.repair", "AsyncRepairTransport"),
 }
 
 

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+# The cost of repairing at the HTTP boundary: the official SDK against a replay server (`mendstream serve`,
+# its own process) directly, through the proxy (`mendstream.proxy`, its own process, on uvicorn) and through
+# RepairTransport (in the client). Reports time to first byte (p50/p99 and what each path adds), CPU per
+# stream (client process for the transport; proxy process for the proxy), streams per second at 1/50/200
+# concurrent SDK streams, and the proxy's peak RSS after streams of growing length.
+# Reproduce: `PYTHONPATH=src python benchmarks/bench_proxy.py [--quick]`.
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+
+from mendstream import AsyncRepairTransport, RepairTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+SHORT = "text_basic"
+PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+HTTP2 = __import__("httpx2" if int(anthropic.__version__.split(".")[0]) >= 1 else "httpx")
+
+
+def long_stream(deltas: int) -> bytes:
+    """A complete text stream of ``deltas`` 100-character deltas (about 200 bytes of SSE each)."""
+    head = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_b","type":"message",'
+        b'"role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,'
+        b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+    )
+    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             b'"delta":{"type":"text_delta","text":"' + b"x" * 100 + b'"}}\n\n')
+    tail = (
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+        b'"stop_sequence":null},"usage":{"output_tokens":9}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    return head + delta * deltas + tail
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mendstream", "serve", str(directory), "--port", str(port),
+                             "--select", "header"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_proxy(upstream: str) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    port = free_port()
+    code = ("import uvicorn; from mendstream.proxy import create_app; "
+            f"uvicorn.run(create_app({upstream!r}), host='127.0.0.1', port={port}, log_level='warning', "
+            "access_log=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def ttfb(base_url: str, transport: Any, n: int) -> list[float]:
+    """Seconds from sending the request to the first body byte, n times, one keep-alive connection."""
+    out = []
+    with httpx.Client(transport=transport) as client:
+        for _ in range(n + 5):
+            t0 = time.perf_counter()
+            with client.stream("POST", base_url + "/v1/messages", json={**PARAMS, "stream": True},
+                               headers={"x-mendstream-fixture": SHORT}) as response:
+                first = True
+                for _chunk in response.iter_raw():
+                    if first:
+                        out.append(time.perf_counter() - t0)
+                        first = False
+    return out[5:]
+
+
+def sdk_cpu(base_url: str, transport: Any, name: str, n: int) -> float:
+    """Client-process CPU seconds per SDK stream (every event read, final message built)."""
+    client = anthropic.Anthropic(api_key="k", base_url=base_url, max_retries=0,
+                                 http_client=HTTP2.Client(transport=transport) if transport else None)
+    for _ in range(3):
+        with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": name}) as s:
+            s.get_final_message()
+    t0 = time.process_time()
+    for _ in range(n):
+        with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": name}) as s:
+            for _event in s:
+                pass
+            s.get_final_message()
+    return (time.process_time() - t0) / n
+
+
+def throughput(base_url: str, transport: Any, concurrency: int, total: int) -> float:
+    async def run() -> float:
+        http_client = HTTP2.AsyncClient(transport=transport, limits=HTTP2.Limits(max_connections=None),
+                                        timeout=120) if transport else HTTP2.AsyncClient(
+                                            limits=HTTP2.Limits(max_connections=None), timeout=120)
+        client = anthropic.AsyncAnthropic(api_key="k", base_url=base_url, max_retries=0, http_client=http_client)
+        queue = list(range(total))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                async with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": SHORT}) as s:
+                    await s.get_final_message()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        await client.close()
+        return total / elapsed
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    n_ttfb = 100 if args.quick else 400
+    n_cpu = 30 if args.quick else 100
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        for name in (SHORT, "tool_use_64kb_input", "fault_control_chars_in_event_json"):
+            (directory / f"{name}.sse").write_bytes((FIXTURES / f"{name}.sse").read_bytes())
+        lengths = {"long_1mb": 5_000, "long_10mb": 50_000}
+        for name, deltas in lengths.items():
+            (directory / f"{name}.sse").write_bytes(long_stream(deltas))
+        upstream_proc, upstream = start_upstream(directory)
+        proxy_proc, proxy = start_proxy(upstream)
+        try:
+            rows: list[tuple[str, ...]] = []
+            direct_t = ttfb(upstream, None, n_ttfb)
+            proxy_t = ttfb(proxy, None, n_ttfb)
+            transport_t = ttfb(upstream, RepairTransport(httpx.HTTPTransport()), n_ttfb)
+            base50, base99 = pct(direct_t, 0.5), pct(direct_t, 0.99)
+            print(f"\nTime to first byte ({n_ttfb} sequential streams of {SHORT}, loopback)")
+            print(f"{'path':<12}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}")
+            for label, values in (("direct", direct_t), ("proxy", proxy_t), ("transport", transport_t)):
+                p50, p99 = pct(values, 0.5), pct(values, 0.99)
+                print(f"{label:<12}{p50 * 1e3:>9.3f}{p99 * 1e3:>9.3f}{(p50 - base50) * 1e3:>11.3f}"
+                      f"{(p99 - base99) * 1e3:>11.3f}")
+
+            print(f"\nCPU per stream, SDK messages.stream() reading every event ({n_cpu} streams)")
+            print(f"{'fixture':<36}{'SDK ms':>9}{'+transport ms':>15}{'proxy process ms':>18}")
+            for name in (SHORT, "fault_control_chars_in_event_json", "tool_use_64kb_input"):
+                direct_cpu = sdk_cpu(upstream, None, name, n_cpu) if "fault" not in name else float("nan")
+                transport_cpu = sdk_cpu(upstream, RepairTransport(), name, n_cpu)
+                before = proc_cpu(proxy_proc.pid)
+                sdk_cpu(proxy, None, name, n_cpu)
+                proxy_cpu = (proc_cpu(proxy_proc.pid) - before) / (n_cpu + 3)
+                print(f"{name:<36}{direct_cpu * 1e3:>9.3f}{transport_cpu * 1e3:>15.3f}{proxy_cpu * 1e3:>18.3f}")
+
+            print("\nThroughput, AsyncAnthropic streams per second (text_basic)")
+            print(f"{'concurrent':<12}{'direct':>9}{'proxy':>9}{'transport':>11}{'proxy/direct':>14}"
+                  f"{'transport/direct':>18}")
+            for concurrency in (1, 50, 200):
+                total = max(100, concurrency * 2) if not args.quick else max(40, concurrency)
+                d = throughput(upstream, None, concurrency, total)
+                p = throughput(proxy, None, concurrency, total)
+                t = throughput(upstream, AsyncRepairTransport(HTTP2.AsyncHTTPTransport()), concurrency, total)
+                print(f"{concurrency:<12}{d:>9.1f}{p:>9.1f}{t:>11.1f}{p / d:>14.0%}{t / d:>18.0%}")
+                rows.append((str(concurrency), f"{d:.1f}", f"{p:.1f}", f"{t:.1f}"))
+        finally:
+            proxy_proc.kill()
+
+        print("\nProxy peak RSS (fresh proxy process, 5 sequential streams of each length)")
+        print(f"{'stream':<14}{'bytes':>12}{'peak RSS MB':>13}")
+        for name in (SHORT, *lengths):
+            proc, url = start_proxy(upstream)
+            try:
+                with httpx.Client(timeout=120) as client:
+                    for _ in range(5):
+                        with client.stream("POST", url + "/v1/messages", json={**PARAMS, "stream": True},
+                                           headers={"x-mendstream-fixture": name}) as response:
+                            for _chunk in response.iter_raw():
+                                pass
+                size = (directory / f"{name}.sse").stat().st_size
+                print(f"{name:<14}{size:>12}{proc_peak_rss_mb(proc.pid):>13.1f}")
+            finally:
+                proc.kill()
+        upstream_proc.kill()
+    print(json.dumps({"python": sys.version.split()[0], "anthropic": anthropic.__version__}))
+
+
+if __name__ == "__main__":
+    main()

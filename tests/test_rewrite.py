@@ -1,0 +1,433 @@
+"""The sans-IO rewriters: the response rewriter's output read by the official SDK equals mendstream's reading
+of the original bytes (or the SDK raises where mendstream raises), whatever the split; clean streams pass
+byte for byte; the tool-input fixer agrees with json.loads(strict=False) and jiter's partial parser; the
+request rewriter caps cache markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import FIXTURE_NAMES, expected, fixture_bytes
+from mendstream import MessageParser, Repair, UsageError
+from mendstream.rewrite import (
+    ResponseRewriter,
+    ToolInputFixer,
+    is_messages_path,
+    rewrite_request,
+    with_content_length,
+)
+from mendstream.sse import SSEDecoder
+from sdk_reference import sdk_events
+from splitting import split_at
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+CORPUS_FILES = sorted(CORPUS.glob("*.sse")) if CORPUS.is_dir() else []
+
+
+def rewrite(pieces: list[bytes], **kwargs: Any) -> tuple[bytes, ResponseRewriter]:
+    rewriter = ResponseRewriter(**kwargs)
+    out = b"".join(rewriter.feed(piece) for piece in pieces) + rewriter.end()
+    return out, rewriter
+
+
+def sdk_outcome(data: bytes) -> tuple[dict[str, Any] | None, BaseException | None]:
+    try:
+        return sdk_events(data)[1], None
+    except Exception as exc:  # the SDK raises APIStatusError for an error event, ValueError for bad JSON
+        return None, exc
+
+
+def without_sdk_nulls(sdk: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's dict minus keys it adds with a null value that mendstream's message lacks (e.g.
+    ``stop_details``, assigned on every message_delta), recursively through content blocks."""
+    out = {k: v for k, v in sdk.items() if not (v is None and k not in ours)}
+    if isinstance(out.get("content"), list) and isinstance(ours.get("content"), list):
+        out["content"] = [
+            {k: v for k, v in b.items() if not (v is None and k not in o)} if isinstance(b, dict) else b
+            for b, o in zip(out["content"], ours["content"], strict=False)
+        ] + out["content"][len(ours["content"]):]
+    return out
+
+
+def mendstream_outcome(data: bytes) -> tuple[dict[str, Any] | None, BaseException | None]:
+    parser = MessageParser()
+    try:
+        parser.feed(data)
+        parser.end()
+    except Exception as exc:
+        return None, exc
+    return parser.message, None
+
+
+def assert_sdk_agrees(original: bytes, rewritten: bytes, label: str) -> None:
+    ours, our_error = mendstream_outcome(original)
+    theirs, sdk_error = sdk_outcome(rewritten)
+    if our_error is None:
+        assert sdk_error is None, f"{label}: the SDK raised {sdk_error!r} on the rewritten stream"
+        assert theirs is not None and ours is not None
+        assert without_sdk_nulls(theirs, ours) == ours, label
+    else:
+        assert sdk_error is not None, f"{label}: mendstream raised {our_error!r} but the SDK returned a message"
+
+
+def is_clean(data: bytes) -> bool:
+    """No repair, and every event canonical (event line, one data line, LF framing, no padding)."""
+    parser = MessageParser()
+    try:
+        parser.feed(data)
+        parser.end()
+    except Exception:
+        return False
+    if parser.repairs or b"\r" in data:
+        return False
+    blocks = data.split(b"\n\n")
+    return blocks[-1] == b"" and all(
+        b.startswith(b"event: ") and b.count(b"\n") == 1 and b"\ndata: {" in b and b.endswith(b"}")
+        for b in blocks[:-1]
+    )
+
+
+# -- the fixtures, through the SDK ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_sdk_reads_rewritten_fixture_as_mendstream_reads_original(name: str) -> None:
+    data = fixture_bytes(name)
+    out, rewriter = rewrite([data])
+    assert_sdk_agrees(data, out, name)
+    exp = expected(name)
+    if exp["error"] is None:
+        assert rewriter.error is None
+    else:
+        assert out.rstrip().split(b"\n\n")[-1].startswith(b"event: error\ndata: ")
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_output_is_the_same_byte_by_byte(name: str) -> None:
+    data = fixture_bytes(name)
+    whole, _ = rewrite([data])
+    single, _ = rewrite([data[i : i + 1] for i in range(len(data))])
+    assert single == whole
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(FIXTURE_NAMES), points=st.lists(st.integers(min_value=0), max_size=12))
+def test_output_is_split_invariant(name: str, points: list[int]) -> None:
+    data = fixture_bytes(name)
+    whole, _ = rewrite([data])
+    split, _ = rewrite(split_at(data, points))
+    assert split == whole
+
+
+@pytest.mark.parametrize("name", [n for n in FIXTURE_NAMES if is_clean(fixture_bytes(n))])
+def test_clean_fixture_passes_byte_for_byte(name: str) -> None:
+    data = fixture_bytes(name)
+    out, rewriter = rewrite([data])
+    assert out == data
+    assert not rewriter.rewritten
+    assert rewriter.repairs == []
+
+
+def test_repaired_output_is_strict_sse_and_json() -> None:
+    # Every event of every rewritten fixture: an event line, one data line that strict json.loads accepts,
+    # whose type equals the event name; no BOM, no comment, no [DONE].
+    for name in FIXTURE_NAMES:
+        out, _ = rewrite([fixture_bytes(name)])
+        decoder = SSEDecoder()
+        events = decoder.feed(out)
+        decoder.end()
+        assert decoder.unfinished == b"" and not out.startswith(b"\xef\xbb\xbf"), name
+        assert b"\r" not in out and b"\n:" not in out, name
+        for event in events:
+            obj = json.loads(event.raw_data)
+            assert event.event == obj["type"], (name, event)
+            assert event.stray_lines is None
+
+
+def test_truncated_stream_ends_with_incomplete_error_event() -> None:
+    out, rewriter = rewrite([fixture_bytes("truncated_eof_in_text_block")])
+    last = json.loads(out.rstrip().split(b"\n\n")[-1].split(b"data: ", 1)[1])
+    assert last == {"type": "error", "error": {"type": "incomplete_stream_error", "message": last["error"]["message"]}}
+    assert "ended before message_stop" in last["error"]["message"]
+    assert type(rewriter.error).__name__ == "IncompleteStreamError"
+
+
+def test_stream_cut_after_stop_reason_is_completed() -> None:
+    data = fixture_bytes("truncated_final_frame_after_message_delta")
+    out, rewriter = rewrite([data])
+    assert out.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert rewriter.repair_counts["missing_message_stop"] == 1
+
+
+def test_upstream_error_event_is_forwarded_as_sent() -> None:
+    data = fixture_bytes("api_error_overloaded")
+    out, rewriter = rewrite([data])
+    assert out == data
+    assert rewriter.error is not None
+
+
+def test_repairs_reach_the_callback_and_are_counted() -> None:
+    seen: list[Repair] = []
+    data = fixture_bytes("fault_control_chars_in_event_json")
+    _, rewriter = rewrite([data], on_repair=seen.append)
+    assert [r.kind for r in seen] == expected("fault_control_chars_in_event_json")["repairs"]
+    assert rewriter.repair_counts["control_characters"] == len(seen)
+
+
+def test_nothing_after_message_stop_and_feed_after_end_is_usage_error() -> None:
+    data = fixture_bytes("fault_event_after_message_stop")
+    out, rewriter = rewrite([data])
+    assert out.endswith(b'{"type":"message_stop"}\n\n')
+    assert rewriter.dropped_bytes > 0
+    with pytest.raises(UsageError):
+        rewriter.feed(b"x")
+
+
+def test_feed_takes_bytes_like_only() -> None:
+    data = fixture_bytes("text_basic")
+    rewriter = ResponseRewriter()
+    out = rewriter.feed(memoryview(data)) + rewriter.feed(bytearray()) + rewriter.end()
+    assert out == data
+    with pytest.raises(UsageError, match="takes bytes"):
+        ResponseRewriter().feed("text")  # type: ignore[arg-type]
+
+
+def test_buffer_bound_gives_an_error_event() -> None:
+    rewriter = ResponseRewriter(max_event_bytes=1000)
+    head = fixture_bytes("text_basic").split(b"\n\n")[0] + b"\n\n"
+    out = rewriter.feed(head) + rewriter.feed(b"event: content_block_delta\ndata: " + b"x" * 2000)
+    assert b'"type":"event_too_large_error"' in out
+    assert rewriter.feed(b"more") == b"" and rewriter.end() == b""
+
+
+def test_scanning_is_linear_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One 300 KB event fed 10 bytes at a time: the blank-line search must not rescan the held bytes, so the
+    # bytes it examines stay within a small factor of the input (a rescan per chunk would be ~4,500x).
+    import mendstream.rewrite as rw
+
+    scanned = 0
+    pattern = rw._BLANK
+
+    class Counting:
+        def search(self, buf: bytearray, pos: int) -> Any:
+            nonlocal scanned
+            match = pattern.search(buf, pos)
+            scanned += (match.end() if match else len(buf)) - pos
+            return match
+
+    monkeypatch.setattr(rw, "_BLANK", Counting())
+    head = fixture_bytes("text_basic").split(b"\n\n")[0] + b"\n\n"
+    text = "x" * 300_000
+    event = ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             '"delta":{"type":"text_delta","text":"' + text + '"}}\n\n').encode()
+    data = head + event
+    out, _ = rewrite([data[i : i + 10] for i in range(0, len(data), 10)])
+    assert scanned <= 2 * len(data)
+    assert out.startswith(data[: len(head)]) and text.encode() in out
+
+
+@pytest.mark.skipif(not CORPUS_FILES, reason="shared corpus not present")
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
+def test_corpus_through_sdk(path: Path) -> None:
+    # The SDK and mendstream differ on some real streams (usage fields the SDK nulls), so the differential
+    # here is: mendstream reads the output as it read the input, the SDK reads the output as it read a
+    # stream that needed no repair, and where mendstream raises, the SDK raises on the output too.
+    data = path.read_bytes()
+    out, _ = rewrite([data])
+    ours, our_error = mendstream_outcome(data)
+    again, again_error = mendstream_outcome(out)
+    theirs, sdk_error = sdk_outcome(out)
+    if our_error is not None:
+        assert again_error is not None and sdk_error is not None, path.name
+    else:
+        assert again == ours and sdk_error is None, (path.name, sdk_error)
+        original, original_error = sdk_outcome(data)
+        if original_error is None and MessageParserRepairs.none(data):
+            assert theirs == original
+    thirds = split_at(data, [len(data) // 3, 2 * len(data) // 3 + 1])
+    assert rewrite(thirds)[0] == out
+    if is_clean(data):
+        assert out == data
+
+
+# -- the tool input fixer -----------------------------------------------------------------------------------
+
+_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _raw_json(value: Any, corrupt: bool) -> str:
+    """JSON text of value; with ``corrupt``, escaped control characters become raw ones and some valid
+    ``\\\\`` escapes become invalid ones (``\\q``), as broken providers send them."""
+    text = json.dumps(value, ensure_ascii=False)
+    if corrupt:
+        for escape, raw in (("\\t", "\t"), ("\\n", "\n"), ("\\u001b", "\x1b"), ("\\b", "\b")):
+            text = text.replace(escape, raw)
+    return text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.dictionaries(st.text(max_size=6), _value, max_size=5),
+    corrupt=st.booleans(),
+    extra=st.sampled_from(["", "\\q", "\\x", "C:\\Users\\H", "\\u12G", "\t\x01"]),
+    points=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_fixer_concatenation_is_valid_and_partial_parses_succeed(
+    value: dict[str, Any], corrupt: bool, extra: str, points: list[int]
+) -> None:
+    from jiter import from_json
+
+    value = {**value, "z": "tail" + extra}
+    raw = _raw_json(value, corrupt)
+    if extra:
+        raw = raw.replace(json.dumps("tail" + extra, ensure_ascii=False)[1:-1], "tail" + extra, 1)
+    data = raw.encode()
+    pieces = [p.decode("utf-8", "ignore") for p in split_at(data, points)]
+    pieces = _resplit_on_chars(raw, pieces)
+    out, _ = rewrite([tool_stream(pieces)])
+    decoder = SSEDecoder()
+    sent = [
+        obj["delta"]["partial_json"]
+        for obj in (json.loads(e.raw_data) for e in decoder.feed(out))
+        if obj["type"] == "content_block_delta"
+    ]
+    text = "".join(sent)
+    assert json.loads(text) == MessageParserReference.tool_input(raw)
+    buf = ""
+    for piece in sent:
+        buf += piece
+        if buf.strip():
+            from_json(buf.encode(), partial_mode=True)
+
+
+def tool_stream(fragments: list[str]) -> bytes:
+    """A complete stream with one tool block whose input arrives as ``fragments``."""
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                                              "content": [], "stop_reason": None, "stop_sequence": None,
+                                              "usage": {"input_tokens": 1, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}}
+          for f in fragments),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 2}},
+        {"type": "message_stop"},
+    ]
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def _resplit_on_chars(raw: str, pieces: list[str]) -> list[str]:
+    # Split points chosen on bytes may fall inside a UTF-8 sequence; cut the text at character boundaries
+    # of the same lengths instead.
+    out, start = [], 0
+    for piece in pieces:
+        out.append(raw[start : start + len(piece)])
+        start += len(piece)
+    out.append(raw[start:])
+    return out
+
+
+class MessageParserRepairs:
+    @staticmethod
+    def none(data: bytes) -> bool:
+        parser = MessageParser()
+        parser.feed(data)
+        parser.end()
+        return not parser.repairs
+
+
+class MessageParserReference:
+    @staticmethod
+    def tool_input(raw: str) -> Any:
+        """mendstream's own reading of a tool input: one fragment through the core."""
+        parser = MessageParser()
+        parser.feed(tool_stream([raw]))
+        parser.end()
+        return parser.message["content"][0]["input"]
+
+
+def test_fixer_leaves_clean_fragments_as_the_same_objects() -> None:
+    fixer = ToolInputFixer()
+    for piece in ['{"path": "a\\', 'nb", "n": [1, {"x": "\\u00', 'e9"}]}']:
+        assert fixer.feed(piece) is piece
+    assert fixer.fixed == 0
+
+
+def test_fixer_merges_objects_in_one_fragment() -> None:
+    fixer = ToolInputFixer()
+    assert fixer.feed('{"a": 1}{"b": 2}') == '{"a": 1,"b": 2}'
+    assert fixer.feed("{}") == "}" and fixer.unclose_previous  # the caller drops the earlier "}"
+    assert json.loads('{"a": 1,"b": 2}') == {"a": 1, "b": 2}
+
+
+# -- requests ------------------------------------------------------------------------------------------------
+
+
+def _request_with_markers(count: int) -> dict[str, Any]:
+    blocks = [{"type": "text", "text": f"part {i} " * 400, "cache_control": {"type": "ephemeral"}}
+              for i in range(count)]
+    return {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
+            "messages": [{"role": "user", "content": blocks}]}
+
+
+def test_request_with_six_markers_leaves_with_at_most_four() -> None:
+    payload = _request_with_markers(6)
+    result = rewrite_request(json.dumps(payload).encode())
+    assert result.changed and result.markers_before == 6 and result.markers_after <= 4
+    planned = json.loads(result.body)
+    strip = json.loads(json.dumps(planned))
+    for block in strip["messages"][0]["content"]:
+        block.pop("cache_control", None)
+    for block in payload["messages"][0]["content"]:
+        block.pop("cache_control", None)
+    assert strip == payload
+
+
+def test_request_off_is_untouched_and_bad_bodies_are_usage_errors() -> None:
+    body = b'{"model": "m",  "messages": []}'
+    assert rewrite_request(body, cache="off").body is body
+    with pytest.raises(UsageError, match="not JSON"):
+        rewrite_request(b"{nope")
+    with pytest.raises(UsageError, match="not an object"):
+        rewrite_request(b"[1]")
+    with pytest.raises(UsageError, match="cache must be one of"):
+        rewrite_request(body, cache="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="planner"):
+        rewrite_request(body, cache="planner")
+
+
+def test_unchanged_request_keeps_its_bytes() -> None:
+    body = b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}'
+    assert rewrite_request(body).body is body
+
+
+def test_content_length_is_replaced() -> None:
+    headers = [(b"Content-Length", b"10"), (b"x-api-key", b"k"), (b"transfer-encoding", b"chunked")]
+    assert with_content_length(headers, 42) == [(b"x-api-key", b"k"), (b"content-length", b"42")]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected_result"),
+    [
+        ("/v1/messages", True),
+        ("/v1/messages?beta=true", True),
+        ("/anthropic/v1/messages", True),
+        ("/v1/projects/p/locations/l/publishers/anthropic/models/claude:streamRawPredict", True),
+        ("/v1/messages/count_tokens", False),
+        ("/v1/messages/batches", False),
+        ("/v1/models", False),
+    ],
+)
+def test_messages_paths(path: str, expected_result: bool) -> None:
+    assert is_messages_path(path) is expected_result
