@@ -117,8 +117,14 @@ def _error_event(error_type: str, message: str) -> bytes:
 
 def _head_events(events: list[bytes], after_events: int | None, after_bytes: int | None) -> list[bytes]:
     if after_bytes is not None:
-        body = b"".join(events)[:after_bytes]
-        return split_events(body)
+        # Whole events only: the error event starts at the last event boundary within after_bytes.
+        kept, size = [], 0
+        for event in events:
+            size += len(event)
+            if size > after_bytes:
+                break
+            kept.append(event)
+        return kept
     return events[: after_events if after_events is not None else len(events)]
 
 
@@ -132,7 +138,7 @@ class Unchanged:
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
-    """After ``after_events`` events (or the events within ``after_bytes`` bytes), an ``error`` event of
+    """After ``after_events`` events (or the whole events within ``after_bytes`` bytes), an ``error`` event of
     ``error_type`` ends the stream (HTTP status stays 200, as the API does)."""
 
     error_type: str = "overloaded_error"
