@@ -98,6 +98,15 @@ def test_stall_silent_and_with_pings() -> None:
     assert error is None and parser.message["content"][0]["text"] == TEXT
 
 
+def test_stall_that_never_resumes_ends_with_a_cut() -> None:
+    out = Stall(seconds=1.0, after_events=3, ping_every=0.4, cut=True).apply(0, planned(FULL))
+    assert out.end == "cut" and sum(d for d, _ in out.chunks) == pytest.approx(1.0)
+    assert body_of(out) == b"".join(split_events(FULL)[:3]) + b'event: ping\ndata: {"type": "ping"}\n\n' * 2
+    assert parse_fault_spec("stall(seconds=1,ping=0.4,after_events=3,cut=true)") == Stall(
+        seconds=1.0, ping_every=0.4, cut=True
+    )
+
+
 def test_trickle_sends_the_same_bytes_slowly() -> None:
     out = Trickle(chunk_bytes=7, delay=0.01).apply(0, planned(FULL))
     assert body_of(out) == FULL and all(len(c) <= 7 and d == 0.01 for d, c in out.chunks)
@@ -197,4 +206,10 @@ def test_continuation_body_streams_the_rest_of_the_text() -> None:
     assert continuation_body({"messages": [{"role": "user", "content": "q"}]}, FULL) is None
     wrong = {"messages": [{"role": "assistant", "content": "Something else"}]}
     assert continuation_body(wrong, FULL) is None
-    assert continuation_body({"messages": [{"role": "assistant", "content": "Checking"}]}, TOOL) is not None
+    # After the text, the recorded answer goes on: the tool call and its stop reason.
+    tool = continuation_body({"messages": [{"role": "assistant", "content": "Check"}]}, TOOL)
+    assert tool is not None
+    _, error, parser = parse(tool)
+    assert error is None and parser.message["stop_reason"] == "tool_use"
+    assert parser.message["content"][0] == {"type": "text", "text": "ing."}
+    assert parser.message["content"][1]["input"] == {"city": "Paris", "unit": "celsius"}

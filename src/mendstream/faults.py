@@ -182,11 +182,13 @@ class Cut:
 @dataclass(frozen=True, slots=True)
 class Stall:
     """After ``after_events`` events the server goes quiet for ``seconds`` (or, with ``ping_every``, sends
-    only ``ping`` events that often), then sends the rest."""
+    only ``ping`` events that often), then sends the rest; with ``cut`` it drops the connection instead (a
+    generation that never resumes, ended by some proxy's timeout)."""
 
     seconds: float
     after_events: int = 3
     ping_every: float | None = None
+    cut: bool = False
 
     def apply(self, ordinal: int, response: PlannedResponse, /) -> PlannedResponse:
         if response.status != 200:
@@ -199,6 +201,8 @@ class Stall:
             while waited + self.ping_every < self.seconds:
                 chunks.append((self.ping_every, _PING))
                 waited += self.ping_every
+        if self.cut:
+            return replace(response, chunks=(*chunks, (self.seconds - waited, b"")), end="cut")
         rest = [(0.0, e) for e in tail]
         if rest:
             rest[0] = (self.seconds - waited, rest[0][1])
@@ -301,7 +305,7 @@ FAULT   := NAME ["(" KEY "=" VALUE ["," KEY "=" VALUE ...] ")"]
   ok                                              unchanged
   error(type=overloaded_error,after_events=4,after_bytes=N,message=TEXT)
   cut(after_bytes=N | after_events=N | in=tool)  connection dropped mid-event / mid-tool-input
-  stall(seconds=T,after_events=3,ping=P)          T s silent (or pings every P s), then the rest
+  stall(seconds=T,after_events=3,ping=P,cut=false) T s silent (or pings every P s), then the rest (or a cut)
   trickle(bytes=8,delay=0.01)                     the body a few bytes at a time
   status(code=529,retry_after=S,retry_after_ms=MS,should_retry=true|false,type=ERROR_TYPE)
 Example: mix(seed=7):0.2*error+0.05*stall(seconds=2,ping=0.5)+0.05*cut(in=tool)+0.05*status(code=529)"""
@@ -323,7 +327,8 @@ _KEYS: dict[str, dict[str, tuple[str, Any]]] = {
               "after_bytes": ("after_bytes", int), "message": ("message", str)},
     "cut": {"after_bytes": ("after_bytes", int), "after_events": ("after_events", int),
             "in": ("in_tool_input", "tool")},
-    "stall": {"seconds": ("seconds", float), "after_events": ("after_events", int), "ping": ("ping_every", float)},
+    "stall": {"seconds": ("seconds", float), "after_events": ("after_events", int), "ping": ("ping_every", float),
+              "cut": ("cut", bool)},
     "trickle": {"bytes": ("chunk_bytes", int), "delay": ("delay", float)},
     "status": {"code": ("status", int), "retry_after": ("retry_after", float),
                "retry_after_ms": ("retry_after_ms", int), "should_retry": ("should_retry", bool),
@@ -425,8 +430,8 @@ def continuation_body(request_body: Mapping[str, Any], full_body: bytes, *, delt
     ``full_body`` of the whole answer: the text after the prefill, as a new message (``None`` when the
     request has no prefill or the answer's first text block does not start with it).
 
-    The continuation's ``usage`` counts its own output (one token per ``delta_chars`` characters, at least
-    1) so that summed usage is checkable; its ``stop_reason`` is the full answer's.
+    After the text the continuation replays the recorded answer from the end of its first block (later
+    blocks, tool calls, ``message_delta`` with the stop reason and usage), as a model would go on.
     """
     prefill = _prefill_of(request_body)
     if prefill is None:
@@ -455,9 +460,31 @@ def continuation_body(request_body: Mapping[str, Any], full_body: bytes, *, delt
         {"type": "message_start", "message": start},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}} for p in pieces),
-        {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
-         "usage": {"output_tokens": max(1, len(pieces))}},
-        {"type": "message_stop"},
     ]
-    return b"".join(_sse(e) for e in events)
+    # After the text block the answer goes on as recorded (later blocks, tool calls, the stop reason).
+    tail = _after_first_block(full_body)
+    if tail is None:
+        events += [
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+             "usage": {"output_tokens": max(1, len(pieces))}},
+            {"type": "message_stop"},
+        ]
+        return b"".join(_sse(e) for e in events)
+    return b"".join(_sse(e) for e in events) + tail
+
+
+def _after_first_block(body: bytes) -> bytes | None:
+    """The recorded events from the ``content_block_stop`` of block 0 on, or None if there is none."""
+    events = split_events(body)
+    for i, event in enumerate(events):
+        if b"content_block_stop" not in event:
+            continue
+        data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "content_block_stop" and obj.get("index") == 0:
+            return b"".join(events[i:])
+    return None
