@@ -170,3 +170,25 @@ def test_timeouts_are_off_by_default_and_validated(server: FaultServer) -> None:
             mhttpx.stream(PARAMS, base_url=server.base_url, idle_timeout=bad)
         with pytest.raises(UsageError, match="progress_timeout"):
             mendstream.stream(anthropic.Anthropic(api_key="k"), **PARAMS, progress_timeout=bad)
+
+
+def test_watchdog_keeps_one_entry_per_stream_and_fires_on_time() -> None:
+    from mendstream.resilient import _Watchdog
+
+    class Guard:
+        def __init__(self) -> None:
+            self.fired = threading.Event()
+
+        def fire(self) -> None:
+            self.fired.set()
+
+    watchdog = _Watchdog()
+    busy, quiet = Guard(), Guard()
+    now = time.monotonic()
+    for i in range(1000):  # a chunk moves the deadline later each time: no new heap entries
+        watchdog.arm(busy, now + 10 + i * 0.001)  # type: ignore[arg-type]
+    assert len(watchdog._heap) == 1
+    watchdog.arm(quiet, time.monotonic() + 0.1)  # type: ignore[arg-type]
+    assert quiet.fired.wait(0.6) and not busy.fired.is_set()
+    watchdog.disarm(busy)  # type: ignore[arg-type]
+    assert len(watchdog._heap) <= 2

@@ -155,18 +155,28 @@ class _StallClock:
 
 class _Watchdog:
     """One daemon thread for every sync stream in the process: at a stream's deadline it calls the stream's
-    ``fire`` (which shuts the socket down, so the blocked read returns). Arming is O(log n) under a lock."""
+    ``fire`` (which shuts the socket down, so the blocked read returns).
+
+    Each armed stream has at most one heap entry, so the heap is bounded by the number of open streams:
+    moving a deadline later (every chunk) only updates ``_armed``; when the entry comes due with a later
+    deadline recorded, it is pushed back once. Arming is O(1) on the hot path, O(log n) when pushing.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, _SyncGuard]] = []
-        self._armed: dict[int, float] = {}
+        self._armed: dict[_SyncGuard, float] = {}
+        self._queued: dict[_SyncGuard, float] = {}
         self._counter = itertools.count()
         self._thread: threading.Thread | None = None
 
     def arm(self, guard: _SyncGuard, deadline: float) -> None:
         with self._cond:
-            self._armed[id(guard)] = deadline
+            self._armed[guard] = deadline
+            queued = self._queued.get(guard)
+            if queued is not None and queued <= deadline:
+                return  # the queued entry comes due first and re-queues itself at the new deadline
+            self._queued[guard] = deadline
             heapq.heappush(self._heap, (deadline, next(self._counter), guard))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mendstream-stall-watchdog", daemon=True)
@@ -176,7 +186,7 @@ class _Watchdog:
 
     def disarm(self, guard: _SyncGuard) -> None:
         with self._cond:
-            self._armed.pop(id(guard), None)
+            self._armed.pop(guard, None)
 
     def _run(self) -> None:
         while True:
@@ -184,11 +194,19 @@ class _Watchdog:
             with self._cond:
                 now = time.monotonic()
                 while self._heap and self._heap[0][0] <= now:
-                    deadline, _, guard = heapq.heappop(self._heap)
-                    # Entries superseded by a later arm() (or disarmed) are stale: skip them.
-                    if self._armed.get(id(guard)) == deadline:
-                        del self._armed[id(guard)]
-                        due.append(guard)
+                    queued, _, guard = heapq.heappop(self._heap)
+                    if self._queued.get(guard) != queued:
+                        continue  # superseded by an earlier entry for the same guard
+                    del self._queued[guard]
+                    deadline = self._armed.get(guard)
+                    if deadline is None:
+                        continue  # disarmed
+                    if deadline > now:
+                        self._queued[guard] = deadline
+                        heapq.heappush(self._heap, (deadline, next(self._counter), guard))
+                        continue
+                    del self._armed[guard]
+                    due.append(guard)
                 if not due:
                     wait = self._heap[0][0] - now if self._heap else 60.0
                     self._cond.wait(min(wait, 60.0))
