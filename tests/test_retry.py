@@ -314,3 +314,28 @@ def test_async_twin_matches_sync_in_memory() -> None:
     assert [e.to_dict() for e in events] == [e.to_dict() for e in sync]
     assert message == sync.message
     assert json.dumps(message)  # plain data
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("xy \n")), min_size=1, max_size=40),
+    cut_events=st.integers(3, 10),
+    second_cut=st.integers(1, 3),
+    splits=st.lists(st.integers(0, 3000), max_size=4),
+)
+def test_a_continuation_that_fails_again_is_continued_again(
+    text: str, cut_events: int, second_cut: int, splits: list[int]
+) -> None:
+    full = text_stream(text, pieces=5)
+    assume(cut_events < len(split_events(full)) - 2)
+    opener = MemoryOpener(full, [ErrorEvent(after_events=cut_events), ErrorEvent(after_events=second_cut)], splits)
+    stream = ResilientMessageStream(
+        opener, retry=Retry(on_partial="continue", backoff=0, max_attempts=4), idle_timeout=None,
+        progress_timeout=None,
+    )
+    events = list(stream)
+    assert shown_text(events) == text
+    assert stream.get_final_message().content[0].text == text
+    if not any(isinstance(e, RestartEvent) for e in events):
+        assert [e.type for e in events].count("message_start") == 1
+        assert len(stream.attempts) == 3
