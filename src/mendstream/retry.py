@@ -9,7 +9,6 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
 from .errors import APIStreamError, IncompleteStreamError, StreamStalledError, UsageError
@@ -195,6 +194,7 @@ def _retry_after(exc: BaseException) -> float | None:
     except ValueError:
         try:
             import time
+            from email.utils import parsedate_to_datetime  # only for the rare HTTP-date form
 
             seconds = parsedate_to_datetime(raw).timestamp() - time.time()
         except (TypeError, ValueError, IndexError):
