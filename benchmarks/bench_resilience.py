@@ -5,7 +5,8 @@
 # before streaming. Compared: the SDK's own `client.messages.stream()` with `max_retries=2`, mendstream
 # without `retry`, and mendstream with `Retry(on_partial="restart")` and `"continue"` (progress_timeout on).
 # Reported: turns completed (final message equal to the fixture's), requests sent, duplicated characters
-# shown (text shown since the last RestartEvent beyond the final text), extra latency over a clean turn.
+# shown (characters on screen that are not the answer's text at their position, counted since the last
+# RestartEvent), characters a RestartEvent told the UI to clear, and extra latency over a clean turn.
 # Sleeps are scaled down: a stall lasts 0.5 s (it stands for the SDK's 600 s read timeout), progress_timeout
 # 0.2 s, retry-after 10 ms, backoff 10 ms (cap 0.1 s). Reproduce:
 #   PYTHONPATH=src python benchmarks/bench_resilience.py [--turns 1000] [--seed 7]
@@ -84,9 +85,10 @@ def turn_ok(message: Any) -> bool:
     )
 
 
-def run_turn(config: str, client: Any) -> tuple[bool, int, float]:
-    """One turn: (completed, duplicated characters shown, seconds)."""
+def run_turn(config: str, client: Any) -> tuple[bool, int, int, float]:
+    """One turn: (completed, duplicated characters shown, characters retracted by a RestartEvent, seconds)."""
     shown = ""
+    retracted = 0
     t0 = time.perf_counter()
     ok = False
     try:
@@ -106,6 +108,7 @@ def run_turn(config: str, client: Any) -> tuple[bool, int, float]:
             with mendstream.stream(client, **PARAMS, **options) as stream:
                 for event in stream:
                     if event.type == "restart":
+                        retracted += len(shown)
                         shown = ""
                     elif event.type == "text":
                         shown += event.text
@@ -116,7 +119,7 @@ def run_turn(config: str, client: Any) -> tuple[bool, int, float]:
     # Characters on screen that are not the answer's text at their position: repeats after a retry.
     common = next((i for i, (a, b) in enumerate(zip(shown, TEXT, strict=False)) if a != b), min(len(shown), len(TEXT)))
     duplicated = len(shown) - common
-    return ok, duplicated, elapsed
+    return ok, duplicated, retracted, elapsed
 
 
 CONFIGS = {
@@ -144,28 +147,32 @@ def main() -> None:
         for key, (label, max_retries) in CONFIGS.items():
             client = anthropic.Anthropic(base_url=server.base_url, api_key="sk-bench", max_retries=max_retries)
             server.reset(None)
-            clean = statistics.median(run_turn(key, client)[2] for _ in range(50))
+            clean = statistics.median(run_turn(key, client)[3] for _ in range(50))
             server.reset(plan)
-            completed = duplicated = 0
+            completed = duplicated = retracted = 0
             extra: list[float] = []
             for _ in range(args.turns):
-                ok, dup, elapsed = run_turn(key, client)
+                ok, dup, gone, elapsed = run_turn(key, client)
                 completed += ok
                 duplicated += dup
+                retracted += gone
                 extra.append(max(0.0, elapsed - clean))
             requests = len(server.requests)
             client.close()
-            rows.append((label, completed, requests, duplicated, percentile(extra, 0.5), percentile(extra, 0.99)))
+            rows.append(
+                (label, completed, requests, duplicated, retracted, percentile(extra, 0.5), percentile(extra, 0.99))
+            )
             print(f"  done: {label}", file=sys.stderr)
     print(f"{args.turns} turns, seed {args.seed}, anthropic {anthropic.__version__}, Python {sys.version.split()[0]}")
     print("mix per request: 20% overloaded mid-stream, 5% stall with pings (never resumes), 5% cut mid-tool-input,")
     print(f"5% HTTP 529 before streaming; stall {STALL_SECONDS} s, progress_timeout {PROGRESS_TIMEOUT} s (scaled)\n")
-    header = ("configuration", "turns completed", "requests", "duplicated chars", "extra p50", "extra p99")
+    header = ("configuration", "turns completed", "requests", "duplicated chars", "chars retracted by restart",
+              "extra p50", "extra p99")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
-    for label, completed, requests, dup, p50, p99 in rows:
+    for label, completed, requests, dup, gone, p50, p99 in rows:
         print(
-            f"| {label} | {completed}/{args.turns} ({100 * completed / args.turns:.1f}%) | {requests} | {dup} | "
+            f"| {label} | {completed}/{args.turns} ({100 * completed / args.turns:.1f}%) | {requests} | {dup} | {gone} | "
             f"{p50 * 1000:.1f} ms | {p99 * 1000:.1f} ms |"
         )
 
