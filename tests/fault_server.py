@@ -73,6 +73,7 @@ class FaultServer:
     def __init__(self, fixtures: dict[str, bytes], plan: FaultPlan | None = None) -> None:
         self.fixtures = fixtures
         self.plan = plan
+        self.head_delay = 0.0  # seconds before the response headers (a server that never answers)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -84,9 +85,10 @@ class FaultServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
-    def reset(self, plan: FaultPlan | None = None) -> None:
+    def reset(self, plan: FaultPlan | None = None, *, head_delay: float = 0.0) -> None:
         with self._lock:
             self.plan = plan
+            self.head_delay = head_delay
             self.requests = []
 
     def __enter__(self) -> FaultServer:
@@ -122,6 +124,8 @@ class FaultServer:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         planned = self.response_for(headers, json.loads(raw or b"{}"))
+        if self.head_delay > 0:
+            await asyncio.sleep(self.head_delay)
         await send({"type": "http.response.start", "status": planned.status,
                     "headers": [(k.encode(), v.encode()) for k, v in planned.headers]})
         for delay, chunk in planned.chunks:

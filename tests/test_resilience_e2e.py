@@ -256,15 +256,15 @@ def test_max_attempts_is_respected(server: FaultServer, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_deadline_is_respected_and_retry_after_honoured(server: FaultServer, mode: str) -> None:
-    server.reset(Schedule((HTTPError(529, retry_after=0.3),) * 10))
+    server.reset(Schedule((HTTPError(529, retry_after=0.45),) * 10))
     t0 = time.monotonic()
-    out = run(mode, "sdk", server.base_url, "text", retry=Retry(max_attempts=10, deadline=1.0))
+    out = run(mode, "sdk", server.base_url, "text", retry=Retry(max_attempts=10, deadline=1.2))
     elapsed = time.monotonic() - t0
     assert isinstance(out.error, anthropic.APIStatusError) and out.error.status_code == 529
-    # Waits of 0.3 s: attempts at ~0, 0.3, 0.6, 0.9; the next would start past the deadline.
-    assert len(server.requests) == 4
-    assert [round(a.delay, 2) for a in out.stream.attempts] == [0.0, 0.3, 0.3, 0.3]
-    assert elapsed < 1.0 + 0.5
+    # Waits of 0.45 s (retry-after): attempts start at ~0, 0.45 and 0.9 s; a third wait would end past 1.2 s.
+    assert len(server.requests) == 3
+    assert [round(a.delay, 2) for a in out.stream.attempts] == [0.0, 0.45, 0.45]
+    assert elapsed < 1.2 + 0.5
 
 
 @pytest.mark.parametrize(

@@ -192,3 +192,43 @@ def test_watchdog_keeps_one_entry_per_stream_and_fires_on_time() -> None:
     assert quiet.fired.wait(0.6) and not busy.fired.is_set()
     watchdog.disarm(busy)  # type: ignore[arg-type]
     assert len(watchdog._heap) <= 2
+
+
+@pytest.mark.parametrize("transport", ["sdk", "httpx"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_no_response_headers_within_idle_timeout_is_a_stall(server: FaultServer, transport: str, mode: str) -> None:
+    server.reset(None, head_delay=1.0)
+
+    async def astream_error() -> BaseException | None:
+        if transport == "sdk":
+            client: Any = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="k", max_retries=0)
+            opener = mendstream.astream(client, **PARAMS, idle_timeout=TIMEOUT)
+        else:
+            client = httpx.AsyncClient()
+            opener = mhttpx.astream(PARAMS, base_url=server.base_url, client=client, idle_timeout=TIMEOUT)
+        try:
+            async with opener as stream:
+                async for _ in stream:
+                    pass
+        except Exception as exc:
+            return exc
+        finally:
+            await (client.close() if transport == "sdk" else client.aclose())
+        return None
+
+    t0 = time.monotonic()
+    if mode == "async":
+        error = asyncio.run(astream_error())
+    else:
+        client: Any = (
+            anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0) if transport == "sdk"
+            else httpx.Client()
+        )
+        with client, open_sync(transport, server.base_url, client, idle_timeout=TIMEOUT) as stream:
+            error = consume_sync(stream)[2]
+    elapsed = time.monotonic() - t0
+    assert isinstance(error, StreamStalledError) and error.kind == "idle" and error.snapshot is None
+    assert elapsed <= TIMEOUT + 0.5
+    if transport == "sdk":
+        assert isinstance(error, anthropic.APITimeoutError)
+    server.reset(None)

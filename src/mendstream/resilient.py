@@ -436,7 +436,12 @@ class _Conductor:
         return out
 
     def repairs(self, parser: MessageParser) -> list[Repair]:
+        """The repairs of every finished attempt, then the current one's."""
         return [*self._repairs, *parser.repairs]
+
+    def keep_repairs(self, parser: MessageParser) -> None:
+        """Keep a failed attempt's repairs before its parser is replaced."""
+        self._repairs.extend(parser.repairs)
 
     # Faults -> decisions.
     def fail(self, error: BaseException, attempt: Attempt, message: dict[str, Any] | None) -> _Decision:
@@ -550,6 +555,28 @@ def _stall_or(error: StreamError, kind: str | None, clock: _StallClock, opened: 
     return converted
 
 
+def _header_stall(
+    exc: BaseException, conductor: _Conductor, convert: Callable[[StreamError], BaseException] | None
+) -> BaseException:
+    """A read timeout while waiting for the response headers, when a stall timeout set it, as the stall
+    error (the HTTP library's error kept as ``__cause__``); any other error unchanged."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if not conductor.stall_enabled or not names & {"ReadTimeout", "APITimeoutError"}:
+        return exc
+    if isinstance(exc, StreamStalledError):
+        return exc
+    kind = "idle" if conductor.idle is not None else "progress"
+    clock = conductor.clock()
+    limit = min(t for t in (conductor.idle, conductor.progress) if t is not None)
+    clock.last_byte -= limit
+    clock.last_progress -= limit
+    stall = clock.error(kind, time.monotonic(), None)
+    stall.__cause__ = exc
+    converted = convert(stall) if convert is not None else stall
+    converted.__cause__ = exc
+    return converted
+
+
 class _ResilientSurface:
     _state: _StreamState
     _conductor: _Conductor
@@ -587,10 +614,12 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
         progress_timeout: float | None,
         parser: MessageParser | None = None,
         capture: CapturePath | None = None,
+        convert: Callable[[StreamError], BaseException] | None = None,
     ) -> None:
         self._conductor = _Conductor(retry, idle_timeout, progress_timeout)
         self._opener = opener
         self._capture = capture
+        self._convert = convert
         self._first_parser = parser
         self._wake = threading.Event()
         self._closing = False
@@ -605,7 +634,7 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
                 try:
                     opened = self._opener(conductor.prefill, attempt_capture_path(self._capture, attempt.number))
                 except Exception as exc:
-                    decision = conductor.fail(exc, attempt, None)
+                    decision = conductor.fail(_header_stall(exc, conductor, self._convert), attempt, None)
                     if self._pause(decision.delay):
                         return
                     if decision.restart is not None:
@@ -650,15 +679,13 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
                         guard.disarm()
                     chunks.close()
                     opened.release()
-                if guard is not None and error is None and stalled is None and not parser.complete:
-                    stalled = guard.fired
                 if stalled is not None and error is None:
                     error = IncompleteStreamError("the stream stalled", snapshot=parser.message or None)
                 if error is None:
                     return
                 if guard is not None and stalled is None and isinstance(error, IncompleteStreamError):
                     stalled = guard.fired or clock.expired(time.monotonic())
-                conductor._repairs.extend(parser.repairs)
+                conductor.keep_repairs(parser)
                 failure = _stall_or(error, stalled, clock, opened)
                 decision = conductor.fail(failure, attempt, parser.message)
                 if self._pause(decision.delay):
@@ -690,7 +717,8 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
 
 class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
     """The async twin of :class:`ResilientMessageStream`: stalls are bounded with ``asyncio.timeout``;
-    cancelling the task or closing the stream during a backoff sleep stops at once."""
+    cancelling the task or closing the stream during a backoff sleep stops at once. ``convert`` maps a
+    stall before any response (no headers within ``idle_timeout``) to what the transport raises."""
 
     def __init__(
         self,
@@ -701,10 +729,12 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
         progress_timeout: float | None,
         parser: MessageParser | None = None,
         capture: CapturePath | None = None,
+        convert: Callable[[StreamError], BaseException] | None = None,
     ) -> None:
         self._conductor = _Conductor(retry, idle_timeout, progress_timeout)
         self._opener = opener
         self._capture = capture
+        self._convert = convert
         self._first_parser = parser
         self._wake: asyncio.Event | None = None
         self._closing = False
@@ -721,9 +751,11 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
             async with asyncio.timeout(idle):
                 return await self._opener(self._conductor.prefill, path)
         except TimeoutError:
+            # No response headers within idle_timeout: a stall before the first byte.
             clock = self._conductor.clock()
             clock.last_byte -= idle
-            raise clock.error("idle", time.monotonic(), None) from None
+            stall = clock.error("idle", time.monotonic(), None)
+            raise (self._convert(stall) if self._convert is not None else stall) from None
 
     async def _events(self) -> AsyncGenerator[Any, None]:
         conductor = self._conductor
@@ -785,7 +817,7 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
                     error = IncompleteStreamError("the stream stalled", snapshot=parser.message or None)
                 if error is None:
                     return
-                conductor._repairs.extend(parser.repairs)
+                conductor.keep_repairs(parser)
                 failure = _stall_or(error, stalled, clock, opened)
                 decision = conductor.fail(failure, attempt, parser.message)
                 if await self._pause(decision.delay):

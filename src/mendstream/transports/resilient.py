@@ -73,13 +73,19 @@ def _sdk_convert(err: StreamError, response: Any) -> BaseException:
     return exc  # type: ignore[no-any-return]
 
 
-def _sdk_params(params: dict[str, Any], prefill: str | None, idle_timeout: float | None) -> dict[str, Any]:
+def read_timeout(idle_timeout: float | None, progress_timeout: float | None) -> float | None:
+    """The HTTP library's read timeout that backs the stall watchdog up (and bounds the wait for headers):
+    a read silent for either timeout is a stall whichever kind was asked for."""
+    given = [t for t in (idle_timeout, progress_timeout) if t is not None]
+    return min(given) if given else None
+
+
+def _sdk_params(params: dict[str, Any], prefill: str | None, read: float | None) -> dict[str, Any]:
     out = dict(params)
     if prefill is not None:
         out["messages"] = with_prefill(out.get("messages") or [], prefill)
-    if idle_timeout is not None and "timeout" not in out:
-        # The HTTP library's read timeout backs the stall watchdog up (and bounds the wait for headers).
-        out["timeout"] = idle_timeout
+    if read is not None and "timeout" not in out:
+        out["timeout"] = read
     return out
 
 
@@ -97,7 +103,7 @@ def sdk_stream(
     from mendstream.transports.sdk import _capture_status_error, _start_capture, _to_sdk_error
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
-        sent = _sdk_params(params, prefill, idle_timeout)
+        sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
         t0 = time.perf_counter()
         try:
             raw = messages.create(**sent, stream=True)
@@ -119,7 +125,7 @@ def sdk_stream(
 
     return ResilientMessageStream(
         open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout, parser=parser,
-        capture=capture,
+        capture=capture, convert=lambda err: _sdk_convert(err, None),
     )
 
 
@@ -137,7 +143,7 @@ def sdk_astream(
     from mendstream.transports.sdk import _capture_status_error, _start_capture, _to_sdk_error
 
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
-        sent = _sdk_params(params, prefill, idle_timeout)
+        sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
         t0 = time.perf_counter()
         try:
             raw = await messages.create(**sent, stream=True)
@@ -160,23 +166,23 @@ def sdk_astream(
     async def open_stream() -> AsyncResilientMessageStream:
         return AsyncResilientMessageStream(
             open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-            parser=parser, capture=capture,
+            parser=parser, capture=capture, convert=lambda err: _sdk_convert(err, None),
         )
 
     return AsyncStreamOpener(open_stream)
 
 
-def _httpx_request(req: Any, prefill: str | None, path: CapturePath | None, idle_timeout: float | None) -> Any:
+def _httpx_request(req: Any, prefill: str | None, path: CapturePath | None, read: float | None) -> Any:
     """A copy of the httpx transport's prepared request for one attempt."""
     out = copy.copy(req)
     out.capture = path
     if prefill is not None:
         out.body = {**req.body, "messages": with_prefill(req.body.get("messages") or [], prefill)}
         out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
-    if idle_timeout is not None and _is_unset(req.timeout):
+    if read is not None and _is_unset(req.timeout):
         from mendstream.httpx import http_module
 
-        out.timeout = http_module().Timeout(10.0, read=idle_timeout)
+        out.timeout = http_module().Timeout(10.0, read=read)
     return out
 
 
@@ -201,7 +207,7 @@ def httpx_stream(
     http = client if client is not None else _shared_client()
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
-        attempt = _httpx_request(req, prefill, path, idle_timeout)
+        attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
         request = attempt.build(http)
         response = http.send(request, stream=True)
         if attempt.needs_body_for_error(response):
@@ -236,7 +242,7 @@ def httpx_astream(
     from mendstream.httpx import _timeout, http_module
 
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
-        attempt = _httpx_request(req, prefill, path, idle_timeout)
+        attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
         owned: Any = None
         if client is None:
             module = http_module()
