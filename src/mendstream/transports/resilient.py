@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from mendstream.errors import StreamError, StreamStalledError
+from mendstream.errors import StreamError, StreamStalledError, UsageError
 from mendstream.parser import MessageParser
 from mendstream.resilient import (
     AsyncResilientMessageStream,
@@ -27,8 +27,8 @@ __all__ = ["check_resilience", "httpx_astream", "httpx_stream", "sdk_astream", "
 
 def check_resilience(retry: object, idle_timeout: object, progress_timeout: object) -> bool:
     """Validate the three keywords; True when any asks for the resilient driver."""
-    from mendstream.errors import UsageError
-
+    if retry is None and idle_timeout is None and progress_timeout is None:
+        return False  # the default: the plain transport, at the cost of three comparisons
     if retry is not None and not isinstance(retry, Retry):
         raise UsageError(f"retry must be a mendstream.Retry or None, not {retry!r}")
     check_timeout("idle_timeout", idle_timeout)
