@@ -13,12 +13,14 @@ from .errors import (
     IncompleteStreamError,
     ProtocolError,
     StreamError,
+    StreamStalledError,
     ToolInputError,
     UsageError,
 )
 from .events import Data, Event
 from .parser import MessageParser
 from .repair import Repair
+from .retry import Attempt, RestartEvent, Retry
 from .sse import ServerSentEvent, SSEDecoder
 from .streaming import AsyncMessageStream, MessageStream, areplay, replay
 
@@ -46,6 +48,11 @@ __all__ = [
     "ToolInputError",
     "UsageError",
     "areplay",
+    # resilience (issue 7)
+    "Attempt",
+    "RestartEvent",
+    "Retry",
+    "StreamStalledError",
     "astream",
     "place_cache_breakpoints",
     "replay",

@@ -11,6 +11,7 @@ __all__ = [
     "IncompleteStreamError",
     "ProtocolError",
     "StreamError",
+    "StreamStalledError",
     "ToolInputError",
     "UsageError",
 ]
@@ -104,3 +105,24 @@ class APIStreamError(StreamError):
         self.error_type = error_type
         self.body = body
         self.request_id = request_id
+
+
+class StreamStalledError(StreamError):
+    """The stream stopped making progress: no byte for ``idle_timeout`` seconds (``kind == "idle"``), or
+    no event other than ``ping`` for ``progress_timeout`` seconds (``kind == "progress"``).
+
+    Attributes:
+        kind: ``"idle"`` or ``"progress"``.
+        waited: seconds since the last byte (idle) or the last non-ping event (progress) when it fired.
+        timeout: the timeout that expired.
+        pings_only: True when bytes kept arriving (pings) but no other event did.
+    """
+
+    def __init__(
+        self, message: str, *, kind: str, waited: float, timeout: float, pings_only: bool = False, **kwargs: Any
+    ):
+        super().__init__(message, **kwargs)
+        self.kind = kind
+        self.waited = waited
+        self.timeout = timeout
+        self.pings_only = pings_only

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mendstream.errors import UsageError
 from mendstream.parser import MessageParser
+from mendstream.retry import Retry
 from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports import (
     AsyncStreamOpener,
@@ -28,6 +29,7 @@ from mendstream.transports import (
     content_type_error,
     status_error,
 )
+from mendstream.transports.resilient import check_resilience, httpx_astream, httpx_stream
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -214,6 +216,9 @@ def stream(
     cache: Any = None,
     parser: MessageParser | None = None,
     strict_content_type: bool = True,
+    retry: Retry | None = None,
+    idle_timeout: float | None = None,
+    progress_timeout: float | None = None,
 ) -> MessageStream:
     """Stream a Messages API request from ``base_url`` (any Anthropic-compatible endpoint).
 
@@ -232,6 +237,8 @@ def stream(
         parser: a configured :class:`~mendstream.MessageParser`.
         strict_content_type: when True only ``text/event-stream`` (or no content type) is accepted;
             when False only JSON/HTML/XML/AWS event-stream responses are refused.
+        retry, idle_timeout, progress_timeout: resilience (off by default), as for
+            :func:`mendstream.stream`; see docs/resilience.md.
 
     Returns:
         A :class:`~mendstream.MessageStream`; close it (or use ``with``) to release the connection.
@@ -256,6 +263,9 @@ def stream(
         cache=cache,
         strict_content_type=strict_content_type,
     )
+    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
+        return httpx_stream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
+                            progress_timeout=progress_timeout)
     http = client if client is not None else _shared_client()
     request = req.build(http)
     response = http.send(request, stream=True)
@@ -292,6 +302,9 @@ def astream(
     cache: Any = None,
     parser: MessageParser | None = None,
     strict_content_type: bool = True,
+    retry: Retry | None = None,
+    idle_timeout: float | None = None,
+    progress_timeout: float | None = None,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`; ``client`` is an ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
 
@@ -312,6 +325,9 @@ def astream(
         cache=cache,
         strict_content_type=strict_content_type,
     )
+    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
+        return httpx_astream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
+                             progress_timeout=progress_timeout)
 
     async def open_stream() -> AsyncMessageStream:
         owned: Any = None

@@ -14,6 +14,7 @@ from typing import Any
 
 from mendstream.errors import APIStreamError, StreamError, UsageError
 from mendstream.parser import MessageParser
+from mendstream.retry import Retry
 from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports import (
     AsyncStreamOpener,
@@ -25,6 +26,7 @@ from mendstream.transports import (
     content_type_error,
     request_json,
 )
+from mendstream.transports.resilient import check_resilience, sdk_astream, sdk_stream
 
 __all__ = ["astream", "sdk_error_class", "stream"]
 
@@ -225,6 +227,9 @@ def stream(
     capture: CapturePath | None = None,
     cache: Any = None,
     parser: MessageParser | None = None,
+    retry: Retry | None = None,
+    idle_timeout: float | None = None,
+    progress_timeout: float | None = None,
     **params: Any,
 ) -> MessageStream:
     """Send a streaming Messages request through ``client`` and read it with mendstream.
@@ -237,6 +242,9 @@ def stream(
             ``*.capture.json`` (see :mod:`mendstream.capture`).
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
         parser: a configured :class:`~mendstream.MessageParser` (default: a new one).
+        retry, idle_timeout, progress_timeout: resilience (off by default); see docs/resilience.md and
+            :mod:`mendstream.resilient`. With any of them the request is sent on first iteration and the
+            stream is a :class:`~mendstream.resilient.ResilientMessageStream` (``.attempts``).
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
             ``client.beta.messages``.
@@ -254,6 +262,9 @@ def stream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
+        return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
+                          idle_timeout=idle_timeout, progress_timeout=progress_timeout)
     t0 = time.perf_counter()
     try:
         raw = messages.create(**params, stream=True)
@@ -282,6 +293,9 @@ def astream(
     capture: CapturePath | None = None,
     cache: Any = None,
     parser: MessageParser | None = None,
+    retry: Retry | None = None,
+    idle_timeout: float | None = None,
+    progress_timeout: float | None = None,
     **params: Any,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
@@ -292,6 +306,9 @@ def astream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
+        return sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
+                           idle_timeout=idle_timeout, progress_timeout=progress_timeout)
 
     async def open_stream() -> AsyncMessageStream:
         t0 = time.perf_counter()
