@@ -106,7 +106,7 @@ def looks_like_event_stream(head: bytes, /) -> bool:
     if len(head) < PRELUDE_BYTES:
         return False
     total, headers_len, crc = _PRELUDE.unpack_from(head, 0)
-    return zlib.crc32(head[:8]) == crc and total >= _MIN_FRAME and headers_len <= total - _MIN_FRAME
+    return bool(zlib.crc32(head[:8]) == crc and total >= _MIN_FRAME and headers_len <= total - _MIN_FRAME)
 
 
 class EventStreamDecoder:
