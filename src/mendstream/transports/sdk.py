@@ -21,10 +21,10 @@ from mendstream.transports import (
     CapturePath,
     capture_error_response,
     capture_writer,
-    check_content_type,
     content_type_error,
     request_json,
 )
+from mendstream.transports import bedrock as _cloud
 
 __all__ = ["astream", "sdk_error_class", "stream"]
 
@@ -41,6 +41,7 @@ _SDK_ERROR_NAMES: dict[str, tuple[str, ...]] = {
     "request_too_large": ("ContentTooLargeError", "RequestTooLargeError"),
     "billing_error": ("PaymentRequiredError",),
     "timeout_error": ("GatewayTimeoutError", "DeadlineExceededError"),
+    **_cloud.BEDROCK_SDK_ERROR_NAMES,  # Bedrock exception frames: throttlingException, ...
 }
 
 
@@ -154,29 +155,10 @@ def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
     return client.messages
 
 
-# Clients whose streaming endpoint is not SSE (Bedrock's InvokeModelWithResponseStream sends AWS
-# event-stream frames); known by name as a fallback when their decoder cannot be built (no botocore).
-_NON_SSE_CLIENTS = frozenset({"AnthropicBedrock", "AsyncAnthropicBedrock"})
-
-
-def _streams_aws_event_stream(client: Any) -> bool:
-    make_decoder = getattr(client, "_make_sse_decoder", None)
-    if make_decoder is not None:
-        try:
-            return type(make_decoder()).__name__ == "AWSEventStreamDecoder"
-        except Exception:
-            pass
-    return any(cls.__name__ in _NON_SSE_CLIENTS for cls in type(client).__mro__)
-
-
 def _reject_non_sse_client(client: Any) -> None:
-    """AnthropicBedrock streams AWS event-stream frames, not SSE; fail before sending the request."""
-    if _streams_aws_event_stream(client):
-        raise UsageError(
-            f"{type(client).__name__} streams AWS event-stream frames (InvokeModelWithResponseStream), not "
-            "SSE, so mendstream cannot read it; use anthropic.AnthropicBedrockMantle or AnthropicAWS "
-            "(SSE), or the SDK's own .stream() for this client"
-        )
+    """Fail before sending when the client needs an extra that is missing (Bedrock: botocore; Vertex:
+    google-auth). AnthropicBedrock's event-stream frames are read by a BedrockParser (see transports/bedrock)."""
+    _cloud.check_client(client)
 
 
 def _start_capture(capture: CapturePath | None, response: Any, params: Any, started_at: float) -> Any:
@@ -232,11 +214,14 @@ def stream(
     Args:
         client: an ``anthropic.Anthropic`` (or ``AnthropicVertex``, ``AnthropicFoundry``,
             ``AnthropicBedrockMantle``, ``AnthropicAWS``, ``AnthropicGoogleCloud``: any SDK client whose
-            messages endpoint answers SSE). ``AnthropicBedrock`` is refused (AWS event-stream framing).
+            messages endpoint answers SSE), or ``AnthropicBedrock``, whose AWS event-stream frames are read
+            by a :class:`~mendstream.bedrock.BedrockParser` (exception frames raise the SDK class for their
+            type, e.g. ``throttlingException`` → ``anthropic.RateLimitError``).
         capture: a path; the response bytes are teed there as they arrive, with a sidecar
             ``*.capture.json`` (see :mod:`mendstream.capture`).
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
-        parser: a configured :class:`~mendstream.MessageParser` (default: a new one).
+        parser: a configured :class:`~mendstream.MessageParser` (default: a new one; for AnthropicBedrock
+            a :class:`~mendstream.bedrock.BedrockParser`).
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
             ``client.beta.messages``.
@@ -254,6 +239,7 @@ def stream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AnthropicBedrock's event-stream
     t0 = time.perf_counter()
     try:
         raw = messages.create(**params, stream=True)
@@ -261,7 +247,7 @@ def stream(
         _capture_status_error(capture, exc, params, t0)
         raise
     response = raw.response
-    bad_type = check_content_type(response.headers, strict=False)
+    bad_type = _cloud.content_type_problem(parser, response.headers)
     if bad_type is not None:
         try:
             head = response.read()
@@ -292,6 +278,7 @@ def astream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AsyncAnthropicBedrock's event-stream
 
     async def open_stream() -> AsyncMessageStream:
         t0 = time.perf_counter()
@@ -301,7 +288,7 @@ def astream(
             _capture_status_error(capture, exc, params, t0)
             raise
         response = raw.response
-        bad_type = check_content_type(response.headers, strict=False)
+        bad_type = _cloud.content_type_problem(parser, response.headers)
         if bad_type is not None:
             try:
                 head = await response.aread()
