@@ -143,8 +143,9 @@ class BedrockParser(MessageParser):
         """Feed the next bytes of the body; return the events they complete."""
         if self._event_stream is False:
             return super().feed(data)
-        if self._frame_error is not None:
-            raise self._frame_error
+        error = self.error  # sticky, whichever stage raised it
+        if error is not None:
+            raise error
         if self._event_stream is None:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 return super().feed(data)  # the core raises its UsageError
