@@ -4,8 +4,9 @@ The model id in the path picks the body: ``/model/{name}/invoke-with-response-st
 answered with ``fixtures/{name}.sse`` converted to AWS event-stream frames, ``...models/{name}:streamRawPredict``
 (AnthropicVertex) and ``/v1/messages`` (AnthropicBedrockMantle; name in the ``model`` body field) with the SSE.
 Bodies registered with ``server.bodies[name] = (content_type, bytes)`` override fixtures. The body is sent in
-pieces of ``x-chunk-size`` bytes (request header) to exercise frames cut by chunk boundaries. Every request
-(method, path, headers, JSON body) is kept in ``server.requests``. Path matching, content type and conversion
+pieces of ``x-chunk-size`` bytes (request header) to exercise frames cut by chunk boundaries. ``/token`` is an
+OAuth token endpoint (for google-auth credentials that refresh). Every request (method, path, headers, JSON
+body) is kept in ``server.requests``. Path matching, content type and conversion
 are mendstream.bedrock's, so the replay server can answer the same way.
 """
 
@@ -84,6 +85,10 @@ class CloudServer:
             request_body = raw
         path = scope["path"]
         self.requests.append({"method": scope["method"], "path": path, "headers": headers, "body": request_body})
+        if path == "/token":  # an OAuth token endpoint, for google-auth credentials that refresh
+            token = {"access_token": "ya29.refreshed", "expires_in": 3600, "token_type": "Bearer"}
+            await _respond(send, 200, "application/json", json.dumps(token).encode())
+            return
         found = self._body_for(path, request_body)
         if found is None:
             await _respond(send, 404, "application/json", b'{"message":"no such fixture"}')
