@@ -216,10 +216,11 @@ class BedrockParser(MessageParser):
             return []
         blocks: list[bytes] = []
         position = self._sse_position
+        starts, offsets = self._sse_starts, self._frame_offsets
         for frame in frames:
-            kind = frame.header(":message-type")
+            kind = frame.headers.get(":message-type")
             if kind == "event":
-                if frame.header(":event-type") != "chunk":
+                if frame.headers.get(":event-type") != "chunk":
                     continue
                 try:
                     block = _sse_block(_chunk_event(frame))
@@ -234,8 +235,8 @@ class BedrockParser(MessageParser):
                 block = b"event: error\ndata: " + _error_event(frame) + b"\n\n"
             else:
                 continue
-            self._sse_starts.append(position)
-            self._frame_offsets.append(frame.offset)
+            starts.append(position)
+            offsets.append(frame.offset)
             position += len(block)
             blocks.append(block)
         return self._feed_core(blocks, position)

@@ -73,6 +73,7 @@ _INTS: dict[int, tuple[str, int]] = {
 _PRELUDE = struct.Struct(">III")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
+_HEADERS_CACHE_SIZE = 64  # distinct header blocks remembered per decoder (Bedrock uses two or three)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class EventStreamDecoder:
         self._buffer = bytearray()  # the start of a frame cut by a chunk boundary (never more than one frame)
         self._offset = 0  # stream offset of the first byte not yet consumed (the buffer's first byte)
         self._need = 0  # total length of the frame at the buffer's start once its prelude checked out; else 0
+        self._headers_cache: dict[bytes, dict[str, HeaderValue]] = {}
         self._error: StreamError | None = None
         self._ended = False
 
@@ -156,6 +158,8 @@ class EventStreamDecoder:
         try:
             buffer = self._buffer
             if not buffer:
+                if type(data) is memoryview:
+                    data = bytes(data)
                 consumed = self._decode(data, out)
                 if consumed < len(data):
                     buffer += data[consumed:]
@@ -192,71 +196,80 @@ class EventStreamDecoder:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _decode(self, data: bytes | bytearray | memoryview, out: list[EventStreamMessage]) -> int:
-        """Decode the whole frames at the start of ``data`` into ``out``; return the bytes they span."""
+    def _decode(self, data: bytes | bytearray, out: list[EventStreamMessage]) -> int:
+        """Decode the whole frames at the start of ``data`` into ``out``; return the bytes they span.
+
+        Slices copy, but each byte is copied a bounded number of times (into the frame's payload), and for
+        the small frames Bedrock sends copying is cheaper than creating memoryviews."""
         limit = self._limit
         base = self._offset
         size = len(data)
+        crc32 = zlib.crc32
+        headers_cache = self._headers_cache
         pos = 0
-        with memoryview(data) as view:
-            while True:
-                need = self._need
-                if not need:
-                    if size - pos < PRELUDE_BYTES:
-                        return pos
-                    need = self._check_prelude(view, pos, base + pos, limit)
-                    self._need = need
-                if size - pos < need:
+        while True:
+            need = self._need
+            if not need:
+                if size - pos < PRELUDE_BYTES:
                     return pos
-                out.append(self._frame(view[pos : pos + need], base + pos))
-                self._need = 0
-                pos += need
+                need = self._check_prelude(data, pos, base + pos, limit)
+                self._need = need
+            if size - pos < need:
+                return pos
+            end = pos + need
+            (expected,) = _U32.unpack_from(data, end - 4)
+            if crc32(data[pos : end - 4]) != expected:
+                raise self._crc_error(bytes(data[pos:end]), base + pos, expected)
+            (headers_len,) = _U32.unpack_from(data, pos + 4)
+            payload_start = pos + PRELUDE_BYTES + headers_len
+            block = bytes(data[pos + PRELUDE_BYTES : payload_start])
+            # Bedrock repeats the same few header blocks on every frame: decode each once.
+            headers = headers_cache.get(block)
+            if headers is None:
+                headers = _decode_headers(block, base + pos, bytes(data[pos:end]))
+                if len(headers_cache) < _HEADERS_CACHE_SIZE:
+                    headers_cache[block] = headers
+            out.append(EventStreamMessage(dict(headers), bytes(data[payload_start : end - 4]), base + pos, need))
+            self._need = 0
+            pos = end
 
     @staticmethod
-    def _check_prelude(view: memoryview, pos: int, offset: int, limit: int) -> int:
-        total, headers_len, crc = _PRELUDE.unpack_from(view, pos)
-        prelude = bytes(view[pos : pos + PRELUDE_BYTES])
-        actual = zlib.crc32(view[pos : pos + 8])
+    def _check_prelude(data: bytes | bytearray, pos: int, offset: int, limit: int) -> int:
+        total, headers_len, crc = _PRELUDE.unpack_from(data, pos)
+        actual = zlib.crc32(data[pos : pos + 8])
         if actual != crc:
             raise EventStreamError(
                 f"event-stream prelude CRC mismatch at offset {offset}: computed {actual:#010x}, frame says "
                 f"{crc:#010x} (not an event stream, or corrupted)",
-                raw=prelude,
+                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
                 offset=offset,
             )
         if total < _MIN_FRAME or headers_len > total - _MIN_FRAME:
             raise EventStreamError(
                 f"impossible event-stream lengths at offset {offset}: total {total} bytes with {headers_len} "
                 f"bytes of headers (a frame takes at least {_MIN_FRAME} + headers)",
-                raw=prelude,
+                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
                 offset=offset,
             )
         if total > limit:
             raise EventStreamLimitError(
                 f"event-stream frame at offset {offset} announces {total} bytes, more than max_frame_bytes "
                 f"({limit})",
-                raw=prelude,
+                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
                 offset=offset,
                 limit=limit,
             )
         return int(total)
 
     @staticmethod
-    def _frame(frame: memoryview, offset: int) -> EventStreamMessage:
-        total = len(frame)
-        (expected,) = _U32.unpack_from(frame, total - 4)
-        actual = zlib.crc32(frame[: total - 4])
-        if actual != expected:
-            raise EventStreamError(
-                f"event-stream message CRC mismatch in the {total}-byte frame at offset {offset}: computed "
-                f"{actual:#010x}, frame says {expected:#010x}",
-                raw=bytes(frame),
-                offset=offset,
-            )
-        (headers_len,) = _U32.unpack_from(frame, 4)
-        end = PRELUDE_BYTES + headers_len
-        headers = _decode_headers(frame, end, offset)
-        return EventStreamMessage(headers, bytes(frame[end : total - 4]), offset, total)
+    def _crc_error(frame: bytes, offset: int, expected: int) -> EventStreamError:
+        actual = zlib.crc32(frame[:-4])
+        return EventStreamError(
+            f"event-stream message CRC mismatch in the {len(frame)}-byte frame at offset {offset}: computed "
+            f"{actual:#010x}, frame says {expected:#010x}",
+            raw=frame,
+            offset=offset,
+        )
 
     def _fail(self, exc: Exception, out: list[EventStreamMessage]) -> StreamError:
         if isinstance(exc, StreamError):
@@ -274,29 +287,29 @@ class EventStreamDecoder:
         return error
 
 
-def _decode_headers(frame: memoryview, end: int, offset: int) -> dict[str, HeaderValue]:
-    """The headers in ``frame[12:end]`` (the frame's CRC has been checked, so a fault here is the sender's)."""
+def _decode_headers(block: bytes, offset: int, frame: bytes) -> dict[str, HeaderValue]:
+    """The headers in ``block`` (the frame's CRC has been checked, so a fault here is the sender's)."""
     headers: dict[str, HeaderValue] = {}
-    i = PRELUDE_BYTES
+    end = len(block)
+    i = 0
 
     def fail(what: str) -> EventStreamError:
         return EventStreamError(
-            f"malformed event-stream header in the frame at offset {offset} (header byte {i - PRELUDE_BYTES}): "
-            f"{what}",
-            raw=bytes(frame),
+            f"malformed event-stream header in the frame at offset {offset} (header byte {i}): {what}",
+            raw=frame,
             offset=offset,
         )
 
     while i < end:
-        name_len = frame[i]
+        name_len = block[i]
         if i + 1 + name_len + 1 > end:
             raise fail("the header name runs past the headers")
         try:
-            name = str(frame[i + 1 : i + 1 + name_len], "utf-8")
+            name = block[i + 1 : i + 1 + name_len].decode("utf-8")
         except UnicodeDecodeError:
             raise fail("the header name is not UTF-8") from None
         i += 1 + name_len
-        kind = frame[i]
+        kind = block[i]
         i += 1
         value: HeaderValue
         if kind == HeaderType.BOOL_TRUE:
@@ -307,16 +320,16 @@ def _decode_headers(frame: memoryview, end: int, offset: int) -> dict[str, Heade
             fmt, size = _INTS[kind]
             if i + size > end:
                 raise fail(f"the value of {name!r} runs past the headers")
-            (value,) = struct.unpack_from(fmt, frame, i)
+            (value,) = struct.unpack_from(fmt, block, i)
             i += size
         elif kind == HeaderType.BYTES or kind == HeaderType.STRING:
             if i + 2 > end:
                 raise fail(f"the length of {name!r} runs past the headers")
-            (length,) = _U16.unpack_from(frame, i)
+            (length,) = _U16.unpack_from(block, i)
             i += 2
             if i + length > end:
                 raise fail(f"the value of {name!r} ({length} bytes) runs past the headers")
-            raw = bytes(frame[i : i + length])
+            raw = block[i : i + length]
             i += length
             if kind == HeaderType.STRING:
                 try:
@@ -328,7 +341,7 @@ def _decode_headers(frame: memoryview, end: int, offset: int) -> dict[str, Heade
         elif kind == HeaderType.UUID:
             if i + 16 > end:
                 raise fail(f"the UUID value of {name!r} runs past the headers")
-            value = uuid.UUID(bytes=bytes(frame[i : i + 16]))
+            value = uuid.UUID(bytes=block[i : i + 16])
             i += 16
         else:
             raise fail(f"unknown header value type {kind} for {name!r}")
