@@ -445,3 +445,27 @@ def test_bedrock_mantle_streams_sse(cloud: CloudServer) -> None:
         assert stream.get_final_message().to_dict() == expected("text_citations")["message"]
     assert cloud.requests[-1]["path"].endswith("/v1/messages")
     assert isinstance(stream.parser, MessageParser) and not isinstance(stream.parser, BedrockParser)
+
+
+def test_bedrock_modules_stay_light() -> None:
+    import subprocess
+
+    code = (
+        "import sys, mendstream, mendstream.bedrock, mendstream.eventstream, mendstream.transports.bedrock\n"
+        "from mendstream.bedrock import BedrockParser, sse_to_event_stream\n"
+        "from conftest import BASIC_SSE\n"
+        "p = BedrockParser(); p.feed(sse_to_event_stream(BASIC_SSE)); p.end(); assert p.complete\n"
+        "heavy = [m for m in ('botocore', 'boto3', 'anthropic', 'httpx', 'httpx2', 'google.auth', 'uvicorn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    tests_dir = Path(__file__).resolve().parent
+    env_path = f"{tests_dir.parent / 'src'}:{tests_dir}"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": env_path}, cwd=tests_dir, timeout=60)
+
+
+def test_cli_replays_an_event_stream_capture(tmp_path: Path) -> None:
+    from mendstream.cli import main
+
+    path = tmp_path / "bedrock.stream"
+    path.write_bytes(sse_to_event_stream(fixture_bytes("tool_use_parallel")))
+    assert main(["replay", str(path)]) == 0

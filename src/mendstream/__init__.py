@@ -10,6 +10,8 @@ from .errors import (
     APIStreamError,
     BufferLimitError,
     EventDecodeError,
+    EventStreamError,
+    EventStreamLimitError,
     IncompleteStreamError,
     ProtocolError,
     StreamError,
@@ -27,12 +29,16 @@ __version__ = "0.1.0"
 __all__ = [
     "APIStreamError",
     "AsyncMessageStream",
+    "BedrockParser",
     "BufferLimitError",
     "CachePlanner",
     "CacheStats",
     "Data",
     "Event",
     "EventDecodeError",
+    "EventStreamDecoder",
+    "EventStreamError",
+    "EventStreamLimitError",
     "IncompleteStreamError",
     "MessageParser",
     "MessageStream",
@@ -57,6 +63,8 @@ _LAZY = {
     "place_cache_breakpoints": ("mendstream.cache", "place_cache_breakpoints"),
     "CachePlanner": ("mendstream.cache", "CachePlanner"),
     "CacheStats": ("mendstream.cache", "CacheStats"),
+    "BedrockParser": ("mendstream.bedrock", "BedrockParser"),
+    "EventStreamDecoder": ("mendstream.eventstream", "EventStreamDecoder"),
 }
 
 
