@@ -143,9 +143,9 @@ class BedrockParser(MessageParser):
         """Feed the next bytes of the body; return the events they complete."""
         if self._event_stream is False:
             return super().feed(data)
-        error = self.error  # sticky, whichever stage raised it
-        if error is not None:
-            raise error
+        sticky = self.error  # whichever stage raised it
+        if sticky is not None:
+            raise sticky
         if self._event_stream is None:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 return super().feed(data)  # the core raises its UsageError

@@ -158,8 +158,8 @@ class EventStreamDecoder:
         try:
             buffer = self._buffer
             if not buffer:
-                if type(data) is memoryview:
-                    data = bytes(data)
+                if not isinstance(data, (bytes, bytearray)):
+                    data = bytes(data)  # a memoryview: slices below must be bytes
                 consumed = self._decode(data, out)
                 if consumed < len(data):
                     buffer += data[consumed:]
