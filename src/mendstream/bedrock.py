@@ -58,8 +58,11 @@ def is_event_stream(head: bytes, /) -> bool:
 
 def _sse_block(raw: bytes) -> bytes:
     """The SSE event carrying ``raw`` as its data (split into data lines where it holds line breaks)."""
-    match = _TYPE_PREFIX.match(raw)
-    head = b"event: " + match.group(1) + b"\n" if match else b""
+    if raw[:29] == b'{"type":"content_block_delta"':  # most events: no regex
+        head = b"event: content_block_delta\n"
+    else:
+        match = _TYPE_PREFIX.match(raw)
+        head = b"event: " + match.group(1) + b"\n" if match else b""
     if 10 in raw or 13 in raw:  # 10: LF, 13: CR. A raw CR arrives as LF, as it would over SSE.
         return head + b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(raw)) + b"\n"
     return head + b"data: " + raw + b"\n\n"
@@ -107,6 +110,7 @@ class BedrockParser(MessageParser):
         self._event_stream: bool | None = True if framing == "event-stream" else None
         self._head = b""  # "auto": the first bytes, held until there are enough to decide
         self._frame_error: StreamError | None = None
+        self._core_failed = False  # the core raised (its error is sticky there)
         # Where each SSE event given to the core came from: its offset in the SSE bytes the core has seen and
         # the offset of its frame, so errors and repairs can name frame offsets (16 bytes per frame).
         self._sse_starts = array("q")
@@ -143,9 +147,8 @@ class BedrockParser(MessageParser):
         """Feed the next bytes of the body; return the events they complete."""
         if self._event_stream is False:
             return super().feed(data)
-        sticky = self.error  # whichever stage raised it
-        if sticky is not None:
-            raise sticky
+        if self._frame_error is not None or self._core_failed:  # sticky, whichever stage raised it
+            raise self.error  # type: ignore[misc]
         if self._event_stream is None:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 return super().feed(data)  # the core raises its UsageError
@@ -261,6 +264,7 @@ class BedrockParser(MessageParser):
         return error
 
     def _remap(self, error: StreamError) -> None:
+        self._core_failed = not isinstance(error, UsageError)
         if error.offset is not None and not getattr(error, "_bedrock_mapped", False):
             error.offset = self._frame_offset(error.offset)
             error._bedrock_mapped = True  # type: ignore[attr-defined]  # sticky errors are raised again

@@ -20,9 +20,8 @@ import struct
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import EventStreamError, EventStreamLimitError, StreamError, UsageError
 
@@ -76,9 +75,8 @@ _U16 = struct.Struct(">H")
 _HEADERS_CACHE_SIZE = 64  # distinct header blocks remembered per decoder (Bedrock uses two or three)
 
 
-@dataclass(frozen=True, slots=True)
-class EventStreamMessage:
-    """One decoded frame.
+class EventStreamMessage(NamedTuple):
+    """One decoded frame (immutable; a NamedTuple because one is built per frame, and that is cheapest).
 
     Attributes:
         headers: header name → value (a repeated name keeps its last value).
@@ -158,17 +156,18 @@ class EventStreamDecoder:
         try:
             buffer = self._buffer
             if not buffer:
-                if not isinstance(data, (bytes, bytearray)):
-                    data = bytes(data)  # a memoryview: slices below must be bytes
+                if type(data) is not bytes:
+                    data = bytes(data)  # slices below must be bytes
                 consumed = self._decode(data, out)
                 if consumed < len(data):
                     buffer += data[consumed:]
                 self._offset += consumed
             else:
                 buffer += data
-                # Until the pending frame (or its prelude) is complete there is nothing to decode: O(1).
+                # Until the pending frame (or its prelude) is complete there is nothing to decode: O(1). Then
+                # the buffer (that frame and what followed it in this chunk) is copied once to decode it.
                 if len(buffer) >= (self._need or PRELUDE_BYTES):
-                    consumed = self._decode(buffer, out)
+                    consumed = self._decode(bytes(buffer), out)
                     del buffer[:consumed]  # CPython drops a bytearray's head in O(1)
                     self._offset += consumed
         except Exception as exc:
@@ -196,74 +195,79 @@ class EventStreamDecoder:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _decode(self, data: bytes | bytearray, out: list[EventStreamMessage]) -> int:
+    def _decode(self, data: bytes, out: list[EventStreamMessage]) -> int:
         """Decode the whole frames at the start of ``data`` into ``out``; return the bytes they span.
 
         Slices copy, but each byte is copied a bounded number of times (into the frame's payload), and for
         the small frames Bedrock sends copying is cheaper than creating memoryviews."""
-        limit = self._limit
         base = self._offset
         size = len(data)
         crc32 = zlib.crc32
+        unpack_prelude = _PRELUDE.unpack_from
+        unpack_u32 = _U32.unpack_from
         headers_cache = self._headers_cache
+        append = out.append
         pos = 0
         while True:
             need = self._need
             if not need:
                 if size - pos < PRELUDE_BYTES:
                     return pos
-                need = self._check_prelude(data, pos, base + pos, limit)
-                self._need = need
+                total, headers_len, crc = unpack_prelude(data, pos)
+                if (
+                    crc32(data[pos : pos + 8]) != crc
+                    or total < _MIN_FRAME
+                    or headers_len > total - _MIN_FRAME
+                    or total > self._limit
+                ):
+                    raise self._prelude_error(data[pos : pos + PRELUDE_BYTES], base + pos)
+                self._need = need = total
             if size - pos < need:
                 return pos
             end = pos + need
-            (expected,) = _U32.unpack_from(data, end - 4)
-            if crc32(data[pos : end - 4]) != expected:
-                raise self._crc_error(bytes(data[pos:end]), base + pos, expected)
-            (headers_len,) = _U32.unpack_from(data, pos + 4)
-            payload_start = pos + PRELUDE_BYTES + headers_len
-            block = bytes(data[pos + PRELUDE_BYTES : payload_start])
+            if crc32(data[pos : end - 4]) != unpack_u32(data, end - 4)[0]:
+                raise self._crc_error(data[pos:end], base + pos)
+            payload_start = pos + PRELUDE_BYTES + unpack_u32(data, pos + 4)[0]
+            block = data[pos + PRELUDE_BYTES : payload_start]
             # Bedrock repeats the same few header blocks on every frame: decode each once.
             headers = headers_cache.get(block)
             if headers is None:
-                headers = _decode_headers(block, base + pos, bytes(data[pos:end]))
+                headers = _decode_headers(block, base + pos, data[pos:end])
                 if len(headers_cache) < _HEADERS_CACHE_SIZE:
                     headers_cache[block] = headers
-            out.append(EventStreamMessage(dict(headers), bytes(data[payload_start : end - 4]), base + pos, need))
+            append(EventStreamMessage(headers.copy(), data[payload_start : end - 4], base + pos, need))
             self._need = 0
             pos = end
 
-    @staticmethod
-    def _check_prelude(data: bytes | bytearray, pos: int, offset: int, limit: int) -> int:
-        total, headers_len, crc = _PRELUDE.unpack_from(data, pos)
-        actual = zlib.crc32(data[pos : pos + 8])
+    def _prelude_error(self, prelude: bytes, offset: int) -> EventStreamError:
+        total, headers_len, crc = _PRELUDE.unpack_from(prelude, 0)
+        actual = zlib.crc32(prelude[:8])
         if actual != crc:
-            raise EventStreamError(
+            return EventStreamError(
                 f"event-stream prelude CRC mismatch at offset {offset}: computed {actual:#010x}, frame says "
                 f"{crc:#010x} (not an event stream, or corrupted)",
-                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
+                raw=prelude,
                 offset=offset,
             )
         if total < _MIN_FRAME or headers_len > total - _MIN_FRAME:
-            raise EventStreamError(
+            return EventStreamError(
                 f"impossible event-stream lengths at offset {offset}: total {total} bytes with {headers_len} "
                 f"bytes of headers (a frame takes at least {_MIN_FRAME} + headers)",
-                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
+                raw=prelude,
                 offset=offset,
             )
-        if total > limit:
-            raise EventStreamLimitError(
-                f"event-stream frame at offset {offset} announces {total} bytes, more than max_frame_bytes "
-                f"({limit})",
-                raw=bytes(data[pos : pos + PRELUDE_BYTES]),
-                offset=offset,
-                limit=limit,
-            )
-        return int(total)
+        return EventStreamLimitError(
+            f"event-stream frame at offset {offset} announces {total} bytes, more than max_frame_bytes "
+            f"({self._limit})",
+            raw=prelude,
+            offset=offset,
+            limit=self._limit,
+        )
 
     @staticmethod
-    def _crc_error(frame: bytes, offset: int, expected: int) -> EventStreamError:
+    def _crc_error(frame: bytes, offset: int) -> EventStreamError:
         actual = zlib.crc32(frame[:-4])
+        (expected,) = _U32.unpack_from(frame, len(frame) - 4)
         return EventStreamError(
             f"event-stream message CRC mismatch in the {len(frame)}-byte frame at offset {offset}: computed "
             f"{actual:#010x}, frame says {expected:#010x}",
