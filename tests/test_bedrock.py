@@ -469,3 +469,19 @@ def test_cli_replays_an_event_stream_capture(tmp_path: Path) -> None:
     path = tmp_path / "bedrock.stream"
     path.write_bytes(sse_to_event_stream(fixture_bytes("tool_use_parallel")))
     assert main(["replay", str(path)]) == 0
+
+
+def test_end_twice_and_feed_after_end() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    parser = BedrockParser()
+    parser.feed(body[:-5])
+    parser.end()
+    assert parser.end() == []
+    assert [r.kind for r in parser.repairs] == ["truncated_final_frame", "missing_message_stop"]
+    with pytest.raises(UsageError):
+        parser.feed(b"x")
+    cut = BedrockParser()
+    cut.feed(body[:40])
+    for _ in range(2):
+        with pytest.raises(IncompleteStreamError):
+            cut.end()

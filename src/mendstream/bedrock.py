@@ -111,6 +111,7 @@ class BedrockParser(MessageParser):
         self._head = b""  # "auto": the first bytes, held until there are enough to decide
         self._frame_error: StreamError | None = None
         self._core_failed = False  # the core raised (its error is sticky there)
+        self._frames_ended = False
         # Where each SSE event given to the core came from: its offset in the SSE bytes the core has seen and
         # the offset of its frame, so errors and repairs can name frame offsets (16 bytes per frame).
         self._sse_starts = array("q")
@@ -149,6 +150,8 @@ class BedrockParser(MessageParser):
             return super().feed(data)
         if self._frame_error is not None or self._core_failed:  # sticky, whichever stage raised it
             raise self.error  # type: ignore[misc]
+        if self._frames_ended:
+            return super().feed(data)  # the core's UsageError: fed after end()
         if self._event_stream is None:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 return super().feed(data)  # the core raises its UsageError
@@ -175,6 +178,9 @@ class BedrockParser(MessageParser):
             return super().end()
         if self._frame_error is not None:
             raise self._frame_error
+        if self._frames_ended:  # a second end(): the core answers (nothing, or its sticky error)
+            return self._end_core()
+        self._frames_ended = True
         try:
             self._frames.end()
         except EventStreamError as cut:
