@@ -47,6 +47,9 @@ EVENT_STREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
 # Bedrock write it); otherwise no name, which the core treats exactly like the matching name.
 _TYPE_PREFIX = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]{1,40})"')
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_DELTA_TYPE = b'{"type":"content_block_delta"'
+_DELTA_HEAD = b"event: content_block_delta\ndata: "
+_a2b_base64 = binascii.a2b_base64  # lenient, as botocore's base64.b64decode
 
 Framing = Literal["event-stream", "auto"]
 
@@ -58,7 +61,7 @@ def is_event_stream(head: bytes, /) -> bool:
 
 def _sse_block(raw: bytes) -> bytes:
     """The SSE event carrying ``raw`` as its data (split into data lines where it holds line breaks)."""
-    if raw[:29] == b'{"type":"content_block_delta"':  # most events: no regex
+    if raw[:29] == _DELTA_TYPE:  # most events: no regex
         head = b"event: content_block_delta\n"
     else:
         match = _TYPE_PREFIX.match(raw)
@@ -231,8 +234,23 @@ class BedrockParser(MessageParser):
             if kind == "event":
                 if frame.headers.get(":event-type") != "chunk":
                     continue
+                # _chunk_event and _sse_block, inlined for the usual frame (one call per frame matters here)
+                raw = None
                 try:
-                    block = _sse_block(_chunk_event(frame))
+                    body = from_json(frame.payload)
+                    if type(body) is dict and type(body.get("bytes")) is str:
+                        raw = _a2b_base64(body["bytes"])
+                except ValueError:  # binascii.Error is a ValueError
+                    pass
+                if raw is not None and raw[:29] == _DELTA_TYPE and 10 not in raw and 13 not in raw:
+                    block = _DELTA_HEAD + raw + b"\n\n"
+                    starts.append(position)
+                    offsets.append(frame.offset)
+                    position += len(block)
+                    blocks.append(block)
+                    continue
+                try:
+                    block = _sse_block(raw if raw is not None else _chunk_event(frame))
                 except EventDecodeError as bad:
                     # Events from frames before the bad one come first, as over SSE.
                     out = self._feed_core(blocks, position)

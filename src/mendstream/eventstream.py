@@ -207,6 +207,7 @@ class EventStreamDecoder:
         unpack_u32 = _U32.unpack_from
         headers_cache = self._headers_cache
         append = out.append
+        new_message = tuple.__new__
         pos = 0
         while True:
             need = self._need
@@ -235,7 +236,8 @@ class EventStreamDecoder:
                 headers = _decode_headers(block, base + pos, data[pos:end])
                 if len(headers_cache) < _HEADERS_CACHE_SIZE:
                     headers_cache[block] = headers
-            append(EventStreamMessage(headers.copy(), data[payload_start : end - 4], base + pos, need))
+            # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per frame
+            append(new_message(EventStreamMessage, (headers.copy(), data[payload_start : end - 4], base + pos, need)))
             self._need = 0
             pos = end
 
