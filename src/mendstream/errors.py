@@ -8,6 +8,8 @@ __all__ = [
     "APIStreamError",
     "BufferLimitError",
     "EventDecodeError",
+    "EventStreamError",
+    "EventStreamLimitError",
     "IncompleteStreamError",
     "ProtocolError",
     "StreamError",
@@ -126,3 +128,23 @@ class StreamStalledError(StreamError):
         self.waited = waited
         self.timeout = timeout
         self.pings_only = pings_only
+class EventStreamError(ProtocolError):
+    """An AWS event-stream frame (``application/vnd.amazon.eventstream``, Bedrock) is broken: a prelude or
+    message CRC32 mismatch, an impossible length, a malformed header, or a frame cut by the end of input.
+
+    Attributes:
+        raw: the bytes received of the offending frame (at most the frame's own length, so bounded by
+            ``max_frame_bytes``; for a CRC mismatch the whole frame).
+        offset: byte offset of the frame's first byte in the stream.
+    """
+
+    def __init__(self, message: str, *, raw: bytes, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.raw = raw
+
+
+class EventStreamLimitError(EventStreamError, BufferLimitError):
+    """An event-stream frame announces more than ``max_frame_bytes``; refused before buffering it.
+
+    ``raw`` holds the frame's 12-byte prelude; ``limit`` the bound.
+    """

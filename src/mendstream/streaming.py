@@ -329,9 +329,18 @@ def replay(source: Source, /, **parser_options: Any) -> MessageStream:
     """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
 
     Returns a :class:`MessageStream` (use it as a context manager or iterate it). ``parser_options`` go to
-    :class:`MessageParser` (``max_event_bytes``, ``partial_mode``).
+    :class:`MessageParser` (``max_event_bytes``, ``partial_mode``). An AWS event-stream body (a captured
+    Bedrock response) is recognised from its first bytes and read as :class:`~mendstream.bedrock.BedrockParser`
+    reads it.
     """
-    return MessageStream(_chunks_of(source), parser=MessageParser(**parser_options))
+    return MessageStream(_chunks_of(source), parser=_replay_parser(parser_options))
+
+
+def _replay_parser(parser_options: dict[str, Any]) -> MessageParser:
+    # SSE or AWS event-stream (Bedrock), told apart by the first 12 bytes; see mendstream.bedrock.
+    from .bedrock import BedrockParser
+
+    return BedrockParser(framing="auto", **parser_options)
 
 
 async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -342,4 +351,4 @@ async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
 def areplay(source: AsyncIterable[bytes] | Source, /, **parser_options: Any) -> AsyncMessageStream:
     """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes)."""
     achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
-    return AsyncMessageStream(achunks, parser=MessageParser(**parser_options))
+    return AsyncMessageStream(achunks, parser=_replay_parser(parser_options))

@@ -22,10 +22,10 @@ from mendstream.transports import (
     CapturePath,
     capture_error_response,
     capture_writer,
-    check_content_type,
     content_type_error,
     request_json,
 )
+from mendstream.transports import bedrock as _cloud
 from mendstream.transports.resilient import check_resilience, sdk_astream, sdk_stream
 
 __all__ = ["astream", "sdk_error_class", "stream"]
@@ -43,6 +43,7 @@ _SDK_ERROR_NAMES: dict[str, tuple[str, ...]] = {
     "request_too_large": ("ContentTooLargeError", "RequestTooLargeError"),
     "billing_error": ("PaymentRequiredError",),
     "timeout_error": ("GatewayTimeoutError", "DeadlineExceededError"),
+    **_cloud.BEDROCK_SDK_ERROR_NAMES,  # Bedrock exception frames: throttlingException, ...
 }
 
 
@@ -156,29 +157,10 @@ def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
     return client.messages
 
 
-# Clients whose streaming endpoint is not SSE (Bedrock's InvokeModelWithResponseStream sends AWS
-# event-stream frames); known by name as a fallback when their decoder cannot be built (no botocore).
-_NON_SSE_CLIENTS = frozenset({"AnthropicBedrock", "AsyncAnthropicBedrock"})
-
-
-def _streams_aws_event_stream(client: Any) -> bool:
-    make_decoder = getattr(client, "_make_sse_decoder", None)
-    if make_decoder is not None:
-        try:
-            return type(make_decoder()).__name__ == "AWSEventStreamDecoder"
-        except Exception:
-            pass
-    return any(cls.__name__ in _NON_SSE_CLIENTS for cls in type(client).__mro__)
-
-
 def _reject_non_sse_client(client: Any) -> None:
-    """AnthropicBedrock streams AWS event-stream frames, not SSE; fail before sending the request."""
-    if _streams_aws_event_stream(client):
-        raise UsageError(
-            f"{type(client).__name__} streams AWS event-stream frames (InvokeModelWithResponseStream), not "
-            "SSE, so mendstream cannot read it; use anthropic.AnthropicBedrockMantle or AnthropicAWS "
-            "(SSE), or the SDK's own .stream() for this client"
-        )
+    """Fail before sending when the client needs an extra that is missing (Bedrock: botocore; Vertex:
+    google-auth). AnthropicBedrock's event-stream frames are read by a BedrockParser (see transports/bedrock)."""
+    _cloud.check_client(client)
 
 
 def _start_capture(capture: CapturePath | None, response: Any, params: Any, started_at: float) -> Any:
@@ -237,11 +219,14 @@ def stream(
     Args:
         client: an ``anthropic.Anthropic`` (or ``AnthropicVertex``, ``AnthropicFoundry``,
             ``AnthropicBedrockMantle``, ``AnthropicAWS``, ``AnthropicGoogleCloud``: any SDK client whose
-            messages endpoint answers SSE). ``AnthropicBedrock`` is refused (AWS event-stream framing).
+            messages endpoint answers SSE), or ``AnthropicBedrock``, whose AWS event-stream frames are read
+            by a :class:`~mendstream.bedrock.BedrockParser` (exception frames raise the SDK class for their
+            type, e.g. ``throttlingException`` → ``anthropic.RateLimitError``).
         capture: a path; the response bytes are teed there as they arrive, with a sidecar
             ``*.capture.json`` (see :mod:`mendstream.capture`).
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
-        parser: a configured :class:`~mendstream.MessageParser` (default: a new one).
+        parser: a configured :class:`~mendstream.MessageParser` (default: a new one; for AnthropicBedrock
+            a :class:`~mendstream.bedrock.BedrockParser`).
         retry, idle_timeout, progress_timeout: resilience (off by default); see docs/resilience.md and
             :mod:`mendstream.resilient`. With any of them the request is sent on first iteration and the
             stream is a :class:`~mendstream.resilient.ResilientMessageStream` (``.attempts``).
@@ -262,6 +247,7 @@ def stream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
                           idle_timeout=idle_timeout, progress_timeout=progress_timeout)
@@ -272,7 +258,7 @@ def stream(
         _capture_status_error(capture, exc, params, t0)
         raise
     response = raw.response
-    bad_type = check_content_type(response.headers, strict=False)
+    bad_type = _cloud.content_type_problem(parser, response.headers)
     if bad_type is not None:
         try:
             head = response.read()
@@ -306,6 +292,7 @@ def astream(
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
+    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AsyncAnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
                            idle_timeout=idle_timeout, progress_timeout=progress_timeout)
@@ -318,7 +305,7 @@ def astream(
             _capture_status_error(capture, exc, params, t0)
             raise
         response = raw.response
-        bad_type = check_content_type(response.headers, strict=False)
+        bad_type = _cloud.content_type_problem(parser, response.headers)
         if bad_type is not None:
             try:
                 head = await response.aread()

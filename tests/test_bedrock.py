@@ -1,0 +1,512 @@
+"""Bedrock (issue 11): every SSE fixture converted to AWS event-stream frames must give, through
+BedrockParser, exactly the events, message and error of the SSE (whole, byte by byte, hypothesis splits),
+and the same through the real AnthropicBedrock / AsyncAnthropicBedrock clients against a uvicorn server on
+127.0.0.1 (SigV4 with fake credentials). Exception frames become APIStreamErrors that are also the SDK's
+class; broken and cut frames raise EventStreamError / IncompleteStreamError with what was received."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mendstream
+from cloud_server import CloudServer
+from conftest import (
+    BASIC_MESSAGE,
+    BASIC_SSE,
+    FIXTURE_NAMES,
+    FIXTURES_DIR,
+    check_outcome,
+    error_sse,
+    expected,
+    fixture_bytes,
+)
+from mendstream import APIStreamError, IncompleteStreamError, MessageParser, StreamError, UsageError
+from mendstream.bedrock import (
+    BedrockParser,
+    chunk_frame,
+    exception_frame,
+    is_event_stream,
+    response_for_path,
+    sse_to_event_stream,
+)
+from mendstream.capture import sidecar_path
+from mendstream.errors import EventDecodeError, EventStreamError
+from mendstream.eventstream import EventStreamDecoder, encode_message
+from sdk_reference import comparable
+from splitting import split_at
+
+anthropic = pytest.importorskip("anthropic")
+pytest.importorskip("botocore")
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+PARAMS: dict[str, Any] = {"max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+
+# Repairs that only SSE framing can need (the event-stream carries the event JSON, not the SSE text).
+SSE_ONLY_REPAIRS = {"bom", "event_name_mismatch", "split_data_line", "unterminated_final_event"}
+
+
+def run(parser: MessageParser, chunks: list[bytes]) -> dict[str, Any]:
+    events: list[Any] = []
+    error: StreamError | None = None
+    try:
+        for chunk in chunks:
+            events += parser.feed(chunk)
+        events += parser.end()
+    except StreamError as exc:
+        events += exc.events
+        error = exc
+    result: dict[str, Any] = {
+        "events": [e.to_dict() for e in events],
+        "repairs": [r.kind for r in parser.repairs if r.kind not in SSE_ONLY_REPAIRS],
+        "message": parser.message if error is None else None,
+        "error": None if error is None else (type(error).__name__, error.snapshot, getattr(error, "error_type", None)),
+    }
+    return result
+
+
+def sse_outcome(name: str) -> dict[str, Any]:
+    return run(MessageParser(), [fixture_bytes(name)])
+
+
+# -- sans-IO: the parser over converted fixtures -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_converted_fixture_matches_sse(name: str) -> None:
+    body = sse_to_event_stream(fixture_bytes(name))
+    assert is_event_stream(body[:12]) or not body
+    outcome = run(BedrockParser(), [body])
+    assert outcome == sse_outcome(name)
+    exp = expected(name)
+    assert outcome["message"] == exp["message"]
+
+
+@pytest.mark.parametrize("name", [n for n in FIXTURE_NAMES if len(sse_to_event_stream(fixture_bytes(n))) < 6000])
+def test_converted_fixture_byte_by_byte(name: str) -> None:
+    body = sse_to_event_stream(fixture_bytes(name))
+    whole = run(BedrockParser(), [body])
+    assert run(BedrockParser(), [body[i : i + 1] for i in range(len(body))]) == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(FIXTURE_NAMES), st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12))
+def test_converted_fixture_random_splits(name: str, points: list[int]) -> None:
+    body = sse_to_event_stream(fixture_bytes(name))
+    assert run(BedrockParser(), split_at(body, points)) == run(BedrockParser(), [body])
+
+
+def test_corpus_streams_match_sse() -> None:
+    if not CORPUS.is_dir():
+        pytest.skip("no ../shared/corpus")
+    bodies = sorted(CORPUS.iterdir())[:178]
+    assert bodies
+    for path in bodies:
+        sse = path.read_bytes()
+        sse_result = run(MessageParser(), [sse])
+        converted = run(BedrockParser(), [sse_to_event_stream(sse)])
+        assert converted == sse_result, path.name
+
+
+def test_replay_reads_event_stream_bytes_files_and_chunks(tmp_path: Path) -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    (tmp_path / "bedrock.bin").write_bytes(body)
+    for source in (body, tmp_path / "bedrock.bin", [body[i : i + 5] for i in range(0, len(body), 5)]):
+        with mendstream.replay(source) as stream:
+            assert stream.get_final_message().to_dict() == BASIC_MESSAGE
+            assert isinstance(stream.parser, BedrockParser) and stream.parser.framing == "event-stream"
+    # SSE still reads as SSE, however short its chunks
+    stream = mendstream.replay([BASIC_SSE[i : i + 3] for i in range(0, len(BASIC_SSE), 3)])
+    assert stream.get_final_message().to_dict() == BASIC_MESSAGE
+    assert stream.parser.framing == "sse"  # type: ignore[attr-defined]
+
+
+async def test_areplay_reads_event_stream() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    stream = mendstream.areplay(body)
+    assert (await stream.get_final_message()).to_dict() == BASIC_MESSAGE
+
+
+def test_replay_of_a_short_sse_body_ends_as_sse() -> None:
+    with pytest.raises(IncompleteStreamError):
+        mendstream.replay(b"data: {}").until_done()
+    stream = mendstream.replay(b"")
+    with pytest.raises(IncompleteStreamError):
+        stream.until_done()
+    assert stream.parser.framing == "sse"  # type: ignore[attr-defined]
+
+
+# -- exception frames, broken and cut frames ------------------------------------------------------------------
+
+HEAD_FRAMES = sse_to_event_stream(BASIC_SSE[: BASIC_SSE.index(b"event: content_block_delta", BASIC_SSE.index(b"Hello"))])
+
+
+def snapshot_after_hello() -> dict[str, Any]:
+    return run(MessageParser(), [error_sse("overloaded_error")])["error"][1]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "exception_type",
+    ["throttlingException", "modelStreamErrorException", "internalServerException", "serviceUnavailableException",
+     "modelTimeoutException", "validationException", "somethingNewException"],
+)
+def test_exception_frame_mid_stream(exception_type: str) -> None:
+    frame = exception_frame(exception_type, "Too many tokens", originalStatusCode=429)
+    body = HEAD_FRAMES + frame + chunk_frame(b'{"type":"message_stop"}')
+    parser = BedrockParser()
+    events: list[Any] = []
+    with pytest.raises(APIStreamError) as info:
+        for i in range(len(body)):
+            events += parser.feed(body[i : i + 1])
+    error = info.value
+    events += error.events
+    assert error.error_type == exception_type
+    assert error.body == {
+        "type": "error",
+        "error": {"type": exception_type, "message": "Too many tokens", "originalStatusCode": 429},
+    }
+    assert error.snapshot == snapshot_after_hello()
+    assert error.snapshot["content"][0]["text"] == "Hello"
+    assert error.offset == len(HEAD_FRAMES)  # the exception frame's offset in the body
+    assert [e.type for e in events][-1] == "text"
+    assert parser.error is error
+    with pytest.raises(APIStreamError):
+        parser.feed(b"more")
+
+
+def test_error_frame_with_error_code_headers() -> None:
+    frame = encode_message(b"", {":message-type": "error", ":error-code": "InternalFailure", ":error-message": "oops"})
+    with pytest.raises(APIStreamError) as info:
+        mendstream.replay(HEAD_FRAMES + frame).until_done()
+    assert info.value.error_type == "InternalFailure"
+    assert info.value.body == {"type": "error", "error": {"type": "InternalFailure", "message": "oops"}}
+
+
+def test_corrupted_crc_mid_stream_keeps_the_partial_message() -> None:
+    body = bytearray(sse_to_event_stream(BASIC_SSE))
+    frames = EventStreamDecoder().feed(bytes(body))
+    target = frames[4]  # the second text delta
+    body[target.offset + target.size - 1] ^= 0x01  # its message CRC
+    parser = BedrockParser()
+    with pytest.raises(EventStreamError, match="message CRC mismatch") as info:
+        parser.feed(bytes(body))
+    error = info.value
+    assert error.offset == target.offset
+    assert error.raw == bytes(body[target.offset : target.offset + target.size])
+    assert error.snapshot["content"][0]["text"] == "Hello"
+    assert [e.type for e in error.events].count("text") == 1
+    assert parser.error is error
+    with pytest.raises(EventStreamError):
+        parser.end()
+
+
+def test_sse_given_to_the_bedrock_parser_fails_on_the_prelude() -> None:
+    with pytest.raises(EventStreamError, match="prelude CRC mismatch") as info:
+        BedrockParser().feed(BASIC_SSE)
+    assert info.value.offset == 0 and info.value.raw == BASIC_SSE[:12]
+
+
+def test_truncated_frames() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    frames = EventStreamDecoder().feed(body)
+    last = frames[-1]
+    # cut inside message_stop: message_delta had the stop reason, so the cut frame is tolerated
+    result = run(BedrockParser(), [body[: last.offset + 7]])
+    assert result["message"] == BASIC_MESSAGE
+    parser = BedrockParser()
+    run(parser, [body[: last.offset + 7]])
+    assert [r.kind for r in parser.repairs] == ["truncated_final_frame", "missing_message_stop"]
+    assert parser.repairs[0].offset == last.offset
+    # cut inside a text delta: incomplete, with the partial message and the cut frame as the cause
+    cut = frames[4].offset + 20
+    with pytest.raises(IncompleteStreamError) as info:
+        mendstream.replay(body[:cut]).until_done()
+    assert info.value.snapshot["content"][0]["text"] == "Hello"
+    assert isinstance(info.value.__cause__, EventStreamError)
+    assert info.value.__cause__.raw == body[frames[4].offset : cut]
+
+
+def test_chunk_without_bytes_is_an_event_decode_error() -> None:
+    bad = encode_message(b'{"nobytes":1}', {":message-type": "event", ":event-type": "chunk"})
+    with pytest.raises(EventDecodeError) as info:
+        BedrockParser().feed(HEAD_FRAMES + bad)
+    assert info.value.raw == b'{"nobytes":1}'
+    assert info.value.offset == len(HEAD_FRAMES)
+    assert info.value.snapshot["content"][0]["text"] == "Hello"
+
+
+def test_unknown_event_types_and_message_types_are_skipped() -> None:
+    other = encode_message(b"{}", {":message-type": "event", ":event-type": "metadata"})
+    odd = encode_message(b"{}", {":message-type": "mystery"})
+    body = sse_to_event_stream(BASIC_SSE)
+    assert run(BedrockParser(), [other + body + odd])["message"] == BASIC_MESSAGE
+
+
+def test_repair_offsets_are_frame_offsets() -> None:
+    name = "fault_control_chars_in_event_json"
+    body = sse_to_event_stream(fixture_bytes(name))
+    parser = BedrockParser()
+    run(parser, [body])
+    offsets = {f.offset for f in EventStreamDecoder().feed(body)}
+    assert parser.repairs and all(r.offset in offsets for r in parser.repairs)
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(UsageError):
+        BedrockParser(framing="sse")  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        BedrockParser(max_frame_bytes=3)
+    with pytest.raises(UsageError):
+        BedrockParser().feed("text")  # type: ignore[arg-type]
+
+
+def test_response_for_path() -> None:
+    content_type, body = response_for_path("/model/anthropic.claude-x%3A0/invoke-with-response-stream", BASIC_SSE)
+    assert content_type == "application/vnd.amazon.eventstream" and body == sse_to_event_stream(BASIC_SSE)
+    assert response_for_path("/v1/messages", BASIC_SSE)[1] == BASIC_SSE
+    assert response_for_path("/v1/messages", body) == ("application/vnd.amazon.eventstream", body)
+
+
+# -- the real AnthropicBedrock client ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[CloudServer]:
+    with CloudServer() as server:
+        yield server
+
+
+def bedrock(server: CloudServer, cls: Any = None, **options: Any) -> Any:
+    cls = cls or anthropic.AnthropicBedrock
+    return cls(
+        aws_access_key="AKIDEXAMPLE", aws_secret_key="fake-secret", aws_region="us-east-1",
+        base_url=server.base_url, max_retries=0, **options,
+    )
+
+
+def outcome_of(stream_factory: Any) -> tuple[dict[str, Any] | None, BaseException | None, list[Any]]:
+    events: list[Any] = []
+    try:
+        with stream_factory() as stream:
+            for event in stream:
+                events.append(event.to_dict())
+            return stream.message, None, events
+    except Exception as exc:  # the stream yields every event decoded before its error
+        return None, exc, events
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_bedrock_client_every_fixture(cloud: CloudServer, name: str) -> None:
+    client = bedrock(cloud)
+    message, error, events = outcome_of(lambda: mendstream.stream(client, model=name, **PARAMS))
+    check_outcome(name, message, error)
+    sse = sse_outcome(name)
+    assert events == sse["events"]
+    request = cloud.requests[-1]
+    assert request["path"] == f"/model/{name}/invoke-with-response-stream"
+    assert request["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "anthropic_version" in request["body"] and "model" not in request["body"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+async def test_async_bedrock_client_every_fixture(cloud: CloudServer, name: str) -> None:
+    client = bedrock(cloud, anthropic.AsyncAnthropicBedrock)
+    message: dict[str, Any] | None = None
+    error: BaseException | None = None
+    try:
+        async with mendstream.astream(client, model=name, extra_headers={"x-chunk-size": "7"}, **PARAMS) as stream:
+            async for _ in stream:
+                pass
+            message = stream.message
+    except Exception as exc:
+        error = exc
+    check_outcome(name, message, error)
+
+
+def _load_check_sdk() -> Any:
+    spec = importlib.util.spec_from_file_location("check_sdk", FIXTURES_DIR / "check_sdk.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("check_sdk", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+check_sdk = _load_check_sdk()
+SDK_COMPATIBLE = [n for n in FIXTURE_NAMES if expected(n).get("sdk_compatible") and expected(n)["error"] is None]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydantic warns serialising unknown block types
+@pytest.mark.parametrize("name", SDK_COMPATIBLE)
+def test_bedrock_client_agrees_with_the_sdks_bedrock_stream(cloud: CloudServer, name: str) -> None:
+    client = bedrock(cloud)
+    chunk = "1" if len(fixture_bytes(name)) < 4000 else "61"
+    with mendstream.stream(client, model=name, extra_headers={"x-chunk-size": chunk}, **PARAMS) as stream:
+        our_events = [comparable(event) for event in stream]
+        ours = stream.message
+    with client.messages.stream(model=name, **PARAMS) as sdk_stream:
+        their_events = [comparable(event) for event in sdk_stream]
+        theirs = sdk_stream.get_final_message().to_dict(mode="json")
+    assert our_events == their_events
+    # the SDK's model classes fill keys they know with None (e.g. stop_details); the rest must be equal
+    assert ours == check_sdk.normalize_sdk_message(theirs, ours) == expected(name)["message"]
+
+
+EXCEPTION_CLASSES = {
+    "throttlingException": "RateLimitError",
+    "serviceUnavailableException": "ServiceUnavailableError",
+    "internalServerException": "InternalServerError",
+    "validationException": "BadRequestError",
+    "modelTimeoutException": "RequestTimeoutError",
+    "modelStreamErrorException": "APIStatusError",
+}
+
+
+@pytest.mark.parametrize("exception_type", sorted(EXCEPTION_CLASSES))
+def test_bedrock_exception_frame_raises_the_sdk_class(cloud: CloudServer, exception_type: str) -> None:
+    cloud.bodies[f"exc-{exception_type}"] = (
+        "application/vnd.amazon.eventstream",
+        HEAD_FRAMES + exception_frame(exception_type, "slow down"),
+    )
+    client = bedrock(cloud)
+    with pytest.raises(APIStreamError) as info:
+        mendstream.stream(client, model=f"exc-{exception_type}", **PARAMS).until_done()
+    error = info.value
+    sdk_class = getattr(anthropic, EXCEPTION_CLASSES[exception_type])
+    assert isinstance(error, sdk_class) and isinstance(error, anthropic.APIStatusError)
+    assert error.error_type == exception_type
+    assert error.body == {"type": "error", "error": {"type": exception_type, "message": "slow down"}}
+    assert error.snapshot["content"][0]["text"] == "Hello"
+    # the SDK's own Bedrock stream says only that something failed
+    with pytest.raises(anthropic.APIStatusError), client.messages.stream(model=f"exc-{exception_type}", **PARAMS) as s:
+        s.until_done()
+
+
+async def test_async_bedrock_exception_frame(cloud: CloudServer) -> None:
+    cloud.bodies["exc-async"] = ("application/vnd.amazon.eventstream", HEAD_FRAMES + exception_frame("throttlingException"))
+    client = bedrock(cloud, anthropic.AsyncAnthropicBedrock)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        async with mendstream.astream(client, model="exc-async", **PARAMS) as stream:
+            await stream.until_done()
+    assert isinstance(info.value, APIStreamError) and info.value.snapshot["content"][0]["text"] == "Hello"
+
+
+def test_bedrock_corrupted_and_cut_bodies(cloud: CloudServer) -> None:
+    body = bytearray(sse_to_event_stream(BASIC_SSE))
+    frames = EventStreamDecoder().feed(bytes(body))
+    body[frames[4].offset + 30] ^= 0x20
+    cloud.bodies["corrupt"] = ("application/vnd.amazon.eventstream", bytes(body))
+    cloud.bodies["cut"] = ("application/vnd.amazon.eventstream", bytes(body[: frames[4].offset + 9]))
+    client = bedrock(cloud)
+    with pytest.raises(EventStreamError) as info:
+        mendstream.stream(client, model="corrupt", extra_headers={"x-chunk-size": "5"}, **PARAMS).until_done()
+    assert info.value.offset == frames[4].offset and info.value.snapshot["content"][0]["text"] == "Hello"
+    with pytest.raises(IncompleteStreamError) as cut:
+        mendstream.stream(client, model="cut", **PARAMS).until_done()
+    assert cut.value.snapshot["content"][0]["text"] == "Hello"
+
+
+def test_bedrock_wrong_content_type_is_refused(cloud: CloudServer) -> None:
+    cloud.bodies["json"] = ("application/json", b'{"type":"message"}')
+    cloud.bodies["untyped"] = (None, sse_to_event_stream(BASIC_SSE))
+    client = bedrock(cloud)
+    with pytest.raises(mendstream.transports.ContentTypeError, match="application/json"):
+        mendstream.stream(client, model="json", **PARAMS)
+    assert mendstream.stream(client, model="untyped", **PARAMS).get_final_message().to_dict() == BASIC_MESSAGE
+
+
+def test_bedrock_capture_replays(cloud: CloudServer, tmp_path: Path) -> None:
+    client = bedrock(cloud)
+    capture = tmp_path / "bedrock.stream"
+    with mendstream.stream(client, model="tool_use_parallel", capture=capture, **PARAMS) as stream:
+        live = stream.get_final_message().to_dict()
+    raw = capture.read_bytes()
+    assert is_event_stream(raw[:12])
+    sidecar = json.loads(sidecar_path(capture).read_text())
+    assert "application/vnd.amazon.eventstream" in json.dumps(sidecar)
+    assert mendstream.replay(capture).get_final_message().to_dict() == live == expected("tool_use_parallel")["message"]
+
+
+def test_bedrock_full_message_stream_api(cloud: CloudServer) -> None:
+    client = bedrock(cloud)
+    with mendstream.stream(client, model="text_multiple_blocks", **PARAMS) as stream:
+        text = "".join(stream.text_stream)
+        assert stream.get_final_text() == text
+        assert stream.current_message_snapshot.to_dict() == expected("text_multiple_blocks")["message"]
+        assert stream.response.headers["content-type"] == "application/vnd.amazon.eventstream"
+
+
+def test_bedrock_rejects_a_plain_message_parser(cloud: CloudServer) -> None:
+    with pytest.raises(UsageError, match="BedrockParser"):
+        mendstream.stream(bedrock(cloud), model="text_basic", parser=MessageParser(), **PARAMS)
+    parser = BedrockParser(partial_mode="trailing-strings")
+    stream = mendstream.stream(bedrock(cloud), model="text_basic", parser=parser, **PARAMS)
+    assert stream.parser is parser and stream.get_final_message().to_dict() == expected("text_basic")["message"]
+
+
+def test_bedrock_without_botocore_is_a_usage_error(cloud: CloudServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = bedrock(cloud)
+    monkeypatch.setitem(sys.modules, "botocore", None)
+    before = len(cloud.requests)
+    with pytest.raises(UsageError, match=r"pip install 'mendstream\[bedrock\]'"):
+        mendstream.stream(client, model="text_basic", **PARAMS)
+    assert len(cloud.requests) == before
+
+
+def test_bedrock_mantle_streams_sse(cloud: CloudServer) -> None:
+    mantle_cls = getattr(anthropic, "AnthropicBedrockMantle", None)
+    if mantle_cls is None:
+        pytest.skip("this SDK has no AnthropicBedrockMantle")
+    client = mantle_cls(api_key="fake-key", aws_region="us-east-1", base_url=cloud.base_url, max_retries=0)
+    with mendstream.stream(client, model="text_citations", **PARAMS) as stream:
+        assert stream.get_final_message().to_dict() == expected("text_citations")["message"]
+    assert cloud.requests[-1]["path"].endswith("/v1/messages")
+    assert isinstance(stream.parser, MessageParser) and not isinstance(stream.parser, BedrockParser)
+
+
+def test_bedrock_modules_stay_light() -> None:
+    import subprocess
+
+    code = (
+        "import sys, mendstream, mendstream.bedrock, mendstream.eventstream, mendstream.transports.bedrock\n"
+        "from mendstream.bedrock import BedrockParser, sse_to_event_stream\n"
+        "from conftest import BASIC_SSE\n"
+        "p = BedrockParser(); p.feed(sse_to_event_stream(BASIC_SSE)); p.end(); assert p.complete\n"
+        "heavy = [m for m in ('botocore', 'boto3', 'anthropic', 'httpx', 'httpx2', 'google.auth', 'uvicorn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    tests_dir = Path(__file__).resolve().parent
+    env_path = f"{tests_dir.parent / 'src'}:{tests_dir}"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": env_path}, cwd=tests_dir, timeout=60)
+
+
+def test_cli_replays_an_event_stream_capture(tmp_path: Path) -> None:
+    from mendstream.cli import main
+
+    path = tmp_path / "bedrock.stream"
+    path.write_bytes(sse_to_event_stream(fixture_bytes("tool_use_parallel")))
+    assert main(["replay", str(path)]) == 0
+
+
+def test_end_twice_and_feed_after_end() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    parser = BedrockParser()
+    parser.feed(body[:-5])
+    parser.end()
+    assert parser.end() == []
+    assert [r.kind for r in parser.repairs] == ["truncated_final_frame", "missing_message_stop"]
+    with pytest.raises(UsageError):
+        parser.feed(b"x")
+    cut = BedrockParser()
+    cut.feed(body[:40])
+    for _ in range(2):
+        with pytest.raises(IncompleteStreamError):
+            cut.end()
