@@ -8,6 +8,7 @@ __all__ = [
     "APIStreamError",
     "BufferLimitError",
     "EventDecodeError",
+    "FixtureError",
     "IncompleteStreamError",
     "ProtocolError",
     "StreamError",
@@ -104,3 +105,12 @@ class APIStreamError(StreamError):
         self.error_type = error_type
         self.body = body
         self.request_id = request_id
+
+
+class FixtureError(UsageError):
+    """A fixture (``NAME.sse`` and its ``NAME.capture.json`` sidecar) cannot be used: a missing path, an empty
+    directory, a sidecar that is not the JSON object mendstream.capture writes. ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.path = path
