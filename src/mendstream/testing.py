@@ -117,6 +117,8 @@ def _transport_class(module: ModuleType) -> type:
             target = request.url.raw_path.decode("ascii")
             _, planned = self.router.answer(request.method, target, headers, raw)
             out = [(k, v) for k, v in planned.headers if k.lower() not in _FRAMING]
+            if request.method == "HEAD":  # as an HTTP server does: the head only
+                return module.Response(planned.status, headers=out, content=b"", request=request)
             simple = planned.end == "close" and all(d == 0 for d, _ in planned.chunks)
             if simple and not dict(out).get("content-type", "").startswith("text/event-stream"):
                 body = b"".join(c for _, c in planned.chunks)
