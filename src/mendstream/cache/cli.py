@@ -73,7 +73,9 @@ def _check_session(path: Path) -> None:
             continue
         try:
             item = json.loads(line)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            raise CLIError(f"{path}: line {number}: JSON nested too deeply") from None
+        except ValueError:
             if number == 1 and _is_one_document(text):
                 raise CLIError(f"{path} holds one JSON document spread over several lines; simulate wants "
                                "JSON Lines: one request body (or {\"payload\": ...}) per line") from None

@@ -45,6 +45,12 @@ class MissingFixtureError(FixtureError, FileNotFoundError):
     """The fixture directory or file does not exist (also a ``FileNotFoundError``)."""
 
 
+def _field(meta: Mapping[str, Any], name: str, default: Any) -> Any:
+    """``meta[name]``, or ``default`` when absent or null (a falsy wrong type is still reported)."""
+    value = meta.get(name)
+    return default if value is None else value
+
+
 def _sidecar_error(side: Path, what: str) -> FixtureError:
     return FixtureError(f"{side}: {what} (expected the JSON object mendstream.capture writes)", path=str(side))
 
@@ -112,10 +118,10 @@ class Fixture:
         """
         if not isinstance(meta, Mapping):
             raise FixtureError(f"the sidecar is a JSON {type(meta).__name__}, not an object")
-        response = meta.get("response") or {}
+        response = _field(meta, "response", {})
         if not isinstance(response, Mapping):
             raise FixtureError("'response' must be an object")
-        raw_chunks = meta.get("chunks") or ()
+        raw_chunks = _field(meta, "chunks", ())
         if not isinstance(raw_chunks, list | tuple):
             raise FixtureError("'chunks' must be a list of [size, ms] pairs")
         chunks: list[tuple[int, float]] = []
@@ -130,16 +136,16 @@ class Fixture:
             chunks.append((int(item[0]), float(item[1])))
         if sum(s for s, _ in chunks) != len(body):
             chunks = []  # the body was edited after capture; the recorded chunking no longer applies
-        raw_headers = response.get("headers") or {}
+        raw_headers = _field(response, "headers", {})
         if not isinstance(raw_headers, Mapping):
             raise FixtureError("'response.headers' must be an object")
         headers = tuple(
             (str(k).lower(), str(v)) for k, v in raw_headers.items() if str(k).lower() not in _HOP_HEADERS
         )
-        status = response.get("status") or 200
+        status = _field(response, "status", 200)
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise FixtureError(f"'response.status' must be an HTTP status (100-599); found {status!r:.60}")
-        request = meta.get("request") or {}
+        request = _field(meta, "request", {})
         if not isinstance(request, Mapping):
             raise FixtureError("'request' must be an object")
         return cls(
@@ -177,18 +183,22 @@ class Fixture:
 
     def is_clean(self) -> bool:
         """True when this fixture is a successful stream a plain SDK client accepts as is: status 200, not
-        aborted, and it parses to a complete message with no repair and no error event."""
+        aborted, every event named, and it parses to a complete message with no repair and no error event."""
         if self.status != 200 or self.abort or not self.content_type.startswith("text/event-stream"):
             return False
         from mendstream.parser import MessageParser  # the core, imported only when auto selection needs it
+        from mendstream.sse import SSEDecoder
 
         parser = MessageParser()
+        decoder = SSEDecoder()
         try:
             parser.feed(self.body)
             parser.end()
+            events = decoder.feed(self.body) + decoder.end()
         except StreamError:
             return False
-        return not parser.repairs
+        # strict SSE consumers (the SDK) dispatch on the event name: a data-only event is not clean
+        return not parser.repairs and all(e.event for e in events if e.raw_data.strip())
 
 
 def fixture_paths(directory: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
