@@ -256,3 +256,25 @@ def test_bad_options_are_usage_errors() -> None:
         ReplayServer({"a": BASIC_SSE}, speed=0)
     with pytest.raises(UsageError, match="faults"):
         ReplayServer({"a": BASIC_SSE}, faults=object())  # type: ignore[arg-type]
+
+
+def test_paced_response_stops_when_the_client_leaves(tmp_path: Path) -> None:
+    import threading
+
+    (tmp_path / "slow.sse").write_bytes(BASIC_SSE)
+    n = len(BASIC_SSE)
+    sidecar = {"chunks": [[10, 0.0], [n - 20, 20_000.0], [10, 40_000.0]]}  # 40 s of captured pacing
+    (tmp_path / "slow.capture.json").write_text(json.dumps(sidecar))
+    finished = threading.Event()
+    records = []
+
+    def done(record: object) -> None:
+        records.append(record)
+        finished.set()
+
+    with ReplayServer(tmp_path, pace="captured", on_request=done) as server:
+        with connect(server) as sock:
+            sock.sendall(request())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        assert finished.wait(5), "the server kept pacing a response nobody reads"
+    assert records[0].bytes_sent == 10

@@ -128,7 +128,13 @@ class ReplayApp:
         if raw is None:  # the client went away
             return
         record, planned = self.router.answer(method, target, headers, raw)
-        await self._finish(record, planned, send, started)
+        # The body is read, so receive() now returns only when the client goes away: a paced response
+        # stops there instead of sleeping and sending into a closed connection.
+        gone = asyncio.ensure_future(receive())
+        try:
+            await self._finish(record, planned, send, started, gone)
+        finally:
+            gone.cancel()
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | PlannedResponse | None:
         limits = self.limits
@@ -156,9 +162,16 @@ class ReplayApp:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    async def _finish(self, record: RecordedRequest, planned: PlannedResponse, send: Send, started: float) -> None:
+    async def _finish(
+        self,
+        record: RecordedRequest,
+        planned: PlannedResponse,
+        send: Send,
+        started: float,
+        gone: asyncio.Future[Message] | None = None,
+    ) -> None:
         try:
-            record.bytes_sent = await self._send(planned, send)
+            record.bytes_sent = await self._send(planned, send, gone)
         finally:
             record.ms = (time.monotonic() - started) * 1000.0
             if self.on_request is not None:
@@ -167,9 +180,10 @@ class ReplayApp:
             raise CutConnection(f"fixture {record.fixture}: connection cut after {record.bytes_sent} bytes")
 
     @staticmethod
-    async def _send(planned: PlannedResponse, send: Send) -> int:
+    async def _send(planned: PlannedResponse, send: Send, gone: asyncio.Future[Message] | None = None) -> int:
         """Send ``planned``; returns the body bytes sent. Streams (event streams, and any body that will be
-        cut) go chunked; other bodies get a content-length."""
+        cut) go chunked; other bodies get a content-length. Stops early once ``gone`` (the client left) is
+        done."""
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in planned.headers
                    if k.lower() not in _FRAMING]
         content_type = next((v for k, v in planned.headers if k.lower() == "content-type"), "")
@@ -185,7 +199,14 @@ class ReplayApp:
                 due += delay  # deadlines, not sleeps: pacing does not drift with the time spent sending
                 wait = due - time.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    if gone is None:
+                        await asyncio.sleep(wait)
+                    else:
+                        await asyncio.wait((gone,), timeout=wait)
+            if gone is not None and gone.done():
+                if gone.exception() is None and gone.result()["type"] == "http.disconnect":
+                    return sent
+                gone = None  # woken by something else: stop watching rather than misread it
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
