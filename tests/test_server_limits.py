@@ -278,3 +278,15 @@ def test_paced_response_stops_when_the_client_leaves(tmp_path: Path) -> None:
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
         assert finished.wait(5), "the server kept pacing a response nobody reads"
     assert records[0].bytes_sent == 10
+
+
+def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
+    from mendstream.server._uvicorn import bind
+
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; without it every response
+    # waited ~40 ms (delayed ACK) between its head and body.
+    sock = bind("127.0.0.1", 0, 8)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
