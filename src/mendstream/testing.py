@@ -208,7 +208,8 @@ def replay_server_fixture(
         def test_agent(replay_server):
             client = anthropic.Anthropic(base_url=replay_server.base_url, api_key="test")
 
-    ``server_options`` go to ``ReplayServer`` (``select``, ``pace``, ``speed``, ``cycle``). Each test
+    ``server_options`` go to ``ReplayServer`` (``select``, ``pace``, ``speed``, ``cycle``, ``limits``,
+    ``faults``, ``on_request``). Each test
     of a wider scope shares one server; call ``server.selector.reset()`` to restart request order.
     """
     import pytest
