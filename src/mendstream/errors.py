@@ -10,6 +10,7 @@ __all__ = [
     "EventDecodeError",
     "EventStreamError",
     "EventStreamLimitError",
+    "FixtureError",
     "IncompleteStreamError",
     "ProtocolError",
     "StreamError",
@@ -128,6 +129,8 @@ class StreamStalledError(StreamError):
         self.waited = waited
         self.timeout = timeout
         self.pings_only = pings_only
+
+
 class EventStreamError(ProtocolError):
     """An AWS event-stream frame (``application/vnd.amazon.eventstream``, Bedrock) is broken: a prelude or
     message CRC32 mismatch, an impossible length, a malformed header, or a frame cut by the end of input.
@@ -148,3 +151,12 @@ class EventStreamLimitError(EventStreamError, BufferLimitError):
 
     ``raw`` holds the frame's 12-byte prelude; ``limit`` the bound.
     """
+
+
+class FixtureError(UsageError):
+    """A fixture (``NAME.sse`` and its ``NAME.capture.json`` sidecar) cannot be used: a missing path, an empty
+    directory, a sidecar that is not the JSON object mendstream.capture writes. ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.path = path

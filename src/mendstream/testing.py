@@ -1,28 +1,21 @@
 # Helpers for testing an agent offline. `replay_transport(...)` is an in-process httpx / httpx2 transport
-# that answers Messages requests from fixtures (same selection rules as the replay server, no socket);
-# `anthropic_client(...)` / `async_anthropic_client(...)` wrap it in an unmodified SDK client; and
-# `replay_server_fixture(...)` makes a pytest fixture that runs a real ReplayServer on 127.0.0.1. The HTTP
-# library is the one the installed SDK runs on (httpx2 for anthropic >= 1.0, httpx for 0.x) unless given.
+# that answers Messages requests from fixtures through the replay server's own routing (mendstream.server's
+# Router: same selection, same error answers, same fault plans, no socket); `anthropic_client(...)` /
+# `async_anthropic_client(...)` wrap it in an unmodified SDK client; and `replay_server_fixture(...)` makes a
+# pytest fixture that runs a real ReplayServer on 127.0.0.1. The HTTP library is the one the installed SDK
+# runs on (httpx2 for anthropic >= 1.0, httpx for 0.x) unless given.
 from __future__ import annotations
 
-import json
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Literal
 
-from mendstream.server import (
-    Fixture,
-    FixtureSelector,
-    NoFixtureError,
-    RecordedRequest,
-    ReplayServer,
-    Select,
-    error_body,
-    is_messages_path,
-    load_fixtures,
-    whole_message,
-)
+from mendstream.errors import UsageError
+from mendstream.faults import FaultPlan, PlannedResponse
+from mendstream.server import FixtureSelector, ReplayServer, Router, Select, load_fixtures
 
 __all__ = [
     "anthropic_client",
@@ -34,6 +27,8 @@ __all__ = [
 
 FixtureSource = str | os.PathLike[str] | Iterable[Any] | Mapping[str, Any]
 Library = Literal["httpx", "httpx2"] | ModuleType | None
+# Framing is the HTTP library's business; a planned response's values for these would contradict it.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
 def sdk_http_module() -> ModuleType:
@@ -59,13 +54,18 @@ def _module(library: Library) -> ModuleType:
     if library is None:
         return sdk_http_module()
     if library not in ("httpx", "httpx2"):
-        raise ValueError(f"library must be 'httpx', 'httpx2' or a module; got {library!r}")
+        raise UsageError(f"library must be 'httpx', 'httpx2' or a module; got {library!r}")
     import importlib
 
     return importlib.import_module(library)
 
 
 _transport_classes: dict[str, type] = {}
+
+
+def _cut_message(planned: PlannedResponse) -> str:
+    sent = sum(len(c) for _, c in planned.chunks)
+    return f"peer closed connection without sending complete message body (cut after {sent} bytes)"
 
 
 def _transport_class(module: ModuleType) -> type:
@@ -75,77 +75,65 @@ def _transport_class(module: ModuleType) -> type:
         return cls
 
     class SyncChunks(module.SyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, chunks: list[bytes]) -> None:
-            self._chunks = chunks
+        """Sends a planned body: real sleeps for its delays, the library's read error for a cut."""
+
+        def __init__(self, planned: PlannedResponse, request: Any) -> None:
+            self._planned = planned
+            self._request = request
 
         def __iter__(self) -> Iterator[bytes]:
-            yield from self._chunks
+            for delay, chunk in self._planned.chunks:
+                if delay > 0:
+                    time.sleep(delay)
+                yield chunk
+            if self._planned.end == "cut":
+                raise module.RemoteProtocolError(_cut_message(self._planned), request=self._request)
 
     class AsyncChunks(module.AsyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, chunks: list[bytes]) -> None:
-            self._chunks = chunks
+        """The async twin of SyncChunks."""
+
+        def __init__(self, planned: PlannedResponse, request: Any) -> None:
+            self._planned = planned
+            self._request = request
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
-            for chunk in self._chunks:
+            for delay, chunk in self._planned.chunks:
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 yield chunk
+            if self._planned.end == "cut":
+                raise module.RemoteProtocolError(_cut_message(self._planned), request=self._request)
 
     class ReplayTransport(module.BaseTransport, module.AsyncBaseTransport):  # type: ignore[name-defined,misc]
-        """Answers ``POST .../v1/messages`` from fixtures; records every request in ``requests``."""
+        """Answers requests as the replay server would (mendstream.server.Router); ``requests`` lists the
+        most recent requests received."""
 
-        def __init__(self, selector: FixtureSelector) -> None:
-            self.selector = selector
-            self.requests: list[RecordedRequest] = []
+        def __init__(self, router: Router) -> None:
+            self.router = router
+            self.requests = router.requests
 
-        def _answer(self, request: Any, wrap: Callable[[list[bytes]], Any]) -> Any:
-            raw = request.read() if hasattr(request, "read") else request.content
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
+        def _respond(self, request: Any, raw: bytes, stream_class: type) -> Any:
             headers = {k.lower(): v for k, v in request.headers.items()}
-            record = RecordedRequest(request.method, str(request.url), headers, body)
-            self.requests.append(record)
-            try:
-                if not is_messages_path(request.url.path):
-                    raise NoFixtureError(f"only POST /v1/messages is mocked, not {request.url.path}")
-                if not isinstance(body, dict):
-                    raise NoFixtureError("request body must be a JSON object", 400)
-                fixture = self.selector.choose(headers, body)
-            except NoFixtureError as exc:
-                record.status = exc.status
-                etype = "invalid_request_error" if exc.status == 400 else "not_found_error"
-                return module.Response(
-                    exc.status,
-                    headers={"content-type": "application/json"},
-                    content=error_body(etype, str(exc)),
-                    request=request,
-                )
-            record.fixture, record.status = fixture.name, fixture.status
-            headers_out = _response_headers(fixture)
-            if body.get("stream") is not True and fixture.status == 200:
-                headers_out["content-type"] = "application/json"
-                payload = whole_message(fixture)
-                return module.Response(200, headers=headers_out, content=payload, request=request)
-            chunks = [c for c, _ in fixture.iter_chunks()]
-            return module.Response(fixture.status, headers=headers_out, stream=wrap(chunks), request=request)
+            target = request.url.raw_path.decode("ascii")
+            _, planned = self.router.answer(request.method, target, headers, raw)
+            out = [(k, v) for k, v in planned.headers if k.lower() not in _FRAMING]
+            if request.method == "HEAD":  # as an HTTP server does: the head only
+                return module.Response(planned.status, headers=out, content=b"", request=request)
+            simple = planned.end == "close" and all(d == 0 for d, _ in planned.chunks)
+            if simple and not dict(out).get("content-type", "").startswith("text/event-stream"):
+                body = b"".join(c for _, c in planned.chunks)
+                return module.Response(planned.status, headers=out, content=body, request=request)
+            return module.Response(planned.status, headers=out, stream=stream_class(planned, request),
+                                   request=request)
 
         def handle_request(self, request: Any) -> Any:
-            return self._answer(request, SyncChunks)
+            return self._respond(request, request.read(), SyncChunks)
 
         async def handle_async_request(self, request: Any) -> Any:
-            if not hasattr(request, "read"):
-                await request.aread()
-            return self._answer(request, AsyncChunks)
+            return self._respond(request, await request.aread(), AsyncChunks)
 
     _transport_classes[module.__name__] = ReplayTransport
     return ReplayTransport
-
-
-def _response_headers(fixture: Fixture) -> dict[str, str]:
-    headers = dict(fixture.headers)
-    headers["content-type"] = fixture.content_type
-    headers.setdefault("request-id", f"req_mock_{fixture.name}")
-    return headers
 
 
 def replay_transport(
@@ -154,45 +142,54 @@ def replay_transport(
     select: Select = "auto",
     cycle: bool = True,
     library: Library = None,
+    faults: FaultPlan | None = None,
 ) -> Any:
     """An in-process transport serving fixtures, for ``httpx.Client(transport=...)`` (sync or async).
 
     ``source`` and ``select``/``cycle`` as for :class:`~mendstream.server.ReplayServer` (a directory, paths,
-    or a mapping name → bytes). ``library``: ``"httpx"``, ``"httpx2"`` or the module; default: the SDK's.
-    The transport's ``requests`` lists what it received. Bodies are delivered in the fixtures' captured
-    chunks (or one SSE event per chunk), without pacing.
+    or a mapping name → bytes); it answers every request exactly as the replay server would (the same
+    routing function), without pacing. ``library``: ``"httpx"``, ``"httpx2"`` or the module; default: the
+    SDK's. ``faults``: a :class:`~mendstream.faults.FaultPlan` applied to every Messages response as the
+    server applies it (delays are real sleeps; a cut raises the library's ``RemoteProtocolError`` from the
+    response stream). The transport's ``requests`` lists what it received.
     """
     module = _module(library)
     selector = FixtureSelector(load_fixtures(source), select=select, cycle=cycle)
-    return _transport_class(module)(selector)
+    return _transport_class(module)(Router(selector, faults=faults, id_format="req_mock_{name}"))
 
 
-def anthropic_client(source: FixtureSource, *, select: Select = "auto", **client_options: Any) -> Any:
+def _client(
+    async_: bool, source: FixtureSource, select: Select, faults: FaultPlan | None, options: dict[str, Any]
+) -> Any:
+    import anthropic
+
+    module = sdk_http_module()
+    transport = replay_transport(source, select=select, library=module, faults=faults)
+    options.setdefault("api_key", "sk-ant-test")
+    options.setdefault("base_url", "http://mendstream.test")
+    options.setdefault("max_retries", 0)
+    if async_:
+        return anthropic.AsyncAnthropic(http_client=module.AsyncClient(transport=transport), **options)
+    return anthropic.Anthropic(http_client=module.Client(transport=transport), **options)
+
+
+def anthropic_client(
+    source: FixtureSource, *, select: Select = "auto", faults: FaultPlan | None = None, **client_options: Any
+) -> Any:
     """An ``anthropic.Anthropic`` whose requests are answered from fixtures (no network).
 
     ``client_options`` go to the client (``max_retries`` defaults to 0). The transport is at
-    ``client._client._transport``; its ``requests`` list what was sent.
+    ``client._client._transport``; its ``requests`` list what was sent. ``faults`` as for
+    :func:`replay_transport`.
     """
-    import anthropic
-
-    module = sdk_http_module()
-    transport = replay_transport(source, select=select, library=module)
-    client_options.setdefault("api_key", "sk-ant-test")
-    client_options.setdefault("base_url", "http://mendstream.test")
-    client_options.setdefault("max_retries", 0)
-    return anthropic.Anthropic(http_client=module.Client(transport=transport), **client_options)
+    return _client(False, source, select, faults, client_options)
 
 
-def async_anthropic_client(source: FixtureSource, *, select: Select = "auto", **client_options: Any) -> Any:
-    """The async twin of :func:`anthropic_client` (an ``anthropic.AsyncAnthropic``)."""
-    import anthropic
-
-    module = sdk_http_module()
-    transport = replay_transport(source, select=select, library=module)
-    client_options.setdefault("api_key", "sk-ant-test")
-    client_options.setdefault("base_url", "http://mendstream.test")
-    client_options.setdefault("max_retries", 0)
-    return anthropic.AsyncAnthropic(http_client=module.AsyncClient(transport=transport), **client_options)
+def async_anthropic_client(
+    source: FixtureSource, *, select: Select = "auto", faults: FaultPlan | None = None, **client_options: Any
+) -> Any:
+    """:func:`anthropic_client` for ``anthropic.AsyncAnthropic``."""
+    return _client(True, source, select, faults, client_options)
 
 
 def replay_server_fixture(
@@ -211,7 +208,8 @@ def replay_server_fixture(
         def test_agent(replay_server):
             client = anthropic.Anthropic(base_url=replay_server.base_url, api_key="test")
 
-    ``server_options`` go to ``ReplayServer`` (``select``, ``pace``, ``speed``, ``cycle``). Each test
+    ``server_options`` go to ``ReplayServer`` (``select``, ``pace``, ``speed``, ``cycle``, ``limits``,
+    ``faults``, ``on_request``). Each test
     of a wider scope shares one server; call ``server.selector.reset()`` to restart request order.
     """
     import pytest

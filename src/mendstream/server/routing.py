@@ -1,0 +1,241 @@
+# One routing function for everything that answers Messages requests from fixtures: the replay server (over
+# uvicorn) and the in-process mock transports of mendstream.testing both hand a request's method, target,
+# headers and body bytes to Router.answer and send the PlannedResponse it returns, so they agree on paths,
+# methods, error bodies, non-streaming answers, pacing and fault plans. Sending is theirs; deciding is here.
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mendstream.errors import StreamError, UsageError
+from mendstream.faults import FaultPlan, PlannedResponse
+
+from .fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
+
+__all__ = [
+    "DEFAULT_REQUEST_LOG",
+    "MAX_JSON_DEPTH",
+    "Pace",
+    "RecordedRequest",
+    "Router",
+    "error_body",
+    "error_type_for",
+    "whole_message",
+]
+
+Pace = Literal["fast", "captured"]
+_PACE_VALUES = ("fast", "captured")
+DEFAULT_REQUEST_LOG = 1000
+"""How many requests :attr:`Router.requests` keeps (the most recent ones)."""
+MAX_JSON_DEPTH = 256
+"""Request bodies nested deeper than this are answered with 400 (the API's own bodies are shallow)."""
+
+# The Messages API's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_STATUS_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    431: "request_too_large",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+_JSON = (("content-type", "application/json"),)
+
+
+def error_type_for(status: int) -> str:
+    """The Messages API error ``type`` for an HTTP ``status`` (``api_error`` for other 5xx,
+    ``invalid_request_error`` for other 4xx)."""
+    return _STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    """An Anthropic-style error JSON body."""
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+
+
+def error_response(status: int, message: str, *, close: bool = False) -> PlannedResponse:
+    """A JSON error answer in the Messages API's error shape; ``close`` adds ``connection: close``."""
+    headers = _JSON + ((("connection", "close"),) if close else ())
+    return PlannedResponse(status, headers, ((0.0, error_body(error_type_for(status), message)),))
+
+
+def whole_message(fixture: Fixture) -> bytes:
+    """The final message of ``fixture`` as JSON, for clients that asked for ``"stream": false``.
+
+    Raises :class:`~mendstream.errors.StreamError` when the fixture's stream does not complete.
+    """
+    from mendstream.parser import MessageParser  # the core, imported only when a whole message is asked for
+
+    parser = MessageParser()
+    parser.feed(fixture.body)
+    parser.end()
+    return json.dumps(parser.message).encode()
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when ``value`` nests more than ``limit`` containers deep (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """A request the server received: method, target (path and query), lowercase headers, decoded body,
+    fixture served, status answered, body bytes sent and milliseconds from request to last byte."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    fixture: str | None = None
+    status: int = 200
+    bytes_sent: int = 0
+    ms: float = 0.0
+
+
+class Router:
+    """Decides the answer to each request from fixtures; thread-safe.
+
+    ``pace="captured"`` turns the fixtures' captured chunk timings (divided by ``speed``) into the delays of
+    the planned chunks; ``"fast"`` sends them without waiting. ``faults`` (a
+    :class:`~mendstream.faults.FaultPlan`) transforms every Messages response before it is sent; its ordinal
+    counts the Messages requests answered so far, from 0. :attr:`requests` keeps the last ``request_log``
+    requests. ``id_format`` makes the ``request-id`` of fixtures that have none (``{name}``: the fixture,
+    ``{count}``: the request's number).
+
+    Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad option.
+    """
+
+    def __init__(
+        self,
+        selector: FixtureSelector,
+        *,
+        pace: Pace = "fast",
+        speed: float = 1.0,
+        faults: FaultPlan | None = None,
+        request_log: int = DEFAULT_REQUEST_LOG,
+        id_format: str = "req_replay_{name}_{count}",
+    ) -> None:
+        if pace not in _PACE_VALUES:
+            raise UsageError(f"pace must be one of {', '.join(_PACE_VALUES)}; got {pace!r}")
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not speed > 0:
+            raise UsageError(f"speed must be a number > 0; got {speed!r}")
+        if isinstance(request_log, bool) or not isinstance(request_log, int) or request_log < 0:
+            raise UsageError(f"request_log must be an int >= 0; got {request_log!r}")
+        if faults is not None and not callable(getattr(faults, "apply", None)):
+            raise UsageError(f"faults must be a mendstream.faults.FaultPlan (with .apply); got {faults!r}")
+        self.selector = selector
+        self.pace = pace
+        self.speed = float(speed)
+        self.faults = faults
+        self.id_format = id_format
+        self.requests: deque[RecordedRequest] = deque(maxlen=request_log)
+        self._count = 0
+        self._answered = 0
+        self._lock = threading.Lock()
+
+    def answer(
+        self, method: str, target: str, headers: Mapping[str, str], raw: bytes
+    ) -> tuple[RecordedRequest, PlannedResponse]:
+        """The record of a request and the response to send. ``headers`` have lowercase names; ``target`` is
+        the path with its query. Never raises for anything the client sent: every problem is an answer."""
+        path = target.split("?", 1)[0]
+        body: Any = None
+        body_error: str | None = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except RecursionError:
+                body_error = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+            except ValueError as exc:  # includes UnicodeDecodeError
+                body_error = f"request body is not JSON: {exc}"
+            else:
+                if _too_deep(body, MAX_JSON_DEPTH):
+                    body, body_error = None, f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body)
+        with self._lock:
+            self.requests.append(record)
+            self._count += 1
+            count = self._count
+        if not is_messages_path(path):
+            planned = error_response(404, f"the replay server serves POST /v1/messages only, not {target}")
+            record.status = planned.status
+            return record, planned
+        planned = self._plan(record, body, body_error, count)
+        if self.faults is not None:
+            with self._lock:
+                ordinal = self._answered
+                self._answered += 1
+            planned = self.faults.apply(ordinal, planned)
+        record.status = planned.status
+        return record, planned
+
+    def reject(
+        self, method: str, target: str, headers: Mapping[str, str], planned: PlannedResponse
+    ) -> tuple[RecordedRequest, PlannedResponse]:
+        """Record a request refused before routing (a limit was exceeded) with the answer ``planned``."""
+        record = RecordedRequest(method.upper(), target, dict(headers), None, status=planned.status)
+        with self._lock:
+            self.requests.append(record)
+            self._count += 1
+        return record, planned
+
+    def _plan(self, record: RecordedRequest, body: Any, body_error: str | None, count: int) -> PlannedResponse:
+        if record.method != "POST":
+            return error_response(405, f"method {record.method} not allowed; use POST")
+        if body_error is not None:
+            return error_response(400, body_error)
+        if not isinstance(body, dict):
+            return error_response(400, "request body must be a JSON object")
+        try:
+            fixture = self.selector.choose(record.headers, body)
+        except NoFixtureError as exc:
+            return error_response(exc.status, str(exc))
+        record.fixture = fixture.name
+        headers = [(k, v) for k, v in fixture.headers if k != "content-type"]
+        if not any(k == "request-id" for k, _ in headers):
+            headers.append(("request-id", self.id_format.format(name=fixture.name, count=count)))
+        if body.get("stream") is not True and fixture.status == 200:
+            try:
+                payload = whole_message(fixture)
+            except StreamError as exc:
+                return error_response(500, f"fixture {fixture.name} has no complete message: {exc}")
+            return PlannedResponse(200, (*_JSON, *headers), ((0.0, payload),))
+        headers = [("content-type", fixture.content_type), *headers, ("cache-control", "no-cache")]
+        return PlannedResponse(
+            fixture.status, tuple(headers), self._timed_chunks(fixture), "cut" if fixture.abort else "close"
+        )
+
+    def _timed_chunks(self, fixture: Fixture) -> tuple[tuple[float, bytes], ...]:
+        """The fixture's chunks with the delay before each (seconds since the previous chunk)."""
+        paced = self.pace == "captured"
+        out: list[tuple[float, bytes]] = []
+        last = 0.0  # when the previous non-empty chunk was due
+        for chunk, at in fixture.iter_chunks():
+            if not chunk:
+                continue
+            delay = (at - last) / self.speed if paced and at > last else 0.0
+            last = max(last, at)
+            out.append((delay, chunk))
+        return tuple(out)
