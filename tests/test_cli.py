@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mendstream
 from conftest import BASIC_MESSAGE, BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE
 from mendstream.capture import sidecar_path
 from mendstream.cli import main
@@ -113,6 +115,35 @@ def test_serve_subprocess_with_the_official_sdk(tmp_path: Path) -> None:
         assert line.startswith("base_url: http://127.0.0.1:")
         client = anthropic.Anthropic(base_url=line.split(": ", 1)[1].strip(), api_key="k", max_retries=0)
         with client.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
+            assert s.get_final_text() == "Hello world"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_fault_spec_breaks_requests_in_order(tmp_path: Path) -> None:
+    """`serve --fault 'status(code=529);error(...)'`: request 1 gets a 529, request 2 an overloaded event
+    mid-stream, request 3 the fixture as recorded (later requests are unchanged)."""
+    anthropic = pytest.importorskip("anthropic")
+    (tmp_path / "basic.sse").write_bytes(BASIC_SSE)
+    spec = "status(code=529);error(type=overloaded_error,after_events=3)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mendstream", "serve", str(tmp_path), "--port", "0", "--quiet", "--fault", spec],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("base_url: http://127.0.0.1:")
+        client = anthropic.Anthropic(base_url=line.split(": ", 1)[1].strip(), api_key="k", max_retries=0)
+        params: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        with pytest.raises(anthropic.APIStatusError) as status_error:
+            client.messages.create(**params)
+        assert status_error.value.status_code == 529
+        with pytest.raises(mendstream.APIStreamError) as event_error, mendstream.stream(client, **params) as s:
+            s.until_done()
+        assert event_error.value.error_type == "overloaded_error"
+        with mendstream.stream(client, **params) as s:
             assert s.get_final_text() == "Hello world"
     finally:
         proc.terminate()

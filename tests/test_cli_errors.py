@@ -307,3 +307,14 @@ def test_fuzz_every_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str
                 assert err.startswith("mendstream "), err
             statuses.add(status)
     assert statuses == EXIT_CODES  # the fuzz reached success, failure and usage errors
+
+
+def test_serve_rejects_an_unknown_fault_spec(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mendstream", "serve", str(FIXTURES_DIR), "--port", "0", "--fault", "bogus(x=1)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "mendstream serve: --fault 'bogus(x=1)': unknown fault" in result.stderr
+    assert "SPEC" in result.stderr

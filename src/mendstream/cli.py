@@ -182,8 +182,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{record.method} {record.path} {record.fixture or '-'} {record.status} "
               f"{record.bytes_sent} B {record.ms:.1f} ms", file=sys.stderr, flush=True)
 
+    faults = None
+    if args.fault is not None:
+        from mendstream.faults import parse_fault_spec
+
+        try:
+            faults = parse_fault_spec(args.fault)
+        except UsageError as exc:  # the message names the problem and ends with the SPEC grammar
+            raise CLIError(f"--fault {args.fault!r}: {exc}") from None
+
     server = ReplayServer(
         source,
+        faults=faults,
         host=args.host,
         port=args.port,
         select=args.select,
@@ -336,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from mendstream import __version__
     from mendstream.cache.cli import add_subcommands
+    from mendstream.proxy import add_proxy_subcommand
 
     parser = Parser(
         prog="mendstream",
@@ -379,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-cycle", action="store_true", help="in order mode, answer 404 after the last fixture")
     p.add_argument("--quiet", action="store_true", help="do not log one line per request")
+    p.add_argument(
+        "--fault",
+        metavar="SPEC",
+        help="break responses on purpose (see docs/resilience.md), e.g. 'error(type=overloaded_error);ok' or "
+        "'mix(seed=7):0.2*error+0.05*cut(in=tool)'",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -399,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_capture)
 
     add_subcommands(sub)
+    add_proxy_subcommand(sub)
     return parser
 
 

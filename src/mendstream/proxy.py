@@ -303,17 +303,11 @@ def add_proxy_subcommand(subparsers: Any) -> None:
 
 
 def _proxy_command(args: Any) -> int:
-    import sys
-
+    """Run the proxy in the foreground. Errors are UsageErrors: the CLI prints them as one line (exit 2)."""
     try:
         import httpx  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        print(f"mendstream proxy: needs uvicorn and httpx ({exc}): pip install 'mendstream[proxy]'", file=sys.stderr)
-        return 2
-    try:
-        run_proxy(args.upstream, host=args.host, port=args.port, cache=args.cache, capture=args.capture)
-    except UsageError as exc:
-        print(f"mendstream proxy: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"needs uvicorn and httpx ({exc}): pip install 'mendstream[proxy]'") from None
+    run_proxy(args.upstream, host=args.host, port=args.port, cache=args.cache, capture=args.capture)
     return 0
