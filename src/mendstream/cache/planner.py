@@ -1,20 +1,28 @@
 # The breakpoint planner: turns a strategy's proposals and the caller's own cache_control markers into at
 # most four valid markers (budget, cacheable blocks, minimum prefix length, TTL order), reports what it
-# dropped, and rewrites the payload copy-on-write. Stateless entry points and the per-conversation
-# CachePlanner share one selection routine, so they give the same guarantees.
+# dropped or corrected, and rewrites the payload copy-on-write. Stateless entry points and the
+# per-conversation CachePlanner share one selection routine (_Planning), so they give the same guarantees.
 #
-# Theory of operation
-# -------------------
+# Theory of operation (one _Planning method per step)
+# ---------------------------------------------------
 # 1. Flatten the payload (layout.py): tools, then system, then message blocks, each with a position.
-# 2. Decide the top-level automatic marker: kept, added, or removed according to `automatic` and the
-#    provider profile. It costs one of the four slots and covers the tail.
-# 3. Build one priority list: the caller's tools/system markers (at most two), the strategy's proposals
-#    whose prefix reaches the model's minimum, the caller's remaining tools/system markers, then the
-#    caller's message markers newest first. Take positions in that order until the budget is spent.
-#    Caller markers that did not fit, or sit on blocks that cannot carry a marker, are dropped and
-#    reported; this is what makes markers accumulated in a stored history harmless.
-# 4. Enforce TTL order: once a 5m marker appears, a later 1h marker is lowered to 5m (reported).
-# 5. Rewrite: only containers holding a changed block are copied (layout.rewrite_markers).
+#    A malformed payload stops here with a CachePayloadError naming the field.
+# 2. Read the caller's markers (caller_markers): every cache_control counts, including those nested in a
+#    tool_result's content (the API counts them too: a kept one moves to the enclosing block). A marker
+#    that is not an object is dropped; a fixable one (bad type or ttl, extra keys) is corrected. Both
+#    are reported.
+# 3. Decide the top-level automatic marker (top_level): kept, added, or removed according to
+#    `automatic` and the provider profile. It costs one of the four slots and covers the tail.
+# 4. Build one priority list (priorities): the caller's tools/system markers (at most two), the
+#    strategy's proposals whose prefix reaches the model's minimum, the caller's remaining tools/system
+#    markers, then the caller's message markers newest first.
+# 5. Take positions in that order until the budget is spent (select). Caller markers that did not fit,
+#    or sit on blocks that cannot carry a marker, are dropped and reported; this is what makes markers
+#    accumulated in a stored history harmless.
+# 6. Enforce TTL order (assign_ttls): once a 5m marker appears, a later 1h marker is lowered to 5m.
+# 7. A top-level marker the provider cannot take passes its job (the tail) to an explicit marker
+#    (replace_top_level).
+# 8. Rewrite (layout.rewrite_markers): only containers holding a changed block are copied; report.
 from __future__ import annotations
 
 import warnings
@@ -23,7 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .layout import MESSAGES, REGION_NAMES, SYSTEM, TOOLS, Layout, rewrite_markers
+from ..errors import CachePayloadError, UsageError
+from .layout import MESSAGES, REGION_NAMES, SYSTEM, TOOLS, TTLS, Layout, marker_ttl, normalise_marker, rewrite_markers
 from .strategies import (
     STRATEGIES,
     Candidate,
@@ -62,7 +71,6 @@ TTL = Literal["5m", "1h"]
 #: every marker is removed so that nothing downstream can count more than four.
 Provider = Literal["anthropic", "bedrock", "vertex", "prefix-auto"]
 PROVIDERS: Final = ("anthropic", "bedrock", "vertex", "prefix-auto")
-_TTLS: Final = ("5m", "1h")
 _CALLER_PREFIX_FIRST: Final = 2
 
 
@@ -93,7 +101,11 @@ class Breakpoint:
 
 @dataclass(frozen=True, slots=True)
 class DroppedMarker:
-    """A ``cache_control`` the caller placed that is not in the output, and why."""
+    """A ``cache_control`` the caller placed that is not in the output as placed, and why.
+
+    ``marker`` is the caller's value. ``path`` locates a marker nested inside the content of the
+    ``tool_result`` at ``location`` (e.g. ``messages[3].content[0].content[1]``); ``None`` otherwise.
+    """
 
     position: int
     region: Region
@@ -101,6 +113,7 @@ class DroppedMarker:
     block_type: str
     marker: Any
     reason: str
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +123,8 @@ class PlacementReport:
     ``breakpoints`` in prefix order (the top-level automatic marker last); ``dropped`` caller markers;
     ``ttl_lowered`` positions whose ``1h`` TTL became ``5m`` to keep longer TTLs first (``-1`` is the
     top-level marker); ``too_short`` strategy proposals skipped because their prefix is under
-    ``min_tokens``.
+    ``min_tokens``; ``normalised`` caller markers that are in the output in a corrected form (an invalid
+    ``type``/``ttl`` fixed, or moved out of a ``tool_result``'s content to the enclosing block).
     """
 
     strategy: str
@@ -121,6 +135,7 @@ class PlacementReport:
     ttl_lowered: tuple[int, ...] = ()
     too_short: tuple[Candidate, ...] = ()
     automatic: bool = False
+    normalised: tuple[DroppedMarker, ...] = ()
 
     def table(self) -> str:
         """A plain-text table of the breakpoints and drops, as ``mendstream cache plan`` prints it."""
@@ -136,7 +151,10 @@ class PlacementReport:
             f"{self.min_tokens} tokens; strategy {self.strategy}; provider {self.provider}"
         )
         for d in self.dropped:
-            lines.append(f"dropped caller marker at {_where(d.region, d.location)} ({d.block_type}): {d.reason}")
+            where = d.path or _where(d.region, d.location)
+            lines.append(f"dropped caller marker at {where} ({d.block_type}): {d.reason}")
+        for d in self.normalised:
+            lines.append(f"corrected caller marker at {d.path or _where(d.region, d.location)}: {d.reason}")
         for c in self.too_short:
             lines.append(f"skipped position {c.position} ({c.reason}): prefix under {self.min_tokens} tokens")
         for pos in self.ttl_lowered:
@@ -148,6 +166,8 @@ def _where(region: str, location: tuple[int, int]) -> str:
     outer, inner = location
     if region == "messages":
         return f"messages[{outer}]" + ("" if inner < 0 else f".content[{inner}]")
+    if outer < 0:
+        return "top-level"
     if region == "system" and inner == -2:
         return "system"
     return f"{region}[{outer}]"
@@ -164,35 +184,60 @@ class _Options:
     lookback: int
 
 
+def _choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise UsageError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _resolve(
-    strategy: str,
-    model: str | None,
-    ttl: str | Mapping[Any, str] | None,
-    min_tokens: int | Mapping[str, int] | None,
-    automatic: bool | None,
-    provider: str,
-    lookback: int,
+    strategy: Any,
+    model: Any,
+    ttl: Any,
+    min_tokens: Any,
+    automatic: Any,
+    provider: Any,
+    lookback: Any,
 ) -> _Options:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown cache strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; allowed: {', '.join(PROVIDERS)}")
+    """Check every option once, before any work. Raises UsageError naming the argument and what is allowed."""
+    _choice("cache strategy", strategy, list(STRATEGIES))
+    _choice("provider", provider, PROVIDERS)
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"model must be a model id string or None, not {model!r}")
     if isinstance(ttl, str) or ttl is None:
         ttl_map: dict[str, str] = {} if ttl is None else dict.fromkeys(REGION_NAMES, ttl)
-    else:
-        unknown = set(ttl) - set(REGION_NAMES)
+    elif isinstance(ttl, Mapping):
+        unknown = set(map(str, ttl)) - set(REGION_NAMES)
         if unknown:
-            raise ValueError(f"unknown ttl region(s) {sorted(unknown)}; allowed: {', '.join(REGION_NAMES)}")
+            raise UsageError(f"unknown ttl region(s) {sorted(unknown)}; allowed: {', '.join(REGION_NAMES)}")
         ttl_map = dict(ttl)
+    else:
+        raise UsageError(f"ttl must be '5m', '1h', None or a mapping of region to ttl, not {ttl!r}")
     for value in ttl_map.values():
-        if value not in _TTLS:
-            raise ValueError(f"unknown ttl {value!r}; allowed: 5m, 1h")
-    if not isinstance(lookback, int) or lookback < 1:
-        raise ValueError("lookback must be a positive integer")
+        if not isinstance(value, str) or value not in TTLS:
+            raise UsageError(f"unknown ttl {value!r}; allowed: 5m, 1h")
+    if isinstance(min_tokens, Mapping):
+        for key, value in min_tokens.items():
+            if not isinstance(key, str) or not _count(value):
+                raise UsageError(
+                    f"min_tokens must map model-id prefixes to non-negative integers; got {key!r}: {value!r}"
+                )
+    elif min_tokens is not None and not _count(min_tokens):
+        raise UsageError(
+            f"min_tokens must be a non-negative integer, a mapping of model-id prefix to integer, or None; "
+            f"got {min_tokens!r}"
+        )
+    if automatic is not None and not isinstance(automatic, bool):
+        raise UsageError(f"automatic must be True, False or None, not {automatic!r}")
+    if not _count(lookback) or lookback < 1:
+        raise UsageError(f"lookback must be a positive integer, not {lookback!r}")
     if strategy == "automatic" and provider != "anthropic":
-        raise ValueError(f"strategy 'automatic' is not available for provider {provider!r}")
+        raise UsageError(f"strategy 'automatic' is not available for provider {provider!r}")
     if automatic and provider in ("bedrock", "vertex", "prefix-auto"):
-        raise ValueError(f"provider {provider!r} has no top-level automatic caching; use automatic=False/None")
+        raise UsageError(f"provider {provider!r} has no top-level automatic caching; use automatic=False/None")
     return _Options(strategy, model, ttl_map, min_tokens, automatic, provider, lookback)
 
 
@@ -200,21 +245,13 @@ def _marker(ttl: str | None) -> dict[str, str]:
     return {"type": "ephemeral"} if ttl is None else {"type": "ephemeral", "ttl": ttl}
 
 
-def _ttl_of(marker: Any) -> str:
-    if isinstance(marker, Mapping):
-        return str(marker.get("ttl", "5m"))
-    return "5m"
+@dataclass(slots=True)
+class _CallerMarker:
+    """The caller's request for a breakpoint at one block: the marker to send (normalised) and every
+    original it stands for, as ``(path or None, value, what was corrected or None)``."""
 
-
-def _dropped(layout: Layout, pos: int, reason: str) -> DroppedMarker:
-    return DroppedMarker(
-        pos,
-        REGION_NAMES[layout.region[pos]],
-        (layout.outer[pos], layout.inner[pos]),
-        layout.block_type(pos),
-        layout.markers[pos],
-        reason,
-    )
+    marker: Any
+    originals: list[tuple[str | None, Any, str | None]]
 
 
 @dataclass(slots=True)
@@ -226,6 +263,233 @@ class _Plan:
     tail: int | None = None
 
 
+class _Planning:
+    """One planning pass over one payload. Each method is one step of the theory of operation above;
+    they run in the order :func:`_plan` calls them and share what earlier steps found."""
+
+    def __init__(self, payload: Mapping[str, Any], opts: _Options, layout: Layout) -> None:
+        self.opts = opts
+        self.layout = layout
+        self.minimum = min_cacheable_tokens(opts.model or str(payload.get("model") or ""), opts.min_tokens)
+        self.dropped: list[DroppedMarker] = []
+        self.normalised: list[DroppedMarker] = []
+        self.lowered: list[int] = []
+        self.too_short: list[Candidate] = []
+        self.caller: dict[int, _CallerMarker] = {}
+        self.chosen: dict[int, tuple[Source, str]] = {}
+        self.wanted: dict[int, Any] = {}
+        self.top_raw = payload.get("cache_control")
+        self.top: Any = None  # the caller's top-level marker, normalised (None: absent or unreadable)
+        self.top_value: Any = None  # the top-level marker of the output
+        self.use_auto = False
+
+    # -- reporting helpers -------------------------------------------------------------------------
+    def _note(self, into: list[DroppedMarker], pos: int, path: str | None, value: Any, reason: str) -> None:
+        layout = self.layout
+        into.append(
+            DroppedMarker(
+                pos,
+                REGION_NAMES[layout.region[pos]],
+                (layout.outer[pos], layout.inner[pos]),
+                layout.block_type(pos),
+                value,
+                reason,
+                path,
+            )
+        )
+
+    def drop_caller(self, pos: int, reason: str) -> None:
+        for path, value, _ in self.caller.pop(pos).originals:
+            self._note(self.dropped, pos, path, value, reason)
+
+    # -- step 2 ------------------------------------------------------------------------------------
+    def caller_markers(self) -> None:
+        layout = self.layout
+        for pos, value in layout.markers.items():
+            marker, fault = normalise_marker(value)
+            if marker is None:
+                self._note(self.dropped, pos, None, value, str(fault))
+            else:
+                self.caller[pos] = _CallerMarker(marker, [(None, value, fault)])
+        for pos, found in layout.nested.items():
+            for path, value in found:
+                marker, fault = normalise_marker(value)
+                if marker is None:
+                    self._note(self.dropped, pos, path, value, str(fault))
+                    continue
+                moved = "inside a tool_result's content: moved to the enclosing tool_result block"
+                reason = moved if fault is None else f"{moved}; {fault}"
+                entry = self.caller.get(pos)
+                if entry is None:
+                    self.caller[pos] = _CallerMarker(marker, [(path, value, reason)])
+                else:  # one block carries one marker: the others asked for the same prefix
+                    entry.originals.append((path, value, reason + " (merged with another marker there)"))
+        if self.top_raw is not None:
+            self.top, fault = normalise_marker(self.top_raw)
+            if self.top is None:
+                self.dropped.append(DroppedMarker(-1, "messages", (-1, -1), "top-level", self.top_raw, str(fault)))
+            elif fault is not None:
+                self.normalised.append(DroppedMarker(-1, "messages", (-1, -1), "top-level", self.top_raw, fault))
+
+    def strip_all(self) -> None:
+        """Strategy ``none`` and prefix-caching providers: every block marker goes, without warning."""
+        why = (
+            "strategy 'none' disables caching"
+            if self.opts.strategy == "none"
+            else "provider caches by prefix and ignores markers"
+        )
+        for pos in sorted(self.caller):
+            self.drop_caller(pos, why)
+        self.dropped.sort(key=lambda d: d.position)
+
+    # -- step 3 ------------------------------------------------------------------------------------
+    def top_level(self) -> None:
+        opts = self.opts
+        if opts.strategy == "automatic":
+            self.use_auto = True
+        elif opts.automatic is None:
+            self.use_auto = self.top is not None and opts.provider == "anthropic"
+        else:
+            self.use_auto = opts.automatic
+        if self.use_auto:
+            self.top_value = self.top if self.top is not None else _marker(opts.ttl.get("messages"))
+
+    @property
+    def budget(self) -> int:
+        return MAX_BREAKPOINTS - (1 if self.use_auto else 0)
+
+    # -- step 4 ------------------------------------------------------------------------------------
+    def priorities(self, propose: Callable[[StrategyContext], list[Candidate]]) -> list[tuple[int, Source, str]]:
+        layout = self.layout
+        region = layout.region
+        caller_prefix = sorted((p for p in self.caller if region[p] != MESSAGES), key=lambda p: (-region[p], -p))
+        caller_messages = sorted((p for p in self.caller if region[p] == MESSAGES), reverse=True)
+        order: list[tuple[int, Source, str]] = []  # (position, source, reason)
+        order += [(p, "caller", "caller's marker (tools/system)") for p in caller_prefix[:_CALLER_PREFIX_FIRST]]
+        for cand in propose(StrategyContext(layout, self.opts.lookback, self.use_auto)):
+            pos = layout.last_cacheable(cand.position)
+            if pos is None:
+                continue
+            if not layout.reaches(pos, self.minimum):
+                self.too_short.append(cand)
+                continue
+            order.append((pos, "strategy", cand.reason))
+        order += [(p, "caller", "caller's marker (tools/system)") for p in caller_prefix[_CALLER_PREFIX_FIRST:]]
+        order += [(p, "caller", "caller's marker (messages)") for p in caller_messages]
+        return order
+
+    # -- step 5 ------------------------------------------------------------------------------------
+    def select(self, order: list[tuple[int, Source, str]]) -> None:
+        layout, chosen, budget = self.layout, self.chosen, self.budget
+        for pos, source, reason in order:
+            if pos in chosen or (source == "caller" and pos not in self.caller):
+                continue
+            if source == "caller" and not layout.cacheable[pos]:
+                self.drop_caller(pos, "this block type cannot carry cache_control")
+                continue
+            if len(chosen) < budget:
+                chosen[pos] = (source, reason)
+            elif source == "caller":
+                self.drop_caller(pos, f"over the limit of {MAX_BREAKPOINTS} breakpoints")
+        for pos in sorted(self.caller):
+            if pos not in chosen:  # every caller marker is in `order`; this only guards the invariant
+                self.drop_caller(pos, f"over the limit of {MAX_BREAKPOINTS} breakpoints")
+
+    # -- step 6 ------------------------------------------------------------------------------------
+    def assign_ttls(self) -> None:
+        seen_short = False
+        for pos in sorted(self.chosen):
+            entry = self.caller.get(pos)
+            if entry is not None:
+                marker = entry.marker  # the caller's own marker, TTL included, wins over ours
+                for path, value, fault in entry.originals:
+                    if fault is not None:
+                        self._note(self.normalised, pos, path, value, fault)
+            else:
+                marker = _marker(self.opts.ttl.get(REGION_NAMES[self.layout.region[pos]]))
+            if marker_ttl(marker) == "1h" and seen_short:
+                marker = {**marker, "ttl": "5m"}
+                self.lowered.append(pos)
+            elif marker_ttl(marker) != "1h":
+                seen_short = True
+            self.wanted[pos] = marker
+        if self.top_value is not None and marker_ttl(self.top_value) == "1h" and seen_short:
+            self.top_value = {**self.top_value, "ttl": "5m"}
+            self.lowered.append(-1)
+
+    # -- step 7 ------------------------------------------------------------------------------------
+    def replace_top_level(self) -> None:
+        if self.top is None or self.top_value is not None:
+            return
+        if self.opts.provider != "anthropic":
+            why = f"provider {self.opts.provider!r} has no top-level automatic caching"
+        else:
+            why = "automatic=False removes the top-level marker"
+        self.dropped.append(DroppedMarker(-1, "messages", (-1, -1), "top-level", self.top_raw, why))
+        # its job (covering the tail) passes to an explicit marker when the budget allows
+        layout, chosen, wanted = self.layout, self.chosen, self.wanted
+        t = tail(layout)
+        if t is not None and t not in chosen and len(chosen) < self.budget and layout.reaches(t, self.minimum):
+            chosen[t] = ("strategy", "current tail (replaces the top-level marker)")
+            wanted[t] = _marker(self.opts.ttl.get("messages"))
+            if marker_ttl(wanted[t]) == "1h" and any(marker_ttl(wanted[p]) != "1h" for p in wanted if p < t):
+                wanted[t] = _marker("5m")
+                self.lowered.append(t)
+
+    # -- step 8 ------------------------------------------------------------------------------------
+    def output(self) -> dict[str, Any]:
+        if self.top_value is None:
+            top_arg: Any = None if self.top_raw is not None else ...
+        else:
+            top_arg = ... if self.top_value is self.top_raw else self.top_value
+        return rewrite_markers(self.layout, self.wanted, top_level=top_arg)
+
+    def report(self, *, estimate: bool) -> tuple[PlacementReport, int | None]:
+        layout, chosen = self.layout, self.chosen
+        prefix = layout.prefix_tokens() if estimate else None
+        breakpoints = [
+            Breakpoint(
+                pos,
+                REGION_NAMES[layout.region[pos]],
+                (layout.outer[pos], layout.inner[pos]),
+                layout.roles[pos],
+                layout.block_type(pos),
+                marker_ttl(self.wanted[pos]),
+                chosen[pos][1],
+                chosen[pos][0],
+                None if prefix is None else prefix[pos],
+            )
+            for pos in sorted(chosen)
+        ]
+        auto_pos = tail(layout) if self.use_auto else None
+        if self.top_value is not None:
+            breakpoints.append(
+                Breakpoint(
+                    -1 if auto_pos is None else auto_pos,
+                    "messages",
+                    (-1, -1),
+                    "",
+                    "top-level",
+                    marker_ttl(self.top_value),
+                    "automatic caching: the API marks the last cacheable block",
+                    "automatic",
+                    None if prefix is None or auto_pos is None else prefix[auto_pos],
+                )
+            )
+        report = PlacementReport(
+            self.opts.strategy,
+            self.opts.provider,
+            self.minimum,
+            tuple(breakpoints),
+            tuple(self.dropped),
+            tuple(self.lowered),
+            tuple(self.too_short),
+            self.use_auto,
+            tuple(self.normalised),
+        )
+        return report, auto_pos
+
+
 def _plan(
     payload: Mapping[str, Any],
     opts: _Options,
@@ -234,157 +498,45 @@ def _plan(
     estimate: bool,
     layout: Layout | None = None,
 ) -> _Plan:
-    if not isinstance(payload, Mapping):
-        raise TypeError(f"payload must be a mapping (a Messages API request body), not {type(payload).__name__}")
+    """Run the steps of the theory of operation on ``payload``. Raises CachePayloadError (step 1)."""
     layout = layout or Layout.of(payload)
-    minimum = min_cacheable_tokens(opts.model or str(payload.get("model") or ""), opts.min_tokens)
-    top = payload.get("cache_control")
-    dropped: list[DroppedMarker] = []
-    lowered: list[int] = []
+    try:
+        work = _Planning(payload, opts, layout)
+        work.caller_markers()
+        if opts.strategy == "none" or opts.provider == "prefix-auto":
+            work.strip_all()
+            out = rewrite_markers(layout, {}, top_level=None if work.top_raw is not None else ...)
+            report = PlacementReport(opts.strategy, opts.provider, work.minimum, (), tuple(work.dropped))
+            return _Plan(out, report, layout)
+        work.top_level()
+        work.select(work.priorities(propose))
+        work.assign_ttls()
+        work.replace_top_level()
+        out = work.output()
+        report, auto_pos = work.report(estimate=estimate)
+    except RecursionError:
+        # a block nested deeper than the interpreter can walk (hashing and token estimates recurse)
+        raise CachePayloadError(
+            "payload nested too deeply to plan (a tool input or block deeper than Python's recursion limit)",
+            field="payload",
+        ) from None
+    return _Plan(out, report, layout, sorted(work.chosen), auto_pos)
 
-    strip_all = opts.strategy == "none" or opts.provider == "prefix-auto"
-    if strip_all:
-        why = (
-            "strategy 'none' disables caching"
-            if opts.strategy == "none"
-            else "provider caches by prefix and ignores markers"
-        )
-        dropped = [_dropped(layout, pos, why) for pos in sorted(layout.markers)]
-        out = rewrite_markers(layout, {}, top_level=None if top is not None else ...)
-        report = PlacementReport(opts.strategy, opts.provider, minimum, (), tuple(dropped))
-        return _Plan(out, report, layout)
 
-    auto_allowed = opts.provider == "anthropic"
-    if opts.strategy == "automatic":
-        use_auto = True
-    elif opts.automatic is None:
-        use_auto = top is not None and auto_allowed
-    else:
-        use_auto = opts.automatic
-    top_value: Any
-    if use_auto:
-        top_value = top if top is not None else _marker(opts.ttl.get("messages"))
-    else:
-        top_value = None
-
-    budget = MAX_BREAKPOINTS - (1 if use_auto else 0)
-    ctx = StrategyContext(layout, opts.lookback, use_auto)
-    region = layout.region
-
-    caller_prefix = sorted((p for p in layout.markers if region[p] != MESSAGES), key=lambda p: (-region[p], -p))
-    caller_messages = sorted((p for p in layout.markers if region[p] == MESSAGES), reverse=True)
-    order: list[tuple[int, Source, str]] = []  # (position, source, reason)
-    order += [(p, "caller", "caller's marker (tools/system)") for p in caller_prefix[:_CALLER_PREFIX_FIRST]]
-    too_short: list[Candidate] = []
-    for cand in propose(ctx):
-        pos = layout.last_cacheable(cand.position)
-        if pos is None:
-            continue
-        if not layout.reaches(pos, minimum):
-            too_short.append(cand)
-            continue
-        order.append((pos, "strategy", cand.reason))
-    order += [(p, "caller", "caller's marker (tools/system)") for p in caller_prefix[_CALLER_PREFIX_FIRST:]]
-    order += [(p, "caller", "caller's marker (messages)") for p in caller_messages]
-
-    chosen: dict[int, tuple[Source, str]] = {}
-    for pos, source, reason in order:
-        if pos in chosen:
-            continue
-        if source == "caller" and not layout.cacheable[pos]:
-            dropped.append(_dropped(layout, pos, "this block type cannot carry cache_control"))
-            continue
-        if len(chosen) < budget:
-            chosen[pos] = (source, reason)
-        elif source == "caller":
-            dropped.append(_dropped(layout, pos, f"over the limit of {MAX_BREAKPOINTS} breakpoints"))
-
-    wanted: dict[int, Any] = {}
-    seen_short = False
-    for pos in sorted(chosen):
-        if pos in layout.markers and layout.cacheable[pos]:
-            marker = layout.markers[pos]  # the caller's own marker, TTL included, wins over ours
-        else:
-            marker = _marker(opts.ttl.get(REGION_NAMES[region[pos]]))
-        if _ttl_of(marker) == "1h" and seen_short:
-            marker = {**marker, "ttl": "5m"}
-            lowered.append(pos)
-        elif _ttl_of(marker) != "1h":
-            seen_short = True
-        wanted[pos] = marker
-    if top_value is not None and _ttl_of(top_value) == "1h" and seen_short:
-        top_value = {**top_value, "ttl": "5m"}
-        lowered.append(-1)
-
-    if top is not None and top_value is None:
-        if opts.provider != "anthropic":
-            why = f"provider {opts.provider!r} has no top-level automatic caching"
-        else:
-            why = "automatic=False removes the top-level marker"
-        dropped.append(DroppedMarker(-1, "messages", (-1, -1), "top-level", top, why))
-        # its job (covering the tail) passes to an explicit marker when the budget allows
-        t = tail(layout)
-        if t is not None and t not in chosen and len(chosen) < budget and layout.reaches(t, minimum):
-            chosen[t] = ("strategy", "current tail (replaces the top-level marker)")
-            wanted[t] = _marker(opts.ttl.get("messages"))
-            if _ttl_of(wanted[t]) == "1h" and any(_ttl_of(wanted[p]) != "1h" for p in wanted if p < t):
-                wanted[t] = _marker("5m")
-                lowered.append(t)
-    top_arg: Any = ... if top_value is top else top_value
-    out = rewrite_markers(layout, wanted, top_level=top_arg)
-
-    prefix = layout.prefix_tokens() if estimate else None
-    breakpoints = [
-        Breakpoint(
-            pos,
-            REGION_NAMES[region[pos]],
-            (layout.outer[pos], layout.inner[pos]),
-            layout.roles[pos],
-            layout.block_type(pos),
-            _ttl_of(wanted[pos]),
-            chosen[pos][1],
-            chosen[pos][0],
-            None if prefix is None else prefix[pos],
-        )
-        for pos in sorted(chosen)
-    ]
-    auto_pos = tail(layout) if use_auto else None
-    if top_value is not None:
-        breakpoints.append(
-            Breakpoint(
-                -1 if auto_pos is None else auto_pos,
-                "messages",
-                (-1, -1),
-                "",
-                "top-level",
-                _ttl_of(top_value),
-                "automatic caching: the API marks the last cacheable block",
-                "automatic",
-                None if prefix is None or auto_pos is None else prefix[auto_pos],
-            )
-        )
-    report = PlacementReport(
-        opts.strategy,
-        opts.provider,
-        minimum,
-        tuple(breakpoints),
-        tuple(dropped),
-        tuple(lowered),
-        tuple(too_short),
-        use_auto,
-    )
-    plan = _Plan(out, report, layout, sorted(chosen), auto_pos)
-    return plan
+def _describe(markers: tuple[DroppedMarker, ...]) -> str:
+    return "; ".join(f"{d.path or _where(d.region, d.location)}: {d.reason}" for d in markers)
 
 
 def _warn(report: PlacementReport, stacklevel: int) -> None:
     if report.dropped and report.strategy != "none":
-        detail = "; ".join(
-            f"{_where(d.region, d.location)}: {d.reason}" if d.position >= 0 else f"top-level: {d.reason}"
-            for d in report.dropped
-        )
         warnings.warn(
-            f"{len(report.dropped)} cache_control marker(s) dropped: {detail}",
+            f"{len(report.dropped)} cache_control marker(s) dropped: {_describe(report.dropped)}",
+            CacheMarkerWarning,
+            stacklevel=stacklevel + 1,
+        )
+    if report.normalised:
+        warnings.warn(
+            f"{len(report.normalised)} cache_control marker(s) corrected: {_describe(report.normalised)}",
             CacheMarkerWarning,
             stacklevel=stacklevel + 1,
         )
@@ -459,9 +611,17 @@ def place_cache_breakpoints(
             ``prefix-auto`` (markers ignored by the provider: all are removed).
         lookback: blocks the provider walks back from a breakpoint (20 for Anthropic).
 
+    Caller markers that are not valid are never passed on: one that is not an object (``"yes"``) is
+    dropped; a fixable one (``ttl`` ``"2h"`` or ``3600``, ``type`` ``"persistent"``, unknown keys) is
+    corrected (see :func:`~.layout.normalise_marker`); markers nested in a ``tool_result``'s content
+    count against the budget and, when kept, move to the enclosing block. All of it is reported.
+
     Raises:
-        ValueError: an unknown strategy, provider, TTL or region, or ``automatic=True`` for a provider
-            without it. TypeError: ``payload`` is not a mapping.
+        UsageError: a bad option (an unknown strategy, provider, TTL or region, ``min_tokens`` that is not
+            a non-negative integer or mapping, ``model`` that is not a string, ``automatic=True`` for a
+            provider without it); the message names the argument and the allowed values.
+        CachePayloadError: ``payload`` is not a mapping or one of its fields has the wrong shape
+            (``"content": 5``, ``"tools": "x"``), naming the field; a subclass of UsageError and TypeError.
     """
     opts = _resolve(strategy, model, ttl, min_tokens, automatic, provider, lookback)
     plan = _plan(payload, opts, STRATEGIES[strategy], estimate=False)
@@ -502,6 +662,10 @@ class CachePlanner:
         warn: bool = True,
     ) -> None:
         self._opts = _resolve("default", model, ttl, min_tokens, automatic, provider, lookback)
+        if not _count(memory) or memory < 1:
+            raise UsageError(f"memory must be a positive integer (written prefixes to remember), not {memory!r}")
+        if not isinstance(warn, bool):
+            raise UsageError(f"warn must be True or False, not {warn!r}")
         self._memory = memory
         self._warn = warn
         self._written: OrderedDict[bytes, None] = OrderedDict()
@@ -531,10 +695,11 @@ class CachePlanner:
 
     def plan(self, payload: Mapping[str, Any], /) -> tuple[dict[str, Any], PlacementReport]:
         """Like :meth:`place` but return ``(new_payload, report)`` and never warn."""
-        layout = Layout.of(payload) if isinstance(payload, Mapping) else None
-        if layout is None:
-            raise TypeError(f"payload must be a mapping, not {type(payload).__name__}")
-        chain = layout.prefix_hashes()
+        layout = Layout.of(payload)
+        try:
+            chain = layout.prefix_hashes()
+        except RecursionError:
+            raise CachePayloadError("payload nested too deeply to hash", field="payload") from None
         plan = _plan(payload, self._opts, lambda ctx: self._propose(ctx, chain), estimate=True, layout=layout)
         self._remember(chain, plan)
         self.last_report = plan.report
