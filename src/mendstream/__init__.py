@@ -9,6 +9,7 @@ from typing import Any
 from .errors import (
     APIStreamError,
     BufferLimitError,
+    CachePayloadError,
     EventDecodeError,
     IncompleteStreamError,
     ProtocolError,
@@ -28,6 +29,7 @@ __all__ = [
     "APIStreamError",
     "AsyncMessageStream",
     "BufferLimitError",
+    "CachePayloadError",
     "CachePlanner",
     "CacheStats",
     "Data",

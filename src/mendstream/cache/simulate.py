@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .layout import REGION_NAMES, Layout
+from ..errors import UsageError
+from .layout import REGION_NAMES, Layout, marker_ttl, normalise_marker
 from .planner import MAX_BREAKPOINTS
 from .tokens import min_cacheable_tokens
 
@@ -37,8 +38,9 @@ PRICE_READ: Final = 0.1
 TTL_SECONDS: Final = {"5m": 300.0, "1h": 3600.0}
 
 
-class SessionFormatError(ValueError):
-    """A SESSION.jsonl line is not a payload or a ``{"payload": ...}`` record. ``.line`` is 1-based."""
+class SessionFormatError(UsageError):
+    """A SESSION.jsonl line is not a payload or a ``{"payload": ...}`` record. ``.line`` is 1-based.
+    Part of mendstream's hierarchy (a :class:`~mendstream.UsageError`, hence also a ``ValueError``)."""
 
     def __init__(self, message: str, line: int) -> None:
         super().__init__(f"line {line}: {message}")
@@ -288,25 +290,29 @@ def _scaled_prefix(layout: Layout, usage: Mapping[str, Any] | None, memo: dict[i
 
 
 def _validate(layout: Layout, top: Any) -> str | None:
-    count = len(layout.markers) + (top is not None)
+    """The 400 the API would answer, or None. Every ``cache_control`` counts, nested ones included."""
+    nested = sum(len(found) for found in layout.nested.values())
+    count = len(layout.markers) + nested + (top is not None)
     if count > MAX_BREAKPOINTS:
         return f"400: A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."
     for pos in sorted(layout.markers):
         if not layout.cacheable[pos]:
             return f"400: cache_control cannot be set on a {layout.block_type(pos)} block (position {pos})"
+    # prefix order: a nested marker closes a prefix inside its tool_result, before the block's own marker
+    placed = [(p, 0, m) for p, found in layout.nested.items() for _, m in found]
+    placed += [(p, 1, m) for p, m in layout.markers.items()]
+    markers = [m for _, _, m in sorted(placed, key=lambda x: x[:2])] + ([top] if top is not None else [])
+    for marker in markers:
+        _, fault = normalise_marker(marker)
+        if fault is not None:
+            return f"400: {fault}"
     seen_short = False
-    ttls = [_ttl(layout.markers[p]) for p in sorted(layout.markers)] + ([_ttl(top)] if top is not None else [])
-    for ttl in ttls:
-        if ttl not in TTL_SECONDS:
-            return f"400: unknown cache ttl {ttl!r}"
+    for marker in markers:
+        ttl = marker_ttl(marker)
         if ttl == "1h" and seen_short:
             return "400: a ttl='1h' cache_control block comes after a ttl='5m' one"
         seen_short = seen_short or ttl == "5m"
     return None
-
-
-def _ttl(marker: Any) -> str:
-    return str(marker.get("ttl", "5m")) if isinstance(marker, Mapping) else "5m"
 
 
 def simulate(
@@ -322,9 +328,12 @@ def simulate(
 
     Rules, per request at time ``t`` (its ``timestamp``, else the previous one plus ``interval`` seconds):
 
-    * Validation: more than 4 markers (block markers plus a top-level ``cache_control``), a marker on a
-      thinking/redacted_thinking/empty text block, or a 1h marker after a 5m one: an error, nothing billed.
-    * Breakpoints: every block marker, plus the last cacheable block when a top-level marker is present.
+    * Validation: more than 4 markers (block markers, markers nested in a ``tool_result``'s content and a
+      top-level ``cache_control``), a marker on a thinking/redacted_thinking/empty text block, a marker
+      that is not ``{"type": "ephemeral"}`` with an optional ``ttl`` of ``5m``/``1h``, or a 1h marker after
+      a 5m one: an error, nothing billed.
+    * Breakpoints: every block marker (a nested marker counts at its enclosing ``tool_result``), plus the
+      last cacheable block when a top-level marker is present.
     * Prefix identity: a hash chained over blocks (tools, system, messages), ``cache_control`` excluded;
       the model and ``tool_choice``/``thinking`` settings are part of it (see :meth:`Layout.prefix_hashes`).
     * Reads: from each breakpoint, walk back over at most ``lookback`` blocks (the breakpoint itself is the
@@ -351,6 +360,8 @@ def simulate(
         prefix = _scaled_prefix(layout, entry.usage, token_memo)
         total = prefix[-1] if prefix else 0
         breakpoints = dict(layout.markers)
+        for pos, inside in layout.nested.items():  # approximated by the enclosing block's prefix
+            breakpoints.setdefault(pos, inside[0][1])
         if top is not None:
             auto = layout.last_cacheable(len(layout) - 1)
             if auto is not None and auto not in breakpoints:
@@ -376,7 +387,7 @@ def simulate(
         for b in sorted(breakpoints):
             if b <= read_at or prefix[b] < minimum:
                 continue
-            ttl = _ttl(breakpoints[b])
+            ttl = marker_ttl(breakpoints[b])
             written[ttl] += prefix[b] - covered
             covered = prefix[b]
             seconds = TTL_SECONDS[ttl]
