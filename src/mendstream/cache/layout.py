@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -222,20 +222,27 @@ class Layout:
             return layout
         if not isinstance(messages, list | tuple):
             raise CachePayloadError(f"messages must be a list of messages, not {_kind(messages)}", field="messages")
+        layout.add_messages(messages, 0)
+        return layout
+
+    def add_messages(self, messages: Sequence[Any], start: int) -> None:
+        """Append ``messages[start:]`` (the messages before ``start`` are already in this layout). Raises
+        CachePayloadError as :meth:`of` does."""
         # The hot loop of the stateless planner (a 2,000-block history): exact type checks and bound
         # methods, because ABC isinstance checks and attribute lookups dominate at this size.
-        r_add, o_add, i_add = layout.region.append, layout.outer.append, layout.inner.append
-        b_add, role_add, c_add = layout.blocks.append, layout.roles.append, layout.cacheable.append
-        blocks, markers, span = layout.blocks, layout.markers, layout.message_span
+        r_add, o_add, i_add = self.region.append, self.outer.append, self.inner.append
+        b_add, role_add, c_add = self.blocks.append, self.roles.append, self.cacheable.append
+        blocks, markers, span = self.blocks, self.markers, self.message_span
         unmarkable = _UNMARKABLE_TYPES
-        for m, message in enumerate(messages):
+        for m in range(start, len(messages)):
+            message = messages[m]
             if type(message) is not dict and not isinstance(message, Mapping):
                 raise CachePayloadError(
                     f"messages[{m}] must be a message object, not {_kind(message)}", field=f"messages[{m}]"
                 )
             role = message.get("role", "")
             content = message.get("content")
-            start = len(blocks)
+            first = len(blocks)
             if type(content) is str:
                 if content:
                     r_add(MESSAGES), o_add(m), i_add(-1), b_add(content), role_add(role), c_add(True)
@@ -243,10 +250,10 @@ class Layout:
                 for b, block in enumerate(content):
                     if type(block) is dict:
                         if "cache_control" in block:
-                            markers[start + b] = block["cache_control"]
+                            markers[first + b] = block["cache_control"]
                         kind = block.get("type")
                         if kind == "tool_result" and type(block.get("content")) is list:
-                            layout._scan_nested(start + b, block, f"messages[{m}].content[{b}]")
+                            self._scan_nested(first + b, block, f"messages[{m}].content[{b}]")
                         c_add(kind not in unmarkable and (kind != "text" or bool(block.get("text"))))
                     elif _is_block(block):
                         c_add(_is_cacheable(block))
@@ -261,9 +268,8 @@ class Layout:
                     f"messages[{m}].content must be a string or a list of content blocks, not {_kind(content)}",
                     field=f"messages[{m}].content",
                 )
-            if len(blocks) > start:
-                span[m] = (start, len(blocks) - 1)
-        return layout
+            if len(blocks) > first:
+                span[m] = (first, len(blocks) - 1)
 
     def _scan_nested(self, pos: int, block: dict[str, Any], where: str) -> None:
         """Record the markers inside a ``tool_result``'s content (the API counts them like any other).
@@ -317,16 +323,20 @@ class Layout:
             pos -= 1
         return None
 
-    def prefix_tokens(self, memo: dict[int, tuple[Any, int]] | None = None) -> list[int]:
+    def prefix_tokens(
+        self, memo: dict[int, tuple[Any, int]] | None = None, known: list[int] | None = None
+    ) -> list[int]:
         """Cumulative token estimate: ``prefix_tokens()[p]`` covers positions ``0..p``. O(n), memoised.
 
         ``memo`` (``id(block) -> (block, tokens)``) lets a caller that replays many payloads sharing the
         same block objects estimate each block once; it keeps the blocks alive so ids stay unique.
+        ``known``: the estimates of a prefix of positions the caller has verified unchanged; only the
+        positions after it are estimated.
         """
         if self._prefix_tokens is None:
-            total = 0
-            out = []
-            for block in self.blocks:
+            out = list(known or ())
+            total = out[-1] if out else 0
+            for block in self.blocks[len(out) :]:
                 if memo is None:
                     total += estimate_block_tokens(block)
                 else:
@@ -350,21 +360,36 @@ class Layout:
                 return True
         return False
 
-    def prefix_hashes(self, memo: dict[tuple[int, str, bool], tuple[Any, bytes]] | None = None) -> list[bytes]:
+    def prefix_hashes(
+        self,
+        memo: dict[tuple[int, str, bool], tuple[Any, bytes]] | None = None,
+        known: list[bytes] | None = None,
+        digests: list[bytes] | None = None,
+    ) -> list[bytes]:
         """``prefix_hashes()[p]`` identifies the whole prefix up to and including ``p``: the model, every
         earlier block in order, message boundaries and roles, and (from the first message on) the
         ``tool_choice`` and ``thinking`` settings, which the documentation says invalidate message caches.
         ``memo`` works as in :meth:`prefix_tokens` (``cache_control`` is excluded from the digest, so a
-        block that only gained a marker is a new object and is hashed again, with the same result)."""
+        block that only gained a marker is a new object and is hashed again, with the same result).
+        ``known``: the hashes of a prefix of positions the caller has verified unchanged (same model and
+        settings, same blocks); hashing resumes after it. ``digests``, when given, receives each hashed
+        block's own digest (position ``len(known)`` onwards)."""
         payload = self.payload
-        state = hashlib.blake2b(str(payload.get("model", "")).encode(), digest_size=16).digest()
         settings = json.dumps(
             [payload.get("tool_choice"), payload.get("thinking")], sort_keys=True, default=str
         ).encode()
-        out: list[bytes] = []
-        salted = False
-        previous_outer = -1
-        for pos, block in enumerate(self.blocks):
+        out: list[bytes] = list(known or ())
+        start = len(out)
+        if start:
+            state = out[-1]
+            salted = self.region[start - 1] == MESSAGES
+            previous_outer = self.outer[start - 1] if salted else -1
+        else:
+            state = hashlib.blake2b(str(payload.get("model", "")).encode(), digest_size=16).digest()
+            salted = False
+            previous_outer = -1
+        for pos in range(start, len(self.blocks)):
+            block = self.blocks[pos]
             region = self.region[pos]
             if region == MESSAGES and not salted:
                 state = hashlib.blake2b(state + settings, digest_size=16).digest()
@@ -379,6 +404,8 @@ class Layout:
                 if hit is None or hit[0] is not block:
                     hit = memo[key] = (block, block_digest(self.roles[pos], first, block))
                 digest = hit[1]
+            if digests is not None:
+                digests.append(digest)
             state = hashlib.blake2b(state + digest, digest_size=16).digest()
             out.append(state)
         return out
