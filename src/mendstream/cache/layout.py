@@ -170,6 +170,8 @@ class Layout:
     markers: dict[int, Any] = field(default_factory=dict)
     #: position -> ``(path, cache_control)`` of every marker inside that tool_result's content
     nested: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
+    #: positions of tool_result blocks whose content is a list (scanned for nested markers), in order
+    result_lists: list[int] = field(default_factory=list)
     #: message index -> (first position, last position); absent for messages without blocks
     message_span: dict[int, tuple[int, int]] = field(default_factory=dict)
     _prefix_tokens: list[int] | None = None
@@ -253,6 +255,7 @@ class Layout:
                             markers[first + b] = block["cache_control"]
                         kind = block.get("type")
                         if kind == "tool_result" and type(block.get("content")) is list:
+                            self.result_lists.append(first + b)
                             self._scan_nested(first + b, block, f"messages[{m}].content[{b}]")
                         c_add(kind not in unmarkable and (kind != "text" or bool(block.get("text"))))
                     elif _is_block(block):

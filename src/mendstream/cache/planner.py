@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..errors import CachePayloadError, UsageError
+from .history import History
 from .layout import MESSAGES, REGION_NAMES, SYSTEM, TOOLS, TTLS, Layout, marker_ttl, normalise_marker, rewrite_markers
 from .strategies import (
     STRATEGIES,
@@ -668,6 +669,7 @@ class CachePlanner:
             raise UsageError(f"warn must be True or False, not {warn!r}")
         self._memory = memory
         self._warn = warn
+        self._history = History()
         self._written: OrderedDict[bytes, None] = OrderedDict()
         self._previous: list[bytes] = []
         self._previous_tail: int | None = None
@@ -677,6 +679,7 @@ class CachePlanner:
 
     def reset(self) -> None:
         """Forget every earlier request (e.g. after switching model or conversation)."""
+        self._history.reset()
         self._written.clear()
         self._previous = []
         self._previous_tail = None
@@ -695,11 +698,14 @@ class CachePlanner:
 
     def plan(self, payload: Mapping[str, Any], /) -> tuple[dict[str, Any], PlacementReport]:
         """Like :meth:`place` but return ``(new_payload, report)`` and never warn."""
-        layout = Layout.of(payload)
         try:
-            chain = layout.prefix_hashes()
+            layout, chain = self._history.build(payload)
         except RecursionError:
-            raise CachePayloadError("payload nested too deeply to hash", field="payload") from None
+            self._history.reset()
+            raise CachePayloadError(
+                "payload nested too deeply to plan (a tool input or block deeper than Python's recursion limit)",
+                field="payload",
+            ) from None
         plan = _plan(payload, self._opts, lambda ctx: self._propose(ctx, chain), estimate=True, layout=layout)
         self._remember(chain, plan)
         self.last_report = plan.report
