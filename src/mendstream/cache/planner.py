@@ -759,6 +759,13 @@ class CachePlanner:
             before = layout.last_cacheable(system_end - 1)
             if before is not None and layout.region[before] == SYSTEM:
                 out.append(Candidate(before, "system block before the last (in case the last one changes)"))
+        if not self._previous and tools_end is not None and tools_end >= 3:
+            # A hedge for what the first request cannot know yet: if one tool definition changes every
+            # turn (open files, MCP listings), the next request still reads half of the tools. It is
+            # written in the same request as the tools end, so it costs no extra write.
+            middle = layout.last_cacheable(tools_end // 2)
+            if middle is not None and middle < tools_end:
+                out.append(Candidate(middle, "middle of the tool definitions (in case a later one changes)"))
         anchor = read if read is not None else common
         if current is not None and anchor is not None and current - anchor > ctx.lookback:
             stone = layout.last_cacheable(current - max(1, ctx.lookback // 2), floor=anchor + 1)
