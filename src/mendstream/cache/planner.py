@@ -642,12 +642,21 @@ class CachePlanner:
     3. the current tail, written for the next request;
     4. the end of the longest prefix unchanged since the previous request (a tool definition that changes
        every turn, alternating instructions, compacted history: the part before the change);
-    5. the end of system and of tools (and, on the first request, the system block before the last);
+    5. the end of system and of tools (and, on the first request, the system block before the last and
+       the middle of the tool definitions: hedges for a block that turns out to change every turn);
     6. a stepping stone when more than ``lookback`` blocks separate the read point from the tail.
 
     Hashes ignore ``cache_control``, so feeding back payloads that already carry markers is fine.
-    Memory: one hash per block of the previous request plus ``memory`` written prefixes.
+    Work per request follows what changed: the layout, hashes and token sums of the unchanged leading
+    messages are reused (see ``cache/history.py`` for the exact invariant: a block edited in place is
+    detected when one of its fields is reassigned, deeper in-place edits by a rotating probe, and markers
+    inside tool_result content are re-counted on every request). Memory: the previous request's layout
+    (one hash, digest and fingerprint per block) plus ``memory`` written prefixes.
     Not thread-safe; use one planner per conversation.
+
+    Raises:
+        UsageError: a bad option, as :func:`place_cache_breakpoints`, or ``memory`` that is not a
+            positive integer. :meth:`place` raises CachePayloadError for a malformed payload.
     """
 
     def __init__(
