@@ -25,6 +25,7 @@
 # 8. Rewrite (layout.rewrite_markers): only containers holding a changed block are copied; report.
 from __future__ import annotations
 
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..errors import CachePayloadError, UsageError
+from .converse import ConverseMap, shadow_of, write_cache_points
 from .history import History
 from .layout import MESSAGES, REGION_NAMES, SYSTEM, TOOLS, TTLS, Layout, marker_ttl, normalise_marker, rewrite_markers
 from .strategies import (
@@ -67,11 +69,27 @@ Region = Literal["tools", "system", "messages"]
 Source = Literal["strategy", "caller", "automatic"]
 TTL = Literal["5m", "1h"]
 #: ``anthropic``: block markers and top-level automatic caching, 20-block lookback.
-#: ``bedrock`` / ``vertex``: block markers only (a top-level marker is replaced by an explicit tail marker).
+#: ``bedrock`` / ``vertex``: block markers only (a top-level marker is replaced by an explicit tail marker);
+#: on Bedrock a ``1h`` TTL only for the models AWS lists for it (Claude 4.5 and later; see docs/cache.md).
+#: ``bedrock-converse``: Bedrock's Converse API: ``{"cachePoint": ...}`` blocks instead of markers.
 #: ``prefix-auto``: providers that cache by prefix and ignore markers (DeepSeek, Kimi, MiniMax M3):
 #: every marker is removed so that nothing downstream can count more than four.
-Provider = Literal["anthropic", "bedrock", "vertex", "prefix-auto"]
-PROVIDERS: Final = ("anthropic", "bedrock", "vertex", "prefix-auto")
+Provider = Literal["anthropic", "bedrock", "bedrock-converse", "vertex", "prefix-auto"]
+PROVIDERS: Final = ("anthropic", "bedrock", "bedrock-converse", "vertex", "prefix-auto")
+_BEDROCK: Final = ("bedrock", "bedrock-converse")
+_CLAUDE_VERSION: Final = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d)(?!\d))?")
+_CLAUDE_3: Final = re.compile(r"claude-(?:3|instant|v2)")
+
+
+def bedrock_supports_1h(model: str) -> bool:
+    """Whether Bedrock accepts a ``1h`` cache TTL for ``model`` (Claude 4.5 and later, per AWS's prompt
+    caching guide). Ids it cannot read (custom ARNs, other vendors) are given the benefit of the doubt."""
+    if _CLAUDE_3.search(model):
+        return False
+    match = _CLAUDE_VERSION.search(model)
+    if match is None:
+        return True
+    return (int(match.group(1)), int(match.group(2) or 0)) >= (4, 5)
 _CALLER_PREFIX_FIRST: Final = 2
 
 
@@ -237,7 +255,7 @@ def _resolve(
         raise UsageError(f"lookback must be a positive integer, not {lookback!r}")
     if strategy == "automatic" and provider != "anthropic":
         raise UsageError(f"strategy 'automatic' is not available for provider {provider!r}")
-    if automatic and provider in ("bedrock", "vertex", "prefix-auto"):
+    if automatic and provider != "anthropic":
         raise UsageError(f"provider {provider!r} has no top-level automatic caching; use automatic=False/None")
     return _Options(strategy, model, ttl_map, min_tokens, automatic, provider, lookback)
 
@@ -262,6 +280,8 @@ class _Plan:
     layout: Layout
     chosen: list[int] = field(default_factory=list)
     tail: int | None = None
+    #: position -> the marker the output carries there
+    markers: dict[int, Any] = field(default_factory=dict)
 
 
 class _Planning:
@@ -271,7 +291,9 @@ class _Planning:
     def __init__(self, payload: Mapping[str, Any], opts: _Options, layout: Layout) -> None:
         self.opts = opts
         self.layout = layout
-        self.minimum = min_cacheable_tokens(opts.model or str(payload.get("model") or ""), opts.min_tokens)
+        model = opts.model or str(payload.get("model") or "")
+        self.minimum = min_cacheable_tokens(model, opts.min_tokens)
+        self.allow_1h = opts.provider not in _BEDROCK or bedrock_supports_1h(model)
         self.dropped: list[DroppedMarker] = []
         self.normalised: list[DroppedMarker] = []
         self.lowered: list[int] = []
@@ -408,13 +430,13 @@ class _Planning:
                         self._note(self.normalised, pos, path, value, fault)
             else:
                 marker = _marker(self.opts.ttl.get(REGION_NAMES[self.layout.region[pos]]))
-            if marker_ttl(marker) == "1h" and seen_short:
+            if marker_ttl(marker) == "1h" and (seen_short or not self.allow_1h):
                 marker = {**marker, "ttl": "5m"}
                 self.lowered.append(pos)
             elif marker_ttl(marker) != "1h":
                 seen_short = True
             self.wanted[pos] = marker
-        if self.top_value is not None and marker_ttl(self.top_value) == "1h" and seen_short:
+        if self.top_value is not None and marker_ttl(self.top_value) == "1h" and (seen_short or not self.allow_1h):
             self.top_value = {**self.top_value, "ttl": "5m"}
             self.lowered.append(-1)
 
@@ -433,7 +455,8 @@ class _Planning:
         if t is not None and t not in chosen and len(chosen) < self.budget and layout.reaches(t, self.minimum):
             chosen[t] = ("strategy", "current tail (replaces the top-level marker)")
             wanted[t] = _marker(self.opts.ttl.get("messages"))
-            if marker_ttl(wanted[t]) == "1h" and any(marker_ttl(wanted[p]) != "1h" for p in wanted if p < t):
+            shorter_before = any(marker_ttl(wanted[p]) != "1h" for p in wanted if p < t)
+            if marker_ttl(wanted[t]) == "1h" and (shorter_before or not self.allow_1h):
                 wanted[t] = _marker("5m")
                 self.lowered.append(t)
 
@@ -499,7 +522,8 @@ def _plan(
     estimate: bool,
     layout: Layout | None = None,
 ) -> _Plan:
-    """Run the steps of the theory of operation on ``payload``. Raises CachePayloadError (step 1)."""
+    """Run the steps of the theory of operation on a Messages-shaped ``payload`` (for Converse, on its
+    shadow: see :func:`_converse_in`). Raises CachePayloadError (step 1)."""
     layout = layout or Layout.of(payload)
     try:
         work = _Planning(payload, opts, layout)
@@ -521,7 +545,35 @@ def _plan(
             "payload nested too deeply to plan (a tool input or block deeper than Python's recursion limit)",
             field="payload",
         ) from None
-    return _Plan(out, report, layout, sorted(work.chosen), auto_pos)
+    return _Plan(out, report, layout, sorted(work.chosen), auto_pos, work.wanted)
+
+
+def _converse_in(payload: Mapping[str, Any], opts: _Options) -> tuple[Mapping[str, Any], ConverseMap | None]:
+    """The payload the planner works on: ``payload`` itself, or for ``bedrock-converse`` its shadow."""
+    if opts.provider != "bedrock-converse":
+        return payload, None
+    if not isinstance(payload, Mapping):
+        raise CachePayloadError(f"payload must be a mapping (a Converse request), not {type(payload).__name__}",
+                                field="payload")
+    return shadow_of(payload)
+
+
+def _converse_out(payload: Mapping[str, Any], mapping: ConverseMap | None, plan: _Plan) -> _Plan:
+    """For Converse, the plan's markers written back as cachePoint blocks into the original payload."""
+    if mapping is None:
+        return plan
+    layout = plan.layout
+    containers = ("tools", "system", "messages")
+    wanted = {}
+    for pos, marker in plan.markers.items():
+        region = layout.region[pos]
+        if region == MESSAGES:
+            key = ("messages", layout.outer[pos], layout.inner[pos])
+        else:
+            key = (containers[region], 0, layout.outer[pos])
+        wanted[key] = marker
+    plan.payload = write_cache_points(payload, mapping, wanted)
+    return plan
 
 
 def _describe(markers: tuple[DroppedMarker, ...]) -> str:
@@ -568,7 +620,8 @@ def plan_cache_breakpoints(
     :func:`place_cache_breakpoints` skips).
     """
     opts = _resolve(strategy, model, ttl, min_tokens, automatic, provider, lookback)
-    plan = _plan(payload, opts, STRATEGIES[strategy], estimate=True)
+    planned, mapping = _converse_in(payload, opts)
+    plan = _converse_out(payload, mapping, _plan(planned, opts, STRATEGIES[strategy], estimate=True))
     return plan.payload, plan.report
 
 
@@ -608,8 +661,12 @@ def place_cache_breakpoints(
             Proposals whose prefix is estimated under it are skipped: such a prefix is never cached.
         automatic: ``True`` adds a top-level ``cache_control`` (costs one slot, covers the tail);
             ``False`` removes one; ``None`` keeps whatever ``payload`` has.
-        provider: ``anthropic``, ``bedrock``, ``vertex`` (no top-level automatic caching) or
-            ``prefix-auto`` (markers ignored by the provider: all are removed).
+        provider: ``anthropic``, ``bedrock`` (InvokeModel: block markers, no top-level automatic caching,
+            ``1h`` only for Claude 4.5 and later), ``bedrock-converse`` (a Converse request: the markers
+            are ``{"cachePoint": {"type": "default"}}`` blocks after the block they close, in
+            ``toolConfig.tools``, ``system`` and message ``content``; same rules as ``bedrock``),
+            ``vertex`` (no top-level automatic caching) or ``prefix-auto`` (markers ignored by the
+            provider: all are removed).
         lookback: blocks the provider walks back from a breakpoint (20 for Anthropic).
 
     Caller markers that are not valid are never passed on: one that is not an object (``"yes"``) is
@@ -625,7 +682,8 @@ def place_cache_breakpoints(
             (``"content": 5``, ``"tools": "x"``), naming the field; a subclass of UsageError and TypeError.
     """
     opts = _resolve(strategy, model, ttl, min_tokens, automatic, provider, lookback)
-    plan = _plan(payload, opts, STRATEGIES[strategy], estimate=False)
+    planned, mapping = _converse_in(payload, opts)
+    plan = _converse_out(payload, mapping, _plan(planned, opts, STRATEGIES[strategy], estimate=False))
     _warn(plan.report, stacklevel=2)
     return plan.payload
 
@@ -707,15 +765,17 @@ class CachePlanner:
 
     def plan(self, payload: Mapping[str, Any], /) -> tuple[dict[str, Any], PlacementReport]:
         """Like :meth:`place` but return ``(new_payload, report)`` and never warn."""
+        planned, mapping = _converse_in(payload, self._opts)
         try:
-            layout, chain = self._history.build(payload)
+            layout, chain = self._history.build(planned)
         except RecursionError:
             self._history.reset()
             raise CachePayloadError(
                 "payload nested too deeply to plan (a tool input or block deeper than Python's recursion limit)",
                 field="payload",
             ) from None
-        plan = _plan(payload, self._opts, lambda ctx: self._propose(ctx, chain), estimate=True, layout=layout)
+        plan = _plan(planned, self._opts, lambda ctx: self._propose(ctx, chain), estimate=True, layout=layout)
+        plan = _converse_out(payload, mapping, plan)
         self._remember(chain, plan)
         self.last_report = plan.report
         return plan.payload, plan.report

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import UsageError
+from .converse import is_converse, shadow_of
 from .layout import REGION_NAMES, Layout, marker_ttl, normalise_marker
 from .planner import MAX_BREAKPOINTS
 from .tokens import min_cacheable_tokens
@@ -276,17 +277,33 @@ def _timestamps(entries: list[SessionEntry], interval: float) -> list[float]:
     return out
 
 
+#: Usage fields that add up to a request's whole input: Messages API names, then Bedrock Converse's.
+_INPUT_FIELDS: Final = (
+    ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"),
+    ("inputTokens", "cacheWriteInputTokens", "cacheReadInputTokens"),
+)
+
+
+def _layout_of(payload: Mapping[str, Any]) -> tuple[Layout, Any]:
+    """The layout and top-level marker of a Messages request, or of a Converse request's shadow."""
+    if is_converse(payload):
+        payload = shadow_of(payload)[0]
+    return Layout.of(payload), payload.get("cache_control")
+
+
 def _scaled_prefix(layout: Layout, usage: Mapping[str, Any] | None, memo: dict[int, tuple[Any, int]]) -> list[int]:
     prefix = layout.prefix_tokens(memo)
     if not usage or not prefix:
         return prefix
-    actual = sum(
-        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+    actual = max(sum(_count(usage.get(k)) for k in names) for names in _INPUT_FIELDS)
     if actual <= 0:
         return prefix
     factor = actual / prefix[-1]
     return [round(p * factor) for p in prefix]
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _validate(layout: Layout, top: Any) -> str | None:
@@ -355,8 +372,7 @@ def simulate(
     results: list[RequestResult] = []
     for index, (entry, now) in enumerate(zip(entries, times, strict=True)):
         payload = entry.payload
-        layout = Layout.of(payload)
-        top = payload.get("cache_control")
+        layout, top = _layout_of(payload)
         prefix = _scaled_prefix(layout, entry.usage, token_memo)
         total = prefix[-1] if prefix else 0
         breakpoints = dict(layout.markers)
@@ -371,7 +387,7 @@ def simulate(
             results.append(RequestResult(index, now, len(layout), len(breakpoints), 0, 0, 0, 0, 0, error))
             continue
         chain = layout.prefix_hashes(hash_memo)
-        minimum = min_cacheable_tokens(model or str(payload.get("model") or ""), min_tokens)
+        minimum = min_cacheable_tokens(model or str(layout.payload.get("model") or ""), min_tokens)
 
         read_at = -1
         for b in sorted(breakpoints):
@@ -443,11 +459,11 @@ def ceiling(
     results: list[RequestResult] = []
     for index, (entry, now) in enumerate(zip(entries, times, strict=True)):
         payload = entry.payload
-        layout = Layout.of(payload)
+        layout, _ = _layout_of(payload)
         prefix = _scaled_prefix(layout, entry.usage, token_memo)
         total = prefix[-1] if prefix else 0
         chain = layout.prefix_hashes(hash_memo)
-        minimum = min_cacheable_tokens(model or str(payload.get("model") or ""), min_tokens)
+        minimum = min_cacheable_tokens(model or str(layout.payload.get("model") or ""), min_tokens)
         read_at = -1
         for j in range(len(chain) - 1, -1, -1):
             if prefix[j] < minimum:
