@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mendstream.cache import CachePlanner, CacheStats, ceiling, place_cache_breakpoints, plan_cache_breakpoints, simulate
+from mendstream.cache import (
+    CachePlanner,
+    CacheStats,
+    ceiling,
+    place_cache_breakpoints,
+    plan_cache_breakpoints,
+    simulate,
+)
 from mendstream.cache.converse import is_converse
 from mendstream.cache.planner import bedrock_supports_1h
 from mendstream.errors import CachePayloadError
@@ -68,7 +75,9 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
     out["messages"] = [
         {
             "role": m["role"],
-            "content": _block(m["content"]) if isinstance(m["content"], str) else [b for x in m["content"] for b in _block(x)],
+            "content": _block(m["content"])
+            if isinstance(m["content"], str)
+            else [b for x in m["content"] for b in _block(x)],
         }
         for m in payload["messages"]
     ]

@@ -165,8 +165,9 @@ class History:
         start = self._probe % cut
         for pos in range(start, min(cut, start + PROBE)):
             region = layout.region[pos]
-            first = region == MESSAGES and (pos == 0 or layout.outer[pos - 1] != layout.outer[pos]
-                                            or layout.region[pos - 1] != MESSAGES)
+            first = region == MESSAGES and (
+                pos == 0 or layout.outer[pos - 1] != layout.outer[pos] or layout.region[pos - 1] != MESSAGES
+            )
             block = layout.blocks[pos]
             try:
                 digest = block_digest(layout.roles[pos], first, block)
@@ -178,9 +179,7 @@ class History:
         self._probe = start + PROBE
         return cut
 
-    def _resume(
-        self, payload: Any, previous: _Snapshot, cut: int
-    ) -> tuple[Layout, list[bytes], list[bytes], int]:
+    def _resume(self, payload: Any, previous: _Snapshot, cut: int) -> tuple[Layout, list[bytes], list[bytes], int]:
         # the first message starting at `cut` (messages without blocks share their neighbour's start)
         k = bisect_right(previous.position_start, cut) - 1
         while k > 0 and previous.position_start[k - 1] == cut:
