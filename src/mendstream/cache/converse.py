@@ -25,9 +25,10 @@ _TYPES: Final = {
 
 
 def is_converse(payload: Mapping[str, Any]) -> bool:
-    """Whether ``payload`` looks like a Converse request rather than a Messages API body: it has
-    ``toolConfig``, or a system or content block that is a one-key Converse block without ``type``."""
-    if "toolConfig" in payload:
+    """Whether ``payload`` looks like a Converse request rather than a Messages API body: it has a
+    Converse-only key (``modelId``, ``toolConfig``, ``inferenceConfig``), or a system or content block
+    that is a one-key Converse block without ``type``."""
+    if "toolConfig" in payload or "modelId" in payload or "inferenceConfig" in payload:
         return True
     candidates: list[Any] = []
     system = payload.get("system")
