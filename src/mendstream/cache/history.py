@@ -5,8 +5,8 @@
 #
 # The invariant, checked on every request: a message is reused when
 #   - model, tool_choice and thinking are the same, and tools and system are equal block by block;
-#   - every message before it is the same object holding the same content object (a string, or a list of
-#     the same length);
+#   - every message before it has the same field values (role, and the same content object: a string, or
+#     a list of the same length);
 #   - every block of those lists has the same top-level field values as before (compared by identity,
 #     then equality: `tuple(block.values())`), so replacing a block, or assigning any of its fields
 #     (text, content, input, cache_control: how agents clear or rewrite old tool results) is seen.
@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import accumulate, chain
-from operator import itemgetter
+from itertools import accumulate, chain, compress, repeat
+from operator import is_, itemgetter
 from typing import Any, Final
 
 from .layout import MESSAGES, Layout, block_digest
@@ -65,8 +65,7 @@ class _Snapshot:
     digests: list[bytes]
     settings: str
     head: list[Any]  # fingerprints of tools and system blocks
-    messages: list[Any]  # the message objects (kept alive so that their ids stay unique)
-    message_ids: list[int]
+    messages: list[Any]  # the message objects (their fingerprints hold what they contain)
     message_fingerprints: list[Any]  # tuple(message.values()): role, the content object, other fields
     content_lens: list[int]
     flat_start: list[int]  # message index -> index of its first block among all list-content blocks
@@ -129,10 +128,9 @@ class History:
         if previous.settings != _settings(payload) or previous.head != self._head(payload):
             return None
         k = min(len(messages), len(previous.messages))
-        ids = list(map(id, messages[:k]))
-        if ids != previous.message_ids[:k]:
-            k = _first_difference(ids, previous.message_ids)
         try:
+            # equal field values (role, the same content object, ...) mean an equal message, whether or
+            # not it is the same dict: one C-level pass instead of an identity pass and a value pass
             fingerprints = list(map(tuple, map(dict.values, messages[:k])))
             if fingerprints != previous.message_fingerprints[:k]:
                 k = _first_difference(fingerprints, previous.message_fingerprints)
@@ -143,7 +141,8 @@ class History:
         if lens != previous.content_lens[:k]:
             k = _first_difference(lens, previous.content_lens)
             contents = contents[:k]
-        flat = list(chain.from_iterable([c for c in contents if type(c) is list]))
+        lists = compress(contents, map(is_, map(type, contents), repeat(list)))
+        flat = list(chain.from_iterable(lists))
         try:
             fingerprints = list(map(tuple, map(dict.values, flat)))
         except TypeError:  # a block that is not a dict: fall back to the per-block fingerprint
@@ -246,7 +245,6 @@ class History:
                 _settings(payload),
                 self._head(payload),
                 list(messages),
-                list(map(id, messages)),
                 list(map(tuple, map(dict.values, messages))),
                 list(map(len, contents)),
                 list(accumulate(lens, initial=0)),
@@ -262,7 +260,6 @@ class History:
             previous.settings,
             previous.head,
             list(messages),
-            previous.message_ids[:kept] + list(map(id, new)),
             previous.message_fingerprints[:kept] + list(map(tuple, map(dict.values, new))),
             previous.content_lens[:kept] + list(map(len, contents)),
             flat_start + list(accumulate(lens, initial=flat_start[-1]))[1:],
