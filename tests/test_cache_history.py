@@ -168,3 +168,13 @@ def test_a_marker_added_in_place_inside_an_old_tool_result_is_always_counted() -
         block["content"] = [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}} for _ in range(6)]
     out = planner.place(payload)
     assert len(all_markers(out)) <= 4
+
+
+def test_a_history_rebuilt_from_json_each_request_is_still_reused() -> None:
+    """A proxy parses every request anew: equal values in new objects are unchanged history."""
+    history = History()
+    payload = conversation(turns=30)
+    history.build(copy.deepcopy(payload))
+    payload["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "next"}]})
+    layout = assert_same_as_fresh(history, copy.deepcopy(payload))
+    assert history.reused == len(layout) - 1

@@ -5,8 +5,8 @@
 #
 # The invariant, checked on every request: a message is reused when
 #   - model, tool_choice and thinking are the same, and tools and system are equal block by block;
-#   - every message before it has the same field values (role, and the same content object: a string, or
-#     a list of the same length);
+#   - every message before it has the same role and the same (or an equal) content: a string, or a list
+#     of the same length (a message's other fields do not enter the prefix);
 #   - every block of those lists has the same top-level field values as before (compared by identity,
 #     then equality: `tuple(block.values())`), so replacing a block, or assigning any of its fields
 #     (text, content, input, cache_control: how agents clear or rewrite old tool results) is seen.
@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, repeat
-from operator import is_, itemgetter
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any, Final
 
 from .layout import MESSAGES, Layout, block_digest
@@ -36,6 +36,7 @@ __all__ = ["PROBE", "History"]
 PROBE: Final = 32
 
 _content = itemgetter("content")
+_role = itemgetter("role")
 
 
 def _fingerprint(block: Any) -> Any:
@@ -65,12 +66,17 @@ class _Snapshot:
     digests: list[bytes]
     settings: str
     head: list[Any]  # fingerprints of tools and system blocks
-    messages: list[Any]  # the message objects (their fingerprints hold what they contain)
-    message_fingerprints: list[Any]  # tuple(message.values()): role, the content object, other fields
-    content_lens: list[int]
-    flat_start: list[int]  # message index -> index of its first block among all list-content blocks
-    fingerprints: list[Any]  # per list-content block, in order
+    roles: list[Any]
+    #: per message, its content as it was: the string, or a list of shallow copies of its blocks (what
+    #: the next request's content is compared with: one C-level `!=`, dict by dict, value by value)
+    contents: list[Any]
     position_start: list[int]  # message index -> its first layout position (len(messages) -> total)
+
+
+def _copy_content(content: Any) -> Any:
+    if type(content) is list:
+        return [dict(block) if type(block) is dict else block for block in content]
+    return content
 
 
 class History:
@@ -127,32 +133,20 @@ class History:
             return None
         if previous.settings != _settings(payload) or previous.head != self._head(payload):
             return None
-        k = min(len(messages), len(previous.messages))
+        k = min(len(messages), len(previous.contents))
         try:
-            # equal field values (role, the same content object, ...) mean an equal message, whether or
-            # not it is the same dict: one C-level pass instead of an identity pass and a value pass
-            fingerprints = list(map(tuple, map(dict.values, messages[:k])))
-            if fingerprints != previous.message_fingerprints[:k]:
-                k = _first_difference(fingerprints, previous.message_fingerprints)
+            # only role and content enter the prefix. One C-level comparison per list checks every
+            # message of the history: the content against a shallow copy of what it was (so a list that
+            # grew in place, a replaced block or a reassigned field all compare unequal); equal values
+            # in new objects (a history rebuilt from JSON) compare equal and are reused
+            roles = list(map(_role, messages[:k]))
             contents = list(map(_content, messages[:k]))
-            lens = list(map(len, contents))
         except (KeyError, TypeError):
             return None
-        if lens != previous.content_lens[:k]:
-            k = _first_difference(lens, previous.content_lens)
-            contents = contents[:k]
-        lists = compress(contents, map(is_, map(type, contents), repeat(list)))
-        flat = list(chain.from_iterable(lists))
-        try:
-            fingerprints = list(map(tuple, map(dict.values, flat)))
-        except TypeError:  # a block that is not a dict: fall back to the per-block fingerprint
-            fingerprints = list(map(_fingerprint, flat))
-        end = previous.flat_start[k]
-        if len(fingerprints) != end:  # pragma: no cover - equal lengths were checked message by message
-            return None
-        if fingerprints != previous.fingerprints[:end]:
-            i = _first_difference(fingerprints, previous.fingerprints)
-            k = min(k, bisect_right(previous.flat_start, i) - 1)
+        if roles != previous.roles[:k]:
+            k = _first_difference(roles, previous.roles)
+        if contents[:k] != previous.contents[:k]:
+            k = min(k, _first_difference(contents, previous.contents))
         return k
 
     def _probe_prefix(self, previous: _Snapshot, cut: int) -> int | None:
@@ -203,7 +197,7 @@ class History:
             if type(block) is dict and type(block.get("content")) is list:
                 layout._scan_nested(pos, block, f"messages[{m}].content[{b}]")
         span = dict(old.message_span)
-        for m in range(k, len(previous.messages)):
+        for m in range(k, len(previous.contents)):
             span.pop(m, None)
         layout.message_span = span
         layout.add_messages(messages, k)
@@ -233,9 +227,9 @@ class History:
         contents = list(map(_content, new))
         if not all(type(c) is str or type(c) is list for c in contents):
             return None  # tuples and the like: correct, but always rebuilt
-        lens = [len(c) if type(c) is list else 0 for c in contents]
-        flat = list(chain.from_iterable([c for c in contents if type(c) is list]))
-        blocks_per_message = [n if type(c) is list else (1 if c else 0) for c, n in zip(contents, lens, strict=True)]
+        blocks_per_message = [len(c) if type(c) is list else (1 if c else 0) for c in contents]
+        copies = list(map(_copy_content, contents))
+        roles = [m.get("role", "") for m in new]
         if previous is None:
             head = len(layout) - sum(blocks_per_message)
             return _Snapshot(
@@ -244,14 +238,10 @@ class History:
                 digests,
                 _settings(payload),
                 self._head(payload),
-                list(messages),
-                list(map(tuple, map(dict.values, messages))),
-                list(map(len, contents)),
-                list(accumulate(lens, initial=0)),
-                list(map(_fingerprint, flat)),
+                roles,
+                copies,
                 list(accumulate(blocks_per_message, initial=head)),
             )
-        flat_start = previous.flat_start[: kept + 1]
         position_start = previous.position_start[: kept + 1]
         return _Snapshot(
             layout,
@@ -259,10 +249,7 @@ class History:
             digests,
             previous.settings,
             previous.head,
-            list(messages),
-            previous.message_fingerprints[:kept] + list(map(tuple, map(dict.values, new))),
-            previous.content_lens[:kept] + list(map(len, contents)),
-            flat_start + list(accumulate(lens, initial=flat_start[-1]))[1:],
-            previous.fingerprints[: flat_start[-1]] + list(map(_fingerprint, flat)),
+            previous.roles[:kept] + roles,
+            previous.contents[:kept] + copies,
             position_start + list(accumulate(blocks_per_message, initial=position_start[-1]))[1:],
         )

@@ -126,6 +126,9 @@ def _is_cacheable(block: Any) -> bool:
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, Mapping):
+        if value.get("type") == "tool_result" and type(value.get("content")) is list:
+            # markers nested in a tool_result are not content either
+            value = {**value, "content": _strip_nested(value["content"])}
         if "cache_control" in value:
             return {k: v for k, v in value.items() if k != "cache_control"}
         return value
@@ -138,8 +141,9 @@ def _canonical(value: Any) -> Any:
 
 
 def block_digest(role: str, first: bool, block: Any) -> bytes:
-    """Hash of one block as it contributes to the prefix; ``cache_control`` does not take part, and a
-    plain string hashes like the equivalent one-element text block."""
+    """Hash of one block as it contributes to the prefix; ``cache_control`` does not take part (nor do
+    markers nested in a tool_result's content), and a plain string hashes like the equivalent
+    one-element text block."""
     text = json.dumps(
         [role, first, _canonical(block)],
         sort_keys=True,
