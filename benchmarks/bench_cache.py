@@ -97,14 +97,44 @@ def timing() -> bool:
 
     deep = measure(lambda: copy.deepcopy(payload))
     place = measure(lambda: place_cache_breakpoints(payload))
+    cold = measure(lambda: CachePlanner(warn=False).place(payload), rounds=10)
+
+    # The agent-loop case: the same history list grows by one message per request (only the tail changed).
     planner = CachePlanner(warn=False)
-    stateful = measure(lambda: planner.place(payload))
+    planner.place(payload)
+    turn = 0
+
+    def next_turn() -> None:
+        nonlocal turn
+        turn += 1
+        role = "assistant" if payload["messages"][-1]["role"] == "user" else "user"
+        payload["messages"].append({"role": role, "content": [{"type": "text", "text": f"turn {turn}"}]})
+
+    samples = []
+    for _ in range(30):
+        next_turn()
+        t = time.perf_counter()
+        planner.place(payload)
+        samples.append(time.perf_counter() - t)
+    tail_changed = min(samples)
     print()
     print(f"2,000-block history ({len(payload['messages'])} messages), best of 30 runs")
-    print(f"  copy.deepcopy            {deep * 1e3:8.2f} ms   1.0x")
-    print(f"  place_cache_breakpoints  {place * 1e3:8.2f} ms   {deep / place:5.1f}x faster than deepcopy")
-    print(f"  CachePlanner.place       {stateful * 1e3:8.2f} ms   {deep / stateful:5.1f}x (hashes every block)")
-    return deep / place >= 5
+    print(f"  copy.deepcopy                          {deep * 1e3:8.2f} ms   1.0x")
+    print(f"  place_cache_breakpoints                {place * 1e3:8.2f} ms   {deep / place:5.1f}x faster than deepcopy")
+    print(f"  CachePlanner.place, first request      {cold * 1e3:8.2f} ms   {deep / cold:5.1f}x (hashes every block)")
+    print(
+        f"  CachePlanner.place, only tail changed  {tail_changed * 1e3:8.2f} ms   {deep / tail_changed:5.1f}x "
+        "(goal <= 1 ms)"
+    )
+    # The 1 ms goal is for a quiet machine, where deepcopy of this payload takes about 12 ms; on a loaded
+    # one, timings scale together, so the goal is also met at 1/12 of deepcopy measured in the same run.
+    budget = max(1e-3, deep / 12)
+    print(f"  (goal for this run: <= {budget * 1e3:.2f} ms, i.e. 1 ms scaled by deepcopy / 12 ms when loaded)")
+    ok = deep / place >= 5
+    if tail_changed > budget:
+        print("  GOAL MISSED: CachePlanner.place over 1 ms with only the tail changed")
+        ok = False
+    return ok
 
 
 def main() -> int:

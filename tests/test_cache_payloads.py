@@ -13,15 +13,40 @@ def marker(ttl: str | None) -> dict[str, str]:
     return {"type": "ephemeral"} if ttl is None else {"type": "ephemeral", "ttl": ttl}
 
 
+#: Markers callers really send that the API rejects: the planner must correct or drop every one.
+INVALID_MARKERS = st.sampled_from(
+    [
+        {"type": "ephemeral", "ttl": "2h"},
+        {"type": "ephemeral", "ttl": 3600},
+        {"type": "persistent"},
+        {"type": "ephemeral", "scope": "global"},
+        "yes",
+        True,
+        None,
+    ]
+)
+
+
 @st.composite
 def maybe_marked(draw: st.DrawFn, block: dict[str, Any]) -> dict[str, Any]:
-    if draw(st.integers(0, 4)) == 0:
+    roll = draw(st.integers(0, 9))
+    if roll < 2:
         block = {**block, "cache_control": marker(draw(TTLS))}
+    elif roll == 2:
+        block = {**block, "cache_control": draw(INVALID_MARKERS)}
     return block
 
 
 TEXT = st.text(alphabet='abc xyz\n{}"\\é😀', max_size=40)
 BIG_TEXT = st.builds(lambda n, c: c * n, st.integers(0, 3000), st.sampled_from("ab"))
+
+
+@st.composite
+def nested_block(draw: st.DrawFn) -> dict[str, Any]:
+    """A block inside a tool_result's content, often carrying a marker (the API counts those too)."""
+    if draw(st.integers(0, 5)) == 0:
+        return {"type": "tool_result", "tool_use_id": "t0", "content": draw(st.lists(nested_block(), max_size=2))}
+    return draw(maybe_marked({"type": "text", "text": draw(TEXT) or "r"}))
 
 
 @st.composite
@@ -56,7 +81,7 @@ def content_block(draw: st.DrawFn, role: str) -> dict[str, Any]:
     elif kind == "tool_use":
         block = {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": draw(TEXT)}}
     elif kind == "tool_result":
-        inner = draw(st.one_of(TEXT, st.just([{"type": "text", "text": "r"}])))
+        inner = draw(st.one_of(TEXT, st.lists(nested_block(), max_size=3)))
         block = {"type": "tool_result", "tool_use_id": "t1", "content": inner}
     elif kind == "image":
         block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
@@ -100,8 +125,20 @@ def payloads(draw: st.DrawFn) -> dict[str, Any]:
     return payload
 
 
+def nested_markers(block: Any) -> list[tuple[str, Any, Any]]:
+    """Every marker inside a tool_result's content, at any depth (region "nested")."""
+    out: list[tuple[str, Any, Any]] = []
+    if isinstance(block, dict) and block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+        for item in block["content"]:
+            if isinstance(item, dict) and "cache_control" in item:
+                out.append(("nested", item["cache_control"], item))
+            out += nested_markers(item)
+    return out
+
+
 def all_markers(payload: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any] | str]]:
-    """Every (region, marker, block) in prefix order, the top-level marker last."""
+    """Every (region, marker, block) the API would count, top-level and nested markers included: block
+    markers in prefix order (a block's nested markers just before it), the top-level marker last."""
     out: list[tuple[str, Any, Any]] = []
     for tool in payload.get("tools") or []:
         if "cache_control" in tool:
@@ -111,11 +148,10 @@ def all_markers(payload: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any] 
         out += [("system", b["cache_control"], b) for b in system if "cache_control" in b]
     for message in payload.get("messages") or []:
         if isinstance(message["content"], list):
-            out += [
-                ("messages", b["cache_control"], b)
-                for b in message["content"]
-                if isinstance(b, dict) and "cache_control" in b
-            ]
+            for b in message["content"]:
+                out += nested_markers(b)
+                if isinstance(b, dict) and "cache_control" in b:
+                    out.append(("messages", b["cache_control"], b))
     if "cache_control" in payload:
         out.append(("top", payload["cache_control"], {}))
     return out
@@ -132,6 +168,8 @@ def without_markers(payload: dict[str, Any]) -> dict[str, Any]:
         for b in blocks:
             if isinstance(b, dict):
                 b.pop("cache_control", None)
+                if b.get("type") == "tool_result" and isinstance(b.get("content"), list):
+                    clean(b["content"])
         return blocks
 
     if "tools" in p:

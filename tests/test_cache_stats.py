@@ -5,7 +5,9 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
-from mendstream.cache import CachePlanner, CacheStats
+import pytest
+
+from mendstream.cache import CachePlanner, CacheStats, ceiling, simulate
 from test_cache_payloads import agent_turn_payload
 
 
@@ -70,3 +72,40 @@ def test_planner_marks_the_prefix_before_a_changing_tool() -> None:
         out, report = planner.plan(payload)
     assert ("tools", 1, -1) in marked(out)
     assert [b.location for b in report.breakpoints if b.reason.startswith("exact read")] == [(1, -1)]
+
+
+def changing_last_tool_session(turns: int = 20) -> list[dict[str, Any]]:
+    """An agent loop whose last tool definition (the open files) changes every turn."""
+    tools = [{"name": f"tool_{i}", "description": f"tool {i} " * 150, "input_schema": {}} for i in range(12)]
+    system = [{"type": "text", "text": "You are a coding agent. " * 250}]
+    history: list[dict[str, Any]] = [{"role": "user", "content": "fix the failing test " * 40}]
+    payloads = []
+    for turn in range(turns):
+        listing = {"name": "open_files", "description": f"open files ({turn}): " + f"src/f{turn}.py " * 60}
+        payloads.append(
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1000,
+                "tools": [*tools, {**listing, "input_schema": {}}],
+                "system": system,
+                "messages": list(history),
+            }
+        )
+        history.append(
+            {"role": "assistant", "content": [{"type": "tool_use", "id": f"c{turn}", "name": "tool_1", "input": {}}]}
+        )
+        history.append(
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"c{turn}", "content": "ok " * 300}]}
+        )
+    return payloads
+
+
+@pytest.mark.parametrize("lookback", [20, 1])
+def test_planner_reaches_the_ceiling_when_the_last_tool_changes_every_turn(lookback: int) -> None:
+    payloads = changing_last_tool_session()
+    planner = CachePlanner(warn=False)
+    planned = [planner.place(p) for p in payloads]
+    best = ceiling(payloads).hit_ratio
+    reached = simulate(planned, lookback=lookback).hit_ratio
+    assert best > 0.3
+    assert reached >= 0.97 * best, (reached, best)

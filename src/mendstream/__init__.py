@@ -9,6 +9,7 @@ from typing import Any
 from .errors import (
     APIStreamError,
     BufferLimitError,
+    CachePayloadError,
     EventDecodeError,
     EventStreamError,
     EventStreamLimitError,
@@ -35,6 +36,7 @@ __all__ = [
     "AsyncRepairTransport",
     "BedrockParser",
     "BufferLimitError",
+    "CachePayloadError",
     "CachePlanner",
     "CacheStats",
     "Data",

@@ -7,6 +7,7 @@ from typing import Any
 __all__ = [
     "APIStreamError",
     "BufferLimitError",
+    "CachePayloadError",
     "EventDecodeError",
     "EventStreamError",
     "EventStreamLimitError",
@@ -160,3 +161,13 @@ class FixtureError(UsageError):
     def __init__(self, message: str, *, path: str | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.path = path
+
+
+class CachePayloadError(UsageError, TypeError):
+    """A request body given to the cache planner or simulator has the wrong shape; the message names the
+    field (``messages[3].content``: a number where a string or a list of blocks belongs). Also a
+    ``TypeError``, which is what a payload that is not a mapping raised before. ``field`` holds the path."""
+
+    def __init__(self, message: str, *, field: str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.field = field

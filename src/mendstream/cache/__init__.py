@@ -1,6 +1,8 @@
 # Prompt-cache breakpoint planning for Messages API requests: where to put cache_control markers
 # (planner, strategies), what they would save (simulate) and what they did save (stats). Pure Python,
-# standard library only, no I/O except in the CLI; nothing here imports the rest of mendstream.
+# no I/O except in the CLI. From the rest of mendstream it imports only mendstream.errors (its errors
+# belong to the one hierarchy: UsageError, CachePayloadError); importing it stays light (no httpx,
+# anthropic or matplotlib).
 from __future__ import annotations
 
 from .planner import (

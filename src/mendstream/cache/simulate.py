@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .layout import REGION_NAMES, Layout
+from ..errors import UsageError
+from .converse import is_converse, shadow_of
+from .layout import REGION_NAMES, Layout, marker_ttl, normalise_marker
 from .planner import MAX_BREAKPOINTS
 from .tokens import min_cacheable_tokens
 
@@ -37,8 +39,9 @@ PRICE_READ: Final = 0.1
 TTL_SECONDS: Final = {"5m": 300.0, "1h": 3600.0}
 
 
-class SessionFormatError(ValueError):
-    """A SESSION.jsonl line is not a payload or a ``{"payload": ...}`` record. ``.line`` is 1-based."""
+class SessionFormatError(UsageError):
+    """A SESSION.jsonl line is not a payload or a ``{"payload": ...}`` record. ``.line`` is 1-based.
+    Part of mendstream's hierarchy (a :class:`~mendstream.UsageError`, hence also a ``ValueError``)."""
 
     def __init__(self, message: str, line: int) -> None:
         super().__init__(f"line {line}: {message}")
@@ -274,39 +277,59 @@ def _timestamps(entries: list[SessionEntry], interval: float) -> list[float]:
     return out
 
 
+#: Usage fields that add up to a request's whole input: Messages API names, then Bedrock Converse's.
+_INPUT_FIELDS: Final = (
+    ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"),
+    ("inputTokens", "cacheWriteInputTokens", "cacheReadInputTokens"),
+)
+
+
+def _layout_of(payload: Mapping[str, Any]) -> tuple[Layout, Any]:
+    """The layout and top-level marker of a Messages request, or of a Converse request's shadow."""
+    if is_converse(payload):
+        payload = shadow_of(payload)[0]
+    return Layout.of(payload), payload.get("cache_control")
+
+
 def _scaled_prefix(layout: Layout, usage: Mapping[str, Any] | None, memo: dict[int, tuple[Any, int]]) -> list[int]:
     prefix = layout.prefix_tokens(memo)
     if not usage or not prefix:
         return prefix
-    actual = sum(
-        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+    actual = max(sum(_count(usage.get(k)) for k in names) for names in _INPUT_FIELDS)
     if actual <= 0:
         return prefix
     factor = actual / prefix[-1]
     return [round(p * factor) for p in prefix]
 
 
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _validate(layout: Layout, top: Any) -> str | None:
-    count = len(layout.markers) + (top is not None)
+    """The 400 the API would answer, or None. Every ``cache_control`` counts, nested ones included."""
+    nested = sum(len(found) for found in layout.nested.values())
+    count = len(layout.markers) + nested + (top is not None)
     if count > MAX_BREAKPOINTS:
         return f"400: A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."
     for pos in sorted(layout.markers):
         if not layout.cacheable[pos]:
             return f"400: cache_control cannot be set on a {layout.block_type(pos)} block (position {pos})"
+    # prefix order: a nested marker closes a prefix inside its tool_result, before the block's own marker
+    placed = [(p, 0, m) for p, found in layout.nested.items() for _, m in found]
+    placed += [(p, 1, m) for p, m in layout.markers.items()]
+    markers = [m for _, _, m in sorted(placed, key=lambda x: x[:2])] + ([top] if top is not None else [])
+    for marker in markers:
+        _, fault = normalise_marker(marker)
+        if fault is not None:
+            return f"400: {fault}"
     seen_short = False
-    ttls = [_ttl(layout.markers[p]) for p in sorted(layout.markers)] + ([_ttl(top)] if top is not None else [])
-    for ttl in ttls:
-        if ttl not in TTL_SECONDS:
-            return f"400: unknown cache ttl {ttl!r}"
+    for marker in markers:
+        ttl = marker_ttl(marker)
         if ttl == "1h" and seen_short:
             return "400: a ttl='1h' cache_control block comes after a ttl='5m' one"
         seen_short = seen_short or ttl == "5m"
     return None
-
-
-def _ttl(marker: Any) -> str:
-    return str(marker.get("ttl", "5m")) if isinstance(marker, Mapping) else "5m"
 
 
 def simulate(
@@ -322,9 +345,12 @@ def simulate(
 
     Rules, per request at time ``t`` (its ``timestamp``, else the previous one plus ``interval`` seconds):
 
-    * Validation: more than 4 markers (block markers plus a top-level ``cache_control``), a marker on a
-      thinking/redacted_thinking/empty text block, or a 1h marker after a 5m one: an error, nothing billed.
-    * Breakpoints: every block marker, plus the last cacheable block when a top-level marker is present.
+    * Validation: more than 4 markers (block markers, markers nested in a ``tool_result``'s content and a
+      top-level ``cache_control``), a marker on a thinking/redacted_thinking/empty text block, a marker
+      that is not ``{"type": "ephemeral"}`` with an optional ``ttl`` of ``5m``/``1h``, or a 1h marker after
+      a 5m one: an error, nothing billed.
+    * Breakpoints: every block marker (a nested marker counts at its enclosing ``tool_result``), plus the
+      last cacheable block when a top-level marker is present.
     * Prefix identity: a hash chained over blocks (tools, system, messages), ``cache_control`` excluded;
       the model and ``tool_choice``/``thinking`` settings are part of it (see :meth:`Layout.prefix_hashes`).
     * Reads: from each breakpoint, walk back over at most ``lookback`` blocks (the breakpoint itself is the
@@ -346,11 +372,12 @@ def simulate(
     results: list[RequestResult] = []
     for index, (entry, now) in enumerate(zip(entries, times, strict=True)):
         payload = entry.payload
-        layout = Layout.of(payload)
-        top = payload.get("cache_control")
+        layout, top = _layout_of(payload)
         prefix = _scaled_prefix(layout, entry.usage, token_memo)
         total = prefix[-1] if prefix else 0
         breakpoints = dict(layout.markers)
+        for pos, inside in layout.nested.items():  # approximated by the enclosing block's prefix
+            breakpoints.setdefault(pos, inside[0][1])
         if top is not None:
             auto = layout.last_cacheable(len(layout) - 1)
             if auto is not None and auto not in breakpoints:
@@ -360,7 +387,7 @@ def simulate(
             results.append(RequestResult(index, now, len(layout), len(breakpoints), 0, 0, 0, 0, 0, error))
             continue
         chain = layout.prefix_hashes(hash_memo)
-        minimum = min_cacheable_tokens(model or str(payload.get("model") or ""), min_tokens)
+        minimum = min_cacheable_tokens(model or str(layout.payload.get("model") or ""), min_tokens)
 
         read_at = -1
         for b in sorted(breakpoints):
@@ -376,7 +403,7 @@ def simulate(
         for b in sorted(breakpoints):
             if b <= read_at or prefix[b] < minimum:
                 continue
-            ttl = _ttl(breakpoints[b])
+            ttl = marker_ttl(breakpoints[b])
             written[ttl] += prefix[b] - covered
             covered = prefix[b]
             seconds = TTL_SECONDS[ttl]
@@ -432,11 +459,11 @@ def ceiling(
     results: list[RequestResult] = []
     for index, (entry, now) in enumerate(zip(entries, times, strict=True)):
         payload = entry.payload
-        layout = Layout.of(payload)
+        layout, _ = _layout_of(payload)
         prefix = _scaled_prefix(layout, entry.usage, token_memo)
         total = prefix[-1] if prefix else 0
         chain = layout.prefix_hashes(hash_memo)
-        minimum = min_cacheable_tokens(model or str(payload.get("model") or ""), min_tokens)
+        minimum = min_cacheable_tokens(model or str(layout.payload.get("model") or ""), min_tokens)
         read_at = -1
         for j in range(len(chain) - 1, -1, -1):
             if prefix[j] < minimum:

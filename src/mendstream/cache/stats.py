@@ -11,10 +11,15 @@ from .simulate import PRICE_READ, PRICE_WRITE_1H, PRICE_WRITE_5M
 __all__ = ["CacheStats"]
 
 
-def _field(usage: Any, name: str) -> Any:
-    if isinstance(usage, Mapping):
-        return usage.get(name)
-    return getattr(usage, name, None)
+def _field(usage: Any, name: str, converse: str | None = None) -> Any:
+    """``usage[name]``, falling back to the Bedrock Converse spelling ``converse`` when absent."""
+    for key in (name, converse):
+        if key is None:
+            continue
+        value = usage.get(key) if isinstance(usage, Mapping) else getattr(usage, key, None)
+        if value is not None:
+            return value
+    return None
 
 
 def _int(value: Any) -> int:
@@ -23,7 +28,9 @@ def _int(value: Any) -> int:
 
 @dataclass(slots=True)
 class CacheStats:
-    """Running totals of Messages API ``usage`` objects (dicts or SDK ``Usage`` models).
+    """Running totals of Messages API ``usage`` objects (dicts or SDK ``Usage`` models), or of Bedrock
+    Converse ``usage`` (``inputTokens``, ``outputTokens``, ``cacheReadInputTokens``,
+    ``cacheWriteInputTokens``; Converse does not split writes by TTL, so they count as 5m).
 
     ``add(usage)`` once per response (the final usage: ``message.usage`` or the last ``message_delta``).
     When ``cache_creation`` splits writes into ``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``
@@ -40,10 +47,10 @@ class CacheStats:
     def add(self, usage: Any) -> None:
         """Add one response's usage. Missing or non-numeric fields count as 0; never raises."""
         self.requests += 1
-        self.input_tokens += _int(_field(usage, "input_tokens"))
-        self.cache_read_tokens += _int(_field(usage, "cache_read_input_tokens"))
-        self.output_tokens += _int(_field(usage, "output_tokens"))
-        created = _int(_field(usage, "cache_creation_input_tokens"))
+        self.input_tokens += _int(_field(usage, "input_tokens", "inputTokens"))
+        self.cache_read_tokens += _int(_field(usage, "cache_read_input_tokens", "cacheReadInputTokens"))
+        self.output_tokens += _int(_field(usage, "output_tokens", "outputTokens"))
+        created = _int(_field(usage, "cache_creation_input_tokens", "cacheWriteInputTokens"))
         split = _field(usage, "cache_creation")
         one_hour = _int(_field(split, "ephemeral_1h_input_tokens")) if split is not None else 0
         five = _int(_field(split, "ephemeral_5m_input_tokens")) if split is not None else 0

@@ -45,7 +45,8 @@ def region_end(layout: Layout, region: int) -> int | None:
 def _first_message_position(layout: Layout) -> int | None:
     if not layout.message_span:
         return None
-    return layout.message_span[min(layout.message_span)][0]
+    # message_span is filled in message order, so its first key is the smallest: O(1), not O(messages)
+    return layout.message_span[next(iter(layout.message_span))][0]
 
 
 def tail(layout: Layout) -> int | None:
