@@ -53,6 +53,7 @@ class Repair:
 # read once; possessive, so a failed stretch never backtracks.
 _BODY_RUN = re.compile(r'(?:[^"\\\x00-\x1f]+|\\(?:u[0-9a-fA-F]{4}|["\\/bfnrt]))*+')
 _CONTROL_RUN = re.compile(r"[\x00-\x1f]+")
+_CHUNK_PIECES = 4096
 _ESCAPED_CONTROLS = {code: f"\\u{code:04x}" for code in range(0x20)}
 
 
@@ -85,8 +86,25 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
     """
     controls: Counter[str] = Counter()
     invalid = 0
-    pieces: list[str] = []  # mended text, as stretches copied from `text` and replacements between them
-    copied = 0  # text[:copied] is in `pieces`
+    # The mended text so far is "".join(chunks + pieces) + text[copied:i]. Pieces are joined into a chunk
+    # every _CHUNK_PIECES, so that a mend at every other character costs no list slot per mend.
+    chunks: list[str] = []
+    pieces: list[str] = []
+    emitted = 0  # characters in chunks and pieces
+    copied = 0
+
+    def emit(end: int, replacement: str, resume: int) -> None:
+        """Copy text[copied:end], then `replacement`, and go on copying from `resume`."""
+        nonlocal copied, emitted
+        stretch = text[copied:end]
+        pieces.append(stretch)
+        pieces.append(replacement)
+        emitted += len(stretch) + len(replacement)
+        copied = resume
+        if len(pieces) >= _CHUNK_PIECES:
+            chunks.append("".join(pieces))
+            pieces.clear()
+
     n = len(text)
     pos = 0
     while True:
@@ -94,7 +112,7 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
         if quote < 0:
             break
         # Mend this string provisionally: if it never closes, everything from it on stays as it was.
-        mark, mark_copied = len(pieces), copied
+        mark = emitted + quote - copied  # length of the mended text up to this string
         string_controls: Counter[str] | None = None
         string_invalid = 0
         i = quote + 1
@@ -110,9 +128,9 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
             if char == "\\":
                 if i + 1 >= n:  # a lone backslash at the end: the string cannot close
                     break
-                pieces.append(text[copied:i])
-                pieces.append("\\\\")
-                copied = i = i + 1  # the escaped character is read afresh: plain, or a control to mend
+                # The escaped character is read afresh: it is plain, or a control character to mend.
+                emit(i, "\\\\", i + 1)
+                i += 1
                 string_invalid += 1
                 continue
             run = _CONTROL_RUN.match(text, i)
@@ -122,23 +140,29 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
                 string_controls = Counter()
             string_controls.update(chars)
             if escape_controls:
-                pieces.append(text[copied:i])
-                pieces.append(chars.translate(_ESCAPED_CONTROLS))
-                copied = run.end()
+                emit(i, chars.translate(_ESCAPED_CONTROLS), run.end())
             i = run.end()
         if not closed:
-            del pieces[mark:]
-            copied = mark_copied
+            if emitted > mark:  # undo this string's mends: the result is cut back to `mark`, then text[quote:]
+                chunks.append("".join(pieces))
+                mended = "".join(chunks)
+                chunks[:] = [mended[:mark]]
+                pieces.clear()
+                del mended
+                emitted = mark
+                copied = quote
             break
         if string_controls is not None:
             controls.update(string_controls)
         invalid += string_invalid
         pos = i + 1
     counts = {f"U+{ord(char):04X}": count for char, count in controls.items()}
-    if not pieces:
+    if not emitted:
         return MendedStrings(text, counts, invalid)
-    pieces.append(text[copied:])
-    return MendedStrings("".join(pieces), counts, invalid)
+    chunks.append("".join(pieces))
+    pieces.clear()
+    chunks.append(text[copied:])
+    return MendedStrings("".join(chunks), counts, invalid)
 
 
 def _describe_controls(controls: dict[str, int]) -> str:
@@ -203,5 +227,7 @@ def decode_event_json(sse: ServerSentEvent, snapshot: dict[str, Any] | None) -> 
         return json.loads(mended.text, strict=False), repairs
     except json.JSONDecodeError as exc:
         raise failure(f"data is not JSON even after repair: {exc.msg} at data char {exc.pos}") from None
+    except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        raise failure(f"data is not JSON even after repair: {exc}") from None
     except RecursionError:
         raise failure(f"data nests too deep to decode from this call stack (limit {MAX_NESTING_DEPTH})") from None
