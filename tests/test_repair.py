@@ -383,3 +383,19 @@ def test_mend_of_large_text_equals_the_reference() -> None:
     reference, controls, invalid = reference_mend(text)
     mended = mend_json_strings(text)
     assert (mended.text, mended.controls, mended.invalid_escapes) == (reference, dict(Counter(controls)), invalid)
+
+
+def test_snapshot_is_built_only_when_decoding_fails() -> None:
+    calls: list[int] = []
+
+    def snapshot() -> dict[str, Any]:
+        calls.append(1)
+        return {"id": "m"}
+
+    value, repairs = decode_event_json(ServerSentEvent(None, b'{"a":"\t"}'), snapshot)
+    assert value == {"a": "\t"} and [r.kind for r in repairs] == ["control_characters"]
+    assert calls == []
+    with pytest.raises(EventDecodeError) as info:
+        decode_event_json(ServerSentEvent(None, b'{"a":"\t"'), snapshot)
+    assert info.value.snapshot == {"id": "m"}
+    assert calls == [1]

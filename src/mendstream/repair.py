@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +114,7 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
             break
         # Mend this string provisionally: if it never closes, everything from it on stays as it was.
         mark = emitted + quote - copied  # length of the mended text up to this string
-        string_controls: Counter[str] | None = None
-        string_invalid = 0
+        invalid_before = invalid
         i = quote + 1
         closed = False
         while True:
@@ -131,18 +131,25 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
                 # The escaped character is read afresh: it is plain, or a control character to mend.
                 emit(i, "\\\\", i + 1)
                 i += 1
-                string_invalid += 1
+                invalid += 1
                 continue
             run = _CONTROL_RUN.match(text, i)
             assert run is not None
             chars = run.group()
-            if string_controls is None:
-                string_controls = Counter()
-            string_controls.update(chars)
+            if len(chars) == 1:
+                controls[chars] += 1
+            else:
+                controls.update(chars)
             if escape_controls:
                 emit(i, chars.translate(_ESCAPED_CONTROLS), run.end())
             i = run.end()
         if not closed:
+            # Nothing in this string counts: every control character between its quote and where the scan
+            # stopped was counted above, so uncount them all.
+            invalid = invalid_before
+            for run in _CONTROL_RUN.finditer(text, quote + 1, i):
+                controls.subtract(run.group())
+            controls = +controls  # drop the zero counts
             if emitted > mark:  # undo this string's mends: the result is cut back to `mark`, then text[quote:]
                 chunks.append("".join(pieces))
                 mended = "".join(chunks)
@@ -152,9 +159,6 @@ def mend_json_strings(text: str, /, *, escape_controls: bool = True) -> MendedSt
                 emitted = mark
                 copied = quote
             break
-        if string_controls is not None:
-            controls.update(string_controls)
-        invalid += string_invalid
         pos = i + 1
     counts = {f"U+{ord(char):04X}": count for char, count in controls.items()}
     if not emitted:
@@ -170,8 +174,14 @@ def _describe_controls(controls: dict[str, int]) -> str:
     return f"escaped {sum(controls.values())} raw control character(s) inside JSON strings ({', '.join(unique)})"
 
 
-def decode_event_json(sse: ServerSentEvent, snapshot: dict[str, Any] | None) -> tuple[Any, list[Repair]]:
+def decode_event_json(
+    sse: ServerSentEvent, snapshot: dict[str, Any] | Callable[[], dict[str, Any] | None] | None
+) -> tuple[Any, list[Repair]]:
     """Decode the data of ``sse`` when the fast decoder failed; return the value and the repairs made.
+
+    ``snapshot`` is the message so far, for the error; pass a callable (e.g. the accumulator's bound
+    ``message`` method) to have it built only if decoding fails, so that repairing many events does not
+    cost one whole-message snapshot each.
 
     Raises:
         EventDecodeError: no repair produced valid JSON; ``.raw`` holds the data bytes.
@@ -199,7 +209,7 @@ def decode_event_json(sse: ServerSentEvent, snapshot: dict[str, Any] | None) -> 
         return EventDecodeError(
             f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): {why}",
             raw=sse.raw_data,
-            snapshot=snapshot,
+            snapshot=snapshot() if callable(snapshot) else snapshot,
             offset=sse.offset,
         )
 
