@@ -3,6 +3,7 @@
 # tolerated faults, several top-level values, and a fuzzer that allows no exception but PartialJSONError.
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -14,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mendstream.partial_json import MISSING, PartialJSONError, ToolInputParser
+from mendstream.partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSONError, ToolInputParser
+from workcount import count_work
 
 MODES = ("on", "trailing-strings")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -567,3 +569,55 @@ def test_missing_is_a_singleton() -> None:
     assert copy.copy(MISSING) is MISSING
     assert repr(MISSING) == "MISSING"
     assert type(MISSING)() is MISSING
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nesting limit and linear work on hostile tool input
+
+def test_default_depth_limit_is_the_documented_nesting_limit() -> None:
+    parser = ToolInputParser()
+    parser.feed("[" * MAX_NESTING_DEPTH + "]" * MAX_NESTING_DEPTH)
+    assert parser.failed is None
+    parser = ToolInputParser()
+    parser.feed("[" * (MAX_NESTING_DEPTH + 1))
+    assert parser.failed is not None
+    assert (parser.failed.reason, parser.failed.position) == ("maximum depth exceeded", MAX_NESTING_DEPTH)
+
+
+def _hostile_tool_input(shape: str, n: int) -> str:
+    return {
+        "escaped quotes, unterminated": '{"a":"' + '\\"' * n,
+        "raw control characters": '{"a":"' + "\x01" * n + '"}',
+        "controls and text": '{"a":"' + "a\x02" * n + '"}',
+        "invalid escapes": '{"a":"' + "\\q" * n + '"}',
+        "backslash run": '{"a":"' + "\\" * (2 * n) + '"}',
+        "many members": "{" + ",".join(f'"k{i}":[{i},"v"]' for i in range(n)) + "}",
+        "open brackets": "[" * n,
+        "huge number": "[" + "7" * n + "]",
+    }[shape]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["escaped quotes, unterminated", "raw control characters", "controls and text", "invalid escapes",
+     "backslash run", "many members", "open brackets", "huge number"],
+)
+@pytest.mark.parametrize("fragment", [0, 7])
+def test_work_grows_linearly_on_hostile_tool_input(shape: str, fragment: int) -> None:
+    # Feeding is what must stay linear. (A snapshot costs O(size of the open containers), as documented,
+    # so reading one after every fragment of one huge open object is quadratic, like re-parsing with jiter.)
+    def run(text: str) -> None:
+        parser = ToolInputParser()
+        if fragment:
+            for start in range(0, len(text), fragment):
+                parser.feed(text[start : start + fragment])
+        else:
+            parser.feed(text)
+        parser.snapshot()
+        with contextlib.suppress(PartialJSONError):
+            parser.finish()
+
+    small = count_work(lambda: run(_hostile_tool_input(shape, 1_000)))
+    large = count_work(lambda: run(_hostile_tool_input(shape, 8_000)))
+    assert large.operations <= 12 * max(small.operations, 50), (small, large)
+    assert large.seconds <= 30 * small.seconds + 0.05, (small, large)  # loose, secondary

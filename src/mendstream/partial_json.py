@@ -28,13 +28,23 @@
 # After the first top-level value completes, further non-whitespace starts another value (`{…}{…}`, seen
 # from compatible servers); completed values collect in `values` and the snapshot keeps showing the first,
 # as jiter does. Anything that cannot continue as JSON sets `failed` for good; later fragments are ignored.
+#
+# Nesting limit
+# -------------
+# JSON nested deeper than MAX_NESTING_DEPTH open containers is refused as an input error, on every path:
+# the parser here fails with reason "maximum depth exceeded", and `loads` (the json.loads that callers use
+# for whole documents) raises the same PartialJSONError before json.loads can recurse. The C decoder in
+# json recurses once per level and raises RecursionError somewhere below sys.getrecursionlimit() (about
+# 990 levels from a shallow stack, fewer from a deep one), so its limit depends on the caller; 512 sits well
+# inside it from any ordinary stack, and far above what real tool input or event JSON uses (jiter, the
+# fast path, stops at 201).
 from __future__ import annotations
 
 import json
 import re
 from typing import Any, Final, Literal
 
-__all__ = ["MISSING", "PartialJSONError", "ToolInputParser"]
+__all__ = ["MAX_NESTING_DEPTH", "MISSING", "PartialJSONError", "ToolInputParser", "loads", "nesting_exceeded"]
 
 
 class _Missing:
@@ -145,6 +155,69 @@ _WHOLE_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?
 
 _PARTIAL_MODES: Final = ("on", "trailing-strings")
 
+MAX_NESTING_DEPTH: Final = 512
+"""Most containers that may be open at once in tool input or event JSON; see "Nesting limit" above."""
+
+# The rest of a string literal after its opening quote, through the closing quote. Anchored with match() at
+# each opening quote and never retried from inside a string, so a scan is linear even when the last string
+# never closes (a search() retried at every later quote is what makes such input quadratic).
+_STRING_TAIL: Final = re.compile(r'(?:[^"\\]+|\\.)*+"', re.DOTALL)
+_BRACKET: Final = re.compile(r"[\[\]{}]")
+
+
+def nesting_exceeded(text: str, /, limit: int = MAX_NESTING_DEPTH) -> int | None:
+    """Where ``text`` first opens more than ``limit`` nested containers, or None if it never does.
+
+    Counts ``[`` and ``{`` against ``]`` and ``}`` outside string literals, as a JSON parser would nest
+    them; nothing after a string that never closes is structure. Returns the character offset of the
+    bracket that opens container number ``limit + 1``. O(len(text)): between two strings the brackets are
+    counted by str.count, and walked one by one only in a stretch that could cross the limit.
+    """
+    if text.count("[") + text.count("{") <= limit:  # the common case: too few brackets to matter
+        return None
+    depth = 0
+    pos = 0
+    n = len(text)
+    while pos < n:
+        quote = text.find('"', pos)
+        end = n if quote < 0 else quote
+        opens = text.count("[", pos, end) + text.count("{", pos, end)
+        if depth + opens > limit:
+            for match in _BRACKET.finditer(text, pos, end):
+                if match.group() in "[{":
+                    depth += 1
+                    if depth > limit:
+                        return match.start()
+                else:
+                    depth -= 1
+        else:
+            depth += opens - text.count("]", pos, end) - text.count("}", pos, end)
+        if quote < 0:
+            return None
+        tail = _STRING_TAIL.match(text, quote + 1)
+        if tail is None:
+            return None
+        pos = tail.end()
+    return None
+
+
+def loads(text: str, /, *, strict: bool = True) -> Any:
+    """``json.loads(text, strict=strict)`` that refuses deep nesting as bad input instead of recursing.
+
+    Raises:
+        PartialJSONError: reason ``"maximum depth exceeded"`` when ``text`` nests deeper than
+            MAX_NESTING_DEPTH (checked in O(n) before decoding), or when the stack left to json's
+            recursive decoder runs out even so (a caller already very deep in its own stack).
+        json.JSONDecodeError: as json.loads, for anything else that is not JSON. Both are ValueErrors.
+    """
+    position = nesting_exceeded(text)
+    if position is not None:
+        raise PartialJSONError(position, "maximum depth exceeded")
+    try:
+        return json.loads(text, strict=strict)
+    except RecursionError:
+        raise PartialJSONError(0, "maximum depth exceeded") from None
+
 
 class _Frame:
     """One open container: the live list or dict, and for a dict the key of the member being read."""
@@ -180,7 +253,8 @@ class ToolInputParser:
     Args:
         partial_mode: how a string still open at the end of the text appears in `snapshot()`, as in
             jiter: ``"on"`` leaves it out (with its key), ``"trailing-strings"`` shows what has arrived.
-        max_depth: most containers that may be open at once; one more sets `failed`.
+        max_depth: most containers that may be open at once; one more sets `failed` with reason
+            ``"maximum depth exceeded"``. Defaults to MAX_NESTING_DEPTH (512).
 
     Raises:
         ValueError: for an unknown `partial_mode` or a `max_depth` below 1.
@@ -193,7 +267,9 @@ class ToolInputParser:
             offset in the whole text.
     """
 
-    def __init__(self, *, partial_mode: Literal["on", "trailing-strings"] = "on", max_depth: int = 1000) -> None:
+    def __init__(
+        self, *, partial_mode: Literal["on", "trailing-strings"] = "on", max_depth: int = MAX_NESTING_DEPTH
+    ) -> None:
         if partial_mode not in _PARTIAL_MODES:
             raise ValueError(f"partial_mode must be one of {_PARTIAL_MODES!r}, not {partial_mode!r}")
         if max_depth < 1:
