@@ -4,15 +4,18 @@
 # `import mendstream` imports neither httpx nor anthropic.
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     APIStreamError,
     BufferLimitError,
+    ContentTypeError,
     EventDecodeError,
+    HTTPStatusError,
     IncompleteStreamError,
     ProtocolError,
     StreamError,
+    StreamReuseError,
     ToolInputError,
     UsageError,
 )
@@ -22,6 +25,12 @@ from .repair import Repair
 from .sse import ServerSentEvent, SSEDecoder
 from .streaming import AsyncMessageStream, MessageStream, areplay, replay
 
+if TYPE_CHECKING:
+    # What type checkers see for the names served lazily below (at run time __getattr__ imports them on
+    # first use), so `reveal_type(mendstream.stream(...))` is MessageStream rather than Any.
+    from .cache import CachePlanner, CacheStats, place_cache_breakpoints
+    from .transports.sdk import astream, stream
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -30,9 +39,11 @@ __all__ = [
     "BufferLimitError",
     "CachePlanner",
     "CacheStats",
+    "ContentTypeError",
     "Data",
     "Event",
     "EventDecodeError",
+    "HTTPStatusError",
     "IncompleteStreamError",
     "MessageParser",
     "MessageStream",
@@ -41,6 +52,7 @@ __all__ = [
     "SSEDecoder",
     "ServerSentEvent",
     "StreamError",
+    "StreamReuseError",
     "ToolInputError",
     "UsageError",
     "areplay",

@@ -1,10 +1,17 @@
 # MessageStream / AsyncMessageStream: pump byte chunks from any source into a MessageParser and offer the
 # SDK's MessageStream surface. The only difference between the twins is how a chunk is awaited; everything
 # else lives in _StreamState. `replay` / `areplay` build them from files, bytes or chunk iterables.
+# How a stream ends: read to the end or failed, it releases its source itself; `close()` / `with` release it
+# (the transport may drain first); dropped without either, a finaliser warns (ResourceWarning, as files do)
+# and calls the transport's `abandon` callback, which must not block or take a lock. The event generators
+# therefore never release anything when they are closed (GeneratorExit), because a generator is closed by
+# the garbage collector at an arbitrary point, possibly inside the HTTP library's pool lock.
 from __future__ import annotations
 
 import inspect
 import os
+import warnings
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -67,7 +74,12 @@ class _StreamState:
             return value if isinstance(value, str) else None
         return None
 
-    def raise_error(self, error: StreamError) -> BaseException:
+    def error_for(self, error: StreamError) -> BaseException:
+        """What to raise for the core's ``error`` (the transport's ``wrap_error``, else ``error``).
+
+        Callers raise it ``from`` its ``__cause__``, so the cause set by the core (an internal bug) or by
+        the transport (the connection failure) is what tracebacks and diagnostics show.
+        """
         if self._wrap_error is not None:
             return self._wrap_error(error)
         return error
@@ -132,10 +144,12 @@ class _Surface:
 class MessageStream(_Surface):
     """Events from an iterable of byte chunks, with the SDK ``MessageStream`` surface.
 
-    Iterating yields the stream events; ``close()`` (also called by ``__exit__``, after the last chunk, and
-    when iteration stops early through ``close``) calls the transport's ``close`` callback exactly once.
+    Iterating yields the stream events. The transport's ``close`` callback is called exactly once: after
+    the last chunk, when an error ends the stream, or by ``close()`` / ``__exit__``. If the stream is
+    garbage-collected before that, a ``ResourceWarning`` is emitted and ``abandon`` (which must not block
+    or take a lock: it runs in a finaliser) is called instead of ``close``.
     Errors are :class:`~mendstream.errors.StreamError` subclasses (or what ``wrap_error`` makes of them),
-    raised after every event decoded before them has been yielded.
+    raised after every event decoded before them has been yielded, ``from`` their ``__cause__``.
     """
 
     def __init__(
@@ -146,11 +160,13 @@ class MessageStream(_Surface):
         response: object | None = None,
         request_id: str | None = None,
         close: Callable[[], object] | None = None,
+        abandon: Callable[[], object] | None = None,
         wrap_error: Callable[[StreamError], BaseException] | None = None,
     ) -> None:
         self._state = _StreamState(parser, response, request_id, wrap_error)
         self._chunks = chunks
         self._close_callback = close
+        self._finalizer = _watch(self, abandon)
         self._iterator = self._events()
         self.text_stream: Iterator[str] = self._text()
 
@@ -162,16 +178,22 @@ class MessageStream(_Surface):
                     events = parser.feed(chunk)
                 except StreamError as error:
                     yield from error.events
-                    raise self._state.raise_error(error) from error.__cause__
+                    failure = self._state.error_for(error)
+                    raise failure from failure.__cause__
                 yield from events
             try:
                 events = parser.end()
             except StreamError as error:
                 yield from error.events
-                raise self._state.raise_error(error) from error.__cause__
+                failure = self._state.error_for(error)
+                raise failure from failure.__cause__
             yield from events
-        finally:
+        except GeneratorExit:
+            raise  # closed by close() or by the garbage collector: they release the source, not this frame
+        except BaseException:
             self._release()
+            raise
+        self._release()
 
     def _text(self) -> Iterator[str]:
         for event in self:
@@ -196,6 +218,8 @@ class MessageStream(_Surface):
         if self._state.closed:
             return
         self._state.closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._close_callback is not None:
             self._close_callback()
 
@@ -232,11 +256,13 @@ class AsyncMessageStream(_Surface):
         response: object | None = None,
         request_id: str | None = None,
         close: Callable[[], object] | Callable[[], Awaitable[object]] | None = None,
+        abandon: Callable[[], object] | None = None,
         wrap_error: Callable[[StreamError], BaseException] | None = None,
     ) -> None:
         self._state = _StreamState(parser, response, request_id, wrap_error)
         self._chunks = achunks
         self._close_callback = close
+        self._finalizer = _watch(self, abandon)
         self._iterator = self._events()
         self.text_stream: AsyncIterator[str] = self._text()
 
@@ -249,7 +275,8 @@ class AsyncMessageStream(_Surface):
                 except StreamError as error:
                     for event in error.events:
                         yield event
-                    raise self._state.raise_error(error) from error.__cause__
+                    failure = self._state.error_for(error)
+                    raise failure from failure.__cause__
                 for event in events:
                     yield event
             try:
@@ -257,11 +284,16 @@ class AsyncMessageStream(_Surface):
             except StreamError as error:
                 for event in error.events:
                     yield event
-                raise self._state.raise_error(error) from error.__cause__
+                failure = self._state.error_for(error)
+                raise failure from failure.__cause__
             for event in events:
                 yield event
-        finally:
+        except GeneratorExit:
+            raise  # see MessageStream._events
+        except BaseException:
             await self._release()
+            raise
+        await self._release()
 
     async def _text(self) -> AsyncIterator[str]:
         async for event in self:
@@ -286,6 +318,8 @@ class AsyncMessageStream(_Surface):
         if self._state.closed:
             return
         self._state.closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._close_callback is not None:
             result = self._close_callback()
             if inspect.isawaitable(result):
@@ -307,6 +341,27 @@ class AsyncMessageStream(_Surface):
     async def get_final_text(self) -> str:
         await self.until_done()
         return self._state.final_text()
+
+
+def _abandoned(abandon: Callable[[], object]) -> None:
+    # Runs in a finaliser: warn as an unclosed file does, then hand over to the transport, whose callback
+    # only queues work (no I/O, no lock here).
+    warnings.warn(
+        "a mendstream stream was garbage-collected without close(); its connection is closed without "
+        "reading the rest of the body (use `with` / `async with`, or call close())",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    abandon()
+
+
+def _watch(stream: object, abandon: Callable[[], object] | None) -> weakref.finalize[Any, Any] | None:
+    """A finaliser that calls ``abandon`` if ``stream`` is collected before it released its source."""
+    if abandon is None:
+        return None
+    finalizer = weakref.finalize(stream, _abandoned, abandon)
+    finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+    return finalizer
 
 
 def _file_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:

@@ -12,19 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from mendstream.cache.integration import apply_cache
 from mendstream.errors import APIStreamError, StreamError, UsageError
 from mendstream.parser import MessageParser
 from mendstream.streaming import AsyncMessageStream, MessageStream
-from mendstream.transports import (
-    AsyncStreamOpener,
-    BodyPump,
-    CapturePath,
-    capture_error_response,
-    capture_writer,
-    check_content_type,
-    content_type_error,
-    request_json,
-)
+from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer, request_json
+from mendstream.transports.failures import check_content_type, content_type_error
+from mendstream.transports.opener import AsyncStreamOpener
+from mendstream.transports.pump import BodyPump
 
 __all__ = ["astream", "sdk_error_class", "stream"]
 
@@ -134,16 +129,6 @@ def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
     params.pop("stream", None)
     params.pop("output_format", None)
     return apply_cache(params, cache)
-
-
-def apply_cache(params: dict[str, Any], cache: Any) -> dict[str, Any]:
-    """``params`` with the plan ``cache`` applied by ``mendstream.cache.apply_cache``; None: unchanged."""
-    if cache is None:
-        return params
-    import importlib
-
-    planner = importlib.import_module("mendstream.cache")
-    return dict(planner.apply_cache(params, cache))
 
 
 def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
