@@ -248,3 +248,46 @@ def test_dropped_stream_warns_and_explicit_close_does_not(server: ReplayServer) 
         del closed, read
         gc.collect()
     assert reaper.wait_idle(30)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"x": [value]}
+    return value
+
+
+@pytest.mark.parametrize("module_name", HTTP_MODULES)
+def test_deep_request_body_with_capture(server: ReplayServer, module_name: str, tmp_path: Any) -> None:
+    """Issue 12 §7: a body nested 600 deep with capture= neither lets RecursionError out nor leaks."""
+    module = importlib.import_module(module_name)
+    transport, pool = _collecting_transport(module, is_async=False)
+    client = module.Client(transport=transport, timeout=_timeout(module))
+    body = {**BODY, "metadata": {"deep": _nested(300)}}  # 600 JSON levels
+    out = tmp_path / "deep.sse"
+    with mh.stream(body, base_url=server.base_url, client=client, capture=out) as stream:
+        assert stream.get_final_text() == "Hello world"
+    assert out.read_bytes() == BASIC_SSE
+    assert (tmp_path / "deep.capture.json").exists()
+    with pytest.raises(mendstream.UsageError, match="nested too deeply"):
+        mh.stream({**BODY, "metadata": {"deep": _nested(100_000)}}, base_url=server.base_url, client=client,
+                  capture=tmp_path / "deeper.sse")
+    assert _busy(pool) == []
+
+
+def test_capture_of_a_stream_closed_unread(server: ReplayServer, tmp_path: Any) -> None:
+    """Issue 8 §3: closed before any read, the capture holds what was received (nothing of the body)
+    and its sidecar (status, headers, outcome "closed"), with both transports."""
+    import json
+
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="sk-ant-test", max_retries=0)
+    opened = [
+        ("httpx", mh.stream(BODY, base_url=server.base_url, capture=tmp_path / "httpx.sse")),
+        ("sdk", mendstream.stream(client, **PARAMS, capture=tmp_path / "sdk.sse")),
+    ]
+    for name, stream in opened:
+        stream.close()
+        meta = json.loads((tmp_path / f"{name}.capture.json").read_text())
+        assert meta["outcome"] == "closed" and meta["response"]["status"] == 200
+        assert meta["body_bytes"] == (tmp_path / f"{name}.sse").stat().st_size == 0

@@ -360,6 +360,11 @@ class CaptureWriter:
         }
         if error is not None:
             sidecar["error"] = redact_secret_values(f"{type(error).__name__}: {error}")
+        try:
+            text = json.dumps(sidecar, indent=1, ensure_ascii=False)
+        except RecursionError:  # a request body nested deeper than json can write: record that instead
+            self._request["body"] = "[request body nested too deeply to record]"
+            text = json.dumps(sidecar, indent=1, ensure_ascii=False)
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(sidecar, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
         tmp.replace(self.sidecar)

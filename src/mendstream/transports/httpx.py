@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mendstream.cache.integration import apply_cache
-from mendstream.errors import ContentTypeError, HTTPStatusError, UsageError
+from mendstream.errors import ContentTypeError, HTTPStatusError, StreamError, UsageError
 from mendstream.parser import MessageParser
 from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer
@@ -146,7 +146,12 @@ class _Request:
         self.headers = build_headers(
             api_key=api_key, auth_token=auth_token, headers=headers, anthropic_version=anthropic_version
         )
-        self.content = json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+        try:
+            self.content = json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+        except RecursionError:
+            raise UsageError("body is nested too deeply to be sent as JSON") from None
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"body cannot be sent as JSON: {exc}") from exc
         self.timeout = timeout
         self.capture = capture
         self.strict_content_type = strict_content_type
@@ -169,24 +174,21 @@ class _Request:
             started_at=self.started_at,
         )
 
-    def failure(self, response: Any, head: bytes) -> Exception | None:
-        """The error for a response that cannot be streamed (its body, or its first bytes, in ``head``)."""
+    def bad_content_type(self, response: Any) -> str | None:
+        """The offending content type of a 2xx response that cannot be SSE, else ``None``."""
+        return check_content_type(response.headers, strict=self.strict_content_type)
+
+    def failure(self, response: Any, head: bytes, writer: Any) -> StreamError:
+        """The error for a response that cannot be streamed (its body, or its first bytes, in ``head``),
+        recorded in the capture ``writer`` when capturing."""
+        capture_error_response(writer, response.status_code, response.headers.items(), head)
         status = response.status_code
         if not 200 <= status < 300:
             return status_error(status, head, response.headers, response)
-        bad_type = check_content_type(response.headers, strict=self.strict_content_type)
-        if bad_type is not None:
-            return content_type_error(status, bad_type, head, response)
-        return None
+        return content_type_error(status, self.bad_content_type(response) or "", head, response)
 
-    def needs_body_for_error(self, response: Any) -> bool:
-        if not 200 <= response.status_code < 300:
-            return True
-        return check_content_type(response.headers, strict=self.strict_content_type) is not None
-
-    def record_failure(self, request: Any, response: Any, head: bytes) -> None:
-        writer = self.new_capture(request)
-        capture_error_response(writer, response.status_code, response.headers.items(), head)
+    def cannot_stream(self, response: Any) -> bool:
+        return not 200 <= response.status_code < 300 or self.bad_content_type(response) is not None
 
 
 def stream(
@@ -249,22 +251,28 @@ def stream(
     )
     http = client if client is not None else _shared_client()
     request = req.build(http)
-    response = http.send(request, stream=True)
-    if req.needs_body_for_error(response):
-        try:
-            head = response.read()
-        finally:
-            response.close()
-        req.record_failure(request, response, head)
-        failure = req.failure(response, head)
-        assert failure is not None
-        raise failure
-    writer = req.new_capture(request)
-    if writer is not None:
-        writer.start_response(response.status_code, list(response.headers.items()))
-    return BodyPump(writer).message_stream(
-        response.iter_bytes(), response=response, parser=parser, release=response.close
-    )
+    writer = req.new_capture(request)  # before sending: nothing after send may fail and leak the connection
+    try:
+        response = http.send(request, stream=True)
+    except BaseException as exc:
+        if writer is not None:
+            writer.finish("error", exc)
+        raise
+    try:
+        if req.cannot_stream(response):
+            try:
+                head = response.read()
+            finally:
+                response.close()
+            raise req.failure(response, head, writer)
+        if writer is not None:
+            writer.start_response(response.status_code, list(response.headers.items()))
+        return BodyPump(writer).message_stream(
+            response.iter_bytes(), response=response, parser=parser, release=response.close
+        )
+    except BaseException:
+        response.close()
+        raise
 
 
 def astream(
@@ -310,34 +318,39 @@ def astream(
             module = http_module()
             owned = module.AsyncClient(timeout=_timeout(module))
         http: Any = client if client is not None else owned
+        writer: Any = None
         try:
             request = req.build(http)
+            writer = req.new_capture(request)
             response = await http.send(request, stream=True)
-        except BaseException:
+        except BaseException as exc:
+            if writer is not None:
+                writer.finish("error", exc)
             if owned is not None:
                 await owned.aclose()
             raise
-        if req.needs_body_for_error(response):
+
+        async def release() -> None:
             try:
-                head = await response.aread()
-            finally:
                 await response.aclose()
+            finally:
                 if owned is not None:
                     await owned.aclose()
-            req.record_failure(request, response, head)
-            failure = req.failure(response, head)
-            assert failure is not None
-            raise failure
-        writer = req.new_capture(request)
-        if writer is not None:
-            writer.start_response(response.status_code, list(response.headers.items()))
-        async def release() -> None:
-            await response.aclose()
-            if owned is not None:
-                await owned.aclose()
 
-        return BodyPump(writer).amessage_stream(
-            response.aiter_bytes(), response=response, parser=parser, release=release
-        )
+        try:
+            if req.cannot_stream(response):
+                try:
+                    head = await response.aread()
+                finally:
+                    await release()
+                raise req.failure(response, head, writer)
+            if writer is not None:
+                writer.start_response(response.status_code, list(response.headers.items()))
+            return BodyPump(writer).amessage_stream(
+                response.aiter_bytes(), response=response, parser=parser, release=release
+            )
+        except BaseException:
+            await release()
+            raise
 
     return AsyncStreamOpener(open_stream)
