@@ -23,30 +23,18 @@ from collections.abc import (
     Iterator,
 )
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from .errors import StreamError, UsageError
-from .events import Event, TextEvent
+from .events import Event
 from .parser import MessageParser
 from .repair import Repair
+from .sdk_events import to_sdk_event, to_sdk_message
 
 __all__ = ["AsyncMessageStream", "MessageStream", "areplay", "replay", "to_sdk_message"]
 
 Source = str | os.PathLike[str] | bytes | bytearray | Iterable[bytes]
 _READ_SIZE = 64 * 1024
-
-
-def to_sdk_message(message: dict[str, Any]) -> Any:
-    """``message`` as an ``anthropic.types.Message`` when the SDK is importable, else the dict itself.
-
-    Built without validation (as the SDK builds its own snapshots), so unknown block types survive.
-    """
-    try:
-        from anthropic._models import construct_type
-        from anthropic.types import Message
-    except ImportError:
-        return message
-    return construct_type(type_=Message, value=message)
 
 
 class _StreamState:
@@ -58,7 +46,9 @@ class _StreamState:
         response: object | None,
         request_id: str | None,
         wrap_error: Callable[[StreamError], BaseException] | None,
+        beta: bool = False,
     ) -> None:
+        self.beta = beta
         self.parser = parser if parser is not None else MessageParser()
         self.response = response
         self._request_id = request_id
@@ -87,7 +77,7 @@ class _StreamState:
     def final_message(self) -> Any:
         if not self.parser.complete:
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.parser.message)
+        return to_sdk_message(self.parser.message, beta=self.beta)
 
     def final_text(self) -> str:
         message = self.parser.message
@@ -104,7 +94,7 @@ class _StreamState:
     def snapshot(self) -> Any:
         if not self.parser.message:
             raise UsageError("no message_start has been received yet")
-        return to_sdk_message(self.parser.message)
+        return to_sdk_message(self.parser.message, beta=self.beta)
 
 
 class _Surface:
@@ -114,7 +104,12 @@ class _Surface:
 
     @property
     def message(self) -> dict[str, Any]:
-        """The message so far (or final) as a Messages API dict."""
+        """The message so far as a Messages API dict; reading it never reads the stream.
+
+        Before iteration this is ``{}`` (nothing read yet, even for a replay of a complete file); after
+        ``get_final_message()`` / ``until_done()`` (which read to the end) it is the final message, equal
+        to ``get_final_message()`` as a dict.
+        """
         return self._state.parser.message
 
     @property
@@ -162,12 +157,16 @@ class MessageStream(_Surface):
         close: Callable[[], object] | None = None,
         abandon: Callable[[], object] | None = None,
         wrap_error: Callable[[StreamError], BaseException] | None = None,
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> None:
-        self._state = _StreamState(parser, response, request_id, wrap_error)
+        self._state = _StreamState(parser, response, request_id, wrap_error, beta)
         self._chunks = chunks
         self._close_callback = close
         self._finalizer = _watch(self, abandon)
-        self._iterator = self._events()
+        events = self._events()
+        # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
+        self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, beta)) if sdk_events else events
         self.text_stream: Iterator[str] = self._text()
 
     def _events(self) -> Generator[Event, None, None]:
@@ -196,8 +195,9 @@ class MessageStream(_Surface):
         self._release()
 
     def _text(self) -> Iterator[str]:
-        for event in self:
-            if isinstance(event, TextEvent):
+        events: Iterator[Any] = self
+        for event in events:
+            if event.type == "text":  # mendstream's or the SDK's TextEvent
                 yield event.text
 
     def __iter__(self) -> Iterator[Event]:
@@ -258,12 +258,15 @@ class AsyncMessageStream(_Surface):
         close: Callable[[], object] | Callable[[], Awaitable[object]] | None = None,
         abandon: Callable[[], object] | None = None,
         wrap_error: Callable[[StreamError], BaseException] | None = None,
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> None:
-        self._state = _StreamState(parser, response, request_id, wrap_error)
+        self._state = _StreamState(parser, response, request_id, wrap_error, beta)
         self._chunks = achunks
         self._close_callback = close
         self._finalizer = _watch(self, abandon)
-        self._iterator = self._events()
+        events = self._events()
+        self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, beta)) if sdk_events else events
         self.text_stream: AsyncIterator[str] = self._text()
 
     async def _events(self) -> AsyncGenerator[Event, None]:
@@ -296,8 +299,9 @@ class AsyncMessageStream(_Surface):
         await self._release()
 
     async def _text(self) -> AsyncIterator[str]:
-        async for event in self:
-            if isinstance(event, TextEvent):
+        events: AsyncIterator[Any] = self
+        async for event in events:
+            if event.type == "text":  # mendstream's or the SDK's TextEvent
                 yield event.text
 
     def __aiter__(self) -> AsyncIterator[Event]:
@@ -343,6 +347,16 @@ class AsyncMessageStream(_Surface):
         return self._state.final_text()
 
 
+def _sdk_events(events: Iterator[Event], beta: bool) -> Generator[Any, None, None]:
+    for event in events:
+        yield to_sdk_event(event, beta=beta)
+
+
+async def _asdk_events(events: AsyncIterator[Event], beta: bool) -> AsyncGenerator[Any, None]:
+    async for event in events:
+        yield to_sdk_event(event, beta=beta)
+
+
 def _abandoned(abandon: Callable[[], object]) -> None:
     # Runs in a finaliser: warn as an unclosed file does, then hand over to the transport, whose callback
     # only queues work (no I/O, no lock here).
@@ -380,13 +394,18 @@ def _chunks_of(source: Source) -> Iterable[bytes]:
     return source
 
 
-def replay(source: Source, /, **parser_options: Any) -> MessageStream:
+def replay(source: Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any) -> MessageStream:
     """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
 
-    Returns a :class:`MessageStream` (use it as a context manager or iterate it). ``parser_options`` go to
-    :class:`MessageParser` (``max_event_bytes``, ``partial_mode``).
+    Returns a :class:`MessageStream` (use it as a context manager or iterate it). Nothing is read until it
+    is iterated or ``get_final_message()`` / ``until_done()`` is called (``.message`` is ``{}`` before).
+    ``sdk_events=True`` yields the SDK's own event objects (see :func:`mendstream.sdk_events.to_sdk_event`)
+    instead of mendstream's; ``beta=True`` makes those and ``get_final_message()`` the SDK's ``Beta``
+    types. ``parser_options`` go to :class:`MessageParser` (``max_event_bytes``, ``partial_mode``).
     """
-    return MessageStream(_chunks_of(source), parser=MessageParser(**parser_options))
+    return MessageStream(
+        _chunks_of(source), parser=MessageParser(**parser_options), sdk_events=sdk_events, beta=beta
+    )
 
 
 async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -394,7 +413,11 @@ async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def areplay(source: AsyncIterable[bytes] | Source, /, **parser_options: Any) -> AsyncMessageStream:
+def areplay(
+    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any
+) -> AsyncMessageStream:
     """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes)."""
     achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
-    return AsyncMessageStream(achunks, parser=MessageParser(**parser_options))
+    return AsyncMessageStream(
+        achunks, parser=MessageParser(**parser_options), sdk_events=sdk_events, beta=beta
+    )

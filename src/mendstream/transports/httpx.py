@@ -155,6 +155,7 @@ class _Request:
         self.timeout = timeout
         self.capture = capture
         self.strict_content_type = strict_content_type
+        self.beta = "anthropic-beta" in self.headers
         self.started_at = 0.0
 
     def build(self, client: Any) -> Any:
@@ -207,6 +208,7 @@ def stream(
     cache: Any = None,
     parser: MessageParser | None = None,
     strict_content_type: bool = True,
+    sdk_events: bool = False,
 ) -> MessageStream:
     """Stream a Messages API request from ``base_url`` (any Anthropic-compatible endpoint).
 
@@ -225,6 +227,8 @@ def stream(
         parser: a configured :class:`~mendstream.MessageParser`.
         strict_content_type: when True only ``text/event-stream`` (or no content type) is accepted;
             when False only JSON/HTML/XML/AWS event-stream responses are refused.
+        sdk_events: yield the SDK's own event objects instead of mendstream's (needs ``anthropic``); with
+            an ``anthropic-beta`` header, events and ``get_final_message()`` use the SDK's ``Beta`` types.
 
     Returns:
         A :class:`~mendstream.MessageStream`; close it (or use ``with``) to release the connection.
@@ -268,7 +272,8 @@ def stream(
         if writer is not None:
             writer.start_response(response.status_code, list(response.headers.items()))
         return BodyPump(writer).message_stream(
-            response.iter_bytes(), response=response, parser=parser, release=response.close
+            response.iter_bytes(), response=response, parser=parser, release=response.close,
+            sdk_events=sdk_events, beta=req.beta,
         )
     except BaseException:
         response.close()
@@ -291,6 +296,7 @@ def astream(
     cache: Any = None,
     parser: MessageParser | None = None,
     strict_content_type: bool = True,
+    sdk_events: bool = False,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`; ``client`` is an ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
 
@@ -347,7 +353,8 @@ def astream(
             if writer is not None:
                 writer.start_response(response.status_code, list(response.headers.items()))
             return BodyPump(writer).amessage_stream(
-                response.aiter_bytes(), response=response, parser=parser, release=release
+                response.aiter_bytes(), response=response, parser=parser, release=release,
+                sdk_events=sdk_events, beta=req.beta,
             )
         except BaseException:
             await release()

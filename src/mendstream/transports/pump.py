@@ -137,7 +137,14 @@ class BodyPump:
             self._finish("closed")
 
     def message_stream(
-        self, body: Iterable[bytes], *, response: Any, parser: MessageParser | None, release: Callable[[], object]
+        self,
+        body: Iterable[bytes],
+        *,
+        response: Any,
+        parser: MessageParser | None,
+        release: Callable[[], object],
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> MessageStream:
         """The :class:`MessageStream` over ``body``.
 
@@ -172,6 +179,7 @@ class BodyPump:
         return MessageStream(
             chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
             close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
+            sdk_events=sdk_events, beta=beta,
         )
 
     def amessage_stream(
@@ -181,6 +189,8 @@ class BodyPump:
         response: Any,
         parser: MessageParser | None,
         release: Callable[[], Awaitable[object]],
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> AsyncMessageStream:
         """The async twin of :meth:`message_stream`; must be called with the stream's event loop running.
 
@@ -224,4 +234,5 @@ class BodyPump:
         return AsyncMessageStream(
             chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
             close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
+            sdk_events=sdk_events, beta=beta,
         )

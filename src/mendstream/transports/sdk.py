@@ -210,6 +210,7 @@ def stream(
     capture: CapturePath | None = None,
     cache: Any = None,
     parser: MessageParser | None = None,
+    sdk_events: bool = False,
     **params: Any,
 ) -> MessageStream:
     """Send a streaming Messages request through ``client`` and read it with mendstream.
@@ -222,12 +223,17 @@ def stream(
             ``*.capture.json`` (see :mod:`mendstream.capture`).
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
         parser: a configured :class:`~mendstream.MessageParser` (default: a new one).
+        sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
+            ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
+            mendstream's, for code that checks event classes. Costs one SDK model per event.
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
             ``client.beta.messages``.
 
     Returns:
-        A :class:`~mendstream.MessageStream` (context manager; iterate it for events).
+        A :class:`~mendstream.MessageStream` (context manager; iterate it for events). Its
+        ``get_final_message()`` is an ``anthropic.types.Message``, or a ``BetaMessage`` with ``betas=``
+        (the request then goes through ``client.beta.messages``), as the SDK returns.
 
     Raises:
         Whatever ``client.messages.create`` raises before the stream starts (``anthropic.APIStatusError``
@@ -257,7 +263,10 @@ def stream(
         _start_capture(capture, response, params, t0),
         convert_error=lambda err: _to_sdk_error(err, response),
     )
-    return pump.message_stream(response.iter_bytes(), response=response, parser=parser, release=raw.close)
+    return pump.message_stream(
+        response.iter_bytes(), response=response, parser=parser, release=raw.close,
+        sdk_events=sdk_events, beta="betas" in params,
+    )
 
 
 def astream(
@@ -267,6 +276,7 @@ def astream(
     capture: CapturePath | None = None,
     cache: Any = None,
     parser: MessageParser | None = None,
+    sdk_events: bool = False,
     **params: Any,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
@@ -297,6 +307,9 @@ def astream(
             _start_capture(capture, response, params, t0),
             convert_error=lambda err: _to_sdk_error(err, response),
         )
-        return pump.amessage_stream(response.aiter_bytes(), response=response, parser=parser, release=raw.close)
+        return pump.amessage_stream(
+            response.aiter_bytes(), response=response, parser=parser, release=raw.close,
+            sdk_events=sdk_events, beta="betas" in params,
+        )
 
     return AsyncStreamOpener(open_stream)
