@@ -291,3 +291,25 @@ def test_capture_of_a_stream_closed_unread(server: ReplayServer, tmp_path: Any) 
         meta = json.loads((tmp_path / f"{name}.capture.json").read_text())
         assert meta["outcome"] == "closed" and meta["response"]["status"] == 200
         assert meta["body_bytes"] == (tmp_path / f"{name}.sse").stat().st_size == 0
+
+
+def test_error_pipeline_keeps_the_cause() -> None:
+    """Issue 9 §3: the core's cause (e.g. an internal bug) survives the transport's mapping and raise."""
+    from mendstream.errors import ProtocolError
+    from mendstream.parser import MessageParser
+    from mendstream.streaming import MessageStream
+
+    class BrokenParser(MessageParser):
+        def feed(self, data: bytes) -> list[Any]:
+            error = ProtocolError("internal error while parsing: KeyError('x')")
+            error.__cause__ = KeyError("x")
+            raise error
+
+    class Mapped(Exception):
+        pass
+
+    for wrap in (None, lambda err: Mapped(err.message)):
+        stream = MessageStream([b"data: {}\n\n"], parser=BrokenParser(), wrap_error=wrap)
+        with pytest.raises((ProtocolError, Mapped)) as info:
+            stream.until_done()
+        assert isinstance(info.value.__cause__, KeyError)

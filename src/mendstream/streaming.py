@@ -70,9 +70,12 @@ class _StreamState:
         Callers raise it ``from`` its ``__cause__``, so the cause set by the core (an internal bug) or by
         the transport (the connection failure) is what tracebacks and diagnostics show.
         """
-        if self._wrap_error is not None:
-            return self._wrap_error(error)
-        return error
+        if self._wrap_error is None:
+            return error
+        failure = self._wrap_error(error)
+        if failure is not error and failure.__cause__ is None:
+            failure.__cause__ = error.__cause__  # the mapped error keeps the core's cause
+        return failure
 
     def final_message(self) -> Any:
         if not self.parser.complete:

@@ -90,8 +90,6 @@ class BodyPump:
                     target.__cause__ = failure
             reason = f"{type(failure).__name__}: {failure}"
             converted.add_note(f"the connection failed before the stream ended: {reason}")
-        if converted is not err and converted.__cause__ is None:
-            converted.__cause__ = err.__cause__
         return converted
 
     def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
