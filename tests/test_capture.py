@@ -49,8 +49,9 @@ def test_scrubbing() -> None:
     assert headers == {"accept": "x", "x-note": "k=[REDACTED]"}
     body = scrub_json({"a": [{"password": "p", "text": f"Bearer {SECRET}"}], "key": "kept", "n": 1.5})
     assert body == {"a": [{"text": "[REDACTED]"}], "key": "kept", "n": 1.5}
+    # Issue 12 §4 changed this: `key` in a URL query is a credential (Google API keys travel as ?key=).
     assert scrub_url("https://user:pw@h.test/v1/messages?key=1&api_key=2&beta=true") == (
-        "https://h.test/v1/messages?key=1&beta=true"
+        "https://h.test/v1/messages?beta=true"
     )
     assert redact_secret_values("no secrets here") == "no secrets here"
     assert sidecar_path("a/b.sse") == Path("a/b.capture.json")

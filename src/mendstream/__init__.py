@@ -4,19 +4,22 @@
 # `import mendstream` imports neither httpx nor anthropic.
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     APIStreamError,
     BufferLimitError,
     CachePayloadError,
+    ContentTypeError,
     EventDecodeError,
     EventStreamError,
     EventStreamLimitError,
     FixtureError,
+    HTTPStatusError,
     IncompleteStreamError,
     ProtocolError,
     StreamError,
+    StreamReuseError,
     StreamStalledError,
     ToolInputError,
     UsageError,
@@ -28,17 +31,25 @@ from .retry import Attempt, RestartEvent, Retry
 from .sse import ServerSentEvent, SSEDecoder
 from .streaming import AsyncMessageStream, MessageStream, areplay, replay
 
+if TYPE_CHECKING:
+    # What type checkers see for the names served lazily below (at run time __getattr__ imports them on
+    # first use), so `reveal_type(mendstream.stream(...))` is MessageStream rather than Any.
+    from .cache import CachePlanner, CacheStats, place_cache_breakpoints
+    from .transports.sdk import astream, stream
+
 __version__ = "0.1.0"
 
 __all__ = [
     "APIStreamError",
     "AsyncMessageStream",
     "AsyncRepairTransport",
+    "Attempt",
     "BedrockParser",
     "BufferLimitError",
     "CachePayloadError",
     "CachePlanner",
     "CacheStats",
+    "ContentTypeError",
     "Data",
     "Event",
     "EventDecodeError",
@@ -46,23 +57,23 @@ __all__ = [
     "EventStreamError",
     "EventStreamLimitError",
     "FixtureError",
+    "HTTPStatusError",
     "IncompleteStreamError",
     "MessageParser",
     "MessageStream",
     "ProtocolError",
     "Repair",
     "RepairTransport",
+    "RestartEvent",
+    "Retry",
     "SSEDecoder",
     "ServerSentEvent",
     "StreamError",
+    "StreamReuseError",
+    "StreamStalledError",
     "ToolInputError",
     "UsageError",
     "areplay",
-    # resilience (issue 7)
-    "Attempt",
-    "RestartEvent",
-    "Retry",
-    "StreamStalledError",
     "astream",
     "place_cache_breakpoints",
     "replay",

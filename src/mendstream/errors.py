@@ -1,5 +1,7 @@
-# The exception hierarchy. Every failure the parser can meet raises a subclass of StreamError, and every
-# StreamError keeps what was received: the partial message, and where it applies the raw text and offset.
+# The exception hierarchy: every failure mendstream reports (the core's, the transports', a caller's misuse)
+# is a subclass of StreamError, and every StreamError keeps what was received: the partial message, and
+# where it applies the raw text, the body and the offset. How a transport failure becomes one of these, where
+# the SDK's class is mixed in and where the cause is kept: see "The error pipeline" in docs/transports.md.
 from __future__ import annotations
 
 from typing import Any
@@ -8,13 +10,16 @@ __all__ = [
     "APIStreamError",
     "BufferLimitError",
     "CachePayloadError",
+    "ContentTypeError",
     "EventDecodeError",
     "EventStreamError",
     "EventStreamLimitError",
     "FixtureError",
+    "HTTPStatusError",
     "IncompleteStreamError",
     "ProtocolError",
     "StreamError",
+    "StreamReuseError",
     "StreamStalledError",
     "ToolInputError",
     "UsageError",
@@ -41,7 +46,20 @@ class StreamError(Exception):
 
 
 class UsageError(StreamError, ValueError):
-    """The caller misused the API (fed data after ``end()``, gave a bad option). Not the peer's fault."""
+    """The caller misused the API (fed data after ``end()``, gave a bad option). Not the peer's fault.
+
+    It stays under :class:`StreamError` on purpose, so that ``except mendstream.StreamError`` is the one
+    clause that catches everything mendstream raises; it is also a ``ValueError`` (what Python code raises
+    for a bad argument), so ``except ValueError`` keeps working. Tell it apart from the peer's failures with
+    ``except ProtocolError`` (the stream was bad) or ``except UsageError`` (the call was).
+    """
+
+
+class StreamReuseError(UsageError, RuntimeError):
+    """A one-shot object was used twice (an ``astream(...)`` opener awaited again).
+
+    Also a ``RuntimeError``, as the SDK raises for the same misuse.
+    """
 
 
 class ProtocolError(StreamError):
@@ -171,3 +189,54 @@ class CachePayloadError(UsageError, TypeError):
     def __init__(self, message: str, *, field: str, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.field = field
+
+
+class HTTPStatusError(StreamError):
+    """The endpoint answered with a non-2xx status before any stream began (``mendstream.httpx``).
+
+    The SDK transport (``mendstream.stream``) lets the SDK's own ``anthropic.APIStatusError`` subclasses
+    through instead, as the SDK raises them before the first byte.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: the decoded JSON body, or the body text when it is not JSON.
+        error_type: ``error.type`` from an Anthropic-style error body, when present.
+        error_message: ``error.message`` from the body, when present.
+        request_id: the ``request-id`` header (or the body's ``request_id``), when present.
+        response: the HTTP library's response object (already read and closed).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: object,
+        response: object = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.response = response
+        self.request_id = request_id
+        error = body.get("error") if isinstance(body, dict) else None
+        self.error_type: str | None = error.get("type") if isinstance(error, dict) else None
+        self.error_message: str | None = error.get("message") if isinstance(error, dict) else None
+
+
+class ContentTypeError(ProtocolError):
+    """A 2xx response whose content type is not an SSE stream (JSON, HTML, AWS event-stream, ...).
+
+    Attributes: ``status_code``, ``content_type``, ``body`` (decoded JSON or up to 4 KiB of text),
+    ``response``.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int, content_type: str, body: object, response: object = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.content_type = content_type
+        self.body = body
+        self.response = response

@@ -12,7 +12,7 @@ from typing import Any
 from mendstream.bedrock import EVENT_STREAM_CONTENT_TYPE, BedrockParser
 from mendstream.errors import UsageError
 from mendstream.parser import MessageParser
-from mendstream.transports import HeadersLike, check_content_type
+from mendstream.transports.failures import HeadersLike, check_content_type
 
 __all__ = [
     "BEDROCK_SDK_ERROR_NAMES",

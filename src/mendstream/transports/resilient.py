@@ -180,14 +180,14 @@ def _httpx_request(req: Any, prefill: str | None, path: CapturePath | None, read
         out.body = {**req.body, "messages": with_prefill(req.body.get("messages") or [], prefill)}
         out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
     if read is not None and _is_unset(req.timeout):
-        from mendstream.httpx import http_module
+        from mendstream.transports.httpx import http_module
 
         out.timeout = http_module().Timeout(10.0, read=read)
     return out
 
 
 def _is_unset(value: Any) -> bool:
-    from mendstream import httpx as transport
+    from mendstream.transports import httpx as transport
 
     return value is transport._UNSET
 
@@ -202,22 +202,26 @@ def httpx_stream(
     progress_timeout: float | None,
 ) -> ResilientMessageStream:
     """``mendstream.httpx.stream`` with ``retry`` / stall detection; ``req`` is its prepared request."""
-    from mendstream.httpx import _shared_client
+    from mendstream.transports.httpx import _shared_client
 
     http = client if client is not None else _shared_client()
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
         request = attempt.build(http)
-        response = http.send(request, stream=True)
-        if attempt.needs_body_for_error(response):
+        writer = attempt.new_capture(request)  # before sending: nothing after send may fail and leak
+        try:
+            response = http.send(request, stream=True)
+        except BaseException as exc:
+            if writer is not None:
+                writer.finish("error", exc)
+            raise
+        if attempt.cannot_stream(response):
             try:
                 head = response.read()
             finally:
                 response.close()
-            attempt.record_failure(request, response, head)
-            raise attempt.failure(response, head)
-        writer = attempt.new_capture(request)
+            raise attempt.failure(response, head, writer)
         if writer is not None:
             writer.start_response(response.status_code, list(response.headers.items()))
         return Opened(response, response.iter_bytes(), BodyPump(writer), response.close)
@@ -239,7 +243,7 @@ def httpx_astream(
 ) -> AsyncStreamOpener:
     """The async twin of :func:`httpx_stream`. Without ``client`` each attempt gets its own async client,
     closed with the attempt's response (async clients are bound to one event loop)."""
-    from mendstream.httpx import _timeout, http_module
+    from mendstream.transports.httpx import _timeout, http_module
 
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
@@ -256,21 +260,23 @@ def httpx_astream(
                 if owned is not None:
                     await owned.aclose()
 
+        writer: Any = None
         try:
             request = attempt.build(http)
+            writer = attempt.new_capture(request)
             response = await http.send(request, stream=True)
-        except BaseException:
+        except BaseException as exc:
+            if writer is not None:
+                writer.finish("error", exc)
             if owned is not None:
                 await owned.aclose()
             raise
-        if attempt.needs_body_for_error(response):
+        if attempt.cannot_stream(response):
             try:
                 head = await response.aread()
             finally:
                 await release()
-            attempt.record_failure(request, response, head)
-            raise attempt.failure(response, head)
-        writer = attempt.new_capture(request)
+            raise attempt.failure(response, head, writer)
         if writer is not None:
             writer.start_response(response.status_code, list(response.headers.items()))
         return Opened(response, response.aiter_bytes(), BodyPump(writer), release)

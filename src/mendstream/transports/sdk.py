@@ -12,20 +12,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from mendstream.cache.integration import apply_cache
 from mendstream.errors import APIStreamError, StreamError, UsageError
 from mendstream.parser import MessageParser
 from mendstream.retry import Retry
 from mendstream.streaming import AsyncMessageStream, MessageStream
-from mendstream.transports import (
-    AsyncStreamOpener,
-    BodyPump,
-    CapturePath,
-    capture_error_response,
-    capture_writer,
-    content_type_error,
-    request_json,
-)
 from mendstream.transports import bedrock as _cloud
+from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer, request_json
+from mendstream.transports.failures import content_type_error
+from mendstream.transports.opener import AsyncStreamOpener
+from mendstream.transports.pump import BodyPump
 from mendstream.transports.resilient import check_resilience, sdk_astream, sdk_stream
 
 __all__ = ["astream", "sdk_error_class", "stream"]
@@ -139,16 +135,6 @@ def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
     return apply_cache(params, cache)
 
 
-def apply_cache(params: dict[str, Any], cache: Any) -> dict[str, Any]:
-    """``params`` with the plan ``cache`` applied by ``mendstream.cache.apply_cache``; None: unchanged."""
-    if cache is None:
-        return params
-    import importlib
-
-    planner = importlib.import_module("mendstream.cache")
-    return dict(planner.apply_cache(params, cache))
-
-
 def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
     """``client.messages``, or ``client.beta.messages`` when beta features (``betas=``) are requested."""
     _reject_non_sse_client(client)
@@ -212,6 +198,7 @@ def stream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sdk_events: bool = False,
     **params: Any,
 ) -> MessageStream:
     """Send a streaming Messages request through ``client`` and read it with mendstream.
@@ -230,12 +217,17 @@ def stream(
         retry, idle_timeout, progress_timeout: resilience (off by default); see docs/resilience.md and
             :mod:`mendstream.resilient`. With any of them the request is sent on first iteration and the
             stream is a :class:`~mendstream.resilient.ResilientMessageStream` (``.attempts``).
+        sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
+            ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
+            mendstream's, for code that checks event classes. Costs one SDK model per event.
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
             ``client.beta.messages``.
 
     Returns:
-        A :class:`~mendstream.MessageStream` (context manager; iterate it for events).
+        A :class:`~mendstream.MessageStream` (context manager; iterate it for events). Its
+        ``get_final_message()`` is an ``anthropic.types.Message``, or a ``BetaMessage`` with ``betas=``
+        (the request then goes through ``client.beta.messages``), as the SDK returns.
 
     Raises:
         Whatever ``client.messages.create`` raises before the stream starts (``anthropic.APIStatusError``
@@ -269,7 +261,10 @@ def stream(
         _start_capture(capture, response, params, t0),
         convert_error=lambda err: _to_sdk_error(err, response),
     )
-    return pump.message_stream(response.iter_bytes(), response=response, parser=parser, release=raw.close)
+    return pump.message_stream(
+        response.iter_bytes(), response=response, parser=parser, release=raw.close,
+        sdk_events=sdk_events, beta="betas" in params,
+    )
 
 
 def astream(
@@ -282,6 +277,7 @@ def astream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sdk_events: bool = False,
     **params: Any,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
@@ -316,6 +312,9 @@ def astream(
             _start_capture(capture, response, params, t0),
             convert_error=lambda err: _to_sdk_error(err, response),
         )
-        return pump.amessage_stream(response.aiter_bytes(), response=response, parser=parser, release=raw.close)
+        return pump.amessage_stream(
+            response.aiter_bytes(), response=response, parser=parser, release=raw.close,
+            sdk_events=sdk_events, beta="betas" in params,
+        )
 
     return AsyncStreamOpener(open_stream)
