@@ -228,13 +228,11 @@ def test_proxy_subcommand_serves_until_stopped(upstream: ReplayServer) -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    code = ("import argparse, sys; from mendstream.proxy import add_proxy_subcommand; "
-            "p = argparse.ArgumentParser(); add_proxy_subcommand(p.add_subparsers(dest='command')); "
-            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
-    bad = subprocess.run([sys.executable, "-c", code, "proxy", "--upstream", "ftp://x"], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "mendstream", "proxy", "--upstream", "ftp://x"],
+                         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "http:// or https://" in bad.stderr
-    proc = subprocess.Popen([sys.executable, "-c", code, "proxy", "--upstream", upstream.base_url, "--port",
+    assert "Traceback" not in bad.stderr and bad.stderr.startswith("mendstream proxy: ")
+    proc = subprocess.Popen([sys.executable, "-m", "mendstream", "proxy", "--upstream", upstream.base_url, "--port",
                              str(port), "--cache", "planner"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
