@@ -304,6 +304,7 @@ class MessageAccumulator:
         self.stopped = False  # message_stop seen
         self.streaming = False  # between message_start (or its repair) and the stop: the common state
         self.stop_reason_seen = False
+        self._pending_inputs: list[ToolInputError] = []  # see _unparseable_input
         self._message: dict[str, Any] | None = None
         self._blocks: dict[int, _Block] = {}
         self._offset: int | None = None  # where the event being handled starts, for repair records
@@ -393,6 +394,8 @@ class MessageAccumulator:
             self._repair("missing_message_stop", "the stream ended after message_delta without message_stop")
             self._stop(out)
             return
+        if self._pending_inputs:  # a broken tool input, and no stop reason to excuse it
+            raise self._pending_inputs[0]
         raise self.incomplete("the stream ended before message_stop")
 
     # -- handlers ----------------------------------------------------------------------------------------
@@ -521,6 +524,8 @@ class MessageAccumulator:
                     message[key] = value
         if delta.get("stop_reason") is not None:
             self.stop_reason_seen = True
+            if self._pending_inputs:
+                self._settle_pending_inputs()
         if usage:
             merged = message["usage"] = dict(message["usage"])
             for key, value in usage.items():
@@ -530,6 +535,7 @@ class MessageAccumulator:
 
     def _on_message_stop(self, obj: dict[str, Any], out: list[Event]) -> None:
         self._close_open_blocks(out)
+        self._settle_pending_inputs()
         self._stop(out)
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -549,21 +555,15 @@ class MessageAccumulator:
                 self._close(block, out)
 
     def _close(self, block: _Block, out: list[Event]) -> None:
-        if block.tool is not None:
+        tool = block.tool
+        if tool is not None:
             try:
-                value, repairs = block.tool.finish()
+                value, repairs = tool.finish()
             except PartialJSONError as exc:
-                raw = block.tool.raw()
-                raise ToolInputError(
-                    f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
-                    f"at char {exc.position} of {len(raw)}",
-                    raw=raw,
-                    index=block.index,
-                    snapshot=self.message(),
-                    offset=self._offset,
-                ) from None
-            for kind, detail in repairs:
-                self._repair(kind, detail, block.index, raw=block.tool.raw())
+                value = self._unparseable_input(block, tool, exc)
+            else:
+                for kind, detail in repairs:
+                    self._repair(kind, detail, block.index, raw=tool.raw())
             block.block["input"] = value
             block.tool = None
         if block.text is not None and block.field is not None:
@@ -575,6 +575,51 @@ class MessageAccumulator:
         block.kind = _CLOSED
         block.parts = _NO_PARTS
         out.append(ContentBlockStopEvent(block.index, Data(block.block)))
+
+    def _unparseable_input(self, block: _Block, tool: _ToolInput, exc: PartialJSONError) -> Any:
+        # A tool input that no repair parses is an error, unless the model was cut off by max_tokens: then
+        # the input is as far as it got, and the message completes with it (as the SDK's partial parser
+        # gives it) plus a repair keeping the raw text. Which of the two is known only with the stop reason,
+        # which usually comes after the block's stop: until then the error waits in _pending_inputs.
+        raw = tool.raw()
+        error = ToolInputError(
+            f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
+            f"at char {exc.position} of {len(raw)}",
+            raw=raw,
+            index=block.index,
+            snapshot=self.message(),
+            offset=self._offset,
+        )
+        try:  # what the SDK's snapshot holds: jiter's partial parse of the raw text
+            partial = from_json(
+                raw.encode("utf-8", "surrogatepass"), partial_mode=True if tool.mode == "on" else tool.mode
+            )
+        except ValueError:
+            raise error from None  # broken, not cut: no stop reason makes it an input
+        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
+            self._cut_by_max_tokens(error)
+        elif self.stop_reason_seen:
+            raise error
+        else:
+            self._pending_inputs.append(error)
+        return partial
+
+    def _cut_by_max_tokens(self, error: ToolInputError) -> None:
+        self._repair(
+            "tool_input_cut_by_max_tokens",
+            f"the input of block {error.index} was cut by max_tokens; kept what parses of {len(error.raw)} chars",
+            error.index,
+            raw=error.raw,
+        )
+
+    def _settle_pending_inputs(self) -> None:
+        """Decide the tool inputs that failed to parse, now that the stop reason is known (or never will be)."""
+        pending, self._pending_inputs = self._pending_inputs, []
+        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
+            for error in pending:
+                self._cut_by_max_tokens(error)
+        elif pending:
+            raise pending[0]
 
     def _synthesize(self, index: int, dtype: object) -> _Block | None:
         template = _SYNTHESIZED.get(dtype)
