@@ -74,11 +74,8 @@ def wire_events(data: bytes) -> list[Any]:
     out = []
     for line in line_decoder.decode(data.decode("utf-8", "replace")) + line_decoder.flush():
         sse = decoder.decode(line)
-        if sse is not None:
-            try:
-                out.append(json.loads(sse.data))
-            except ValueError:
-                pass
+        if sse is not None and sse.data.lstrip().startswith("{"):
+            out.append(json.loads(sse.data))
     return out
 
 
