@@ -133,7 +133,14 @@ class _ToolInput:
         return self._start if value is MISSING else value
 
     def finish(self) -> tuple[Any, list[tuple[str, str]]]:
-        """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError."""
+        """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError, also for
+        an input nested too deep for the standard library's parser (a RecursionError there)."""
+        try:
+            return self._finish()
+        except RecursionError:
+            raise PartialJSONError(0, "nested deeper than Python's recursion limit allows") from None
+
+    def _finish(self) -> tuple[Any, list[tuple[str, str]]]:
         text = "".join(self.fragments)
         repairs: list[tuple[str, str]] = []
         if not text.strip():

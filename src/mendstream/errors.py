@@ -9,6 +9,7 @@ __all__ = [
     "BufferLimitError",
     "EventDecodeError",
     "IncompleteStreamError",
+    "MessageTooLargeError",
     "ProtocolError",
     "StreamError",
     "ToolInputError",
@@ -104,3 +105,8 @@ class APIStreamError(StreamError):
         self.error_type = error_type
         self.body = body
         self.request_id = request_id
+
+
+class MessageTooLargeError(BufferLimitError):
+    """The stream grew past the parser's optional ``max_message_bytes``; ``limit`` holds the bound and
+    ``snapshot`` the message accumulated before it."""

@@ -3,23 +3,41 @@
 # failure) → MessageAccumulator, and owns the end-of-stream decisions about a last, unterminated event.
 from __future__ import annotations
 
+import re
+import sys
 from typing import Any
 
 from jiter import from_json
 
 from .accumulate import MessageAccumulator, PartialMode, check_partial_mode
-from .errors import BufferLimitError, ProtocolError, StreamError, UsageError
+from .errors import (
+    BufferLimitError,
+    EventDecodeError,
+    MessageTooLargeError,
+    ProtocolError,
+    StreamError,
+    UsageError,
+)
 from .events import Event
 from .repair import Repair, decode_event_json
 from .sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
-__all__ = ["MessageParser"]
+__all__ = ["MAX_NESTING", "MessageParser"]
+
+#: How deep the JSON of an event may nest: jiter's limit. The API's events nest a few levels; deeper is an
+#: input error (EventDecodeError), decided the same way whatever the call stack.
+MAX_NESTING = 201
+_NESTING = re.compile(r"recursion limit exceeded")
+
 
 class MessageParser:
     """Parse the bytes of a Messages API SSE response.
 
     Args:
-        max_event_bytes: bound on the bytes held for one unfinished SSE event (default 64 MiB).
+        max_event_bytes: bound on the size of one SSE event (default 64 MiB; see SSEDecoder).
+        max_message_bytes: optional bound on the bytes of the whole stream, which bounds the memory the
+            message can take (text and tool input built from valid deltas have no other bound; off by
+            default, like the SDK). Passing it raises MessageTooLargeError with the message so far.
         partial_mode: how ``input_json`` snapshots treat a string still being received: ``"on"`` (or
             ``True``) drops it, as the SDK does; ``"trailing-strings"`` includes it.
 
@@ -34,9 +52,15 @@ class MessageParser:
         self,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_message_bytes: int | None = None,
         partial_mode: PartialMode | bool = "on",
     ) -> None:
+        if max_message_bytes is not None and (type(max_message_bytes) is not int or max_message_bytes <= 0):
+            raise UsageError(f"max_message_bytes must be a positive int or None, got {max_message_bytes!r}")
         self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._max_message_bytes = max_message_bytes
+        # Bytes the stream may still bring: one subtraction per chunk keeps the optional bound cheap.
+        self._budget = max_message_bytes if max_message_bytes is not None else sys.maxsize
         self._acc = MessageAccumulator(partial_mode=check_partial_mode(partial_mode))
         self._error: StreamError | None = None
         self._ended = False
@@ -74,6 +98,13 @@ class MessageParser:
                 data = bytes(data)
             if self._ended:
                 raise UsageError("feed() called after end()")
+            self._budget -= len(data)
+            if self._budget < 0:
+                raise MessageTooLargeError(
+                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
+                    limit=self._max_message_bytes or 0,
+                    offset=self._sse.position,
+                )
             sse = self._sse
             whole = sse.whole_events(data)
             if whole is None:  # anything but whole events of the ordinary form
@@ -85,8 +116,8 @@ class MessageParser:
             for name, raw, offset, ordinal in whole:
                 try:
                     obj = from_json(raw)
-                except ValueError:
-                    self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), out)
+                except ValueError as exc:
+                    self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
                     continue
                 if name == "content_block_delta" and acc.streaming and type(obj) is dict:
                     acc.handle_delta(obj, offset, ordinal, out)
@@ -138,21 +169,36 @@ class MessageParser:
         for event in events:
             try:
                 obj = from_json(event[1])
-            except ValueError:
-                self._handle_undecodable(event, out)
+            except ValueError as exc:
+                self._handle_undecodable(event, exc, out)
                 continue
             if event[0] == "content_block_delta" and acc.streaming and type(obj) is dict:
                 acc.handle_delta(obj, event[4], event[5], out)
             else:
                 acc.handle(event[0], obj, event[4], event[5], out)
 
-    def _handle_undecodable(self, sse: ServerSentEvent, out: list[Event]) -> None:
+    def _handle_undecodable(self, sse: ServerSentEvent, reason: ValueError, out: list[Event]) -> None:
         stripped = sse.raw_data.strip()
         if not stripped or stripped == b"[DONE]":
             return
+        if _NESTING.search(str(reason)):
+            raise EventDecodeError(
+                f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): its JSON nests deeper "
+                f"than the limit of {MAX_NESTING} levels",
+                raw=sse.raw_data,
+                offset=sse.offset,
+            )
         # No snapshot here: building the message for every mended event would make many repairs
         # quadratic; _fail attaches one if decoding fails for good.
-        obj, repairs = decode_event_json(sse, None)
+        try:
+            obj, repairs = decode_event_json(sse, None)
+        except RecursionError:  # the repair path's own parser gave up on the nesting first
+            raise EventDecodeError(
+                f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): its JSON nests deeper "
+                "than Python's recursion limit allows",
+                raw=sse.raw_data,
+                offset=sse.offset,
+            ) from None
         for repair in repairs:
             self._acc.add_repair(repair)
         self._acc.handle(sse.event, obj, sse.offset, sse.ordinal, out)
