@@ -37,7 +37,8 @@ class MessageParser:
         max_event_bytes: bound on the size of one SSE event (default 64 MiB; see SSEDecoder).
         max_message_bytes: optional bound on the bytes of the whole stream, which bounds the memory the
             message can take (text and tool input built from valid deltas have no other bound; off by
-            default, like the SDK). Passing it raises MessageTooLargeError with the message so far.
+            default, like the SDK). The ``feed`` that passes it decodes its chunk, then raises
+            MessageTooLargeError with the message so far.
         partial_mode: how ``input_json`` snapshots treat a string still being received: ``"on"`` (or
             ``True``) drops it, as the SDK does; ``"trailing-strings"`` includes it.
 
@@ -99,17 +100,11 @@ class MessageParser:
             if self._ended:
                 raise UsageError("feed() called after end()")
             self._budget -= len(data)
-            if self._budget < 0:
-                raise MessageTooLargeError(
-                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
-                    limit=self._max_message_bytes or 0,
-                    offset=self._sse.position,
-                )
             sse = self._sse
             whole = sse.whole_events(data)
             if whole is None:  # anything but whole events of the ordinary form
                 self._feed_general(data, out)
-                return out
+                whole = []
             # The hot loop, one iteration per event: JSON that jiter accepts goes straight to the
             # accumulator, a delta to its dedicated entry (most events are deltas); anything else is mended.
             acc = self._acc
@@ -123,6 +118,12 @@ class MessageParser:
                     acc.handle_delta(obj, offset, ordinal, out)
                 else:
                     acc.handle(name, obj, offset, ordinal, out)
+            if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
+                raise MessageTooLargeError(
+                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
+                    limit=self._max_message_bytes or 0,
+                    offset=sse.position,
+                )
         except Exception as exc:
             raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see there)
         return out
