@@ -219,9 +219,14 @@ class _EventBase:
     type: ClassVar[str]
     _public: ClassVar[tuple[str, ...]] = ()
 
+    _slots: ClassVar[tuple[str, ...]] = ()  # every field slot, the subclasses' included
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._slots = tuple(slot for klass in reversed(cls.__mro__) for slot in klass.__dict__.get("__slots__", ()))
+
     def _fields(self) -> tuple[Any, ...]:
-        slots: tuple[str, ...] = self.__slots__
-        return tuple(getattr(self, slot) for slot in slots)
+        return tuple(getattr(self, slot) for slot in self._slots)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the event (snapshots included, so this builds them)."""
