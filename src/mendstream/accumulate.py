@@ -301,8 +301,13 @@ class MessageAccumulator:
     """Turns decoded SSE events into stream events and an accumulated message.
 
     ``handle(name, obj, offset, ordinal, out)`` applies one decoded SSE event and appends the resulting
-    stream events to ``out``; ``end(out)`` closes the stream. Errors raised: APIStreamError,
-    IncompleteStreamError, ToolInputError.
+    stream events to ``out``; ``handle_delta`` is the same for a ``content_block_delta`` while ``streaming``;
+    ``end(out)`` closes the stream. Errors raised: APIStreamError, IncompleteStreamError, ToolInputError.
+
+    A tool input that no repair parses raises ToolInputError once the stop reason is known, unless that
+    reason is ``max_tokens``: then the input is kept as far as it parses (a ``tool_input_cut_by_max_tokens``
+    repair records the raw text). A content_block_start that repeats an index in use starts a new block at
+    the next index (``block_index_repeated``), as the SDK appends it.
     """
 
     def __init__(self, *, partial_mode: PartialMode = "on") -> None:
