@@ -294,7 +294,10 @@ def test_events_read_like_the_sdk() -> None:
     events, _ = parse([data])
     start = events[0]
     assert start.type == "message_start" and start.message.usage.input_tokens > 0
-    assert start.message.missing_field is None
+    # Issue 8: an absent field the SDK's model declares optional reads None; any other name raises.
+    assert start.message.container is None
+    with pytest.raises(AttributeError):
+        start.message.missing_field  # noqa: B018 - reading it is the point
     delta = next(e for e in events if e.type == "content_block_delta")
     assert delta.delta.type == "text_delta" and delta.delta.text == delta.delta["text"]
     citation = next(e for e in events if e.type == "citation")

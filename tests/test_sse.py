@@ -178,3 +178,33 @@ def test_arbitrary_bytes_split_invariance(data: bytes, points: list[int]) -> Non
     split, split_decoder = decode(split_at(data, points))
     assert split == whole
     assert split_decoder.unfinished == decoder.unfinished
+
+
+# -- the fast entry -----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(st.one_of(st.none(), st.sampled_from(["content_block_delta", "ping", "x y", ""])), max_size=6),
+    values=st.lists(_value, min_size=6, max_size=6),
+    odd=st.sampled_from([b"", b"id: 7\n", b": comment\n", b"data: second line\n"]),
+)
+def test_whole_events_is_feed_or_none(names: list[str | None], values: list[str], odd: bytes) -> None:
+    chunk = b"".join(
+        (f"event: {name}\n".encode() if name is not None else b"") + b"data: " + value.encode() + b"\n\n"
+        for name, value in zip(names, values, strict=False)
+    )
+    chunk = chunk + (odd + b"data: z\n\n" if odd else b"")
+    fast, slow = SSEDecoder(), SSEDecoder()
+    for decoder in (fast, slow):
+        decoder.feed(b"data: first\n\n")
+    before = (fast.position, fast.dispatched)
+    whole = fast.whole_events(chunk)
+    reference = slow.feed(chunk)
+    if whole is None:  # not the ordinary form (an odd block, or nothing): nothing consumed, feed() decodes it
+        assert odd or not chunk
+        assert (fast.position, fast.dispatched) == before
+        assert fast.feed(chunk) == reference
+    else:
+        assert whole == [(e.event, e.raw_data, e.offset, e.ordinal) for e in reference]
+        assert (fast.position, fast.dispatched) == (slow.position, slow.dispatched)

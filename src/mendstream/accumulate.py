@@ -14,33 +14,33 @@ from typing import Any, Literal
 
 from jiter import from_json
 
-from .errors import APIStreamError, IncompleteStreamError, ToolInputError, UsageError
+from .errors import APIStreamError, IncompleteStreamError, ProtocolError, ToolInputError, UsageError
 from .events import (
     CitationEvent,
-    ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     Data,
     Event,
-    InputJsonEvent,
     MessageDeltaEvent,
     MessageStartEvent,
     MessageStopEvent,
     SignatureEvent,
-    TextEvent,
-    ThinkingEvent,
     UnknownEvent,
+    content_block_delta_event,
+    copy_json,
+    input_json_event,
+    text_event,
+    thinking_event,
 )
 from .partial_json import MISSING, PartialJSONError, ToolInputParser
 from .repair import Repair
-
-_new = tuple.__new__
 
 __all__ = ["MAX_REPAIRS", "MessageAccumulator", "PartialMode", "check_partial_mode"]
 
 PartialMode = Literal["on", "trailing-strings"]
 MAX_REPAIRS = 10_000
 _MISSING_SNAPSHOT: Any = object()
+_MESSAGE_DELTA_OWN = frozenset(("type", "delta", "usage"))
 
 
 def _empty_message() -> dict[str, Any]:
@@ -133,7 +133,14 @@ class _ToolInput:
         return self._start if value is MISSING else value
 
     def finish(self) -> tuple[Any, list[tuple[str, str]]]:
-        """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError."""
+        """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError, also for
+        an input nested too deep for the standard library's parser (a RecursionError there)."""
+        try:
+            return self._finish()
+        except RecursionError:
+            raise PartialJSONError(0, "nested deeper than Python's recursion limit allows") from None
+
+    def _finish(self) -> tuple[Any, list[tuple[str, str]]]:
         text = "".join(self.fragments)
         repairs: list[tuple[str, str]] = []
         if not text.strip():
@@ -180,34 +187,39 @@ class _ToolInput:
         return value, repairs
 
 
+# Block kinds. A closed block has kind _CLOSED, so no delta handler changes it.
 _TEXT, _THINKING, _TOOL, _OTHER, _CLOSED = 0, 1, 2, 3, 4
 _NO_PARTS: list[str] = []
+# Text-like block types: the kind, and the field their deltas append to.
+_TEXT_LIKE = {"text": (_TEXT, "text"), "thinking": (_THINKING, "thinking")}
 
 
 class _Block:
-    __slots__ = ("block", "citations", "index", "kind", "parts", "text", "tool")
+    __slots__ = ("append", "block", "citations", "field", "index", "kind", "parts", "source", "text", "tool")
 
     def __init__(self, index: int, block: dict[str, Any], mode: PartialMode) -> None:
         self.index = index
         self.block = block
         self.text: _Joined | None = None
-        self.parts = _NO_PARTS  # self.text.parts, kept here too for the delta handler
+        self.field: str | None = None  # the text-like field that deltas grow ("text", "thinking")
         self.tool: _ToolInput | None = None
         self.citations: _Citations | None = None
-        btype = block.get("type")
-        if btype == "text" and type(block.get("text", "")) is str:
-            self.kind = _TEXT
-            self.text = _Joined(block.get("text") or "")
-            self.parts = self.text.parts
-        elif btype == "thinking" and type(block.get("thinking", "")) is str:
-            self.kind = _THINKING
-            self.text = _Joined(block.get("thinking") or "")
+        # What append deltas grow (text parts or tool-input fragments) and the snapshot source over them.
+        self.parts = _NO_PARTS
+        self.source: _Joined | _ToolInput | None = None
+        text_like = _TEXT_LIKE.get(block.get("type"))  # type: ignore[arg-type]
+        if text_like is not None and type(block.get(text_like[1], "")) is str:
+            self.kind, self.field = text_like
+            self.text = self.source = _Joined(block.get(self.field) or "")
             self.parts = self.text.parts
         elif "input" in block:
             self.kind = _TOOL
-            self.tool = _ToolInput(block["input"], mode)
+            self.tool = self.source = _ToolInput(block["input"], mode)
+            self.parts = self.tool.fragments
         else:
             self.kind = _OTHER
+        # The append delta this block takes (dtype, field, event factory), from _DELTAS: the hot path.
+        self.append = _APPENDS.get(self.kind)
 
     @property
     def closed(self) -> bool:
@@ -216,8 +228,8 @@ class _Block:
     def materialize(self) -> dict[str, Any]:
         """The open block as a Messages API dict, its tool input as a partial snapshot."""
         out = dict(self.block)
-        if self.text is not None:
-            out["text" if self.kind == _TEXT else "thinking"] = self.text.value()
+        if self.text is not None and self.field is not None:
+            out[self.field] = self.text.value()
         if self.citations is not None:
             out["citations"] = list(self.citations.items)
         if self.tool is not None:
@@ -225,12 +237,77 @@ class _Block:
         return out
 
 
+# -- delta rules: one per delta type, in _DELTAS ------------------------------------------------------------
+# A rule is (block kind it applies to, delta field, event class, handler). Most deltas append a string to the
+# block (text, thinking, tool-input fragments): their rule has no handler, and the accumulator appends the
+# delta's `field` to the block's parts and emits `event class(value, snapshot source, count)`. Any other
+# delta has a handler that applies it. A delta that does not fit its block (a text_delta on a tool block, a
+# value of the wrong type) or of an unknown type leaves the block unchanged; the raw ContentBlockDeltaEvent
+# carries it. Adding a delta type is one rule (and a handler if it does not append).
+
+_DeltaHandler = Callable[[_Block, dict[str, Any], list[Event]], None]
+
+
+def _on_signature_delta(block: _Block, delta: dict[str, Any], out: list[Event]) -> None:
+    signature = delta.get("signature")
+    if type(signature) is str:
+        block.block["signature"] = signature
+        out.append(SignatureEvent(signature))
+
+
+def _on_citations_delta(block: _Block, delta: dict[str, Any], out: list[Event]) -> None:
+    citation = delta.get("citation")
+    if citation is not None:
+        citations = block.citations
+        if citations is None:
+            existing = block.block.get("citations")
+            citations = block.citations = _Citations(list(existing) if type(existing) is list else [])
+        citations.items.append(citation)
+        view = Data(citation) if type(citation) is dict else citation
+        out.append(CitationEvent(view, citations, len(citations.items)))
+
+
+def _on_compaction_delta(block: _Block, delta: dict[str, Any], out: list[Event]) -> None:
+    # As the beta SDK: each compaction_delta replaces the block's content and encrypted_content.
+    if block.block.get("type") == "compaction":
+        block.block["content"] = delta.get("content")
+        block.block["encrypted_content"] = delta.get("encrypted_content")
+
+
+_DELTAS: dict[object, tuple[int, str, Any, _DeltaHandler | None]] = {
+    "text_delta": (_TEXT, "text", text_event, None),
+    "thinking_delta": (_THINKING, "thinking", thinking_event, None),
+    "input_json_delta": (_TOOL, "partial_json", input_json_event, None),
+    "signature_delta": (_THINKING, "signature", None, _on_signature_delta),
+    "citations_delta": (_TEXT, "citation", None, _on_citations_delta),
+    "compaction_delta": (_OTHER, "content", None, _on_compaction_delta),
+}
+# Each block kind's append delta, (dtype, field, event factory), derived from the table above.
+_APPENDS: dict[int, tuple[str, str, Any]] = {
+    kind: (str(dtype), field, factory) for dtype, (kind, field, factory, handler) in _DELTAS.items() if handler is None
+}
+
+# The block a delta for a never-started index synthesizes, by delta type.
+_SYNTHESIZED: dict[object, Callable[[], dict[str, Any]]] = {
+    "text_delta": lambda: {"type": "text", "text": ""},
+    "citations_delta": lambda: {"type": "text", "text": ""},
+    "thinking_delta": lambda: {"type": "thinking", "thinking": "", "signature": ""},
+    "signature_delta": lambda: {"type": "thinking", "thinking": "", "signature": ""},
+    "input_json_delta": lambda: {"type": "tool_use", "id": "", "name": "", "input": {}},
+}
+
+
 class MessageAccumulator:
     """Turns decoded SSE events into stream events and an accumulated message.
 
     ``handle(name, obj, offset, ordinal, out)`` applies one decoded SSE event and appends the resulting
-    stream events to ``out``; ``end(out)`` closes the stream. Errors raised: APIStreamError,
-    IncompleteStreamError, ToolInputError.
+    stream events to ``out``; ``handle_delta`` is the same for a ``content_block_delta`` while ``streaming``;
+    ``end(out)`` closes the stream. Errors raised: APIStreamError, IncompleteStreamError, ToolInputError.
+
+    A tool input that no repair parses raises ToolInputError once the stop reason is known, unless that
+    reason is ``max_tokens``: then the input is kept as far as it parses (a ``tool_input_cut_by_max_tokens``
+    repair records the raw text). A content_block_start that repeats an index in use starts a new block at
+    the next index (``block_index_repeated``), as the SDK appends it.
     """
 
     def __init__(self, *, partial_mode: PartialMode = "on") -> None:
@@ -239,6 +316,7 @@ class MessageAccumulator:
         self.stopped = False  # message_stop seen
         self.streaming = False  # between message_start (or its repair) and the stop: the common state
         self.stop_reason_seen = False
+        self._pending_inputs: list[ToolInputError] = []  # see _unparseable_input
         self._message: dict[str, Any] | None = None
         self._blocks: dict[int, _Block] = {}
         self._offset: int | None = None  # where the event being handled starts, for repair records
@@ -256,23 +334,23 @@ class MessageAccumulator:
 
     # -- snapshots ---------------------------------------------------------------------------------------
 
-    @property
-    def started(self) -> bool:
-        return self._message is not None
-
     def message(self) -> dict[str, Any] | None:
-        """The message so far as a fresh dict (tool inputs as partial snapshots), or None before any event."""
+        """The message so far as a fresh dict (tool inputs as partial snapshots), or None before any event.
+
+        Fresh all the way down: every dict and list in it is a copy, so changing it never changes the
+        accumulator's state (or a message returned earlier or later).
+        """
         if self._message is None:
             return None
         out = dict(self._message)
-        out["usage"] = dict(self._message["usage"]) if type(self._message.get("usage")) is dict else None
-        if out["usage"] is None:
-            del out["usage"]
+        if type(out.get("usage")) is not dict:
+            out.pop("usage", None)
         blocks = self._blocks
         out["content"] = [
             blocks[i].block if blocks[i].closed else blocks[i].materialize() for i in sorted(blocks)
         ]
-        return out
+        fresh: dict[str, Any] = copy_json(out)
+        return fresh
 
     def raw_tool_inputs(self) -> dict[int, str]:
         return {i: b.tool.raw() for i, b in self._blocks.items() if b.tool is not None and not b.closed}
@@ -328,6 +406,8 @@ class MessageAccumulator:
             self._repair("missing_message_stop", "the stream ended after message_delta without message_stop")
             self._stop(out)
             return
+        if self._pending_inputs:  # a broken tool input, and no stop reason to excuse it
+            raise self._pending_inputs[0]
         raise self.incomplete("the stream ended before message_stop")
 
     # -- handlers ----------------------------------------------------------------------------------------
@@ -370,7 +450,7 @@ class MessageAccumulator:
         self._message = message
         self.streaming = True
         sent = obj.get("message")
-        out.append(_new(MessageStartEvent, (Data(sent if type(sent) is dict else message),)))
+        out.append(MessageStartEvent(Data(sent if type(sent) is dict else message)))
 
     def _on_block_start(self, obj: dict[str, Any], out: list[Event]) -> None:
         index = obj.get("index")
@@ -379,13 +459,26 @@ class MessageAccumulator:
             out.append(UnknownEvent("content_block_start", Data(obj)))
             return
         if index in self._blocks:
-            self._repair("duplicate_block_start", f"ignored a second content_block_start for index {index}", index)
-            return
+            # Seen after server-tool results: the start repeats an index in use while the deltas and the stop
+            # use the next one. The SDK appends every started block, so does this.
+            position = max(self._blocks) + 1
+            self._repair(
+                "block_index_repeated",
+                f"content_block_start repeated index {index}; started the block at index {position}",
+                position,
+            )
+            index = position
         self._blocks[index] = _Block(index, dict(block), self.partial_mode)
-        out.append(_new(ContentBlockStartEvent, (index, Data(block))))
+        out.append(ContentBlockStartEvent(index, Data(block)))
 
-    def _on_block_delta(self, obj: dict[str, Any], out: list[Event]) -> None:
-        # The hottest handler: one call per delta. Closed blocks have kind _CLOSED, so no delta changes them.
+    def handle_delta(self, obj: dict[str, Any], offset: int, ordinal: int, out: list[Event]) -> None:
+        """Apply one ``content_block_delta`` event, as ``handle("content_block_delta", obj, ...)`` would.
+
+        The fast entry for the commonest event: the caller guarantees ``streaming`` is true and ``obj`` is a
+        dict (its ``type`` is taken to be ``content_block_delta``).
+        """
+        self._offset = offset
+        self._ordinal = ordinal
         index = obj.get("index")
         delta = obj.get("delta")
         if type(index) is not int or type(delta) is not dict:
@@ -395,45 +488,23 @@ class MessageAccumulator:
         block = self._blocks.get(index)
         if block is None:
             block = self._synthesize(index, dtype)
-        out.append(_new(ContentBlockDeltaEvent, (index, delta)))
+        out.append(content_block_delta_event(index, delta))
         if block is None:
             return
-        kind = block.kind
-        if dtype == "input_json_delta":
-            fragment = delta.get("partial_json")
-            tool = block.tool
-            if tool is not None and type(fragment) is str:
-                fragments = tool.fragments
-                fragments.append(fragment)
-                out.append(_new(InputJsonEvent, (fragment, tool, len(fragments))))
-        elif dtype == "text_delta":
-            text = delta.get("text")
-            if kind == _TEXT and type(text) is str:
+        append = block.append
+        if append is not None and dtype == append[0]:  # the common case: text, thinking, tool input
+            value = delta.get(append[1])
+            if type(value) is str:
                 parts = block.parts
-                parts.append(text)
-                out.append(_new(TextEvent, (text, block.text, len(parts))))
-        elif dtype == "thinking_delta":
-            thinking = delta.get("thinking")
-            if kind == _THINKING and type(thinking) is str:
-                parts = block.parts
-                parts.append(thinking)
-                out.append(_new(ThinkingEvent, (thinking, block.text, len(parts))))
-        elif dtype == "signature_delta":
-            signature = delta.get("signature")
-            if kind == _THINKING and type(signature) is str:
-                block.block["signature"] = signature
-                out.append(_new(SignatureEvent, (signature,)))
-        elif dtype == "citations_delta":
-            citation = delta.get("citation")
-            if kind == _TEXT and citation is not None:
-                citations = block.citations
-                if citations is None:
-                    existing = block.block.get("citations")
-                    citations = block.citations = _Citations(list(existing) if type(existing) is list else [])
-                citations.items.append(citation)
-                view = Data(citation) if type(citation) is dict else citation
-                out.append(_new(CitationEvent, (view, citations, len(citations.items))))
-        # Unknown delta types leave the block unchanged; the raw event above carries them.
+                parts.append(value)
+                out.append(append[2](value, block.source, len(parts)))
+            return
+        rule = _DELTAS.get(dtype)
+        if rule is not None and rule[3] is not None and block.kind == rule[0]:
+            rule[3](block, delta, out)
+
+    def _on_block_delta(self, obj: dict[str, Any], out: list[Event]) -> None:
+        self.handle_delta(obj, self._offset, self._ordinal, out)  # type: ignore[arg-type]
 
     def _on_block_stop(self, obj: dict[str, Any], out: list[Event]) -> None:
         index = obj.get("index")
@@ -447,7 +518,8 @@ class MessageAccumulator:
 
     def _on_message_delta(self, obj: dict[str, Any], out: list[Event]) -> None:
         message = self._message
-        assert message is not None
+        if message is None:  # unreachable: _handle_unusual synthesizes a message first
+            raise ProtocolError("message_delta before any message", offset=self._offset)
         delta = obj.get("delta")
         delta = delta if type(delta) is dict else {}
         usage = obj.get("usage")
@@ -456,17 +528,26 @@ class MessageAccumulator:
             if key == "container" and value is None:
                 continue
             message[key] = value
+        # Top-level fields besides delta and usage (context_management, input_transformations, any new one)
+        # go on the message, as the beta SDK puts the ones it knows; a null one leaves the message's value.
+        if not _MESSAGE_DELTA_OWN.issuperset(obj):
+            for key, value in obj.items():
+                if key not in _MESSAGE_DELTA_OWN and value is not None:
+                    message[key] = value
         if delta.get("stop_reason") is not None:
             self.stop_reason_seen = True
+            if self._pending_inputs:
+                self._settle_pending_inputs()
         if usage:
             merged = message["usage"] = dict(message["usage"])
             for key, value in usage.items():
                 if value is not None:
                     merged[key] = value
-        out.append(_new(MessageDeltaEvent, (Data(delta), Data(usage))))
+        out.append(MessageDeltaEvent(Data(delta), Data(usage)))
 
     def _on_message_stop(self, obj: dict[str, Any], out: list[Event]) -> None:
         self._close_open_blocks(out)
+        self._settle_pending_inputs()
         self._stop(out)
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -476,7 +557,7 @@ class MessageAccumulator:
         self.streaming = False
         message = self.message()
         assert message is not None
-        out.append(_new(MessageStopEvent, (Data(message),)))
+        out.append(MessageStopEvent(Data(message)))
 
     def _close_open_blocks(self, out: list[Event]) -> None:
         for index in sorted(self._blocks):
@@ -486,48 +567,81 @@ class MessageAccumulator:
                 self._close(block, out)
 
     def _close(self, block: _Block, out: list[Event]) -> None:
-        if block.tool is not None:
+        tool = block.tool
+        if tool is not None:
             try:
-                value, repairs = block.tool.finish()
+                value, repairs = tool.finish()
             except PartialJSONError as exc:
-                raw = block.tool.raw()
-                raise ToolInputError(
-                    f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
-                    f"at char {exc.position} of {len(raw)}",
-                    raw=raw,
-                    index=block.index,
-                    snapshot=self.message(),
-                    offset=self._offset,
-                ) from None
-            for kind, detail in repairs:
-                self._repair(kind, detail, block.index, raw=block.tool.raw())
+                value = self._unparseable_input(block, tool, exc)
+            else:
+                for kind, detail in repairs:
+                    self._repair(kind, detail, block.index, raw=tool.raw())
             block.block["input"] = value
             block.tool = None
-        if block.text is not None:
-            block.block["text" if block.kind == _TEXT else "thinking"] = block.text.value()
+        if block.text is not None and block.field is not None:
+            block.block[block.field] = block.text.value()
             block.text = None
         if block.citations is not None:
             block.block["citations"] = block.citations.items
             block.citations = None
         block.kind = _CLOSED
         block.parts = _NO_PARTS
-        out.append(_new(ContentBlockStopEvent, (block.index, Data(block.block))))
+        out.append(ContentBlockStopEvent(block.index, Data(block.block)))
+
+    def _unparseable_input(self, block: _Block, tool: _ToolInput, exc: PartialJSONError) -> Any:
+        # A tool input that no repair parses is an error, unless the model was cut off by max_tokens: then
+        # the input is as far as it got, and the message completes with it (as the SDK's partial parser
+        # gives it) plus a repair keeping the raw text. Which of the two is known only with the stop reason,
+        # which usually comes after the block's stop: until then the error waits in _pending_inputs.
+        raw = tool.raw()
+        error = ToolInputError(
+            f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
+            f"at char {exc.position} of {len(raw)}",
+            raw=raw,
+            index=block.index,
+            snapshot=self.message(),
+            offset=self._offset,
+        )
+        try:  # what the SDK's snapshot holds: jiter's partial parse of the raw text
+            partial = from_json(
+                raw.encode("utf-8", "surrogatepass"), partial_mode=True if tool.mode == "on" else tool.mode
+            )
+        except ValueError:
+            raise error from None  # broken, not cut: no stop reason makes it an input
+        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
+            self._cut_by_max_tokens(error)
+        elif self.stop_reason_seen:
+            raise error
+        else:
+            self._pending_inputs.append(error)
+        return partial
+
+    def _cut_by_max_tokens(self, error: ToolInputError) -> None:
+        self._repair(
+            "tool_input_cut_by_max_tokens",
+            f"the input of block {error.index} was cut by max_tokens; kept what parses of {len(error.raw)} chars",
+            error.index,
+            raw=error.raw,
+        )
+
+    def _settle_pending_inputs(self) -> None:
+        """Decide the tool inputs that failed to parse, now that the stop reason is known (or never will be)."""
+        pending, self._pending_inputs = self._pending_inputs, []
+        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
+            for error in pending:
+                self._cut_by_max_tokens(error)
+        elif pending:
+            raise pending[0]
 
     def _synthesize(self, index: int, dtype: object) -> _Block | None:
-        template: dict[str, Any]
-        if dtype in ("text_delta", "citations_delta"):
-            template = {"type": "text", "text": ""}
-        elif dtype in ("thinking_delta", "signature_delta"):
-            template = {"type": "thinking", "thinking": "", "signature": ""}
-        elif dtype == "input_json_delta":
-            template = {"type": "tool_use", "id": "", "name": "", "input": {}}
-        else:
+        template = _SYNTHESIZED.get(dtype)
+        if template is None:
             self._repair("block_not_started", f"{dtype!r} delta for index {index}, which never started", index)
             return None
         self._repair(
             "block_not_started", f"{dtype} for index {index}, which never started; synthesized a block", index
         )
-        block = self._blocks[index] = _Block(index, template, self.partial_mode)
+        block = self._blocks[index] = _Block(index, template(), self.partial_mode)
         return block
 
     def incomplete(self, detail: str) -> IncompleteStreamError:

@@ -17,6 +17,7 @@ __all__ = [
     "FixtureError",
     "HTTPStatusError",
     "IncompleteStreamError",
+    "MessageTooLargeError",
     "ProtocolError",
     "StreamError",
     "StreamReuseError",
@@ -240,3 +241,8 @@ class ContentTypeError(ProtocolError):
         self.content_type = content_type
         self.body = body
         self.response = response
+
+
+class MessageTooLargeError(BufferLimitError):
+    """The stream grew past the parser's optional ``max_message_bytes``; ``limit`` holds the bound and
+    ``snapshot`` the message accumulated before it."""

@@ -3,36 +3,42 @@
 # failure) → MessageAccumulator, and owns the end-of-stream decisions about a last, unterminated event.
 from __future__ import annotations
 
+import re
+import sys
 from typing import Any
 
 from jiter import from_json
 
 from .accumulate import MessageAccumulator, PartialMode, check_partial_mode
-from .errors import ProtocolError, StreamError, UsageError
+from .errors import (
+    BufferLimitError,
+    EventDecodeError,
+    MessageTooLargeError,
+    ProtocolError,
+    StreamError,
+    UsageError,
+)
 from .events import Event
 from .repair import Repair, decode_event_json
 from .sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
-__all__ = ["MessageParser"]
+__all__ = ["MAX_NESTING", "MessageParser"]
 
-# `event:` values of the Messages API, for the fast path (any other name takes the general path).
-_KNOWN_NAMES = {
-    name.encode(): name
-    for name in (
-        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop", "ping", "error",
-    )
-}
-
-
-_DELTA_PREFIX = b"event: content_block_delta\ndata: "
+#: How deep the JSON of an event may nest: jiter's limit. The API's events nest a few levels; deeper is an
+#: input error (EventDecodeError), decided the same way whatever the call stack.
+MAX_NESTING = 201
+_NESTING = re.compile(r"recursion limit exceeded")
 
 
 class MessageParser:
     """Parse the bytes of a Messages API SSE response.
 
     Args:
-        max_event_bytes: bound on the bytes held for one unfinished SSE event (default 64 MiB).
+        max_event_bytes: bound on the size of one SSE event (default 64 MiB; see SSEDecoder).
+        max_message_bytes: optional bound on the bytes of the whole stream, which bounds the memory the
+            message can take (text and tool input built from valid deltas have no other bound; off by
+            default, like the SDK). The ``feed`` that passes it decodes its chunk, then raises
+            MessageTooLargeError with the message so far.
         partial_mode: how ``input_json`` snapshots treat a string still being received: ``"on"`` (or
             ``True``) drops it, as the SDK does; ``"trailing-strings"`` includes it.
 
@@ -47,14 +53,19 @@ class MessageParser:
         self,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_message_bytes: int | None = None,
         partial_mode: PartialMode | bool = "on",
     ) -> None:
+        if max_message_bytes is not None and (type(max_message_bytes) is not int or max_message_bytes <= 0):
+            raise UsageError(f"max_message_bytes must be a positive int or None, got {max_message_bytes!r}")
         self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._max_message_bytes = max_message_bytes
+        # Bytes the stream may still bring: one subtraction per chunk keeps the optional bound cheap.
+        self._budget = max_message_bytes if max_message_bytes is not None else sys.maxsize
         self._acc = MessageAccumulator(partial_mode=check_partial_mode(partial_mode))
         self._error: StreamError | None = None
         self._ended = False
-        self._fast = False  # the decoder is between events and the stream has started: see feed()
-        self._limit = max_event_bytes
+        self._watch_bom = True  # until the decoder has seen whether the stream opens with a BOM
 
     @property
     def message(self) -> dict[str, Any]:
@@ -78,67 +89,43 @@ class MessageParser:
 
     def feed(self, data: bytes, /) -> list[Event]:
         """Feed the next bytes of the stream; return the events they complete."""
+        if self._error is not None:
+            raise self._error
         out: list[Event] = []
         try:
-            # The common case, fused (one call per chunk matters here): the decoder holds nothing and the
-            # chunk ends on a blank line, so it is whole events. Each ordinary one (`event: NAME` or no name,
-            # one `data:` line, JSON that jiter accepts) goes straight to the accumulator, deltas straight to
-            # their handler; anything else goes through the decoder's general path, with the position and
-            # count kept in step. `13 not in data` (CR) tests an int, a memchr; `b"\r" in` builds an error.
-            if not (self._fast and type(data) is bytes and data[-2:] == b"\n\n" and 13 not in data):
-                self._feed_general(data, out)
-                return out
+            if type(data) is not bytes:
+                if not isinstance(data, (bytearray, memoryview)):
+                    raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
+                data = bytes(data)
+            if self._ended:
+                raise UsageError("feed() called after end()")
+            self._budget -= len(data)
             sse = self._sse
+            whole = sse.whole_events(data)
+            if whole is None:  # anything but whole events of the ordinary form
+                self._feed_general(data, out)
+                whole = []
+            # The hot loop, one iteration per event: JSON that jiter accepts goes straight to the
+            # accumulator, a delta to its dedicated entry (most events are deltas); anything else is mended.
             acc = self._acc
-            limit = self._limit
-            position = sse._position
-            ordinal = sse._count
-            blocks = data.split(b"\n\n")
-            tail = len(blocks.pop())  # what follows the last blank line: b"" or b"\n"
-            for block in blocks:
-                if block[:33] == _DELTA_PREFIX and acc.streaming:  # most events: one compare, no field parse
-                    raw = block[33:]
-                    if 10 not in raw and len(block) < limit:
-                        try:
-                            obj = from_json(raw)
-                        except ValueError:
-                            obj = None
-                        if type(obj) is dict and obj.get("type") == "content_block_delta":
-                            acc._offset = position
-                            acc._ordinal = ordinal
-                            acc._on_block_delta(obj, out)
-                            position += len(block) + 2
-                            ordinal += 1
-                            continue
-                obj = None
-                name: str | None = None
-                raw = b""
-                if block[:7] == b"event: ":
-                    newline = block.find(b"\n", 7)
-                    if newline > 0 and block[newline + 1 : newline + 7] == b"data: ":
-                        name = _KNOWN_NAMES.get(block[7:newline])
-                        if name is not None:
-                            raw = block[newline + 7 :]
-                elif block[:6] == b"data: ":  # providers that send no event names
-                    raw = block[6:]
-                if raw and len(block) < limit and 10 not in raw:  # 10: LF
-                    try:
-                        obj = from_json(raw)
-                    except ValueError:
-                        obj = None
-                if obj is None:  # not an ordinary event (JSON null takes this path too, harmlessly)
-                    sse._position, sse._count = position, ordinal
-                    for event in sse.feed(block + b"\n\n"):
-                        self._handle(event, out)
-                    position, ordinal = sse._position, sse._count
+            for name, raw, offset, ordinal in whole:
+                try:
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
                     continue
-                acc.handle(name, obj, position, ordinal, out)
-                position += len(block) + 2
-                ordinal += 1
-            sse._position = position + tail
-            sse._count = ordinal
+                if name == "content_block_delta" and acc.streaming and type(obj) is dict:
+                    acc.handle_delta(obj, offset, ordinal, out)
+                else:
+                    acc.handle(name, obj, offset, ordinal, out)
+            if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
+                raise MessageTooLargeError(
+                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
+                    limit=self._max_message_bytes or 0,
+                    offset=sse.position,
+                )
         except Exception as exc:
-            raise self._fail(exc, out) from None
+            raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see there)
         return out
 
     def end(self) -> list[Event]:
@@ -152,7 +139,6 @@ class MessageParser:
         if self._ended:
             return []
         self._ended = True
-        self._fast = False
         out: list[Event] = []
         try:
             self._sse.end()
@@ -160,37 +146,62 @@ class MessageParser:
                 self._unfinished(self._sse.unfinished, out)
             self._acc.end(out)
         except Exception as exc:
-            raise self._fail(exc, out) from None
+            raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see there)
         return out
 
     # -- internals --------------------------------------------------------------------------------------
 
     def _feed_general(self, data: bytes, out: list[Event]) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._ended:
-            raise UsageError("feed() called after end()")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
         sse = self._sse
-        was_started = sse._started
-        events = sse.feed(bytes(data))
-        if not was_started and sse.bom_stripped:
-            self._acc.add_repair(Repair("bom", "stripped a leading UTF-8 byte order mark", 0, None))
-        for event in events:
-            self._handle(event, out)
-        self._fast = sse._idle
-
-    def _handle(self, sse: ServerSentEvent, out: list[Event]) -> None:
         try:
-            obj = from_json(sse.raw_data)
-        except ValueError:
-            stripped = sse.raw_data.strip()
-            if not stripped or stripped == b"[DONE]":
-                return
-            obj, repairs = decode_event_json(sse, self._acc.message())
-            for repair in repairs:
-                self._acc.add_repair(repair)
+            events = sse.feed(data)
+        except BufferLimitError as exc:  # keep the events completed before the oversized one
+            self._dispatch(exc.events, out)
+            raise
+        if self._watch_bom and sse.started:
+            self._watch_bom = False
+            if sse.bom_stripped:
+                self._acc.add_repair(Repair("bom", "stripped a leading UTF-8 byte order mark", 0, None))
+        self._dispatch(events, out)
+
+    def _dispatch(self, events: list[ServerSentEvent], out: list[Event]) -> None:
+        # As the hot loop in feed(), for the decoder's full events.
+        acc = self._acc
+        for event in events:
+            try:
+                obj = from_json(event[1])
+            except ValueError as exc:
+                self._handle_undecodable(event, exc, out)
+                continue
+            if event[0] == "content_block_delta" and acc.streaming and type(obj) is dict:
+                acc.handle_delta(obj, event[4], event[5], out)
+            else:
+                acc.handle(event[0], obj, event[4], event[5], out)
+
+    def _handle_undecodable(self, sse: ServerSentEvent, reason: ValueError, out: list[Event]) -> None:
+        stripped = sse.raw_data.strip()
+        if not stripped or stripped == b"[DONE]":
+            return
+        if _NESTING.search(str(reason)):
+            raise EventDecodeError(
+                f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): its JSON nests deeper "
+                f"than the limit of {MAX_NESTING} levels",
+                raw=sse.raw_data,
+                offset=sse.offset,
+            )
+        # No snapshot here: building the message for every mended event would make many repairs
+        # quadratic; _fail attaches one if decoding fails for good.
+        try:
+            obj, repairs = decode_event_json(sse, None)
+        except RecursionError:  # the repair path's own parser gave up on the nesting first
+            raise EventDecodeError(
+                f"event #{sse.ordinal} at byte {sse.offset} ({sse.event or 'unnamed'}): its JSON nests deeper "
+                "than Python's recursion limit allows",
+                raw=sse.raw_data,
+                offset=sse.offset,
+            ) from None
+        for repair in repairs:
+            self._acc.add_repair(repair)
         self._acc.handle(sse.event, obj, sse.offset, sse.ordinal, out)
 
     def _unfinished(self, unfinished: bytes, out: list[Event]) -> None:
@@ -209,7 +220,7 @@ class MessageParser:
         raw = b"\n".join(data)
         if not raw.strip() or raw.strip() == b"[DONE]":
             return
-        event = ServerSentEvent(name, raw, offset=self._sse._position, ordinal=self._sse._count)
+        event = ServerSentEvent(name, raw, offset=self._sse.position, ordinal=self._sse.dispatched)
         try:
             from_json(raw)
         except ValueError:
@@ -235,10 +246,11 @@ class MessageParser:
                 event.ordinal,
             )
         )
-        self._handle(event, out)
+        self._dispatch([event], out)
 
     def _fail(self, exc: Exception, out: list[Event]) -> StreamError:
-        self._fast = False
+        # A StreamError is raised as it is (its own cause kept); anything else is a bug in mendstream, wrapped
+        # so that only StreamErrors escape, with the bug as its __cause__ for the diagnosis.
         if isinstance(exc, StreamError):
             error = exc
         else:  # a bug in mendstream: still honour the contract that only StreamErrors escape

@@ -267,18 +267,17 @@ class _Decision:
     restart: RestartEvent | None
 
 
-class _StitchedSource:
-    """The snapshot source of a continued text block: the text shown before, then this attempt's text
-    without the whitespace it repeated."""
+class _StitchedSnapshot:
+    """The snapshot of a continued text block at one event: the text shown before, then this attempt's
+    text without the whitespace it repeated (computed when the event is stitched)."""
 
-    __slots__ = ("conductor", "inner")
+    __slots__ = ("text",)
 
-    def __init__(self, conductor: _Conductor, inner: Any) -> None:
-        self.conductor = conductor
-        self.inner = inner
+    def __init__(self, text: str) -> None:
+        self.text = text
 
-    def snapshot_at(self, n: int) -> str:
-        return self.conductor.shown_text + str(self.inner.snapshot_at(n))[self.conductor.skipped :]
+    def snapshot_at(self, n: int, /) -> str:
+        return self.text
 
 
 def _sum_usage(total: dict[str, Any], usage: Any) -> dict[str, Any]:
@@ -376,8 +375,8 @@ class _Conductor:
             return None if event.index == 0 else event
         if isinstance(event, ContentBlockDeltaEvent):
             self._drop_text_event = False
-            delta = event[1]
-            if event.index != 0 or not isinstance(delta, dict) or delta.get("type") != "text_delta":
+            delta = event.delta.to_dict()
+            if event.index != 0 or delta.get("type") != "text_delta":
                 return event
             text = str(delta.get("text", ""))
             if self._skipping:
@@ -391,13 +390,11 @@ class _Conductor:
             if self._drop_text_event:
                 self._drop_text_event = False
                 return None
-            source = event[1]
             text = event.text
-            full = str(source.snapshot_at(event[2]))
-            visible = full[self.skipped :]
+            visible = str(event.snapshot)[self.skipped :]
             if len(text) > len(visible):  # the delta's head was dropped as repeated whitespace
                 text = text[len(text) - len(visible) :]
-            return TextEvent(text, _StitchedSource(self, source), event[2])
+            return TextEvent(text, _StitchedSnapshot(self.shown_text + visible), 0)
         if isinstance(event, ContentBlockStopEvent) and event.index == 0:
             block = dict(event.content_block)
             if block.get("type") == "text":
