@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mendstream.parser as parser_module
 from mendstream import EventDecodeError, MessageParser, StreamError
 from mendstream.partial_json import MAX_NESTING_DEPTH, nesting_exceeded
 from mendstream.repair import Repair, decode_event_json, mend_json_strings
@@ -262,6 +263,8 @@ _START = _sse(
 def test_deep_event_json_through_the_parser(name: str, text: str) -> None:
     error = _message_parser_outcome(_START + _sse("content_block_delta", text))
     assert isinstance(error, EventDecodeError), repr(error)
+    # One limit for event JSON, whichever path decodes it (jiter's, shared with the repair path).
+    assert parser_module.MAX_NESTING == MAX_NESTING_DEPTH
     assert f"limit of {MAX_NESTING_DEPTH}" in str(error)
     assert error.raw == text.encode()
     assert error.snapshot is not None and error.snapshot["id"] == "msg_1"

@@ -32,7 +32,7 @@ from .events import (
     text_event,
     thinking_event,
 )
-from .partial_json import MISSING, PartialJSONError, ToolInputParser
+from .partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSONError, ToolInputParser, loads
 from .repair import Repair
 
 __all__ = ["MAX_REPAIRS", "MessageAccumulator", "PartialMode", "check_partial_mode"]
@@ -156,11 +156,11 @@ class _ToolInput:
         except ValueError:
             pass
         try:
-            return json.loads(text), repairs
+            return loads(text), repairs  # json.loads that refuses nesting past MAX_NESTING_DEPTH
         except ValueError:
             pass
         try:
-            value = json.loads(text, strict=False)
+            value = loads(text, strict=False)
         except ValueError:
             pass
         else:
@@ -594,9 +594,11 @@ class MessageAccumulator:
         # gives it) plus a repair keeping the raw text. Which of the two is known only with the stop reason,
         # which usually comes after the block's stop: until then the error waits in _pending_inputs.
         raw = tool.raw()
+        limit = f" (it nests deeper than the limit of {MAX_NESTING_DEPTH} containers)" if exc.reason == (
+            "maximum depth exceeded") else ""
         error = ToolInputError(
             f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
-            f"at char {exc.position} of {len(raw)}",
+            f"at char {exc.position} of {len(raw)}{limit}",
             raw=raw,
             index=block.index,
             snapshot=self.message(),

@@ -19,14 +19,16 @@ from .errors import (
     UsageError,
 )
 from .events import Event
+from .partial_json import MAX_NESTING_DEPTH
 from .repair import Repair, decode_event_json
 from .sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
 __all__ = ["MAX_NESTING", "MessageParser"]
 
-#: How deep the JSON of an event may nest: jiter's limit. The API's events nest a few levels; deeper is an
-#: input error (EventDecodeError), decided the same way whatever the call stack.
-MAX_NESTING = 201
+#: How deep the JSON of an event may nest: jiter's limit, shared with the repair path and tool input
+#: (partial_json.MAX_NESTING_DEPTH). The API's events nest a few levels; deeper is an input error
+#: (EventDecodeError), decided the same way whatever the call stack.
+MAX_NESTING = MAX_NESTING_DEPTH
 _NESTING = re.compile(r"recursion limit exceeded")
 
 

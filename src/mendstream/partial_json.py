@@ -35,9 +35,10 @@
 # the parser here fails with reason "maximum depth exceeded", and `loads` (the json.loads that callers use
 # for whole documents) raises the same PartialJSONError before json.loads can recurse. The C decoder in
 # json recurses once per level and raises RecursionError somewhere below sys.getrecursionlimit() (about
-# 990 levels from a shallow stack, fewer from a deep one), so its limit depends on the caller; 512 sits well
-# inside it from any ordinary stack, and far above what real tool input or event JSON uses (jiter, the
-# fast path, stops at 201).
+# 990 levels from a shallow stack, fewer from a deep one), so its limit depends on the caller. The limit is
+# jiter's (201), the decoder of the fast path, so an event or a tool input gets the same verdict whichever
+# path decodes it (a fault elsewhere in the event sends it down the repair path), and it sits far above
+# what real tool input or event JSON uses.
 from __future__ import annotations
 
 import json
@@ -155,7 +156,7 @@ _WHOLE_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?
 
 _PARTIAL_MODES: Final = ("on", "trailing-strings")
 
-MAX_NESTING_DEPTH: Final = 512
+MAX_NESTING_DEPTH: Final = 201
 """Most containers that may be open at once in tool input or event JSON; see "Nesting limit" above."""
 
 # The rest of a string literal after its opening quote, through the closing quote. Anchored with match() at
@@ -254,7 +255,7 @@ class ToolInputParser:
         partial_mode: how a string still open at the end of the text appears in `snapshot()`, as in
             jiter: ``"on"`` leaves it out (with its key), ``"trailing-strings"`` shows what has arrived.
         max_depth: most containers that may be open at once; one more sets `failed` with reason
-            ``"maximum depth exceeded"``. Defaults to MAX_NESTING_DEPTH (512).
+            ``"maximum depth exceeded"``. Defaults to MAX_NESTING_DEPTH (201).
 
     Raises:
         ValueError: for an unknown `partial_mode` or a `max_depth` below 1.
