@@ -3,7 +3,7 @@ split, the decoder returns frames or raises EventStreamError, the parser returns
 StreamError, and nothing else escapes. `fuzz_one` is called by tests/test_eventstream.py (hypothesis);
 run it under atheris for longer campaigns:
 
-    PYTHONPATH=src:tests python tests/fuzz_eventstream.py -max_total_time=600
+    PYTHONPATH=src python fuzz/fuzz_eventstream.py -max_total_time=600
 """
 
 from __future__ import annotations
