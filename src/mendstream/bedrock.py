@@ -108,6 +108,10 @@ class BedrockParser(MessageParser):
         if framing not in ("event-stream", "auto"):
             raise UsageError(f"framing must be 'event-stream' or 'auto', got {framing!r}")
         super().__init__(max_event_bytes=max_event_bytes, partial_mode=partial_mode)
+        self._options = {
+            "max_event_bytes": max_event_bytes, "partial_mode": partial_mode, "max_frame_bytes": max_frame_bytes,
+            "framing": framing,
+        }
         self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)
         # None: still deciding ("auto" only); True: event-stream; False: plain SSE, passed straight through.
         self._event_stream: bool | None = True if framing == "event-stream" else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from typing import Any, Self
 
 from jiter import from_json
 
@@ -60,6 +60,9 @@ class MessageParser:
     ) -> None:
         if max_message_bytes is not None and (type(max_message_bytes) is not int or max_message_bytes <= 0):
             raise UsageError(f"max_message_bytes must be a positive int or None, got {max_message_bytes!r}")
+        self._options: dict[str, Any] = {
+            "max_event_bytes": max_event_bytes, "max_message_bytes": max_message_bytes, "partial_mode": partial_mode
+        }
         self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
         self._max_message_bytes = max_message_bytes
         # Bytes the stream may still bring: one subtraction per chunk keeps the optional bound cheap.
@@ -68,6 +71,10 @@ class MessageParser:
         self._error: StreamError | None = None
         self._ended = False
         self._watch_bom = True  # until the decoder has seen whether the stream opens with a BOM
+
+    def fresh(self) -> Self:
+        """A new parser of the same class and options, with no state: what a retried request is read with."""
+        return type(self)(**self._options)
 
     @property
     def message(self) -> dict[str, Any]:

@@ -693,9 +693,11 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
             self._release()
 
     def _new_parser(self, attempt: Attempt) -> MessageParser:
-        if attempt.number == 1 and self._first_parser is not None:
-            return self._first_parser
-        return MessageParser()
+        if self._first_parser is None:
+            return MessageParser()
+        # The caller's parser reads the first attempt; later ones get a fresh parser with its options (and
+        # class: a BedrockParser for Bedrock's event-stream).
+        return self._first_parser if attempt.number == 1 else self._first_parser.fresh()
 
     def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` seconds unless closed meanwhile; True when the stream was closed."""
@@ -825,9 +827,11 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
             await self._release()
 
     def _new_parser(self, attempt: Attempt) -> MessageParser:
-        if attempt.number == 1 and self._first_parser is not None:
-            return self._first_parser
-        return MessageParser()
+        if self._first_parser is None:
+            return MessageParser()
+        # The caller's parser reads the first attempt; later ones get a fresh parser with its options (and
+        # class: a BedrockParser for Bedrock's event-stream).
+        return self._first_parser if attempt.number == 1 else self._first_parser.fresh()
 
     async def _pause(self, delay: float) -> bool:
         if delay > 0 and not self._closing:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mendstream.cache.integration import apply_cache
@@ -193,6 +193,74 @@ class _Request:
     def cannot_stream(self, response: Any) -> bool:
         return not 200 <= response.status_code < 300 or self.bad_content_type(response) is not None
 
+    def open(self, http: Any) -> tuple[Any, Any]:
+        """Send the request on ``http``: ``(response, capture writer or None)`` for a response that can be
+        streamed; else the error for it (its first bytes read, the response closed, both recorded). The one
+        place a sync httpx response is opened, for the plain transport and every resilient attempt."""
+        request = self.build(http)
+        writer = self.new_capture(request)  # before sending: nothing after send may fail and leak the connection
+        try:
+            response = http.send(request, stream=True)
+        except BaseException as exc:
+            if writer is not None:
+                writer.finish("error", exc)
+            raise
+        try:
+            if self.cannot_stream(response):
+                try:
+                    head = response.read()
+                finally:
+                    response.close()
+                raise self.failure(response, head, writer)
+            if writer is not None:
+                writer.start_response(response.status_code, list(response.headers.items()))
+        except BaseException:
+            response.close()
+            raise
+        return response, writer
+
+    async def aopen(self, client: Any) -> tuple[Any, Any, Callable[[], Awaitable[None]]]:
+        """The async twin of :meth:`open`: ``(response, writer, release)``. Without ``client`` a new async
+        client is made for this request (async clients are bound to one event loop) and ``release`` closes
+        it with the response."""
+        owned: Any = None
+        if client is None:
+            module = http_module()
+            owned = module.AsyncClient(timeout=_timeout(module))
+        http: Any = client if client is not None else owned
+        writer: Any = None
+        try:
+            request = self.build(http)
+            writer = self.new_capture(request)
+            response = await http.send(request, stream=True)
+        except BaseException as exc:
+            if writer is not None:
+                writer.finish("error", exc)
+            if owned is not None:
+                await owned.aclose()
+            raise
+
+        async def release() -> None:
+            try:
+                await response.aclose()
+            finally:
+                if owned is not None:
+                    await owned.aclose()
+
+        try:
+            if self.cannot_stream(response):
+                try:
+                    head = await response.aread()
+                finally:
+                    await release()
+                raise self.failure(response, head, writer)
+            if writer is not None:
+                writer.start_response(response.status_code, list(response.headers.items()))
+        except BaseException:
+            await release()
+            raise
+        return response, writer, release
+
 
 def stream(
     body: Mapping[str, Any],
@@ -263,24 +331,8 @@ def stream(
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return httpx_stream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
                             progress_timeout=progress_timeout)
-    http = client if client is not None else _shared_client()
-    request = req.build(http)
-    writer = req.new_capture(request)  # before sending: nothing after send may fail and leak the connection
+    response, writer = req.open(client if client is not None else _shared_client())
     try:
-        response = http.send(request, stream=True)
-    except BaseException as exc:
-        if writer is not None:
-            writer.finish("error", exc)
-        raise
-    try:
-        if req.cannot_stream(response):
-            try:
-                head = response.read()
-            finally:
-                response.close()
-            raise req.failure(response, head, writer)
-        if writer is not None:
-            writer.start_response(response.status_code, list(response.headers.items()))
         return BodyPump(writer).message_stream(
             response.iter_bytes(), response=response, parser=parser, release=response.close,
             sdk_events=sdk_events, beta=req.beta,
@@ -335,39 +387,8 @@ def astream(
                              progress_timeout=progress_timeout)
 
     async def open_stream() -> AsyncMessageStream:
-        owned: Any = None
-        if client is None:
-            module = http_module()
-            owned = module.AsyncClient(timeout=_timeout(module))
-        http: Any = client if client is not None else owned
-        writer: Any = None
+        response, writer, release = await req.aopen(client)
         try:
-            request = req.build(http)
-            writer = req.new_capture(request)
-            response = await http.send(request, stream=True)
-        except BaseException as exc:
-            if writer is not None:
-                writer.finish("error", exc)
-            if owned is not None:
-                await owned.aclose()
-            raise
-
-        async def release() -> None:
-            try:
-                await response.aclose()
-            finally:
-                if owned is not None:
-                    await owned.aclose()
-
-        try:
-            if req.cannot_stream(response):
-                try:
-                    head = await response.aread()
-                finally:
-                    await release()
-                raise req.failure(response, head, writer)
-            if writer is not None:
-                writer.start_response(response.status_code, list(response.headers.items()))
             return BodyPump(writer).amessage_stream(
                 response.aiter_bytes(), response=response, parser=parser, release=release,
                 sdk_events=sdk_events, beta=req.beta,

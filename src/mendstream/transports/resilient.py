@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from typing import Any
 
 from mendstream.errors import StreamError, StreamStalledError, UsageError
@@ -20,7 +19,7 @@ from mendstream.resilient import (
     with_prefill,
 )
 from mendstream.retry import Retry, check_timeout
-from mendstream.transports import AsyncStreamOpener, BodyPump, check_content_type, content_type_error
+from mendstream.transports import AsyncStreamOpener, BodyPump
 
 __all__ = ["check_resilience", "httpx_astream", "httpx_stream", "sdk_astream", "sdk_stream", "sdk_stall_class"]
 
@@ -100,27 +99,11 @@ def sdk_stream(
     progress_timeout: float | None,
 ) -> ResilientMessageStream:
     """``mendstream.stream`` with ``retry`` / stall detection (see :func:`mendstream.transports.sdk.stream`)."""
-    from mendstream.transports.sdk import _capture_status_error, _start_capture, _to_sdk_error
+    from mendstream.transports.sdk import open_response
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
-        t0 = time.perf_counter()
-        try:
-            raw = messages.create(**sent, stream=True)
-        except Exception as exc:
-            _capture_status_error(path, exc, sent, t0)
-            raise
-        response = raw.response
-        bad_type = check_content_type(response.headers, strict=False)
-        if bad_type is not None:
-            try:
-                head = response.read()
-            finally:
-                raw.close()
-            raise content_type_error(response.status_code, bad_type, head, response)
-        pump = BodyPump(
-            _start_capture(path, response, sent, t0), convert_error=lambda err: _to_sdk_error(err, response)
-        )
+        raw, response, pump = open_response(messages, sent, capture=path, parser=parser)
         return Opened(response, response.iter_bytes(), pump, raw.close, lambda err: _sdk_convert(err, response))
 
     return ResilientMessageStream(
@@ -140,27 +123,11 @@ def sdk_astream(
     progress_timeout: float | None,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`sdk_stream`."""
-    from mendstream.transports.sdk import _capture_status_error, _start_capture, _to_sdk_error
+    from mendstream.transports.sdk import aopen_response
 
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
-        t0 = time.perf_counter()
-        try:
-            raw = await messages.create(**sent, stream=True)
-        except Exception as exc:
-            _capture_status_error(path, exc, sent, t0)
-            raise
-        response = raw.response
-        bad_type = check_content_type(response.headers, strict=False)
-        if bad_type is not None:
-            try:
-                head = await response.aread()
-            finally:
-                await raw.close()
-            raise content_type_error(response.status_code, bad_type, head, response)
-        pump = BodyPump(
-            _start_capture(path, response, sent, t0), convert_error=lambda err: _to_sdk_error(err, response)
-        )
+        raw, response, pump = await aopen_response(messages, sent, capture=path, parser=parser)
         return Opened(response, response.aiter_bytes(), pump, raw.close, lambda err: _sdk_convert(err, response))
 
     async def open_stream() -> AsyncResilientMessageStream:
@@ -208,22 +175,7 @@ def httpx_stream(
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
-        request = attempt.build(http)
-        writer = attempt.new_capture(request)  # before sending: nothing after send may fail and leak
-        try:
-            response = http.send(request, stream=True)
-        except BaseException as exc:
-            if writer is not None:
-                writer.finish("error", exc)
-            raise
-        if attempt.cannot_stream(response):
-            try:
-                head = response.read()
-            finally:
-                response.close()
-            raise attempt.failure(response, head, writer)
-        if writer is not None:
-            writer.start_response(response.status_code, list(response.headers.items()))
+        response, writer = attempt.open(http)
         return Opened(response, response.iter_bytes(), BodyPump(writer), response.close)
 
     return ResilientMessageStream(
@@ -243,42 +195,10 @@ def httpx_astream(
 ) -> AsyncStreamOpener:
     """The async twin of :func:`httpx_stream`. Without ``client`` each attempt gets its own async client,
     closed with the attempt's response (async clients are bound to one event loop)."""
-    from mendstream.transports.httpx import _timeout, http_module
 
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))
-        owned: Any = None
-        if client is None:
-            module = http_module()
-            owned = module.AsyncClient(timeout=_timeout(module))
-        http: Any = client if client is not None else owned
-
-        async def release() -> None:
-            try:
-                await response.aclose()
-            finally:
-                if owned is not None:
-                    await owned.aclose()
-
-        writer: Any = None
-        try:
-            request = attempt.build(http)
-            writer = attempt.new_capture(request)
-            response = await http.send(request, stream=True)
-        except BaseException as exc:
-            if writer is not None:
-                writer.finish("error", exc)
-            if owned is not None:
-                await owned.aclose()
-            raise
-        if attempt.cannot_stream(response):
-            try:
-                head = await response.aread()
-            finally:
-                await release()
-            raise attempt.failure(response, head, writer)
-        if writer is not None:
-            writer.start_response(response.status_code, list(response.headers.items()))
+        response, writer, release = await attempt.aopen(client)
         return Opened(response, response.aiter_bytes(), BodyPump(writer), release)
 
     async def open_stream() -> AsyncResilientMessageStream:

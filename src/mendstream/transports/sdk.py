@@ -188,6 +188,61 @@ def _capture_status_error(capture: CapturePath | None, exc: BaseException, param
     capture_error_response(writer, response.status_code, list(response.headers.items()), body)
 
 
+
+def open_response(
+    messages: Any, params: dict[str, Any], *, capture: CapturePath | None, parser: MessageParser | None
+) -> tuple[Any, Any, BodyPump]:
+    """Send one streaming request through the SDK: ``(raw, response, pump)`` for a response that can be
+    streamed (``raw.close`` releases it). The one place where an SDK response is opened, for the plain
+    transport and for every attempt of the resilient one.
+
+    Raises the SDK's own errors before a response (recorded in the capture), and ``ContentTypeError`` for a
+    2xx response ``parser`` cannot read (its first bytes read and the response closed).
+    """
+    t0 = time.perf_counter()
+    try:
+        raw = messages.create(**params, stream=True)
+    except Exception as exc:
+        _capture_status_error(capture, exc, params, t0)
+        raise
+    response = raw.response
+    bad_type = _cloud.content_type_problem(parser, response.headers)
+    if bad_type is not None:
+        try:
+            head = response.read()
+        finally:
+            raw.close()
+        raise content_type_error(response.status_code, bad_type, head, response)
+    pump = BodyPump(
+        _start_capture(capture, response, params, t0), convert_error=lambda err: _to_sdk_error(err, response)
+    )
+    return raw, response, pump
+
+
+async def aopen_response(
+    messages: Any, params: dict[str, Any], *, capture: CapturePath | None, parser: MessageParser | None
+) -> tuple[Any, Any, BodyPump]:
+    """The async twin of :func:`open_response` (``await raw.close()`` releases the response)."""
+    t0 = time.perf_counter()
+    try:
+        raw = await messages.create(**params, stream=True)
+    except Exception as exc:
+        _capture_status_error(capture, exc, params, t0)
+        raise
+    response = raw.response
+    bad_type = _cloud.content_type_problem(parser, response.headers)
+    if bad_type is not None:
+        try:
+            head = await response.aread()
+        finally:
+            await raw.close()
+        raise content_type_error(response.status_code, bad_type, head, response)
+    pump = BodyPump(
+        _start_capture(capture, response, params, t0), convert_error=lambda err: _to_sdk_error(err, response)
+    )
+    return raw, response, pump
+
+
 def stream(
     client: Any,
     /,
@@ -243,24 +298,7 @@ def stream(
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
                           idle_timeout=idle_timeout, progress_timeout=progress_timeout)
-    t0 = time.perf_counter()
-    try:
-        raw = messages.create(**params, stream=True)
-    except Exception as exc:
-        _capture_status_error(capture, exc, params, t0)
-        raise
-    response = raw.response
-    bad_type = _cloud.content_type_problem(parser, response.headers)
-    if bad_type is not None:
-        try:
-            head = response.read()
-        finally:
-            raw.close()
-        raise content_type_error(response.status_code, bad_type, head, response)
-    pump = BodyPump(
-        _start_capture(capture, response, params, t0),
-        convert_error=lambda err: _to_sdk_error(err, response),
-    )
+    raw, response, pump = open_response(messages, params, capture=capture, parser=parser)
     return pump.message_stream(
         response.iter_bytes(), response=response, parser=parser, release=raw.close,
         sdk_events=sdk_events, beta="betas" in params,
@@ -294,24 +332,7 @@ def astream(
                            idle_timeout=idle_timeout, progress_timeout=progress_timeout)
 
     async def open_stream() -> AsyncMessageStream:
-        t0 = time.perf_counter()
-        try:
-            raw = await messages.create(**params, stream=True)
-        except Exception as exc:
-            _capture_status_error(capture, exc, params, t0)
-            raise
-        response = raw.response
-        bad_type = _cloud.content_type_problem(parser, response.headers)
-        if bad_type is not None:
-            try:
-                head = await response.aread()
-            finally:
-                await raw.close()
-            raise content_type_error(response.status_code, bad_type, head, response)
-        pump = BodyPump(
-            _start_capture(capture, response, params, t0),
-            convert_error=lambda err: _to_sdk_error(err, response),
-        )
+        raw, response, pump = await aopen_response(messages, params, capture=capture, parser=parser)
         return pump.amessage_stream(
             response.aiter_bytes(), response=response, parser=parser, release=raw.close,
             sdk_events=sdk_events, beta="betas" in params,
