@@ -195,7 +195,7 @@ class History:
             block = messages[m]["content"][b]
             layout.result_lists.append(pos)
             if type(block) is dict and type(block.get("content")) is list:
-                layout._scan_nested(pos, block, f"messages[{m}].content[{b}]")
+                layout.scan_nested(pos, block, f"messages[{m}].content[{b}]")
         span = dict(old.message_span)
         for m in range(k, len(previous.contents)):
             span.pop(m, None)

@@ -260,7 +260,7 @@ class Layout:
                         kind = block.get("type")
                         if kind == "tool_result" and type(block.get("content")) is list:
                             self.result_lists.append(first + b)
-                            self._scan_nested(first + b, block, f"messages[{m}].content[{b}]")
+                            self.scan_nested(first + b, block, f"messages[{m}].content[{b}]")
                         c_add(kind not in unmarkable and (kind != "text" or bool(block.get("text"))))
                     elif _is_block(block):
                         c_add(_is_cacheable(block))
@@ -278,7 +278,7 @@ class Layout:
             if len(blocks) > first:
                 span[m] = (first, len(blocks) - 1)
 
-    def _scan_nested(self, pos: int, block: dict[str, Any], where: str) -> None:
+    def scan_nested(self, pos: int, block: dict[str, Any], where: str) -> None:
         """Record the markers inside a ``tool_result``'s content (the API counts them like any other).
         Iterative, so hostile nesting costs a bounded walk and a clear error, not a RecursionError."""
         stack: list[tuple[list[Any], str, int]] = [(block["content"], where + ".content", 1)]

@@ -40,7 +40,7 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 # Streams can pause for minutes during long thinking; the connect phase should fail fast.
 _DEFAULT_TIMEOUT = {"connect": 10.0, "read": 600.0, "write": 60.0, "pool": 60.0}
-_UNSET: Any = object()
+UNSET: Any = object()
 
 _default_client: Any = None
 _default_lock = threading.Lock()
@@ -71,7 +71,7 @@ def _timeout(module: ModuleType) -> Any:
     return module.Timeout(**_DEFAULT_TIMEOUT)
 
 
-def _shared_client() -> Any:
+def shared_client() -> Any:
     """A process-wide default sync client (connection pooling across calls); created on first use."""
     global _default_client
     with _default_lock:
@@ -162,7 +162,7 @@ class _Request:
 
     def build(self, client: Any) -> Any:
         kwargs: dict[str, Any] = {"headers": self.headers, "content": self.content}
-        if self.timeout is not _UNSET:
+        if self.timeout is not UNSET:
             kwargs["timeout"] = self.timeout
         self.started_at = time.perf_counter()
         return client.build_request("POST", self.url, **kwargs)
@@ -271,7 +271,7 @@ def stream(
     auth_token: str | None = None,
     headers: Mapping[str, str] | None = None,
     client: Any = None,
-    timeout: Any = _UNSET,
+    timeout: Any = UNSET,
     path: str = "/v1/messages",
     anthropic_version: str | None = DEFAULT_ANTHROPIC_VERSION,
     capture: CapturePath | None = None,
@@ -331,7 +331,7 @@ def stream(
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return httpx_stream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
                             progress_timeout=progress_timeout)
-    response, writer = req.open(client if client is not None else _shared_client())
+    response, writer = req.open(client if client is not None else shared_client())
     try:
         return BodyPump(writer).message_stream(
             response.iter_bytes(), response=response, parser=parser, release=response.close,
@@ -351,7 +351,7 @@ def astream(
     auth_token: str | None = None,
     headers: Mapping[str, str] | None = None,
     client: Any = None,
-    timeout: Any = _UNSET,
+    timeout: Any = UNSET,
     path: str = "/v1/messages",
     anthropic_version: str | None = DEFAULT_ANTHROPIC_VERSION,
     capture: CapturePath | None = None,

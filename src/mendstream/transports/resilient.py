@@ -45,12 +45,12 @@ def sdk_stall_class() -> type[BaseException]:
     if _stall_class is None:
         import anthropic
 
-        from mendstream.transports.sdk import _reduce_error
+        from mendstream.transports.sdk import reduce_error
 
         _stall_class = type(
             "StreamAPITimeoutError",
             (anthropic.APITimeoutError, StreamStalledError),
-            {"__module__": __name__, "__qualname__": "StreamAPITimeoutError", "__reduce__": _reduce_error,
+            {"__module__": __name__, "__qualname__": "StreamAPITimeoutError", "__reduce__": reduce_error,
              "__doc__": "A stalled stream; both anthropic.APITimeoutError and StreamStalledError."},
         )
         globals()["StreamAPITimeoutError"] = _stall_class
@@ -58,10 +58,10 @@ def sdk_stall_class() -> type[BaseException]:
 
 
 def _sdk_convert(err: StreamError, response: Any) -> BaseException:
-    from mendstream.transports.sdk import _to_sdk_error
+    from mendstream.transports.sdk import to_sdk_error
 
     if not isinstance(err, StreamStalledError):
-        return _to_sdk_error(err, response)
+        return to_sdk_error(err, response)
     cls = sdk_stall_class()
     exc: Any = cls.__new__(cls)
     Exception.__init__(exc, err.message)
@@ -156,7 +156,7 @@ def _httpx_request(req: Any, prefill: str | None, path: CapturePath | None, read
 def _is_unset(value: Any) -> bool:
     from mendstream.transports import httpx as transport
 
-    return value is transport._UNSET
+    return value is transport.UNSET
 
 
 def httpx_stream(
@@ -169,9 +169,9 @@ def httpx_stream(
     progress_timeout: float | None,
 ) -> ResilientMessageStream:
     """``mendstream.httpx.stream`` with ``retry`` / stall detection; ``req`` is its prepared request."""
-    from mendstream.transports.httpx import _shared_client
+    from mendstream.transports.httpx import shared_client
 
-    http = client if client is not None else _shared_client()
+    http = client if client is not None else shared_client()
 
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         attempt = _httpx_request(req, prefill, path, read_timeout(idle_timeout, progress_timeout))

@@ -45,7 +45,7 @@ _SDK_ERROR_NAMES: dict[str, tuple[str, ...]] = {
 
 class _SDKStreamErrorBase(APIStreamError):
     """Base that lets the SDK's error ``__init__`` chain (which calls ``super().__init__(message)``) end in
-    ``Exception.__init__``; :func:`_to_sdk_error` fills the APIStreamError attributes afterwards."""
+    ``Exception.__init__``; :func:`to_sdk_error` fills the APIStreamError attributes afterwards."""
 
     def __init__(self, message: str, *args: Any, **kwargs: Any) -> None:
         Exception.__init__(self, message)
@@ -59,7 +59,7 @@ def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...]) -> BaseExcep
     return exc
 
 
-def _reduce_error(self: BaseException) -> tuple[Any, ...]:
+def reduce_error(self: BaseException) -> tuple[Any, ...]:
     return _rebuild_error, (type(self), self.args), self.__dict__
 
 
@@ -91,7 +91,7 @@ def sdk_error_class(error_type: str) -> type[BaseException]:
             {
                 "__module__": __name__,
                 "__qualname__": name,
-                "__reduce__": _reduce_error,
+                "__reduce__": reduce_error,
                 "__doc__": f"A mid-stream error event; both anthropic.{sdk_cls.__name__} and APIStreamError.",
             },
         )
@@ -100,7 +100,7 @@ def sdk_error_class(error_type: str) -> type[BaseException]:
     return combined
 
 
-def _to_sdk_error(err: StreamError, response: Any) -> BaseException:
+def to_sdk_error(err: StreamError, response: Any) -> BaseException:
     if not isinstance(err, APIStreamError):
         return err
     cls: Any = sdk_error_class(err.error_type)
@@ -214,7 +214,7 @@ def open_response(
             raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
     pump = BodyPump(
-        _start_capture(capture, response, params, t0), convert_error=lambda err: _to_sdk_error(err, response)
+        _start_capture(capture, response, params, t0), convert_error=lambda err: to_sdk_error(err, response)
     )
     return raw, response, pump
 
@@ -238,7 +238,7 @@ async def aopen_response(
             await raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
     pump = BodyPump(
-        _start_capture(capture, response, params, t0), convert_error=lambda err: _to_sdk_error(err, response)
+        _start_capture(capture, response, params, t0), convert_error=lambda err: to_sdk_error(err, response)
     )
     return raw, response, pump
 
