@@ -700,7 +700,7 @@ class ResponseRewriter:
             elif kind == "content_block_delta":
                 self._start_message(encoded)
                 index = event.index
-                delta: dict[str, Any] = event[1]
+                delta: dict[str, Any] = event.delta.to_dict()
                 if index not in self._blocks:
                     self._blocks.add(index)
                     template = _SYNTHESIZED_BLOCKS.get(delta.get("type"))  # type: ignore[arg-type]
