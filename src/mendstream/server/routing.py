@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from mendstream.errors import StreamError, UsageError
 from mendstream.faults import FaultPlan, PlannedResponse
+from mendstream.partial_json import nesting_exceeded
 
 from .fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
 
@@ -165,7 +166,13 @@ class Router:
         body_error: str | None = None
         if raw:
             try:
-                body = json.loads(raw)
+                # Depth first, in one linear pass: json's own RecursionError depends on how deep the caller's
+                # stack already is (and on the recursion limit), so it cannot be the verdict.
+                too_deep = nesting_exceeded(raw.decode("utf-8"), MAX_JSON_DEPTH) is not None
+                if too_deep:
+                    body_error = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+                else:
+                    body = json.loads(raw)
             except RecursionError:
                 body_error = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
             except ValueError as exc:  # includes UnicodeDecodeError
