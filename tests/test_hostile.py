@@ -190,11 +190,6 @@ def _tool_stream(partial_json: str) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    reason="needs accumulate.py (helper core's file) to decode tool input with partial_json.loads instead of "
-    "json.loads; see the json helper's report",
-    strict=False,
-)
 @pytest.mark.parametrize("text", list(_DEEP_TOOL_INPUTS.values()), ids=list(_DEEP_TOOL_INPUTS))
 def test_deep_tool_input_through_the_parser_is_a_tool_input_error(text: str) -> None:
     parser = MessageParser()
