@@ -577,6 +577,7 @@ def _header_stall(
 class _ResilientSurface:
     _state: _StreamState
     _conductor: _Conductor
+    _first_parser: MessageParser | None
 
     @property
     def message(self) -> dict[str, Any]:
@@ -592,6 +593,13 @@ class _ResilientSurface:
     def attempts(self) -> list[Attempt]:
         """One record per attempt so far (see :class:`~mendstream.Attempt`)."""
         return self._conductor.attempts
+
+    def _new_parser(self, attempt: Attempt) -> MessageParser:
+        """The parser for ``attempt``: the caller's for the first, then a fresh one with its options (and
+        class: a BedrockParser for Bedrock's event-stream)."""
+        if self._first_parser is None:
+            return MessageParser()
+        return self._first_parser if attempt.number == 1 else self._first_parser.fresh()
 
 
 class ResilientMessageStream(_ResilientSurface, MessageStream):
@@ -691,13 +699,6 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
                     yield decision.restart
         finally:
             self._release()
-
-    def _new_parser(self, attempt: Attempt) -> MessageParser:
-        if self._first_parser is None:
-            return MessageParser()
-        # The caller's parser reads the first attempt; later ones get a fresh parser with its options (and
-        # class: a BedrockParser for Bedrock's event-stream).
-        return self._first_parser if attempt.number == 1 else self._first_parser.fresh()
 
     def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` seconds unless closed meanwhile; True when the stream was closed."""
@@ -825,13 +826,6 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
                     yield decision.restart
         finally:
             await self._release()
-
-    def _new_parser(self, attempt: Attempt) -> MessageParser:
-        if self._first_parser is None:
-            return MessageParser()
-        # The caller's parser reads the first attempt; later ones get a fresh parser with its options (and
-        # class: a BedrockParser for Bedrock's event-stream).
-        return self._first_parser if attempt.number == 1 else self._first_parser.fresh()
 
     async def _pause(self, delay: float) -> bool:
         if delay > 0 and not self._closing:
