@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -107,6 +108,16 @@ class _ToolInput:
     def raw(self) -> str:
         return "".join(self.fragments)
 
+    def current(self) -> Any:
+        """The input as far as it has arrived (a partial snapshot)."""
+        return self.snapshot_at(len(self.fragments))
+
+    def partial(self) -> Any:
+        """What the SDK's snapshot holds for an input that failed to parse: jiter's partial parse of the raw
+        text. Raises ValueError when the text is broken rather than cut short."""
+        mode = True if self.mode == "on" else self.mode
+        return from_json(self.raw().encode("utf-8", "surrogatepass"), partial_mode=mode)
+
     def snapshot_at(self, n: int) -> Any:
         cached = self._cache.get(n, _MISSING_SNAPSHOT)
         if cached is not _MISSING_SNAPSHOT:
@@ -178,13 +189,108 @@ class _ToolInput:
             for part in values:
                 value.update(part)
             repairs.append(("tool_input_multiple_values", f"merged {len(values)} JSON objects in order"))
-        kinds = {kind for kind, _, _ in parser.repairs}
-        if "control_character" in kinds:
-            repairs.append(("tool_input_control_characters", "raw control characters kept in strings"))
-        if "invalid_escape" in kinds:
-            count = sum(1 for kind, _, _ in parser.repairs if kind == "invalid_escape")
-            repairs.append(("tool_input_invalid_escape", f"kept {count} invalid escape(s) literally"))
+        repairs.extend(_parser_repairs(parser))
         return value, repairs
+
+
+class _Discard:
+    """The parts of a text block whose content is not kept (``keep_content=False``): appends vanish."""
+
+    __slots__ = ()
+
+    def append(self, part: str, /) -> None:
+        pass
+
+
+class _ToolCheck:
+    """A tool input whose content is not kept (``keep_content=False``): each fragment is checked as it
+    arrives by a ToolInputParser that builds no value, so a broken input is still found (the same errors
+    and repair kinds as _ToolInput) in memory bounded by the nesting depth. The value is the start value."""
+
+    __slots__ = ("_parser", "_seen", "_start")
+
+    def __init__(self, start: Any, mode: PartialMode) -> None:
+        self._start = start
+        self._parser = ToolInputParser(partial_mode=mode, keep_values=False)
+        self._seen = False  # a fragment with more than whitespace arrived
+
+    def append(self, fragment: str, /) -> None:
+        if not self._seen and fragment.strip():
+            self._seen = True
+        self._parser.feed(fragment)
+
+    def raw(self) -> str:
+        return ""  # not kept
+
+    def current(self) -> Any:
+        return self._start
+
+    def partial(self) -> Any:
+        # As _ToolInput.partial decides with jiter's partial parse of the raw text, from the parser's state:
+        # jiter rejects a prefix with a character a strict parser refuses, a fault other than a value not
+        # followed by ',' or a closing bracket (jiter stops there, as at the end of the text; it also ignores
+        # anything after the first top-level value), and a top-level scalar it cannot show.
+        parser = self._parser
+        if parser.strict_reject:
+            raise ValueError("a character jiter refuses")
+        if not parser.value_count:
+            failed = parser.failed
+            if failed is not None and failed.reason not in _AFTER_VALUE_FAULTS and not (
+                failed.reason == "invalid number" and _number_then_garbage(parser.failed_number)
+            ):
+                raise ValueError(failed.reason)
+            if failed is None and parser.snapshot() is MISSING:
+                raise ValueError("no partial value")
+        return self._start
+
+    def finish(self) -> tuple[Any, list[tuple[str, str]]]:
+        repairs: list[tuple[str, str]] = []
+        if not self._seen:
+            return self._start, repairs
+        if self._start not in ({}, None):
+            repairs.append(("tool_input_replaced_start", f"start input {json.dumps(self._start)[:200]}"))
+        parser = self._parser
+        try:
+            parser.finish()
+        except PartialJSONError as exc:
+            if exc.reason != "multiple values" or not parser.only_objects:
+                raise
+            repairs.append(("tool_input_multiple_values", f"merged {parser.value_count} JSON objects in order"))
+        repairs.extend(_parser_repairs(parser))
+        return self._start, repairs
+
+
+_AFTER_VALUE_FAULTS = ("expected ',' or '}'", "expected ',' or ']'")
+_NUMBER_PREFIX = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def _number_then_garbage(token: str) -> bool:
+    """Whether jiter reads an invalid number token as a whole number followed by something else (which its
+    partial mode stops at, as at the end of the text) rather than as an invalid number: ``1e1e``, ``1-2``
+    and ``1.5.5`` are the first kind; ``01``, ``1.x``, ``1ex`` and ``-x`` the second."""
+    match = _NUMBER_PREFIX.match(token)
+    if match is None:
+        return False
+    rest = token[match.end() :]
+    if not rest or rest[0].isdigit():  # (a digit can only follow a leading 0)
+        return False
+    if rest[0] == ".":
+        return match.group(1) is not None or match.group(2) is not None
+    if rest[0] in "eE":
+        return match.group(2) is not None
+    return True
+
+
+def _parser_repairs(parser: ToolInputParser) -> list[tuple[str, str]]:
+    """The repairs a tool input needed, from the repairs its ToolInputParser recorded."""
+    repairs: list[tuple[str, str]] = []
+    kinds = {kind for kind, _, _ in parser.repairs}
+    if "control_character" in kinds:
+        repairs.append(("tool_input_control_characters", "raw control characters kept in strings"))
+    if "invalid_escape" in kinds:
+        count = sum(1 for kind, _, _ in parser.repairs if kind == "invalid_escape")
+        repairs.append(("tool_input_invalid_escape", f"kept {count} invalid escape(s) literally"))
+    return repairs
 
 
 # Block kinds. A closed block has kind _CLOSED, so no delta handler changes it.
@@ -197,29 +303,36 @@ _TEXT_LIKE = {"text": (_TEXT, "text"), "thinking": (_THINKING, "thinking")}
 class _Block:
     __slots__ = ("append", "block", "citations", "field", "index", "kind", "parts", "source", "text", "tool")
 
-    def __init__(self, index: int, block: dict[str, Any], mode: PartialMode) -> None:
+    def __init__(self, index: int, block: dict[str, Any], mode: PartialMode, keep: bool = True) -> None:
         self.index = index
         self.block = block
         self.text: _Joined | None = None
         self.field: str | None = None  # the text-like field that deltas grow ("text", "thinking")
-        self.tool: _ToolInput | None = None
+        self.tool: _ToolInput | _ToolCheck | None = None
         self.citations: _Citations | None = None
         # What append deltas grow (text parts or tool-input fragments) and the snapshot source over them.
-        self.parts = _NO_PARTS
+        self.parts: Any = _NO_PARTS
         self.source: _Joined | _ToolInput | None = None
         text_like = _TEXT_LIKE.get(block.get("type"))  # type: ignore[arg-type]
         if text_like is not None and type(block.get(text_like[1], "")) is str:
             self.kind, self.field = text_like
-            self.text = self.source = _Joined(block.get(self.field) or "")
-            self.parts = self.text.parts
+            if keep:
+                self.text = self.source = _Joined(block.get(self.field) or "")
+                self.parts = self.text.parts
+            else:
+                self.parts = _DISCARD
         elif "input" in block:
             self.kind = _TOOL
-            self.tool = self.source = _ToolInput(block["input"], mode)
-            self.parts = self.tool.fragments
+            if keep:
+                self.tool = self.source = _ToolInput(block["input"], mode)
+                self.parts = self.tool.fragments
+            else:
+                self.tool = self.parts = _ToolCheck(block["input"], mode)
         else:
             self.kind = _OTHER
         # The append delta this block takes (dtype, field, event factory), from _DELTAS: the hot path.
-        self.append = _APPENDS.get(self.kind)
+        # Without content kept, appends go to _DISCARD / _ToolCheck and make no derived event (factory None).
+        self.append = _APPENDS.get(self.kind) if keep else _LEAN_APPENDS.get(self.kind)
 
     @property
     def closed(self) -> bool:
@@ -233,7 +346,7 @@ class _Block:
         if self.citations is not None:
             out["citations"] = list(self.citations.items)
         if self.tool is not None:
-            out["input"] = self.tool.snapshot_at(len(self.tool.fragments))
+            out["input"] = self.tool.current()
         return out
 
 
@@ -286,6 +399,10 @@ _DELTAS: dict[object, tuple[int, str, Any, _DeltaHandler | None]] = {
 _APPENDS: dict[int, tuple[str, str, Any]] = {
     kind: (str(dtype), field, factory) for dtype, (kind, field, factory, handler) in _DELTAS.items() if handler is None
 }
+_LEAN_APPENDS: dict[int, tuple[str, str, Any]] = {
+    kind: (dtype, field, None) for kind, (dtype, field, _) in _APPENDS.items()
+}
+_DISCARD = _Discard()
 
 # The block a delta for a never-started index synthesizes, by delta type.
 _SYNTHESIZED: dict[object, Callable[[], dict[str, Any]]] = {
@@ -310,8 +427,9 @@ class MessageAccumulator:
     the next index (``block_index_repeated``), as the SDK appends it.
     """
 
-    def __init__(self, *, partial_mode: PartialMode = "on") -> None:
+    def __init__(self, *, partial_mode: PartialMode = "on", keep_content: bool = True) -> None:
         self.partial_mode: PartialMode = partial_mode
+        self.keep_content = keep_content
         self.repairs: list[Repair] = []
         self.stopped = False  # message_stop seen
         self.streaming = False  # between message_start (or its repair) and the stop: the common state
@@ -443,7 +561,7 @@ class MessageAccumulator:
         elif message["content"]:
             for i, block in enumerate(message["content"]):
                 if type(block) is dict:
-                    self._blocks[i] = _Block(i, dict(block), self.partial_mode)
+                    self._blocks[i] = _Block(i, dict(block), self.partial_mode, self.keep_content)
                     self._blocks[i].kind = _CLOSED
         if type(message.get("usage")) is not dict:
             message["usage"] = {"input_tokens": 0, "output_tokens": 0}
@@ -468,7 +586,7 @@ class MessageAccumulator:
                 position,
             )
             index = position
-        self._blocks[index] = _Block(index, dict(block), self.partial_mode)
+        self._blocks[index] = _Block(index, dict(block), self.partial_mode, self.keep_content)
         out.append(ContentBlockStartEvent(index, Data(block)))
 
     def handle_delta(self, obj: dict[str, Any], offset: int, ordinal: int, out: list[Event]) -> None:
@@ -497,7 +615,9 @@ class MessageAccumulator:
             if type(value) is str:
                 parts = block.parts
                 parts.append(value)
-                out.append(append[2](value, block.source, len(parts)))
+                factory = append[2]
+                if factory is not None:
+                    out.append(factory(value, block.source, len(parts)))
             return
         rule = _DELTAS.get(dtype)
         if rule is not None and rule[3] is not None and block.kind == rule[0]:
@@ -588,7 +708,7 @@ class MessageAccumulator:
         block.parts = _NO_PARTS
         out.append(ContentBlockStopEvent(block.index, Data(block.block)))
 
-    def _unparseable_input(self, block: _Block, tool: _ToolInput, exc: PartialJSONError) -> Any:
+    def _unparseable_input(self, block: _Block, tool: _ToolInput | _ToolCheck, exc: PartialJSONError) -> Any:
         # A tool input that no repair parses is an error, unless the model was cut off by max_tokens: then
         # the input is as far as it got, and the message completes with it (as the SDK's partial parser
         # gives it) plus a repair keeping the raw text. Which of the two is known only with the stop reason,
@@ -605,9 +725,7 @@ class MessageAccumulator:
             offset=self._offset,
         )
         try:  # what the SDK's snapshot holds: jiter's partial parse of the raw text
-            partial = from_json(
-                raw.encode("utf-8", "surrogatepass"), partial_mode=True if tool.mode == "on" else tool.mode
-            )
+            partial = tool.partial()
         except ValueError:
             raise error from None  # broken, not cut: no stop reason makes it an input
         if self._message is not None and self._message.get("stop_reason") == "max_tokens":
@@ -643,7 +761,7 @@ class MessageAccumulator:
         self._repair(
             "block_not_started", f"{dtype} for index {index}, which never started; synthesized a block", index
         )
-        block = self._blocks[index] = _Block(index, template(), self.partial_mode)
+        block = self._blocks[index] = _Block(index, template(), self.partial_mode, self.keep_content)
         return block
 
     def incomplete(self, detail: str) -> IncompleteStreamError:

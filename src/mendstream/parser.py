@@ -43,6 +43,12 @@ class MessageParser:
             MessageTooLargeError with the message so far.
         partial_mode: how ``input_json`` snapshots treat a string still being received: ``"on"`` (or
             ``True``) drops it, as the SDK does; ``"trailing-strings"`` includes it.
+        keep_content: False parses without keeping the message's content, so that memory does not grow
+            with the stream (for code that forwards the stream and needs only its structure, such as the
+            proxy): text and thinking deltas are not accumulated (blocks keep their start values), tool
+            input is checked as it arrives but not kept (the input is its start value, ``raw`` in errors
+            is empty), and no derived events (``text``, ``thinking``, ``input_json``) are made. Everything
+            else is as with content: the stream events, stop reason, usage, repairs and errors.
 
     ``feed(data)`` returns the events that ``data`` completes; ``end()`` must be called at end of stream and
     returns the events it completes (e.g. a final event without its blank line). Both raise a
@@ -57,17 +63,19 @@ class MessageParser:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_message_bytes: int | None = None,
         partial_mode: PartialMode | bool = "on",
+        keep_content: bool = True,
     ) -> None:
         if max_message_bytes is not None and (type(max_message_bytes) is not int or max_message_bytes <= 0):
             raise UsageError(f"max_message_bytes must be a positive int or None, got {max_message_bytes!r}")
         self._options: dict[str, Any] = {
-            "max_event_bytes": max_event_bytes, "max_message_bytes": max_message_bytes, "partial_mode": partial_mode
+            "max_event_bytes": max_event_bytes, "max_message_bytes": max_message_bytes, "partial_mode": partial_mode,
+            "keep_content": keep_content,
         }
         self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
         self._max_message_bytes = max_message_bytes
         # Bytes the stream may still bring: one subtraction per chunk keeps the optional bound cheap.
         self._budget = max_message_bytes if max_message_bytes is not None else sys.maxsize
-        self._acc = MessageAccumulator(partial_mode=check_partial_mode(partial_mode))
+        self._acc = MessageAccumulator(partial_mode=check_partial_mode(partial_mode), keep_content=keep_content)
         self._error: StreamError | None = None
         self._ended = False
         self._watch_bom = True  # until the decoder has seen whether the stream opens with a BOM

@@ -119,6 +119,11 @@ _STRING_RUN: Final = re.compile(
     r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})+"
 )
 _CONTROL_RUN: Final = re.compile(r"[\x00-\x1f]+")
+# The escapes of a string run (all valid there): a surrogate pair, or one escape, with group 1 set for a
+# lone low surrogate \uDC00-\uDFFF.
+_LOW_SURROGATE_ESCAPE: Final = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u([dD][c-fC-F])|.)", re.DOTALL
+)
 _CONTROL_DETAIL: Final = 16
 _ESCAPE_DECODER: Final = json.JSONDecoder(strict=False)
 _SIMPLE_ESCAPES: Final = {
@@ -220,6 +225,20 @@ def loads(text: str, /, *, strict: bool = True) -> Any:
         raise PartialJSONError(0, "maximum depth exceeded") from None
 
 
+class _Sink(list[str]):
+    """Where a parser that keeps no values puts string pieces: nowhere (``append`` keeps nothing)."""
+
+    __slots__ = ()
+
+    def append(self, item: str, /) -> None:
+        pass
+
+
+_SINK: Final = _Sink()
+# Repairs a parser that keeps no values records at most (a bound on its memory for hostile input).
+_MAX_CHECK_REPAIRS: Final = 1000
+
+
 class _Frame:
     """One open container: the live list or dict, and for a dict the key of the member being read."""
 
@@ -256,6 +275,12 @@ class ToolInputParser:
             jiter: ``"on"`` leaves it out (with its key), ``"trailing-strings"`` shows what has arrived.
         max_depth: most containers that may be open at once; one more sets `failed` with reason
             ``"maximum depth exceeded"``. Defaults to MAX_NESTING_DEPTH (201).
+        keep_values: False checks the text without building its value, in memory bounded by the nesting
+            depth (plus one number token): strings are not kept, containers stay empty, `values` holds at
+            most the first top-level value (as such an empty shell) and `snapshot()` shows shells. Use it to
+            validate input whose value is not wanted; `failed`, `finish()`'s errors, `value_count`,
+            `only_objects` and the kinds of `repairs` are those of a parser that keeps values (at most
+            1,000 repairs are kept).
 
     Raises:
         ValueError: for an unknown `partial_mode` or a `max_depth` below 1.
@@ -269,7 +294,11 @@ class ToolInputParser:
     """
 
     def __init__(
-        self, *, partial_mode: Literal["on", "trailing-strings"] = "on", max_depth: int = MAX_NESTING_DEPTH
+        self,
+        *,
+        partial_mode: Literal["on", "trailing-strings"] = "on",
+        max_depth: int = MAX_NESTING_DEPTH,
+        keep_values: bool = True,
     ) -> None:
         if partial_mode not in _PARTIAL_MODES:
             raise ValueError(f"partial_mode must be one of {_PARTIAL_MODES!r}, not {partial_mode!r}")
@@ -280,7 +309,18 @@ class ToolInputParser:
         self.repairs: list[tuple[str, int, str]] = []
         self._stack: list[_Frame] = []
         self._state: int = _VALUE
+        self._keep = keep_values
         self._values: list[Any] = []
+        self.value_count = 0
+        """Top-level values completed so far."""
+        self.only_objects = True
+        """Whether every top-level value completed so far is an object."""
+        self.failed_number = ""
+        """The text of the number token that made parsing fail, if one did."""
+        self.strict_reject = False
+        """Whether a control character, an invalid escape or a lone surrogate came before the first top-level
+        value ended (so that a strict parser such as jiter rejects even a prefix of the text). Lone low
+        surrogates written whole within one fragment are seen only with ``keep_values=False``."""
         self._failed: PartialJSONError | None = None
         self._offset = 0  # characters fed before the current fragment
         self._token_start = 0  # position of the current token's first character
@@ -372,7 +412,7 @@ class ToolInputParser:
             raise PartialJSONError(end, "incomplete")
         if not self._values:
             raise PartialJSONError(end, "no value")
-        if len(self._values) > 1:
+        if self.value_count > 1:
             raise PartialJSONError(end, "multiple values")
         return self._values[0]
 
@@ -502,22 +542,27 @@ class ToolInputParser:
     def _emit(self, value: Any) -> None:
         """A value is complete: add it to the innermost container, or to `values` at top level."""
         if self._stack:
-            frame = self._stack[-1]
-            container = frame.container
-            if isinstance(container, dict):
-                container[frame.key] = value
-            else:
-                container.append(value)
+            if self._keep:
+                frame = self._stack[-1]
+                container = frame.container
+                if isinstance(container, dict):
+                    container[frame.key] = value
+                else:
+                    container.append(value)
             self._state = _AFTER_VALUE
         else:
-            self._values.append(value)
+            self.value_count += 1
+            if type(value) is not dict:
+                self.only_objects = False
+            if self._keep or not self._values:
+                self._values.append(value if self._keep or type(value) in (dict, list) else type(value)())
             self._state = _VALUE
 
     # Strings ----------------------------------------------------------------------------------------
 
     def _start_string(self, i: int, *, is_key: bool) -> None:
         self._token_start = self._offset + i
-        self._str_parts = []
+        self._str_parts = [] if self._keep else _SINK
         self._str_is_key = is_key
         self._state = _IN_STRING
 
@@ -533,7 +578,10 @@ class ToolInputParser:
                 if _CONTROL_RUN.search(chunk) is not None:
                     self._record_controls(chunk, i)
                 if "\\" in chunk:
-                    chunk = _ESCAPE_DECODER.decode(f'"{chunk}"')
+                    if parts is not _SINK:
+                        chunk = _ESCAPE_DECODER.decode(f'"{chunk}"')
+                    elif not self.value_count and any(m.group(1) for m in _LOW_SURROGATE_ESCAPE.finditer(chunk)):
+                        self.strict_reject = True
                 parts.append(chunk)
                 i = match.end()
                 if i == n:
@@ -561,7 +609,10 @@ class ToolInputParser:
             detail = raw[:_CONTROL_DETAIL].encode("unicode_escape").decode("ascii")
             if len(raw) > _CONTROL_DETAIL:
                 detail += "..."
-            self.repairs.append(("control_character", start, detail))
+            if self._keep or len(self.repairs) < _MAX_CHECK_REPAIRS:
+                self.repairs.append(("control_character", start, detail))
+            if not self.value_count:
+                self.strict_reject = True
 
     def _scan_escape(self, text: str, i: int, n: int) -> int:
         """Advance an escape begun earlier, one character at a time (at most 12 per escape)."""
@@ -613,6 +664,8 @@ class ToolInputParser:
             if 0xD800 <= code <= 0xDBFF:
                 self._high_surrogate = escape
                 continue
+            if 0xDC00 <= code <= 0xDFFF and not self.value_count:
+                self.strict_reject = True  # a lone low surrogate
             parts.append(chr(code))
             return i
         return i
@@ -621,15 +674,20 @@ class ToolInputParser:
         if self._high_surrogate:
             self._str_parts.append(chr(int(self._high_surrogate[2:], 16)))
             self._high_surrogate = ""
+            if not self.value_count:
+                self.strict_reject = True  # a lone high surrogate
 
     def _invalid_escape(self, raw: str) -> None:
-        self.repairs.append(("invalid_escape", self._escape_start, raw))
+        if self._keep or len(self.repairs) < _MAX_CHECK_REPAIRS:
+            self.repairs.append(("invalid_escape", self._escape_start, raw))
+        if not self.value_count:
+            self.strict_reject = True
         self._str_parts.append(raw)
         self._escape = ""
 
     def _end_string(self) -> None:
         value = "".join(self._str_parts)
-        self._str_parts = []
+        self._str_parts = [] if self._keep else _SINK
         if self._str_is_key:
             self._stack[-1].key = value
             self._state = _COLON
@@ -659,6 +717,7 @@ class ToolInputParser:
         value = _number_value(text)
         if value is MISSING:
             reason = "integer too long" if _NUMBER.fullmatch(text) else "invalid number"
+            self.failed_number = text
             raise PartialJSONError(self._token_start, reason)
         self._emit(value)
 

@@ -475,7 +475,9 @@ class ResponseRewriter:
         on_repair: Callable[[Repair], None] | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        self._parser = MessageParser(max_event_bytes=max_event_bytes)
+        # The core reads the stream without keeping its content: the rewriter needs the stream's structure,
+        # stop reason, usage, repairs and errors, and its memory must not grow with the stream.
+        self._parser = MessageParser(max_event_bytes=max_event_bytes, keep_content=False)
         self._limit = max_event_bytes
         self._on_repair = on_repair
         self._buf = bytearray()
@@ -505,7 +507,8 @@ class ResponseRewriter:
 
     @property
     def message(self) -> dict[str, Any]:
-        """The message accumulated from the input so far (the core's reading)."""
+        """The message read from the input so far, without its content (ids, model, block types, stop
+        reason and usage; see ``MessageParser(keep_content=False)``): the rewriter keeps no content."""
         return self._parser.message
 
     @property
