@@ -172,13 +172,12 @@ def main() -> None:
         directory = Path(tmp)
         for name in (SHORT, "tool_use_64kb_input", "fault_control_chars_in_event_json"):
             (directory / f"{name}.sse").write_bytes((FIXTURES / f"{name}.sse").read_bytes())
-        lengths = {"long_1mb": 5_000, "long_10mb": 50_000}
+        lengths = {"long_1mb": 5_000, "long_10mb": 50_000, "long_30mb": 150_000}
         for name, deltas in lengths.items():
             (directory / f"{name}.sse").write_bytes(long_stream(deltas))
         upstream_proc, upstream = start_upstream(directory)
         proxy_proc, proxy = start_proxy(upstream)
         try:
-            rows: list[tuple[str, ...]] = []
             direct_t = ttfb(upstream, None, n_ttfb)
             proxy_t = ttfb(proxy, None, n_ttfb)
             transport_t = ttfb(upstream, RepairTransport(httpx.HTTPTransport()), n_ttfb)
@@ -200,26 +199,30 @@ def main() -> None:
                 proxy_cpu = (proc_cpu(proxy_proc.pid) - before) / (n_cpu + 3)
                 print(f"{name:<36}{direct_cpu * 1e3:>9.3f}{transport_cpu * 1e3:>15.3f}{proxy_cpu * 1e3:>18.3f}")
 
-            print("\nThroughput, AsyncAnthropic streams per second (text_basic)")
+            rounds = 1 if args.quick else 3
+            print(f"\nThroughput, AsyncAnthropic streams per second (text_basic; median of {rounds} interleaved rounds)")
             print(f"{'concurrent':<12}{'direct':>9}{'proxy':>9}{'transport':>11}{'proxy/direct':>14}"
                   f"{'transport/direct':>18}")
             for concurrency in (1, 50, 200):
-                total = max(100, concurrency * 2) if not args.quick else max(40, concurrency)
-                d = throughput(upstream, None, concurrency, total)
-                p = throughput(proxy, None, concurrency, total)
-                t = throughput(upstream, AsyncRepairTransport(HTTP2.AsyncHTTPTransport()), concurrency, total)
+                total = max(200, concurrency * 4) if not args.quick else max(40, concurrency)
+                runs: dict[str, list[float]] = {"direct": [], "proxy": [], "transport": []}
+                for _ in range(rounds):
+                    runs["direct"].append(throughput(upstream, None, concurrency, total))
+                    runs["proxy"].append(throughput(proxy, None, concurrency, total))
+                    runs["transport"].append(throughput(
+                        upstream, AsyncRepairTransport(HTTP2.AsyncHTTPTransport()), concurrency, total))
+                d, p, t = (pct(runs[k], 0.5) for k in ("direct", "proxy", "transport"))
                 print(f"{concurrency:<12}{d:>9.1f}{p:>9.1f}{t:>11.1f}{p / d:>14.0%}{t / d:>18.0%}")
-                rows.append((str(concurrency), f"{d:.1f}", f"{p:.1f}", f"{t:.1f}"))
         finally:
             proxy_proc.kill()
 
-        print("\nProxy peak RSS (fresh proxy process, 5 sequential streams of each length)")
+        print("\nProxy peak RSS (fresh proxy process, 3 sequential streams of each length)")
         print(f"{'stream':<14}{'bytes':>12}{'peak RSS MB':>13}")
         for name in (SHORT, *lengths):
             proc, url = start_proxy(upstream)
             try:
                 with httpx.Client(timeout=120) as client:
-                    for _ in range(5):
+                    for _ in range(3):
                         with client.stream("POST", url + "/v1/messages", json={**PARAMS, "stream": True},
                                            headers={"x-mendstream-fixture": name}) as response:
                             for _chunk in response.iter_raw():
