@@ -142,3 +142,51 @@ def test_top_level_functions_are_typed(tmp_path: Path) -> None:
         '"mendstream.streaming.MessageStream"',
         '"mendstream.streaming.AsyncMessageStream"',
     ], stdout + stderr + str(src)
+
+
+def test_sdk_events_and_beta_hold_across_retries() -> None:
+    """With ``retry=`` the stream is resilient; sdk_events and betas still give the SDK's classes (a restart
+    marker stays mendstream's RestartEvent, which the SDK has no class for)."""
+    from mendstream.faults import parse_fault_spec
+
+    faults = parse_fault_spec("error(type=overloaded_error,after_events=4);ok")
+    with ReplayServer({"basic": BASIC_SSE}, faults=faults) as server:
+        client = anthropic.Anthropic(base_url=server.base_url, api_key="sk-ant-test", max_retries=0)
+        params: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        retry = mendstream.Retry(max_attempts=3, backoff=0, on_partial="restart")
+        with mendstream.stream(client, **params, betas=["b-1"], retry=retry, sdk_events=True) as s:
+            events = list(s)
+            final = s.get_final_message()
+        assert len(s.attempts) == 2
+        kinds = [type(e).__name__ for e in events]
+        assert "RestartEvent" in kinds
+        sdk = [e for e in events if type(e).__name__ != "RestartEvent"]
+        assert all(type(e).__module__.startswith("anthropic.") for e in sdk), kinds
+        assert isinstance(sdk[0], anthropic.types.beta.BetaRawMessageStartEvent)
+        assert isinstance(final, anthropic.types.beta.BetaMessage)
+        assert final.to_dict() == expected_basic()
+
+
+def test_sdk_events_across_retries_async_and_httpx() -> None:
+    import asyncio
+
+    import mendstream.httpx as mhttpx
+    from mendstream.faults import parse_fault_spec
+
+    retry = mendstream.Retry(max_attempts=3, backoff=0, on_partial="restart")
+    body: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    with ReplayServer({"basic": BASIC_SSE}, faults=parse_fault_spec("cut(after_events=3);ok;cut(after_events=3)")) as server:
+        with mhttpx.stream(body, base_url=server.base_url, api_key="k", retry=retry, sdk_events=True) as s:
+            events = [e for e in s if type(e).__name__ != "RestartEvent"]
+        assert all(type(e).__module__.startswith("anthropic.") for e in events)
+
+        async def run() -> list[Any]:
+            client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="k", max_retries=0)
+            async with mendstream.astream(client, **body, retry=retry, sdk_events=True) as stream:
+                out = [e async for e in stream]
+                assert isinstance(await stream.get_final_message(), anthropic.types.Message)
+            await client.close()
+            return out
+
+        events = [e for e in asyncio.run(run()) if type(e).__name__ != "RestartEvent"]
+        assert all(type(e).__module__.startswith("anthropic.") for e in events)

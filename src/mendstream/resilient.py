@@ -512,8 +512,8 @@ class _Conductor:
 class _ResilientState(_StreamState):
     """The surface's view of a resilient stream: the current attempt's parser, stitched when continuing."""
 
-    def __init__(self, conductor: _Conductor, parser: MessageParser) -> None:
-        super().__init__(parser, None, None, None)
+    def __init__(self, conductor: _Conductor, parser: MessageParser, beta: bool = False) -> None:
+        super().__init__(parser, None, None, None, beta)
         self.conductor = conductor
 
     def stitched(self) -> dict[str, Any]:
@@ -524,7 +524,7 @@ class _ResilientState(_StreamState):
             from .errors import UsageError
 
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.stitched())
+        return to_sdk_message(self.stitched(), beta=self.beta)
 
     def final_text(self) -> str:
         message = self.stitched()
@@ -538,7 +538,7 @@ class _ResilientState(_StreamState):
             from .errors import UsageError
 
             raise UsageError("no message_start has been received yet")
-        return to_sdk_message(self.stitched())
+        return to_sdk_message(self.stitched(), beta=self.beta)
 
 
 def _stall_or(error: StreamError, kind: str | None, clock: _StallClock, opened: Opened) -> BaseException:
@@ -620,6 +620,8 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
         parser: MessageParser | None = None,
         capture: CapturePath | None = None,
         convert: Callable[[StreamError], BaseException] | None = None,
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> None:
         self._conductor = _Conductor(retry, idle_timeout, progress_timeout)
         self._opener = opener
@@ -628,8 +630,8 @@ class ResilientMessageStream(_ResilientSurface, MessageStream):
         self._first_parser = parser
         self._wake = threading.Event()
         self._closing = False
-        super().__init__(())
-        self._state = _ResilientState(self._conductor, parser if parser is not None else MessageParser())
+        super().__init__((), sdk_events=sdk_events, beta=beta)
+        self._state = _ResilientState(self._conductor, parser if parser is not None else MessageParser(), beta)
 
     def _events(self) -> Generator[Any, None, None]:
         conductor = self._conductor
@@ -730,6 +732,8 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
         parser: MessageParser | None = None,
         capture: CapturePath | None = None,
         convert: Callable[[StreamError], BaseException] | None = None,
+        sdk_events: bool = False,
+        beta: bool = False,
     ) -> None:
         self._conductor = _Conductor(retry, idle_timeout, progress_timeout)
         self._opener = opener
@@ -739,8 +743,8 @@ class AsyncResilientMessageStream(_ResilientSurface, AsyncMessageStream):
         self._wake: asyncio.Event | None = None
         self._closing = False
         self._running = False
-        super().__init__(_no_chunks())
-        self._state = _ResilientState(self._conductor, parser if parser is not None else MessageParser())
+        super().__init__(_no_chunks(), sdk_events=sdk_events, beta=beta)
+        self._state = _ResilientState(self._conductor, parser if parser is not None else MessageParser(), beta)
 
     async def _open(self, attempt: Attempt) -> Opened:
         path = attempt_capture_path(self._capture, attempt.number)

@@ -330,7 +330,7 @@ def stream(
     )
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return httpx_stream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
-                            progress_timeout=progress_timeout)
+                            progress_timeout=progress_timeout, sdk_events=sdk_events)
     response, writer = req.open(client if client is not None else shared_client())
     try:
         return BodyPump(writer).message_stream(
@@ -384,7 +384,7 @@ def astream(
     )
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return httpx_astream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
-                             progress_timeout=progress_timeout)
+                             progress_timeout=progress_timeout, sdk_events=sdk_events)
 
     async def open_stream() -> AsyncMessageStream:
         response, writer, release = await req.aopen(client)

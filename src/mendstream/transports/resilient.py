@@ -97,6 +97,7 @@ def sdk_stream(
     retry: Retry | None,
     idle_timeout: float | None,
     progress_timeout: float | None,
+    sdk_events: bool = False,
 ) -> ResilientMessageStream:
     """``mendstream.stream`` with ``retry`` / stall detection (see :func:`mendstream.transports.sdk.stream`)."""
     from mendstream.transports.sdk import open_response
@@ -108,7 +109,7 @@ def sdk_stream(
 
     return ResilientMessageStream(
         open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout, parser=parser,
-        capture=capture, convert=lambda err: _sdk_convert(err, None),
+        capture=capture, convert=lambda err: _sdk_convert(err, None), sdk_events=sdk_events, beta="betas" in params,
     )
 
 
@@ -121,6 +122,7 @@ def sdk_astream(
     retry: Retry | None,
     idle_timeout: float | None,
     progress_timeout: float | None,
+    sdk_events: bool = False,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`sdk_stream`."""
     from mendstream.transports.sdk import aopen_response
@@ -133,7 +135,8 @@ def sdk_astream(
     async def open_stream() -> AsyncResilientMessageStream:
         return AsyncResilientMessageStream(
             open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-            parser=parser, capture=capture, convert=lambda err: _sdk_convert(err, None),
+            parser=parser, capture=capture, convert=lambda err: _sdk_convert(err, None), sdk_events=sdk_events,
+            beta="betas" in params,
         )
 
     return AsyncStreamOpener(open_stream)
@@ -167,6 +170,7 @@ def httpx_stream(
     retry: Retry | None,
     idle_timeout: float | None,
     progress_timeout: float | None,
+    sdk_events: bool = False,
 ) -> ResilientMessageStream:
     """``mendstream.httpx.stream`` with ``retry`` / stall detection; ``req`` is its prepared request."""
     from mendstream.transports.httpx import shared_client
@@ -180,7 +184,7 @@ def httpx_stream(
 
     return ResilientMessageStream(
         open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout, parser=parser,
-        capture=req.capture,
+        capture=req.capture, sdk_events=sdk_events, beta=req.beta,
     )
 
 
@@ -192,6 +196,7 @@ def httpx_astream(
     retry: Retry | None,
     idle_timeout: float | None,
     progress_timeout: float | None,
+    sdk_events: bool = False,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`httpx_stream`. Without ``client`` each attempt gets its own async client,
     closed with the attempt's response (async clients are bound to one event loop)."""
@@ -204,7 +209,7 @@ def httpx_astream(
     async def open_stream() -> AsyncResilientMessageStream:
         return AsyncResilientMessageStream(
             open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-            parser=parser, capture=req.capture,
+            parser=parser, capture=req.capture, sdk_events=sdk_events, beta=req.beta,
         )
 
     return AsyncStreamOpener(open_stream)

@@ -297,7 +297,7 @@ def stream(
     parser = _cloud.parser_for(client, parser)  # a BedrockParser for AnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
-                          idle_timeout=idle_timeout, progress_timeout=progress_timeout)
+                          idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
     raw, response, pump = open_response(messages, params, capture=capture, parser=parser)
     return pump.message_stream(
         response.iter_bytes(), response=response, parser=parser, release=raw.close,
@@ -329,7 +329,7 @@ def astream(
     parser = _cloud.parser_for(client, parser)  # a BedrockParser for AsyncAnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
         return sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
-                           idle_timeout=idle_timeout, progress_timeout=progress_timeout)
+                           idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
 
     async def open_stream() -> AsyncMessageStream:
         raw, response, pump = await aopen_response(messages, params, capture=capture, parser=parser)
