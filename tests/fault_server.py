@@ -2,7 +2,8 @@
 # every POST with a fixture (chosen by the x-mendstream-fixture header) sent through a FaultPlan: it sleeps
 # each chunk's delay, sends the chunks, and drops the connection when the plan ends with "cut". A request
 # ending with an assistant prefill gets the continuation of the fixture's text (faults.continuation_body).
-# Stand-in until ReplayServer(faults=...) is merged; keep it small.
+# ReplayServer(faults=...) offers the same to users (prefill continuations included); this one also delays
+# the response headers (head_delay) and swaps plans between tests, which the resilience matrix needs.
 from __future__ import annotations
 
 import asyncio

@@ -229,3 +229,25 @@ def test_official_sdk_streams_from_the_server(small_server: ReplayServer) -> Non
         extra_headers={"x-mendstream-fixture": "basic"},
     )
     assert message.content[0].text == "Hello world"
+
+
+def test_a_prefill_request_gets_the_rest_of_the_answer_so_continue_shows_nothing_twice() -> None:
+    """With faults, Retry(on_partial="continue") resends the request with the text shown so far as an
+    assistant prefill; the server answers with what follows it, so the stitched message is the fixture's."""
+    anthropic = pytest.importorskip("anthropic")
+    import mendstream
+    from mendstream.faults import parse_fault_spec
+
+    long_text = fixture_bytes("text_basic")
+    with ReplayServer({"text_basic": long_text}, faults=parse_fault_spec("cut(after_events=6);ok")) as server:
+        client = anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0)
+        retry = mendstream.Retry(max_attempts=3, backoff=0, on_partial="continue")
+        params = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+        with mendstream.stream(client, **params, retry=retry) as stream:
+            shown = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        expected_text = mendstream.replay(long_text).get_final_message().content[0].text
+        assert [(a.mode, a.error is None) for a in stream.attempts] == [("first", False), ("continue", True)]
+        assert shown == final.content[0].text == expected_text
+        second = server.requests[-1].body
+        assert second["messages"][-1]["role"] == "assistant"  # the prefill was sent

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mendstream.errors import StreamError, UsageError
-from mendstream.faults import FaultPlan, PlannedResponse
+from mendstream.faults import FaultPlan, PlannedResponse, continuation_body
 from mendstream.partial_json import nesting_exceeded
 
 from .fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
@@ -230,6 +230,12 @@ class Router:
                 return error_response(500, f"fixture {fixture.name} has no complete message: {exc}")
             return PlannedResponse(200, (*_JSON, *headers), ((0.0, payload),))
         headers = [("content-type", fixture.content_type), *headers, ("cache-control", "no-cache")]
+        if fixture.status == 200 and not fixture.abort:
+            # A request that ends with an assistant prefill (what Retry(on_partial="continue") sends) gets the
+            # rest of the recorded answer after that prefill, as the API would stream it.
+            continuation = continuation_body(body, fixture.body)
+            if continuation is not None:
+                return PlannedResponse(200, tuple(headers), ((0.0, continuation),))
         return PlannedResponse(
             fixture.status, tuple(headers), self._timed_chunks(fixture), "cut" if fixture.abort else "close"
         )
