@@ -67,6 +67,26 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES_DIR / f"{name}.sse").read_bytes()
 
 
+_OPEN_CLIENTS: list[Any] = []  # sync SDK clients made by the current test (see sync_client)
+
+
+@pytest.fixture(autouse=True)
+def _close_sync_clients() -> Iterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
+def sync_client(**options: Any) -> Any:
+    """An ``anthropic.Anthropic`` (api_key "k", no retries unless given) closed when the test ends, so that its
+    kept-alive sockets do not outlive the test."""
+    import anthropic
+
+    client = anthropic.Anthropic(**{"api_key": "k", "max_retries": 0, **options})
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
 def error_class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 

@@ -20,7 +20,7 @@ anthropic = pytest.importorskip("anthropic")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import FIXTURE_NAMES, expected, fixture_bytes  # noqa: E402
+from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
 from mendstream.proxy import create_app  # noqa: E402
 from mendstream.server import ReplayServer  # noqa: E402
 from test_rewrite import is_clean, without_sdk_nulls  # noqa: E402
@@ -66,7 +66,7 @@ def proxy(upstream: ReplayServer, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def sdk(proxy: Served) -> Any:
-    return anthropic.Anthropic(api_key=SECRET, base_url=proxy.base_url, max_retries=0)
+    return sync_client(api_key=SECRET, base_url=proxy.base_url)
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
@@ -87,7 +87,7 @@ def test_sdk_through_proxy_on_every_fixture(proxy: Served, name: str) -> None:
 
 def test_sdk_finds_the_proxy_through_anthropic_base_url(proxy: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy.base_url)
-    client = anthropic.Anthropic(api_key=SECRET, max_retries=0)
+    client = sync_client(api_key=SECRET)
     name = "fault_tool_input_control_chars"
     with client.messages.stream(**REQUEST, extra_headers={"x-mendstream-fixture": name}) as stream:
         message = stream.get_final_message().to_dict(mode="json")
@@ -136,7 +136,7 @@ def test_unreachable_upstream_is_502_in_api_shape() -> None:
     served = Served(create_app(f"http://127.0.0.1:{dead}"))
     try:
         with pytest.raises(anthropic.InternalServerError) as info:
-            anthropic.Anthropic(api_key="k", base_url=served.base_url, max_retries=0).messages.create(**REQUEST)
+            sync_client(base_url=served.base_url).messages.create(**REQUEST)
         assert info.value.status_code == 502 and "unreachable" in info.value.body["error"]["message"]
     finally:
         served.stop()
@@ -206,12 +206,12 @@ def test_upstream_error_status_and_cut_stream() -> None:
     upstream = Served(_faulty_upstream)
     served = Served(create_app(upstream.base_url))
     try:
-        client = anthropic.Anthropic(api_key="k", base_url=served.base_url + "/overloaded", max_retries=0)
+        client = sync_client(base_url=served.base_url + "/overloaded")
         with pytest.raises(anthropic.APIStatusError) as info:
             client.messages.create(**REQUEST)
         assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
         assert info.value.response.headers["request-id"] == "req_1"
-        client = anthropic.Anthropic(api_key="k", base_url=served.base_url + "/cut", max_retries=0)
+        client = sync_client(base_url=served.base_url + "/cut")
         with pytest.raises(anthropic.APIStatusError, match="incomplete_stream_error"), \
                 client.messages.stream(**REQUEST) as stream:
             stream.get_final_message()
@@ -244,7 +244,7 @@ def test_proxy_subcommand_serves_until_stopped(upstream: ReplayServer) -> None:
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.05)
         assert stats["requests"] == 0
-        client = anthropic.Anthropic(api_key=SECRET, base_url=f"http://127.0.0.1:{port}", max_retries=0)
+        client = sync_client(api_key=SECRET, base_url=f"http://127.0.0.1:{port}")
         with client.messages.stream(**REQUEST, extra_headers={"x-mendstream-fixture": "framing_data_only"}) as s:
             assert s.get_final_message().stop_reason == expected("framing_data_only")["message"]["stop_reason"]
     finally:

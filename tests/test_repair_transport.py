@@ -12,7 +12,7 @@ import pytest
 
 anthropic = pytest.importorskip("anthropic")
 
-from conftest import FIXTURE_NAMES, expected, fixture_bytes  # noqa: E402
+from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
 from mendstream import AsyncRepairTransport, Repair, RepairTransport  # noqa: E402
 from mendstream.server import ReplayServer  # noqa: E402
 from sdk_reference import sdk_http_module  # noqa: E402
@@ -23,8 +23,7 @@ REQUEST = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user
 
 
 def client_for(server: ReplayServer, transport: Any) -> Any:
-    return anthropic.Anthropic(api_key="sk-ant-secret-key", base_url=server.base_url, max_retries=0,
-                               http_client=http.Client(transport=transport))
+    return sync_client(api_key="sk-ant-secret-key", base_url=server.base_url, http_client=http.Client(transport=transport))
 
 
 def sdk_stream(client: Any, fixture: str) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -57,8 +56,7 @@ def test_sdk_through_transport_on_every_fixture(replay_server: ReplayServer, nam
                                   "tool_input_multiple_objects", "fault_missing_message_start"])
 def test_same_fixtures_fail_or_differ_without_the_transport(replay_server: ReplayServer, name: str) -> None:
     # The reason the transport exists: the bare SDK raises, or silently returns a different message.
-    client = anthropic.Anthropic(api_key="k", base_url=replay_server.base_url, max_retries=0,
-                                 http_client=http.Client())
+    client = sync_client(base_url=replay_server.base_url, http_client=http.Client())
     message, error = sdk_stream(client, name)
     exp = expected(name)["message"]
     assert error is not None or without_sdk_nulls(message or {}, exp) != exp
@@ -112,8 +110,8 @@ def test_upstream_http_error_reaches_the_sdk_as_sent() -> None:
         body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
         return http.Response(529, json=body)
 
-    client = anthropic.Anthropic(api_key="k", base_url="http://x.test", max_retries=0,
-                                 http_client=http.Client(transport=RepairTransport(http.MockTransport(handler))))
+    client = sync_client(base_url="http://x.test",
+                         http_client=http.Client(transport=RepairTransport(http.MockTransport(handler))))
     with pytest.raises(anthropic.APIStatusError) as info:
         client.messages.create(**REQUEST, stream=True)
     assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
@@ -131,8 +129,8 @@ def test_cut_connection_becomes_an_sdk_error() -> None:
     def handler(request: Any) -> Any:
         return http.Response(200, headers={"content-type": "text/event-stream"}, stream=Cut())
 
-    client = anthropic.Anthropic(api_key="k", base_url="http://x.test", max_retries=0,
-                                 http_client=http.Client(transport=RepairTransport(http.MockTransport(handler))))
+    client = sync_client(base_url="http://x.test",
+                         http_client=http.Client(transport=RepairTransport(http.MockTransport(handler))))
     with pytest.raises(anthropic.APIStatusError, match="incomplete_stream_error"), \
             client.messages.stream(**REQUEST) as stream:
         stream.get_final_message()
@@ -217,9 +215,8 @@ def _langchain_text(base_url: str, name: str, transport: Any) -> str:
     llm = ChatAnthropic(model="claude-test", api_key="k", base_url=base_url, max_retries=0,
                         default_headers={"x-mendstream-fixture": name})
     # ChatAnthropic builds its own SDK client; give it one whose HTTP client repairs the stream.
-    llm.__dict__["_client"] = anthropic.Anthropic(
-        api_key="k", base_url=base_url, max_retries=0, default_headers={"x-mendstream-fixture": name},
-        http_client=http.Client(transport=transport))
+    llm.__dict__["_client"] = sync_client(
+        base_url=base_url, default_headers={"x-mendstream-fixture": name}, http_client=http.Client(transport=transport))
     return "".join(chunk.text for chunk in llm.stream("hi"))
 
 
