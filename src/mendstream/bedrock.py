@@ -30,6 +30,7 @@ from .eventstream import (
     PRELUDE_BYTES,
     EventStreamDecoder,
     EventStreamMessage,
+    HeaderValue,
     encode_message,
     looks_like_event_stream,
 )
@@ -51,7 +52,9 @@ EVENT_STREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
 # The event name an SSE stream would carry: the JSON's `type` when it is the first key (as the API and
 # Bedrock write it); otherwise no name, which the core treats exactly like the matching name.
 _TYPE_PREFIX = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]{1,40})"')
-_DELTA_TYPE = b'{"type":"content_block_delta"'  # most events: named without the regex
+# Most events: named without the regex (the API and Bedrock write JSON compact; json.dumps's default spacing
+# is common in recordings and tests).
+_DELTA_TYPES = (b'{"type":"content_block_delta"', b'{"type": "content_block_delta"')
 _CR = re.compile(rb"\r\n?")
 _a2b_base64 = binascii.a2b_base64  # lenient, as botocore's base64.b64decode
 _NAMES: dict[bytes, str] = {}  # type prefixes to names (bounded: a hostile stream may send any number)
@@ -126,6 +129,8 @@ class BedrockParser(MessageParser):
         )
         self._options.update(max_frame_bytes=max_frame_bytes, framing=framing)
         self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)
+        self._frames._share_headers = True  # _deliver only reads them
+        self._chunk_headers: dict[str, HeaderValue] | None = None  # the headers dict of the last chunk frame
         self._max_event_bytes = max_event_bytes  # checked by the SSE decoder the core made
         # None: still deciding ("auto" only); True: event-stream; False: plain SSE, the core's own feed/end.
         self._event_stream: bool | None = True if framing == "event-stream" else None
@@ -228,57 +233,57 @@ class BedrockParser(MessageParser):
         raise error from cut
 
     def _deliver(self, frames: list[EventStreamMessage], out: list[Event]) -> None:
-        """Give the accumulator the events the frames carry (MessageParser.feed's hot loop, per frame)."""
+        """Give the accumulator the events the frames carry: MessageParser.feed's hot loop, one iteration per
+        frame (the decoder shares its cached headers dicts, so a chunk frame is recognised by identity)."""
         acc = self._acc
         max_event_bytes = self._max_event_bytes
+        chunk_headers = self._chunk_headers
         ordinal = self._delivered
         try:
-            for frame in frames:
-                headers = frame[0]
-                kind = headers.get(":message-type")
-                offset = frame[2]
-                if kind == "event":
-                    if headers.get(":event-type") != "chunk":
+            for headers, payload, offset, _ in frames:
+                if headers is not chunk_headers:
+                    kind = headers.get(":message-type")
+                    if kind == "exception" or kind == "error":
+                        acc.handle("error", _error_event(headers, payload), offset, ordinal, out)
+                        ordinal += 1
                         continue
-                    try:
-                        raw = _a2b_base64(from_json(frame[1])["bytes"])
-                    except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
-                        raw = _chunk_event(frame)  # raises EventDecodeError with the reason
-                    if raw[:29] == _DELTA_TYPE:
-                        name: str | None = "content_block_delta"
+                    if kind != "event" or headers.get(":event-type") != "chunk":
+                        continue  # other event types and message types: skipped, as the SDK skips them
+                    self._chunk_headers = chunk_headers = headers
+                try:
+                    raw = _a2b_base64(from_json(payload)["bytes"])
+                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+                    raw = _chunk_event(payload, offset)  # raises EventDecodeError with the reason
+                if 13 in raw:  # CR, CRLF: SSE line splitting would have turned them into LF
+                    raw = _CR.sub(b"\n", raw)
+                if len(raw) > max_event_bytes:
+                    raise BufferLimitError(
+                        f"the event in the event-stream frame at offset {offset} exceeded "
+                        f"max_event_bytes={max_event_bytes} ({len(raw)} bytes)",
+                        limit=max_event_bytes,
+                        offset=offset,
+                    )
+                try:
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
+                    self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
+                else:
+                    if raw.startswith(_DELTA_TYPES):
+                        if acc.streaming and type(obj) is dict:
+                            acc.handle_delta(obj, offset, ordinal, out)
+                        else:
+                            acc.handle("content_block_delta", obj, offset, ordinal, out)
                     else:
-                        name = _event_name(raw)
-                    if 13 in raw:  # CR, CRLF: SSE line splitting would have turned them into LF
-                        raw = _CR.sub(b"\n", raw)
-                    if len(raw) > max_event_bytes:
-                        raise BufferLimitError(
-                            f"the event in the event-stream frame at offset {offset} exceeded "
-                            f"max_event_bytes={max_event_bytes} ({len(raw)} bytes)",
-                            limit=max_event_bytes,
-                            offset=offset,
-                        )
-                    ordinal += 1
-                    try:
-                        obj = from_json(raw)
-                    except ValueError as exc:
-                        event = ServerSentEvent(name, raw, offset=offset, ordinal=ordinal - 1)
-                        self._handle_undecodable(event, exc, out)
-                        continue
-                    if name == "content_block_delta" and acc.streaming and type(obj) is dict:
-                        acc.handle_delta(obj, offset, ordinal - 1, out)
-                    else:
-                        acc.handle(name, obj, offset, ordinal - 1, out)
-                elif kind == "exception" or kind == "error":
-                    ordinal += 1
-                    acc.handle("error", _error_event(frame), offset, ordinal - 1, out)
+                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                ordinal += 1
         finally:
             self._delivered = ordinal
 
 
-def _chunk_event(frame: EventStreamMessage) -> bytes:
-    """The Messages API event JSON carried by a ``chunk`` frame (undecoded: the core decodes it); raises
-    EventDecodeError when the payload is not ``{"bytes": <base64>}``."""
-    payload = frame.payload
+def _chunk_event(payload: bytes, offset: int) -> bytes:
+    """The Messages API event JSON carried by a ``chunk`` frame's payload (undecoded: the core decodes it);
+    raises EventDecodeError when the payload is not ``{"bytes": <base64>}``."""
     try:
         body = from_json(payload)
     except ValueError:
@@ -290,18 +295,22 @@ def _chunk_event(frame: EventStreamMessage) -> bytes:
         except (binascii.Error, ValueError):
             pass
     raise EventDecodeError(
-        f"the chunk frame at offset {frame.offset} does not carry {{\"bytes\": <base64>}}: "
-        f"{payload[:200]!r}",
+        f"the chunk frame at offset {offset} does not carry {{\"bytes\": <base64>}}: {payload[:200]!r}",
         raw=payload,
-        offset=frame.offset,
+        offset=offset,
     )
 
 
-def _error_event(frame: EventStreamMessage) -> dict[str, Any]:
+def _header(headers: dict[str, HeaderValue], name: str) -> str | None:
+    value = headers.get(name)
+    return value if type(value) is str else None
+
+
+def _error_event(headers: dict[str, HeaderValue], payload: bytes) -> dict[str, Any]:
     """The ``error`` event for an exception (or error) frame, as the SDK's Bedrock decoder builds it."""
-    error_type = frame.header(":exception-type") or frame.header(":error-code") or "unknown_error"
+    error_type = _header(headers, ":exception-type") or _header(headers, ":error-code") or "unknown_error"
     try:
-        body = from_json(frame.payload)
+        body = from_json(payload)
     except ValueError:
         body = None
     error: dict[str, Any] = {"type": error_type}
@@ -310,8 +319,8 @@ def _error_event(frame: EventStreamMessage) -> dict[str, Any]:
         if "message" not in error and "Message" in body:
             error["message"] = body["Message"]
     else:
-        error["message"] = frame.header(":error-message") or frame.payload.decode("utf-8", "replace")
-    error.setdefault("message", frame.header(":error-message") or "")
+        error["message"] = _header(headers, ":error-message") or payload.decode("utf-8", "replace")
+    error.setdefault("message", _header(headers, ":error-message") or "")
     return {"type": "error", "error": error}
 
 
