@@ -510,3 +510,61 @@ def test_end_twice_and_feed_after_end() -> None:
     for _ in range(2):
         with pytest.raises(IncompleteStreamError):
             cut.end()
+
+
+# -- the direct frame → accumulator path: what SSE line splitting did, limits, options ------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b" ", b"a", b"\t"]), max_size=6), st.booleans())
+def test_line_breaks_in_the_event_json_read_as_over_sse(breaks: list[bytes], in_string: bool) -> None:
+    # A CR or CRLF inside the JSON reaches the core as LF, as SSE's data lines (rejoined with LF) leave it.
+    filler = b"".join(breaks)
+    if in_string:
+        delta = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x' + filler + b'"}}'
+    else:
+        delta = b'{"type":"content_block_delta",' + filler + b'"index":0,"delta":{"type":"text_delta","text":"x"}}'
+    head = BASIC_SSE[: BASIC_SSE.index(b"event: content_block_delta")]
+    tail = BASIC_SSE[BASIC_SSE.index(b"event: content_block_stop") :]
+    lines = delta.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    sse = head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n" + tail
+    body = sse_to_event_stream(head) + chunk_frame(delta) + sse_to_event_stream(tail)
+    assert run(BedrockParser(), [body]) == run(MessageParser(), [sse])
+
+
+def test_max_event_bytes_bounds_the_decoded_event() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    largest = max(len(e) for e in BASIC_SSE.split(b"\n\n"))
+    assert run(BedrockParser(max_event_bytes=largest), [body])["message"] == BASIC_MESSAGE
+    parser = BedrockParser(max_event_bytes=60)
+    with pytest.raises(mendstream.errors.BufferLimitError) as info:
+        parser.feed(body)
+    assert info.value.limit == 60 and info.value.offset == 0  # message_start is the first, and too large
+    assert parser.error is info.value
+
+
+def test_max_message_bytes_and_fresh_keep_the_options() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    parser = BedrockParser(max_message_bytes=len(body) - 1, partial_mode="trailing-strings", max_frame_bytes=4096)
+    half = len(body) // 2
+    events = parser.feed(body[:half])
+    with pytest.raises(mendstream.errors.MessageTooLargeError) as info:
+        parser.feed(body[half:])
+    assert events and info.value.snapshot["content"][0]["text"] == "Hello world"
+    again = parser.fresh()
+    assert type(again) is BedrockParser and again._options == parser._options
+    assert again._max_message_bytes == len(body) - 1 and again._frames._limit == 4096
+    ok = BedrockParser(max_message_bytes=len(body))
+    assert run(ok, [body])["message"] == BASIC_MESSAGE
+
+
+def test_errors_and_repairs_name_frame_offsets_and_event_ordinals() -> None:
+    name = "fault_control_chars_in_event_json"
+    body = sse_to_event_stream(fixture_bytes(name))
+    frames = EventStreamDecoder().feed(body)
+    parser = BedrockParser()
+    run(parser, [body])
+    by_offset = {f.offset: i for i, f in enumerate(frames)}
+    assert parser.repairs
+    for repair in parser.repairs:
+        assert by_offset[repair.offset] == repair.event_index
