@@ -11,12 +11,13 @@ from __future__ import annotations
 import binascii
 import json
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from jiter import from_json
 
-from .accumulate import PartialMode
+from .accumulate import MessageAccumulator, PartialMode
 from .errors import (
     BufferLimitError,
     EventDecodeError,
@@ -26,6 +27,8 @@ from .errors import (
 )
 from .events import Event
 from .eventstream import (
+    _PRELUDE,
+    _U32,
     DEFAULT_MAX_FRAME_BYTES,
     PRELUDE_BYTES,
     EventStreamDecoder,
@@ -57,6 +60,9 @@ _TYPE_PREFIX = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]{1,40})"')
 _DELTA_TYPES = (b'{"type":"content_block_delta"', b'{"type": "content_block_delta"')
 _CR = re.compile(rb"\r\n?")
 _a2b_base64 = binascii.a2b_base64  # lenient, as botocore's base64.b64decode
+_crc32 = zlib.crc32
+_unpack_prelude = _PRELUDE.unpack_from
+_unpack_u32 = _U32.unpack_from
 _NAMES: dict[bytes, str] = {}  # type prefixes to names (bounded: a hostile stream may send any number)
 
 Framing = Literal["event-stream", "auto"]
@@ -131,6 +137,12 @@ class BedrockParser(MessageParser):
         self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)
         self._frames._share_headers = True  # _deliver only reads them
         self._chunk_headers: dict[str, HeaderValue] | None = None  # the headers dict of the last chunk frame
+        self._chunk_block = b""  # and its header block's bytes, once known: what the hot path looks for
+        # see _learn_chunk_block (unused while _chunk_block is empty)
+        self._hot: tuple[bytes, int, int, int, int, int, MessageAccumulator] = (
+            b"", 0, PRELUDE_BYTES, PRELUDE_BYTES + 4, max_frame_bytes, max_event_bytes, self._acc
+        )
+        self._max_frame_bytes = max_frame_bytes
         self._max_event_bytes = max_event_bytes  # checked by the SSE decoder the core made
         # None: still deciding ("auto" only); True: event-stream; False: plain SSE, the core's own feed/end.
         self._event_stream: bool | None = True if framing == "event-stream" else None
@@ -166,14 +178,21 @@ class BedrockParser(MessageParser):
             if self._ended:
                 raise UsageError("feed() called after end()")
             self._budget -= len(data)
-            try:
-                frames = self._frames.feed(data)
-            except EventStreamError as broken:
-                # the frames before the broken one first, as over SSE (an error among them wins: it came first)
-                self._deliver(broken.events, out)
-                raise
-            if frames:
-                self._deliver(frames, out)
+            decoder = self._frames
+            if self._chunk_block and decoder.idle:  # the usual call: whole chunk frames, walked here
+                taken = self._take_chunk_frames(data, decoder.position, out)
+                if taken:
+                    decoder.skip(taken)
+                    data = data[taken:] if taken < len(data) else b""
+            if data:  # anything else (a cut frame, another kind of frame, a broken one): the decoder's
+                try:
+                    frames = decoder.feed(data)
+                except EventStreamError as broken:
+                    # the frames before the broken one first, as over SSE (an error among them wins)
+                    self._deliver(broken.events, out)
+                    raise
+                if frames:
+                    self._deliver(frames, out)
             if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
                 raise MessageTooLargeError(
                     f"the stream exceeded max_message_bytes={self._max_message_bytes}",
@@ -232,9 +251,62 @@ class BedrockParser(MessageParser):
         error.offset = cut.offset
         raise error from cut
 
+    def _take_chunk_frames(self, data: bytes, base: int, out: list[Event]) -> int:
+        """Deliver the whole ``chunk`` frames at the start of ``data`` (whose first byte is at ``base`` in the
+        body) that carry the usual header block; return the bytes they span.
+
+        The hot path, one iteration per frame: it makes the decoder's checks (prelude CRC, lengths,
+        ``max_frame_bytes``, message CRC) and stops at the first frame it does not take, broken or cut or
+        of another kind, which the decoder then reads (and reports) as it reads every other frame. It builds
+        no EventStreamMessage and calls nothing per frame but the C functions and the accumulator."""
+        block, block_len, payload_start, smallest, limit, max_event_bytes, acc = self._hot
+        size = len(data)
+        pos = 0
+        ordinal = self._delivered
+        try:
+            while size - pos >= smallest:
+                total, headers_len, crc = _unpack_prelude(data, pos)
+                end = pos + total
+                if (
+                    headers_len != block_len
+                    or end > size
+                    or total < smallest
+                    or total > limit
+                    or _crc32(data[pos : pos + 8]) != crc
+                    or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
+                    or not data.startswith(block, pos + PRELUDE_BYTES)
+                ):
+                    break
+                offset = base + pos
+                # From here as in _deliver (keep the two alike).
+                try:
+                    raw = _a2b_base64(from_json(data[pos + payload_start : end - 4])["bytes"])
+                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+                    raw = _chunk_event(data[pos + payload_start : end - 4], offset)  # raises EventDecodeError
+                if 13 in raw or len(raw) > max_event_bytes:
+                    raw = _unusual_event(raw, offset, max_event_bytes)
+                try:
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    self._undecodable(raw, offset, ordinal, exc, out)
+                else:
+                    if raw.startswith(_DELTA_TYPES):
+                        if acc.streaming and type(obj) is dict:
+                            acc.handle_delta(obj, offset, ordinal, out)
+                        else:
+                            acc.handle("content_block_delta", obj, offset, ordinal, out)
+                    else:
+                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                ordinal += 1
+                pos = end
+        finally:
+            self._delivered = ordinal
+        return pos
+
     def _deliver(self, frames: list[EventStreamMessage], out: list[Event]) -> None:
-        """Give the accumulator the events the frames carry: MessageParser.feed's hot loop, one iteration per
-        frame (the decoder shares its cached headers dicts, so a chunk frame is recognised by identity)."""
+        """Give the accumulator the events the frames the decoder read carry (the frames cut by a chunk
+        boundary, other kinds of frames; the decoder shares its cached headers dicts, so a chunk frame is
+        recognised by identity). Learns the usual chunk header block for _take_chunk_frames."""
         acc = self._acc
         max_event_bytes = self._max_event_bytes
         chunk_headers = self._chunk_headers
@@ -250,24 +322,18 @@ class BedrockParser(MessageParser):
                     if kind != "event" or headers.get(":event-type") != "chunk":
                         continue  # other event types and message types: skipped, as the SDK skips them
                     self._chunk_headers = chunk_headers = headers
+                    self._learn_chunk_block(headers)
+                # From here as in _take_chunk_frames (keep the two alike).
                 try:
                     raw = _a2b_base64(from_json(payload)["bytes"])
                 except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
                     raw = _chunk_event(payload, offset)  # raises EventDecodeError with the reason
-                if 13 in raw:  # CR, CRLF: SSE line splitting would have turned them into LF
-                    raw = _CR.sub(b"\n", raw)
-                if len(raw) > max_event_bytes:
-                    raise BufferLimitError(
-                        f"the event in the event-stream frame at offset {offset} exceeded "
-                        f"max_event_bytes={max_event_bytes} ({len(raw)} bytes)",
-                        limit=max_event_bytes,
-                        offset=offset,
-                    )
+                if 13 in raw or len(raw) > max_event_bytes:
+                    raw = _unusual_event(raw, offset, max_event_bytes)
                 try:
                     obj = from_json(raw)
                 except ValueError as exc:
-                    name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
-                    self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
+                    self._undecodable(raw, offset, ordinal, exc, out)
                 else:
                     if raw.startswith(_DELTA_TYPES):
                         if acc.streaming and type(obj) is dict:
@@ -279,6 +345,36 @@ class BedrockParser(MessageParser):
                 ordinal += 1
         finally:
             self._delivered = ordinal
+
+    def _learn_chunk_block(self, headers: dict[str, HeaderValue]) -> None:
+        # The header block of the chunk frames (from the decoder's cache) and what _take_chunk_frames
+        # needs with it, in one tuple (one attribute read per call).
+        block = self._frames.header_block(headers) or b""
+        self._chunk_block = block
+        payload_start = PRELUDE_BYTES + len(block)
+        self._hot = (
+            block, len(block), payload_start, payload_start + 4, self._max_frame_bytes, self._max_event_bytes,
+            self._acc,
+        )
+
+    def _undecodable(self, raw: bytes, offset: int, ordinal: int, exc: ValueError, out: list[Event]) -> None:
+        name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
+        self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
+
+
+def _unusual_event(raw: bytes, offset: int, max_event_bytes: int) -> bytes:
+    """An event with a CR (read as LF, as SSE line splitting leaves it) or over ``max_event_bytes``
+    (BufferLimitError, as for an oversized SSE event)."""
+    if 13 in raw:
+        raw = _CR.sub(b"\n", raw)
+    if len(raw) > max_event_bytes:
+        raise BufferLimitError(
+            f"the event in the event-stream frame at offset {offset} exceeded max_event_bytes={max_event_bytes} "
+            f"({len(raw)} bytes)",
+            limit=max_event_bytes,
+            offset=offset,
+        )
+    return raw
 
 
 def _chunk_event(payload: bytes, offset: int) -> bytes:

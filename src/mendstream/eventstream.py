@@ -153,6 +153,29 @@ class EventStreamDecoder:
         """Bytes held for an unfinished frame."""
         return len(self._buffer)
 
+    # -- for a reader that walks the usual frames itself (mendstream.bedrock's hot path) ------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when no bytes are held and input is accepted (no error, not ended): the moment a reader may
+        decode whole frames itself and :meth:`skip` them."""
+        return self._ready and not self._buffer
+
+    def header_block(self, headers: dict[str, HeaderValue], /) -> bytes | None:
+        """The encoded header block that decoded to ``headers``, the very dict a message of this decoder
+        carried (with ``_share_headers`` set, messages share the decoded dict of each block); else None."""
+        for block, decoded in self._headers_cache.items():
+            if decoded is headers:
+                return block
+        return None
+
+    def skip(self, size: int, /) -> None:
+        """Move the position past ``size`` bytes of whole frames the caller decoded itself, with the checks
+        this decoder makes (prelude and message CRC, lengths, ``max_frame_bytes``). Only when :attr:`idle`."""
+        if self._buffer or not self._ready or type(size) is not int or size < 0:
+            raise UsageError("skip() takes a byte count >= 0, and only while the decoder is idle")
+        self._offset += size
+
     def feed(self, data: bytes, /) -> list[EventStreamMessage]:
         """Feed the next bytes; return the frames they complete."""
         out: list[EventStreamMessage] = []
