@@ -7,6 +7,7 @@ class; broken and cut frames raise EventStreamError / IncompleteStreamError with
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -625,3 +626,69 @@ async def test_async_bedrock_stream_carries_the_amazon_request_id(cloud: CloudSe
         async with mendstream.astream(client, model="exc-request-id", **PARAMS) as failing:
             await failing.until_done()
     assert info.value.request_id == "req-bedrock-1"
+
+
+# -- the hot path (whole chunk frames walked by BedrockParser itself, once the decoder has read the first) ----
+
+
+def frame_chunks(body: bytes, per_chunk: int = 1) -> list[bytes]:
+    """``body`` cut at frame boundaries, ``per_chunk`` frames a chunk (what the hot path takes whole)."""
+    try:
+        starts = [f.offset for f in EventStreamDecoder().feed(body)]
+    except EventStreamError as exc:  # a cut final frame: its start is a boundary too
+        starts = [f.offset for f in exc.events]
+    starts = [*starts[::per_chunk], len(body)]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    return [body[a:b] for a, b in itertools.pairwise(starts) if b > a] or [body]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_converted_fixture_frame_by_frame_matches_sse(name: str) -> None:
+    body = sse_to_event_stream(fixture_bytes(name))
+    for per_chunk in (1, 3):
+        assert run(BedrockParser(), frame_chunks(body, per_chunk)) == sse_outcome(name), per_chunk
+
+
+def test_corpus_streams_frame_by_frame_match_sse() -> None:
+    if not CORPUS.is_dir():
+        pytest.skip("no ../shared/corpus")
+    bodies = sorted(CORPUS.glob("*.sse"))
+    assert bodies
+    for path in bodies:
+        sse = path.read_bytes()
+        assert run(BedrockParser(), frame_chunks(sse_to_event_stream(sse))) == run(MessageParser(), [sse]), path.name
+
+
+def outcome_with_offsets(chunks: list[bytes]) -> tuple[Any, ...]:
+    parser = BedrockParser()
+    result = run(parser, chunks)
+    error = parser.error
+    repairs = [(r.kind, r.offset, r.event_index) for r in parser.repairs]
+    return result, repairs, None if error is None else (type(error).__name__, error.offset, str(error))
+
+
+def test_hot_path_bit_flips_fail_as_the_decoder_does() -> None:
+    body = sse_to_event_stream(BASIC_SSE)
+    cuts = [0]
+    for piece in frame_chunks(body):
+        cuts.append(cuts[-1] + len(piece))
+    for position in range(0, len(body), 3):
+        for bit in (0x01, 0x80):
+            broken = bytearray(body)
+            broken[position] ^= bit
+            data = bytes(broken)
+            # cut where the intact body has its frame boundaries: the hot path meets the broken frame
+            pieces = [data[a:b] for a, b in itertools.pairwise(cuts)]
+            assert outcome_with_offsets(pieces) == outcome_with_offsets([data]), (position, bit)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(FIXTURE_NAMES), st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12))
+def test_hot_path_split_invariance(name: str, points: list[int]) -> None:
+    # whole frames first (the hot path engaged), then arbitrary cuts: repairs and errors name the same
+    # frame offsets and event ordinals as one whole feed
+    body = sse_to_event_stream(fixture_bytes(name))
+    chunks = frame_chunks(body, 2)
+    mixed = chunks[:2] + split_at(b"".join(chunks[2:]), points)
+    assert outcome_with_offsets(mixed) == outcome_with_offsets([body])
