@@ -692,3 +692,34 @@ def test_hot_path_split_invariance(name: str, points: list[int]) -> None:
     chunks = frame_chunks(body, 2)
     mixed = chunks[:2] + split_at(b"".join(chunks[2:]), points)
     assert outcome_with_offsets(mixed) == outcome_with_offsets([body])
+
+
+def test_hot_path_hashes_each_frame_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    from mendstream import bedrock as bedrock_module
+    from mendstream import eventstream
+
+    hashed = [0]
+
+    def counting_crc32(data: Any, value: int = 0) -> int:
+        hashed[0] += len(data)
+        return zlib.crc32(data, value)
+
+    exception = encode_message(b'{"message":"x"}', {":message-type": "exception", ":exception-type": "throttlingException"})
+    body = sse_to_event_stream(BASIC_SSE)
+    last = EventStreamDecoder().feed(body)[-1]
+    body = body[: last.offset] + exception  # another kind of frame after the chunk frames: the decoder's
+    chunks = frame_chunks(body)
+    frames = len(chunks)
+    monkeypatch.setattr(eventstream, "_crc32", counting_crc32)
+    monkeypatch.setattr(bedrock_module, "_crc32", counting_crc32)
+    with pytest.raises(APIStreamError):
+        run_strict(BedrockParser(), chunks)
+    assert len(body) - 8 * frames < hashed[0] <= len(body) + 8 * frames
+
+
+def run_strict(parser: BedrockParser, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        parser.feed(chunk)
+    parser.end()

@@ -272,11 +272,11 @@ class BedrockParser(MessageParser):
                     or end > size
                     or total < smallest
                     or total > limit
+                    or not data.startswith(block, pos + PRELUDE_BYTES)
                     or _crc32(data[pos : pos + 8]) != crc
                     or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
-                    or not data.startswith(block, pos + PRELUDE_BYTES)
                 ):
-                    break
+                    break  # only a frame that fails a CRC here is hashed again (by the decoder, which fails)
                 offset = base + pos
                 # From here as in _deliver (keep the two alike).
                 try:
