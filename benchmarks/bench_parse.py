@@ -10,8 +10,11 @@ that chunk's cost (parsing plus handing the events to a consumer loop). Implemen
 - mendstream+snapshots: the same, reading `.snapshot` of every input_json/text event
 - sdk.stream(): client.messages.stream() through an httpx2 MockTransport serving the chunks
 - sdk.create(stream=True): the SDK's raw event iteration (no accumulation)
+- bedrock mendstream / bedrock sdk .stream(): the same events as Bedrock sends them (one AWS event-stream
+  `chunk` frame per event, one frame per chunk), read by mendstream's BedrockParser and by the SDK's
+  AnthropicBedrock (bench_eventstream.py's implementations; it has the detailed event-stream comparison)
 
-Run: python benchmarks/bench_parse.py [--sizes 1k,2k,10k,100k,1m] [--repeat N] [--json out.json]
+Run: python benchmarks/bench_parse.py [--sizes 1k,2k,10k,100k,1m] [--repeat N] [--no-bedrock] [--json out.json]
 """
 
 from __future__ import annotations
@@ -188,15 +191,29 @@ def measure(run: Callable[[Clock], Any], chunks: list[bytes], repeat: int) -> di
     }
 
 
+def _bedrock_implementations() -> dict[str, Any]:
+    """bench_eventstream's frame converter and Bedrock implementations (imported here, not duplicated)."""
+    sys.modules.setdefault("bench_parse", sys.modules[__name__])  # run as a script: one copy of this module
+    import bench_eventstream
+
+    runs = {
+        "bedrock mendstream": bench_eventstream.run_bedrock,
+        "bedrock sdk .stream()": bench_eventstream.run_sdk_bedrock_stream,
+    }
+    return {"frames": bench_eventstream.to_frames, "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1k,2k,10k,100k,1m", help="tool input sizes (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=0, help="runs per cell (default: more for small sizes)")
     parser.add_argument("--skip-sdk-above", default="1m", help="skip the SDK's .stream() above this size")
+    parser.add_argument("--no-bedrock", action="store_true", help="skip the Bedrock (event-stream) rows")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     sizes = [SIZES[s] for s in args.sizes.split(",")]
     skip_above = SIZES[args.skip_sdk_above]
+    bedrock = _bedrock_implementations() if not args.no_bedrock else {}
     results: dict[str, dict[str, dict[str, float]]] = {}
     print(f"python {sys.version.split()[0]}, mendstream {mendstream.__version__}, jiter {jiter.__version__}")
     header = (f"{'tool input':>10} {'implementation':24} {'chunks':>7} {'total ms':>9} {'p50 us':>8} {'p99 us':>8} "
@@ -214,9 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             sdk_repeat = max(1, min(repeat, 200_000 // size))
             row[name] = measure(run, chunks, sdk_repeat if name.startswith("sdk") else repeat)
-        base = row["mendstream"]["total_ms"]
+        if bedrock:
+            frames = bedrock["frames"](chunks)
+            for name, run in bedrock["runs"].items():
+                if "sdk" in name and size > skip_above:
+                    continue
+                sdk_repeat = max(1, min(repeat, 200_000 // size))
+                row[name] = measure(run, frames, sdk_repeat if "sdk" in name else repeat)
         for name, r in row.items():
-            ratio = r["total_ms"] / base
+            ratio = r["total_ms"] / row["bedrock mendstream" if name.startswith("bedrock") else "mendstream"]["total_ms"]
             label = {1_000: "1 KB", 2_000: "2 KB", 10_000: "10 KB", 100_000: "100 KB", 1_000_000: "1 MB"}[size]
             print(f"{label:>10} {name:24} {len(chunks):>7} {r['total_ms']:>9.2f} {r['p50_us']:>8.2f} "
                   f"{r['p99_us']:>8.2f} {r['max_us']:>9.1f} {r['mb_per_s']:>7.1f} "
@@ -231,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         if "sdk .stream()" in row:
             line += f", sdk.stream()/mendstream {row['sdk .stream()']['total_ms'] / row['mendstream']['total_ms']:.1f}x"
         line += f", sdk raw/mendstream {row['sdk create(stream=True)']['total_ms'] / row['mendstream']['total_ms']:.1f}x"
+        if "bedrock sdk .stream()" in row:
+            bedrock_ratio = row["bedrock sdk .stream()"]["total_ms"] / row["bedrock mendstream"]["total_ms"]
+            line += f"; bedrock sdk.stream()/mendstream {bedrock_ratio:.1f}x"
         print(line)
     if args.json:
         with open(args.json, "w") as file:

@@ -234,12 +234,13 @@ def test_work_is_linear_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
         return zlib.crc32(data, value)
 
     monkeypatch.setattr(eventstream, "zlib", types.SimpleNamespace(crc32=counting_crc32))
+    monkeypatch.setattr(eventstream, "_crc32", counting_crc32)  # the decoder's hot loop binds it once
     big = encode_message(b"y" * 50_000, {":message-type": "event"})
     body = big * 3 + SEED
     for chunks in ([body], [body[i : i + 1] for i in range(len(body))], split_at(body, list(range(0, len(body), 977)))):
         hashed[0] = 0
         decode_all(chunks)
-        assert hashed[0] <= len(body) + 8 * 100  # each frame hashed once, plus its 8-byte prelude
+        assert len(body) - len(SEED) < hashed[0] <= len(body) + 8 * 100  # each frame once, plus its prelude
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,36 +1,45 @@
 # Bedrock's InvokeModelWithResponseStream, read by the same core as SSE. BedrockParser decodes the AWS
-# event-stream frames (mendstream.eventstream), turns each `chunk` frame's base64 Messages API event back into
-# the SSE event it stands for and feeds it to MessageParser, so events, message, repairs and errors are exactly
-# those of the same events over SSE; exception frames become the `error` event the SDK makes of them (an
-# APIStreamError with the Bedrock type). Also here, for tests and the replay server: the SSE → event-stream
-# converter and the request paths/content type Bedrock clients expect. Sans-IO; no botocore, no SDK.
+# event-stream frames (mendstream.eventstream) and hands each `chunk` frame's Messages API event (base64 in
+# the frame's JSON payload) straight to MessageParser's accumulator, exactly as MessageParser hands it an SSE
+# event's data: the same JSON decoding, the same repair path for undecodable JSON, the same sticky error
+# pipeline. So events, message, repairs and errors are those of the same events over SSE, without ever
+# building SSE text. Exception frames become the `error` event the SDK makes of them (an APIStreamError with
+# the Bedrock type). Also here, for tests and the replay server: the SSE → event-stream converter and the
+# request paths/content type Bedrock clients expect. Sans-IO; no botocore, no SDK.
 from __future__ import annotations
 
 import binascii
 import json
 import re
-from array import array
-from bisect import bisect_right
+import zlib
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any, Literal
 
 from jiter import from_json
 
-from .accumulate import PartialMode
-from .errors import EventDecodeError, EventStreamError, IncompleteStreamError, StreamError, UsageError
+from .accumulate import MessageAccumulator, PartialMode
+from .errors import (
+    BufferLimitError,
+    EventDecodeError,
+    EventStreamError,
+    MessageTooLargeError,
+    UsageError,
+)
 from .events import Event
 from .eventstream import (
+    _PRELUDE,
+    _U32,
     DEFAULT_MAX_FRAME_BYTES,
     PRELUDE_BYTES,
     EventStreamDecoder,
     EventStreamMessage,
+    HeaderValue,
     encode_message,
     looks_like_event_stream,
 )
 from .parser import MessageParser
 from .repair import Repair
-from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
+from .sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
 __all__ = [
     "EVENT_STREAM_CONTENT_TYPE",
@@ -46,10 +55,15 @@ EVENT_STREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
 # The event name an SSE stream would carry: the JSON's `type` when it is the first key (as the API and
 # Bedrock write it); otherwise no name, which the core treats exactly like the matching name.
 _TYPE_PREFIX = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]{1,40})"')
-_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-_DELTA_TYPE = b'{"type":"content_block_delta"'
-_DELTA_HEAD = b"event: content_block_delta\ndata: "
+# Most events: named without the regex (the API and Bedrock write JSON compact; json.dumps's default spacing
+# is common in recordings and tests).
+_DELTA_TYPES = (b'{"type":"content_block_delta"', b'{"type": "content_block_delta"')
+_CR = re.compile(rb"\r\n?")
 _a2b_base64 = binascii.a2b_base64  # lenient, as botocore's base64.b64decode
+_crc32 = zlib.crc32
+_unpack_prelude = _PRELUDE.unpack_from
+_unpack_u32 = _U32.unpack_from
+_NAMES: dict[bytes, str] = {}  # type prefixes to names (bounded: a hostile stream may send any number)
 
 Framing = Literal["event-stream", "auto"]
 
@@ -59,23 +73,29 @@ def is_event_stream(head: bytes, /) -> bool:
     return looks_like_event_stream(head)
 
 
-def _sse_block(raw: bytes) -> bytes:
-    """The SSE event carrying ``raw`` as its data (split into data lines where it holds line breaks)."""
-    if raw[:29] == _DELTA_TYPE:  # most events: no regex
-        head = b"event: content_block_delta\n"
-    else:
-        match = _TYPE_PREFIX.match(raw)
-        head = b"event: " + match.group(1) + b"\n" if match else b""
-    if 10 in raw or 13 in raw:  # 10: LF, 13: CR. A raw CR arrives as LF, as it would over SSE.
-        return head + b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(raw)) + b"\n"
-    return head + b"data: " + raw + b"\n\n"
+def _event_name(raw: bytes) -> str | None:
+    """The name an SSE stream would give the event ``raw`` (see _TYPE_PREFIX)."""
+    match = _TYPE_PREFIX.match(raw)
+    if match is None:
+        return None
+    key = match.group(1)
+    name = _NAMES.get(key)
+    if name is None:
+        name = key.decode("ascii")
+        if len(_NAMES) < 64:
+            _NAMES[key] = name
+    return name
 
 
 class BedrockParser(MessageParser):
     """Parse the body of Bedrock's ``InvokeModelWithResponseStream`` (AWS event-stream frames).
 
     Args:
-        max_event_bytes, partial_mode: as for :class:`~mendstream.MessageParser`.
+        max_event_bytes: bound on the size of one Messages API event (the decoded bytes a ``chunk`` frame
+            carries); a larger one raises :class:`~mendstream.errors.BufferLimitError`, as an oversized SSE
+            event does. Frames themselves are bounded by ``max_frame_bytes``.
+        max_message_bytes, partial_mode: as for :class:`~mendstream.MessageParser` (``max_message_bytes``
+            counts the event-stream bytes fed).
         max_frame_bytes: the longest event-stream frame accepted (default: AWS's maximum).
         framing: ``"event-stream"`` (default) requires event-stream frames; ``"auto"`` looks at the first
             12 bytes and reads plain SSE when they are not an event-stream prelude (what ``replay`` uses).
@@ -85,47 +105,49 @@ class BedrockParser(MessageParser):
     Frames map onto the core as follows:
 
     * ``:message-type: event`` with ``:event-type: chunk``: the payload's ``bytes`` (base64 of one Messages
-      API event) is that event's SSE data; a payload that is not such JSON raises ``EventDecodeError``.
-      Other event types (none exist today) are skipped, as the SDK skips them.
+      API event) is that event, read exactly as an SSE event's data is (named by its JSON ``type``, CR and
+      CRLF read as LF as SSE line splitting leaves them, the same repairs); a payload that is not such JSON
+      raises ``EventDecodeError``. Other event types (none exist today) are skipped, as the SDK skips them.
     * ``:message-type: exception`` (``:exception-type: throttlingException``, ...) and ``error`` frames:
       the ``error`` event ``{"type": "error", "error": {"type": <exception type>, "message": ...}}`` (the
       payload's other keys kept inside ``error``), hence an ``APIStreamError`` with that ``error_type``.
     * A broken frame raises ``EventStreamError``; a frame cut by the end of input is tolerated (repair
       ``truncated_final_frame``) once the message has its stop reason, as a cut final SSE frame is, and is
-      otherwise an ``IncompleteStreamError``.
+      otherwise an ``IncompleteStreamError`` (its ``__cause__`` the ``EventStreamError`` of the cut frame).
 
-    Offsets in errors and repairs are byte offsets of the frame in the event-stream body.
+    Offsets in errors and repairs are byte offsets of the frame in the event-stream body; ordinals count the
+    events delivered (chunk and exception frames).
     """
 
     def __init__(
         self,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_message_bytes: int | None = None,
         partial_mode: PartialMode | bool = "on",
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         framing: Framing = "event-stream",
     ) -> None:
         if framing not in ("event-stream", "auto"):
             raise UsageError(f"framing must be 'event-stream' or 'auto', got {framing!r}")
-        super().__init__(max_event_bytes=max_event_bytes, partial_mode=partial_mode)
-        self._options = {
-            "max_event_bytes": max_event_bytes, "partial_mode": partial_mode, "max_frame_bytes": max_frame_bytes,
-            "framing": framing,
-        }
+        super().__init__(
+            max_event_bytes=max_event_bytes, max_message_bytes=max_message_bytes, partial_mode=partial_mode
+        )
+        self._options.update(max_frame_bytes=max_frame_bytes, framing=framing)
         self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)
-        # None: still deciding ("auto" only); True: event-stream; False: plain SSE, passed straight through.
+        self._frames._share_headers = True  # _deliver only reads them
+        self._chunk_headers: dict[str, HeaderValue] | None = None  # the headers dict of the last chunk frame
+        self._chunk_block = b""  # and its header block's bytes, once known: what the hot path looks for
+        # see _learn_chunk_block (unused while _chunk_block is empty)
+        self._hot: tuple[bytes, int, int, int, int, int, MessageAccumulator] = (
+            b"", 0, PRELUDE_BYTES, PRELUDE_BYTES + 4, max_frame_bytes, max_event_bytes, self._acc
+        )
+        self._max_frame_bytes = max_frame_bytes
+        self._max_event_bytes = max_event_bytes  # checked by the SSE decoder the core made
+        # None: still deciding ("auto" only); True: event-stream; False: plain SSE, the core's own feed/end.
         self._event_stream: bool | None = True if framing == "event-stream" else None
         self._head = b""  # "auto": the first bytes, held until there are enough to decide
-        self._frame_error: StreamError | None = None
-        self._core_failed = False  # the core raised (its error is sticky there)
-        self._frames_ended = False
-        # Where each SSE event given to the core came from: its offset in the SSE bytes the core has seen and
-        # the offset of its frame, so errors and repairs can name frame offsets (16 bytes per frame).
-        self._sse_starts = array("q")
-        self._frame_offsets = array("q")
-        self._sse_position = 0
-        self._own_repairs: list[tuple[int, Repair]] = []  # (core repairs before it, repair)
-        self._mapped: list[Repair] = []
+        self._delivered = 0  # events given to the accumulator: the next one's ordinal
 
     @property
     def framing(self) -> str | None:
@@ -134,179 +156,230 @@ class BedrockParser(MessageParser):
             return None
         return "event-stream" if self._event_stream else "sse"
 
-    @property
-    def repairs(self) -> list[Repair]:
-        """Everything mended or tolerated so far, in order (offsets are frame offsets)."""
-        core = super().repairs
-        if not self._event_stream:
-            return core
-        for repair in core[len(self._mapped) :]:
-            self._mapped.append(replace(repair, offset=self._frame_offset(repair.offset)))
-        merged = list(self._mapped)
-        for at, repair in reversed(self._own_repairs):  # each goes where it happened among the core's
-            merged.insert(at, repair)
-        return merged
-
-    @property
-    def error(self) -> StreamError | None:
-        return self._frame_error or super().error
-
     def feed(self, data: bytes, /) -> list[Event]:
         """Feed the next bytes of the body; return the events they complete."""
-        if self._event_stream is False:
-            return super().feed(data)
-        if self._frame_error is not None or self._core_failed:  # sticky, whichever stage raised it
-            raise self.error  # type: ignore[misc]
-        if self._frames_ended:
-            return super().feed(data)  # the core's UsageError: fed after end()
-        if self._event_stream is None:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                return super().feed(data)  # the core raises its UsageError
-            self._head += bytes(data)
-            if len(self._head) < PRELUDE_BYTES:
-                return []
-            data, self._head = self._head, b""
-            self._event_stream = looks_like_event_stream(data)
+        if self._event_stream is not True:
+            if self._event_stream is None and isinstance(data, (bytes, bytearray, memoryview)):
+                self._head += bytes(data)
+                if len(self._head) < PRELUDE_BYTES:
+                    return []
+                data, self._head = self._head, b""
+                self._event_stream = looks_like_event_stream(data)
             if not self._event_stream:
-                return super().feed(data)
+                return super().feed(data)  # SSE, or the core's UsageError
+        if self._error is not None:
+            raise self._error
+        out: list[Event] = []
         try:
-            frames = self._frames.feed(data)
-        except EventStreamError as error:
-            raise self._frame_failure(error) from None
-        return self._deliver(frames)
+            if type(data) is not bytes:
+                if not isinstance(data, (bytearray, memoryview)):
+                    raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
+                data = bytes(data)
+            if self._ended:
+                raise UsageError("feed() called after end()")
+            self._budget -= len(data)
+            decoder = self._frames
+            if self._chunk_block and decoder.idle:  # the usual call: whole chunk frames, walked here
+                taken = self._take_chunk_frames(data, decoder.position, out)
+                if taken:
+                    decoder.skip(taken)
+                    data = data[taken:] if taken < len(data) else b""
+            if data:  # anything else (a cut frame, another kind of frame, a broken one): the decoder's
+                try:
+                    frames = decoder.feed(data)
+                except EventStreamError as broken:
+                    # the frames before the broken one first, as over SSE (an error among them wins)
+                    self._deliver(broken.events, out)
+                    raise
+                if frames:
+                    self._deliver(frames, out)
+            if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
+                raise MessageTooLargeError(
+                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
+                    limit=self._max_message_bytes or 0,
+                    offset=self._frames.position,
+                )
+        except Exception as exc:
+            raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see MessageParser._fail)
+        return out
 
     def end(self) -> list[Event]:
         """Signal the end of the body; return the events this completes (see the class for cut frames)."""
-        if self._event_stream is None:
+        if self._event_stream is None:  # "auto", and fewer than 12 bytes came: not event-stream
             self._event_stream = False
-            out = super().feed(self._head) if self._head else []
-            return out + super().end()
+            head = super().feed(self._head) if self._head else []
+            return head + super().end()
         if not self._event_stream:
             return super().end()
-        if self._frame_error is not None:
-            raise self._frame_error
-        if self._frames_ended:  # a second end(): the core answers (nothing, or its sticky error)
-            return self._end_core()
-        self._frames_ended = True
+        if self._error is not None:
+            raise self._error
+        if self._ended:
+            return []
+        self._ended = True
+        out: list[Event] = []
         try:
-            self._frames.end()
-        except EventStreamError as cut:
-            return self._end_after_cut(cut)
-        return self._end_core()
+            try:
+                self._frames.end()
+            except EventStreamError as cut:
+                self._cut_final_frame(cut)
+            self._acc.end(out)
+        except Exception as exc:
+            raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see MessageParser._fail)
+        return out
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _end_core(self) -> list[Event]:
-        try:
-            return super().end()
-        except StreamError as error:
-            self._remap(error)
-            raise
-
-    def _end_after_cut(self, cut: EventStreamError) -> list[Event]:
-        if super().error is not None:
-            return self._end_core()  # raises the core's sticky error
-        repair = Repair(
-            "truncated_final_frame",
-            f"dropped a cut final event-stream frame of {len(cut.raw)} bytes",
-            cut.offset,
-            None,
-            raw=cut.raw.decode("utf-8", "replace"),
+    def _cut_final_frame(self, cut: EventStreamError) -> None:
+        # As MessageParser._unfinished for a cut final SSE frame: harmless once the message has its stop
+        # reason (recorded before the accumulator's end-of-stream repairs), else the stream is incomplete.
+        acc = self._acc
+        if acc.stop_reason_seen or acc.stopped:
+            acc.add_repair(
+                Repair(
+                    "truncated_final_frame",
+                    f"dropped a cut final event-stream frame of {len(cut.raw)} bytes",
+                    cut.offset,
+                    self._delivered,
+                    raw=cut.raw.decode("utf-8", "replace"),
+                )
+            )
+            return
+        error = acc.incomplete(
+            f"the stream ended inside an event-stream frame at offset {cut.offset} (a cut final frame of "
+            f"{len(cut.raw)} bytes)"
         )
-        if self.complete or self.message.get("stop_reason") is not None:
-            # before the core's end-of-stream repairs, as over SSE
-            self._own_repairs.append((len(super().repairs), repair))
-            return self._end_core()
+        error.offset = cut.offset
+        raise error from cut
+
+    def _take_chunk_frames(self, data: bytes, base: int, out: list[Event]) -> int:
+        """Deliver the whole ``chunk`` frames at the start of ``data`` (whose first byte is at ``base`` in the
+        body) that carry the usual header block; return the bytes they span.
+
+        The hot path, one iteration per frame: it makes the decoder's checks (prelude CRC, lengths,
+        ``max_frame_bytes``, message CRC) and stops at the first frame it does not take, broken or cut or
+        of another kind, which the decoder then reads (and reports) as it reads every other frame. It builds
+        no EventStreamMessage and calls nothing per frame but the C functions and the accumulator."""
+        block, block_len, payload_start, smallest, limit, max_event_bytes, acc = self._hot
+        size = len(data)
+        pos = 0
+        ordinal = self._delivered
         try:
-            out = self._end_core()
-        except IncompleteStreamError as error:
-            error.add_note(f"the input ended inside an event-stream frame at offset {cut.offset}")
-            error.__cause__ = cut
-            raise
-        self._own_repairs.append((len(super().repairs), repair))  # the core mended the end from a stop reason
-        return out
-
-    def _deliver(self, frames: list[EventStreamMessage]) -> list[Event]:
-        """Give the core the SSE events the frames stand for, in one call; return its events."""
-        if not frames:
-            return []
-        blocks: list[bytes] = []
-        position = self._sse_position
-        starts, offsets = self._sse_starts, self._frame_offsets
-        for frame in frames:
-            kind = frame.headers.get(":message-type")
-            if kind == "event":
-                if frame.headers.get(":event-type") != "chunk":
-                    continue
-                # _chunk_event and _sse_block, inlined for the usual frame (one call per frame matters here)
-                raw = None
+            while size - pos >= smallest:
+                total, headers_len, crc = _unpack_prelude(data, pos)
+                end = pos + total
+                if (
+                    headers_len != block_len
+                    or end > size
+                    or total < smallest
+                    or total > limit
+                    or not data.startswith(block, pos + PRELUDE_BYTES)
+                    or _crc32(data[pos : pos + 8]) != crc
+                    or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
+                ):
+                    break  # only a frame that fails a CRC here is hashed again (by the decoder, which fails)
+                offset = base + pos
+                # From here as in _deliver (keep the two alike).
                 try:
-                    body = from_json(frame.payload)
-                    if type(body) is dict and type(body.get("bytes")) is str:
-                        raw = _a2b_base64(body["bytes"])
-                except ValueError:  # binascii.Error is a ValueError
-                    pass
-                if raw is not None and raw[:29] == _DELTA_TYPE and 10 not in raw and 13 not in raw:
-                    block = _DELTA_HEAD + raw + b"\n\n"
-                    starts.append(position)
-                    offsets.append(frame.offset)
-                    position += len(block)
-                    blocks.append(block)
-                    continue
+                    raw = _a2b_base64(from_json(data[pos + payload_start : end - 4])["bytes"])
+                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+                    raw = _chunk_event(data[pos + payload_start : end - 4], offset)  # raises EventDecodeError
+                if 13 in raw or len(raw) > max_event_bytes:
+                    raw = _unusual_event(raw, offset, max_event_bytes)
                 try:
-                    block = _sse_block(raw if raw is not None else _chunk_event(frame))
-                except EventDecodeError as bad:
-                    # Events from frames before the bad one come first, as over SSE.
-                    out = self._feed_core(blocks, position)
-                    bad.snapshot = self.message or None
-                    bad.events = out
-                    self._frame_error = bad
-                    raise bad from None
-            elif kind in ("exception", "error"):
-                block = b"event: error\ndata: " + _error_event(frame) + b"\n\n"
-            else:
-                continue
-            starts.append(position)
-            offsets.append(frame.offset)
-            position += len(block)
-            blocks.append(block)
-        return self._feed_core(blocks, position)
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    self._undecodable(raw, offset, ordinal, exc, out)
+                else:
+                    if raw.startswith(_DELTA_TYPES):
+                        if acc.streaming and type(obj) is dict:
+                            acc.handle_delta(obj, offset, ordinal, out)
+                        else:
+                            acc.handle("content_block_delta", obj, offset, ordinal, out)
+                    else:
+                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                ordinal += 1
+                pos = end
+        finally:
+            self._delivered = ordinal
+        return pos
 
-    def _feed_core(self, blocks: list[bytes], position: int) -> list[Event]:
-        if not blocks:
-            return []
-        self._sse_position = position
+    def _deliver(self, frames: list[EventStreamMessage], out: list[Event]) -> None:
+        """Give the accumulator the events the frames the decoder read carry (the frames cut by a chunk
+        boundary, other kinds of frames; the decoder shares its cached headers dicts, so a chunk frame is
+        recognised by identity). Learns the usual chunk header block for _take_chunk_frames."""
+        acc = self._acc
+        max_event_bytes = self._max_event_bytes
+        chunk_headers = self._chunk_headers
+        ordinal = self._delivered
         try:
-            return super().feed(b"".join(blocks))
-        except StreamError as error:
-            self._remap(error)
-            raise
+            for headers, payload, offset, _ in frames:
+                if headers is not chunk_headers:
+                    kind = headers.get(":message-type")
+                    if kind == "exception" or kind == "error":
+                        acc.handle("error", _error_event(headers, payload), offset, ordinal, out)
+                        ordinal += 1
+                        continue
+                    if kind != "event" or headers.get(":event-type") != "chunk":
+                        continue  # other event types and message types: skipped, as the SDK skips them
+                    self._chunk_headers = chunk_headers = headers
+                    self._learn_chunk_block(headers)
+                # From here as in _take_chunk_frames (keep the two alike).
+                try:
+                    raw = _a2b_base64(from_json(payload)["bytes"])
+                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+                    raw = _chunk_event(payload, offset)  # raises EventDecodeError with the reason
+                if 13 in raw or len(raw) > max_event_bytes:
+                    raw = _unusual_event(raw, offset, max_event_bytes)
+                try:
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    self._undecodable(raw, offset, ordinal, exc, out)
+                else:
+                    if raw.startswith(_DELTA_TYPES):
+                        if acc.streaming and type(obj) is dict:
+                            acc.handle_delta(obj, offset, ordinal, out)
+                        else:
+                            acc.handle("content_block_delta", obj, offset, ordinal, out)
+                    else:
+                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                ordinal += 1
+        finally:
+            self._delivered = ordinal
 
-    def _frame_failure(self, error: EventStreamError) -> StreamError:
-        """Deliver the frames decoded before a broken one, then fail with its error (now with snapshot)."""
-        frames: list[EventStreamMessage] = error.events
-        events = self._deliver(frames)  # a core error among them wins: it came first
-        error.events = events
-        error.snapshot = self.message or None
-        self._frame_error = error
-        return error
+    def _learn_chunk_block(self, headers: dict[str, HeaderValue]) -> None:
+        # The header block of the chunk frames (from the decoder's cache) and what _take_chunk_frames
+        # needs with it, in one tuple (one attribute read per call).
+        block = self._frames.header_block(headers) or b""
+        self._chunk_block = block
+        payload_start = PRELUDE_BYTES + len(block)
+        self._hot = (
+            block, len(block), payload_start, payload_start + 4, self._max_frame_bytes, self._max_event_bytes,
+            self._acc,
+        )
 
-    def _remap(self, error: StreamError) -> None:
-        self._core_failed = not isinstance(error, UsageError)
-        if error.offset is not None and not getattr(error, "_bedrock_mapped", False):
-            error.offset = self._frame_offset(error.offset)
-            error._bedrock_mapped = True  # type: ignore[attr-defined]  # sticky errors are raised again
-
-    def _frame_offset(self, sse_offset: int | None) -> int | None:
-        if sse_offset is None or not self._sse_starts:
-            return sse_offset
-        index = bisect_right(self._sse_starts, sse_offset) - 1
-        return self._frame_offsets[max(index, 0)]
+    def _undecodable(self, raw: bytes, offset: int, ordinal: int, exc: ValueError, out: list[Event]) -> None:
+        name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
+        self._handle_undecodable(ServerSentEvent(name, raw, offset=offset, ordinal=ordinal), exc, out)
 
 
-def _chunk_event(frame: EventStreamMessage) -> bytes:
-    """The Messages API event JSON carried by a ``chunk`` frame (undecoded: the core decodes it)."""
-    payload = frame.payload
+def _unusual_event(raw: bytes, offset: int, max_event_bytes: int) -> bytes:
+    """An event with a CR (read as LF, as SSE line splitting leaves it) or over ``max_event_bytes``
+    (BufferLimitError, as for an oversized SSE event)."""
+    if 13 in raw:
+        raw = _CR.sub(b"\n", raw)
+    if len(raw) > max_event_bytes:
+        raise BufferLimitError(
+            f"the event in the event-stream frame at offset {offset} exceeded max_event_bytes={max_event_bytes} "
+            f"({len(raw)} bytes)",
+            limit=max_event_bytes,
+            offset=offset,
+        )
+    return raw
+
+
+def _chunk_event(payload: bytes, offset: int) -> bytes:
+    """The Messages API event JSON carried by a ``chunk`` frame's payload (undecoded: the core decodes it);
+    raises EventDecodeError when the payload is not ``{"bytes": <base64>}``."""
     try:
         body = from_json(payload)
     except ValueError:
@@ -318,18 +391,22 @@ def _chunk_event(frame: EventStreamMessage) -> bytes:
         except (binascii.Error, ValueError):
             pass
     raise EventDecodeError(
-        f"the chunk frame at offset {frame.offset} does not carry {{\"bytes\": <base64>}}: "
-        f"{payload[:200]!r}",
+        f"the chunk frame at offset {offset} does not carry {{\"bytes\": <base64>}}: {payload[:200]!r}",
         raw=payload,
-        offset=frame.offset,
+        offset=offset,
     )
 
 
-def _error_event(frame: EventStreamMessage) -> bytes:
-    """The ``error`` event JSON for an exception (or error) frame, as the SDK's Bedrock decoder builds it."""
-    error_type = frame.header(":exception-type") or frame.header(":error-code") or "unknown_error"
+def _header(headers: dict[str, HeaderValue], name: str) -> str | None:
+    value = headers.get(name)
+    return value if type(value) is str else None
+
+
+def _error_event(headers: dict[str, HeaderValue], payload: bytes) -> dict[str, Any]:
+    """The ``error`` event for an exception (or error) frame, as the SDK's Bedrock decoder builds it."""
+    error_type = _header(headers, ":exception-type") or _header(headers, ":error-code") or "unknown_error"
     try:
-        body = from_json(frame.payload)
+        body = from_json(payload)
     except ValueError:
         body = None
     error: dict[str, Any] = {"type": error_type}
@@ -338,9 +415,9 @@ def _error_event(frame: EventStreamMessage) -> bytes:
         if "message" not in error and "Message" in body:
             error["message"] = body["Message"]
     else:
-        error["message"] = frame.header(":error-message") or frame.payload.decode("utf-8", "replace")
-    error.setdefault("message", frame.header(":error-message") or "")
-    return json.dumps({"type": "error", "error": error}, separators=(",", ":")).encode()
+        error["message"] = _header(headers, ":error-message") or payload.decode("utf-8", "replace")
+    error.setdefault("message", _header(headers, ":error-message") or "")
+    return {"type": "error", "error": error}
 
 
 # -- building event-stream bodies (tests, the replay server) -------------------------------------------------

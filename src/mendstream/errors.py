@@ -24,7 +24,24 @@ __all__ = [
     "StreamStalledError",
     "ToolInputError",
     "UsageError",
+    "request_id_of",
 ]
+
+# Response headers that carry the request id, in order: the Anthropic API's, then Bedrock's (AWS answers
+# InvokeModelWithResponseStream and its errors with `x-amzn-requestid`, never `request-id`).
+REQUEST_ID_HEADERS = ("request-id", "x-amzn-requestid")
+
+
+def request_id_of(headers: Any, /) -> str | None:
+    """The request id that response ``headers`` (any mapping with ``get``, case-insensitive as HTTP
+    libraries' are, or None) carry: ``request-id``, else Bedrock's ``x-amzn-requestid``; None if neither."""
+    if headers is None:
+        return None
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class StreamError(Exception):

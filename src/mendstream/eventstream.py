@@ -73,6 +73,10 @@ _PRELUDE = struct.Struct(">III")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _HEADERS_CACHE_SIZE = 64  # distinct header blocks remembered per decoder (Bedrock uses two or three)
+_crc32 = zlib.crc32
+_unpack_prelude = _PRELUDE.unpack_from
+_unpack_u32 = _U32.unpack_from
+_new_tuple = tuple.__new__
 
 
 class EventStreamMessage(NamedTuple):
@@ -130,9 +134,14 @@ class EventStreamDecoder:
         self._buffer = bytearray()  # the start of a frame cut by a chunk boundary (never more than one frame)
         self._offset = 0  # stream offset of the first byte not yet consumed (the buffer's first byte)
         self._need = 0  # total length of the frame at the buffer's start once its prelude checked out; else 0
+        self._headers_len = 0  # and its headers' length
         self._headers_cache: dict[bytes, dict[str, HeaderValue]] = {}
+        # True: give every message the cached headers dict itself, not a copy (for a reader that promises
+        # not to change them, as mendstream.bedrock does; saves a dict copy per frame).
+        self._share_headers = False
         self._error: StreamError | None = None
         self._ended = False
+        self._ready = True  # no error and not ended: feed's fast entry tests this one attribute
 
     @property
     def position(self) -> int:
@@ -144,17 +153,49 @@ class EventStreamDecoder:
         """Bytes held for an unfinished frame."""
         return len(self._buffer)
 
+    # -- for a reader that walks the usual frames itself (mendstream.bedrock's hot path) ------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when no bytes are held and input is accepted (no error, not ended): the moment a reader may
+        decode whole frames itself and :meth:`skip` them."""
+        return self._ready and not self._buffer
+
+    def header_block(self, headers: dict[str, HeaderValue], /) -> bytes | None:
+        """The encoded header block that decoded to ``headers``, the very dict a message of this decoder
+        carried (with ``_share_headers`` set, messages share the decoded dict of each block); else None."""
+        for block, decoded in self._headers_cache.items():
+            if decoded is headers:
+                return block
+        return None
+
+    def skip(self, size: int, /) -> None:
+        """Move the position past ``size`` bytes of whole frames the caller decoded itself, with the checks
+        this decoder makes (prelude and message CRC, lengths, ``max_frame_bytes``). Only when :attr:`idle`."""
+        if self._buffer or not self._ready or type(size) is not int or size < 0:
+            raise UsageError("skip() takes a byte count >= 0, and only while the decoder is idle")
+        self._offset += size
+
     def feed(self, data: bytes, /) -> list[EventStreamMessage]:
         """Feed the next bytes; return the frames they complete."""
+        out: list[EventStreamMessage] = []
+        buffer = self._buffer
+        if type(data) is bytes and not buffer and self._ready:  # the usual call: whole frames, nothing held
+            try:
+                consumed = self._decode(data, out)
+            except Exception as exc:
+                raise self._fail(exc, out) from None
+            if consumed < len(data):
+                buffer += data[consumed:]
+            self._offset += consumed
+            return out
         if self._error is not None:
             raise self._error
         if self._ended:
             raise UsageError("feed() called after end()")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
-        out: list[EventStreamMessage] = []
         try:
-            buffer = self._buffer
             if not buffer:
                 if type(data) is not bytes:
                     data = bytes(data)  # slices below must be bytes
@@ -179,6 +220,7 @@ class EventStreamDecoder:
         if self._error is not None:
             raise self._error
         self._ended = True
+        self._ready = False
         if self._buffer:
             held = bytes(self._buffer)
             expected = f" of {self._need}" if self._need else ""
@@ -199,37 +241,38 @@ class EventStreamDecoder:
         """Decode the whole frames at the start of ``data`` into ``out``; return the bytes they span.
 
         Slices copy, but each byte is copied a bounded number of times (into the frame's payload), and for
-        the small frames Bedrock sends copying is cheaper than creating memoryviews."""
+        the small frames Bedrock sends copying is cheaper than creating memoryviews. This runs once per
+        frame, so it reads module globals (cached lookups) rather than binding locals per call."""
         base = self._offset
         size = len(data)
-        crc32 = zlib.crc32
-        unpack_prelude = _PRELUDE.unpack_from
-        unpack_u32 = _U32.unpack_from
         headers_cache = self._headers_cache
-        append = out.append
-        new_message = tuple.__new__
+        share = self._share_headers
+        need = self._need
+        headers_len = self._headers_len
         pos = 0
         while True:
-            need = self._need
             if not need:
                 if size - pos < PRELUDE_BYTES:
+                    self._need = 0
                     return pos
-                total, headers_len, crc = unpack_prelude(data, pos)
+                total, headers_len, crc = _unpack_prelude(data, pos)
                 if (
-                    crc32(data[pos : pos + 8]) != crc
+                    _crc32(data[pos : pos + 8]) != crc
                     or total < _MIN_FRAME
                     or headers_len > total - _MIN_FRAME
                     or total > self._limit
                 ):
                     raise self._prelude_error(data[pos : pos + PRELUDE_BYTES], base + pos)
-                self._need = need = total
+                need = total
             if size - pos < need:
+                # the prelude checked out: wait for the rest (O(1) per chunk until then)
+                self._need, self._headers_len = need, headers_len
                 return pos
             end = pos + need
-            if crc32(data[pos : end - 4]) != unpack_u32(data, end - 4)[0]:
+            if _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]:
                 raise self._crc_error(data[pos:end], base + pos)
-            payload_start = pos + PRELUDE_BYTES + unpack_u32(data, pos + 4)[0]
-            block = data[pos + PRELUDE_BYTES : payload_start]
+            headers_end = pos + PRELUDE_BYTES + headers_len
+            block = data[pos + PRELUDE_BYTES : headers_end]
             # Bedrock repeats the same few header blocks on every frame: decode each once.
             headers = headers_cache.get(block)
             if headers is None:
@@ -237,8 +280,13 @@ class EventStreamDecoder:
                 if len(headers_cache) < _HEADERS_CACHE_SIZE:
                     headers_cache[block] = headers
             # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per frame
-            append(new_message(EventStreamMessage, (headers.copy(), data[payload_start : end - 4], base + pos, need)))
-            self._need = 0
+            out.append(
+                _new_tuple(
+                    EventStreamMessage,
+                    (headers if share else headers.copy(), data[headers_end : end - 4], base + pos, need),
+                )
+            )
+            need = 0
             pos = end
 
     def _prelude_error(self, prelude: bytes, offset: int) -> EventStreamError:
@@ -290,6 +338,7 @@ class EventStreamDecoder:
         error.events = out
         if not isinstance(error, UsageError):
             self._error = error
+            self._ready = False
         return error
 
 

@@ -25,7 +25,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, Self, cast
 
-from .errors import StreamError, UsageError
+from .errors import StreamError, UsageError, request_id_of
 from .events import Event
 from .parser import MessageParser
 from .repair import Repair
@@ -58,11 +58,7 @@ class _StreamState:
     def request_id(self) -> str | None:
         if self._request_id is not None:
             return self._request_id
-        headers = getattr(self.response, "headers", None)
-        if headers is not None:
-            value = headers.get("request-id")
-            return value if isinstance(value, str) else None
-        return None
+        return request_id_of(getattr(self.response, "headers", None))
 
     def error_for(self, error: StreamError) -> BaseException:
         """What to raise for the core's ``error`` (the transport's ``wrap_error``, else ``error``).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from mendstream.errors import ContentTypeError, HTTPStatusError
+from mendstream.errors import ContentTypeError, HTTPStatusError, request_id_of
 
 __all__ = [
     "check_content_type",
@@ -58,7 +58,7 @@ def _short_json(body: object) -> str:
 def status_error(status: int, raw_body: bytes, headers: HeadersLike, response: object) -> HTTPStatusError:
     """The :class:`HTTPStatusError` for a non-2xx response whose body has been read into ``raw_body``."""
     body = decode_body(raw_body)
-    request_id = headers.get("request-id") or (body.get("request_id") if isinstance(body, dict) else None)
+    request_id = request_id_of(headers) or (body.get("request_id") if isinstance(body, dict) else None)
     detail = error_message_of(body) if body else "(empty body)"
     suffix = f" (request-id {request_id})" if request_id else ""
     return HTTPStatusError(

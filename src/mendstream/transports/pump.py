@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from mendstream.errors import StreamError
+from mendstream.errors import StreamError, request_id_of
 from mendstream.transports import reaper
 from mendstream.transports.failures import is_transport_error
 
@@ -175,7 +175,7 @@ class BodyPump:
 
         reaper.start()
         return MessageStream(
-            chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
+            chunks, parser=parser, response=response, request_id=request_id_of(response.headers),
             close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
             sdk_events=sdk_events, beta=beta,
         )
@@ -230,7 +230,7 @@ class BodyPump:
 
         reaper.start()
         return AsyncMessageStream(
-            chunks, parser=parser, response=response, request_id=response.headers.get("request-id"),
+            chunks, parser=parser, response=response, request_id=request_id_of(response.headers),
             close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
             sdk_events=sdk_events, beta=beta,
         )

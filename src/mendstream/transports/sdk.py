@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mendstream.cache.integration import apply_cache
-from mendstream.errors import APIStreamError, StreamError, UsageError
+from mendstream.errors import APIStreamError, StreamError, UsageError, request_id_of
 from mendstream.parser import MessageParser
 from mendstream.retry import Retry
 from mendstream.streaming import AsyncMessageStream, MessageStream
@@ -117,7 +117,10 @@ def to_sdk_error(err: StreamError, response: Any) -> BaseException:
     exc.snapshot = err.snapshot
     exc.offset = err.offset
     exc.events = getattr(err, "events", [])
-    exc.request_id = err.request_id or getattr(exc, "request_id", None)
+    # the body's, else the SDK's (the `request-id` header), else Bedrock's `x-amzn-requestid`
+    exc.request_id = (
+        err.request_id or getattr(exc, "request_id", None) or request_id_of(getattr(response, "headers", None))
+    )
     return exc  # type: ignore[no-any-return]
 
 
