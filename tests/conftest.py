@@ -82,7 +82,11 @@ def sync_client(**options: Any) -> Any:
     kept-alive sockets do not outlive the test."""
     import anthropic
 
-    client = anthropic.Anthropic(**{"api_key": "k", "max_retries": 0, **options})
+    return closed_after_test(anthropic.Anthropic(**{"api_key": "k", "max_retries": 0, **options}))
+
+
+def closed_after_test(client: Any) -> Any:
+    """``client`` (any sync SDK client), closed when the current test ends."""
     _OPEN_CLIENTS.append(client)
     return client
 

@@ -26,6 +26,7 @@ from conftest import (
     FIXTURE_NAMES,
     FIXTURES_DIR,
     check_outcome,
+    closed_after_test,
     error_sse,
     expected,
     fixture_bytes,
@@ -287,11 +288,12 @@ def cloud() -> Iterator[CloudServer]:
 
 
 def bedrock(server: CloudServer, cls: Any = None, **options: Any) -> Any:
-    cls = cls or anthropic.AnthropicBedrock
-    return cls(
+    """A Bedrock client; a sync one is closed when the test ends (an async one by the test)."""
+    client = (cls or anthropic.AnthropicBedrock)(
         aws_access_key="AKIDEXAMPLE", aws_secret_key="fake-secret", aws_region="us-east-1",
         base_url=server.base_url, max_retries=0, **options,
     )
+    return client if cls is not None and cls.__name__.startswith("Async") else closed_after_test(client)
 
 
 def outcome_of(stream_factory: Any) -> tuple[dict[str, Any] | None, BaseException | None, list[Any]]:
@@ -330,6 +332,8 @@ async def test_async_bedrock_client_every_fixture(cloud: CloudServer, name: str)
             message = stream.message
     except Exception as exc:
         error = exc
+    finally:
+        await client.close()
     check_outcome(name, message, error)
 
 

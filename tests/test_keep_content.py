@@ -47,8 +47,8 @@ def event_view(event: Any) -> Any:
     return (event.type, strip_content(data))
 
 
-def outcome(chunks: list[bytes], *, keep: bool) -> dict[str, Any]:
-    parser = MessageParser(keep_content=keep)
+def outcome(chunks: list[bytes], *, keep: bool, parser_class: Any = MessageParser) -> dict[str, Any]:
+    parser = parser_class(keep_content=keep)
     events: list[Any] = []
     error: StreamError | None = None
     try:
@@ -80,6 +80,16 @@ def test_fixtures_whole_and_byte_by_byte(path: Path) -> None:
     whole = assert_lean_agrees([data])
     if len(data) < 20_000:
         assert outcome([data[i : i + 1] for i in range(len(data))], keep=False) == whole
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_bedrock_frames_without_content_agree(path: Path) -> None:
+    from mendstream.bedrock import BedrockParser, sse_to_event_stream
+
+    body = sse_to_event_stream(path.read_bytes())
+    full = outcome([body], keep=True, parser_class=BedrockParser)
+    assert outcome([body], keep=False, parser_class=BedrockParser) == full
+    assert outcome([body[i : i + 7] for i in range(0, len(body), 7)], keep=False, parser_class=BedrockParser) == full
 
 
 @pytest.mark.skipif(not CORPUS_FILES, reason="../shared/corpus is absent")

@@ -94,7 +94,7 @@ class BedrockParser(MessageParser):
         max_event_bytes: bound on the size of one Messages API event (the decoded bytes a ``chunk`` frame
             carries); a larger one raises :class:`~mendstream.errors.BufferLimitError`, as an oversized SSE
             event does. Frames themselves are bounded by ``max_frame_bytes``.
-        max_message_bytes, partial_mode: as for :class:`~mendstream.MessageParser` (``max_message_bytes``
+        max_message_bytes, partial_mode, keep_content: as for :class:`~mendstream.MessageParser` (``max_message_bytes``
             counts the event-stream bytes fed).
         max_frame_bytes: the longest event-stream frame accepted (default: AWS's maximum).
         framing: ``"event-stream"`` (default) requires event-stream frames; ``"auto"`` looks at the first
@@ -127,11 +127,13 @@ class BedrockParser(MessageParser):
         partial_mode: PartialMode | bool = "on",
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         framing: Framing = "event-stream",
+        keep_content: bool = True,
     ) -> None:
         if framing not in ("event-stream", "auto"):
             raise UsageError(f"framing must be 'event-stream' or 'auto', got {framing!r}")
         super().__init__(
-            max_event_bytes=max_event_bytes, max_message_bytes=max_message_bytes, partial_mode=partial_mode
+            max_event_bytes=max_event_bytes, max_message_bytes=max_message_bytes, partial_mode=partial_mode,
+            keep_content=keep_content,
         )
         self._options.update(max_frame_bytes=max_frame_bytes, framing=framing)
         self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)

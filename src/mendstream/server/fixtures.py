@@ -318,6 +318,10 @@ class FixtureSelector:
         with self._lock:
             self._next = 0
 
+    def named(self, name: str | None) -> Fixture | None:
+        """The fixture called ``name`` (``.sse`` suffix optional), or None."""
+        return self._by_name.get(name.removesuffix(".sse")) if name else None
+
     def choose(self, headers: Mapping[str, str], body: Any) -> Fixture:
         """The fixture for a request with lowercase-named ``headers`` and decoded JSON ``body``.
 

@@ -8,7 +8,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from mendstream.errors import StreamError, UsageError
@@ -16,6 +16,8 @@ from mendstream.faults import FaultPlan, PlannedResponse, continuation_body
 from mendstream.partial_json import nesting_exceeded
 
 from .fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
+
+_EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 __all__ = [
     "DEFAULT_REQUEST_LOG",
@@ -71,13 +73,14 @@ def error_response(status: int, message: str, *, close: bool = False) -> Planned
 
 
 def whole_message(fixture: Fixture) -> bytes:
-    """The final message of ``fixture`` as JSON, for clients that asked for ``"stream": false``.
+    """The final message of ``fixture`` (SSE, or a captured Bedrock event-stream) as JSON, for clients that
+    asked for ``"stream": false`` (or Bedrock's ``/invoke``).
 
     Raises :class:`~mendstream.errors.StreamError` when the fixture's stream does not complete.
     """
-    from mendstream.parser import MessageParser  # the core, imported only when a whole message is asked for
+    from mendstream.bedrock import BedrockParser  # the core, imported only when a whole message is asked for
 
-    parser = MessageParser()
+    parser = BedrockParser(framing="auto")
     parser.feed(fixture.body)
     parser.end()
     return json.dumps(parser.message).encode()
@@ -185,16 +188,21 @@ class Router:
             self.requests.append(record)
             self._count += 1
             count = self._count
-        if not is_messages_path(path):
-            planned = error_response(404, f"the replay server serves POST /v1/messages only, not {target}")
+        bedrock = _bedrock_path(path)
+        if bedrock is None and not is_messages_path(path):
+            planned = error_response(
+                404, f"the replay server serves POST /v1/messages (and Vertex and Bedrock model paths), not {target}"
+            )
             record.status = planned.status
             return record, planned
-        planned = self._plan(record, body, body_error, count)
+        planned = self._plan(record, body, body_error, count, bedrock)
         if self.faults is not None:
             with self._lock:
                 ordinal = self._answered
                 self._answered += 1
             planned = self.faults.apply(ordinal, planned)
+        if bedrock is not None:
+            planned = _for_bedrock(planned, bedrock)
         record.status = planned.status
         return record, planned
 
@@ -208,7 +216,9 @@ class Router:
             self._count += 1
         return record, planned
 
-    def _plan(self, record: RecordedRequest, body: Any, body_error: str | None, count: int) -> PlannedResponse:
+    def _plan(
+        self, record: RecordedRequest, body: Any, body_error: str | None, count: int, bedrock: str | None
+    ) -> PlannedResponse:
         if record.method != "POST":
             return error_response(405, f"method {record.method} not allowed; use POST")
         if body_error is not None:
@@ -216,21 +226,27 @@ class Router:
         if not isinstance(body, dict):
             return error_response(400, "request body must be a JSON object")
         try:
-            fixture = self.selector.choose(record.headers, body)
+            # A cloud client names the model in the path; a fixture of that name answers it (unless a header
+            # names one), so AnthropicBedrock / AnthropicVertex pick fixtures with model="<fixture name>".
+            named = self.selector.named(_model_in_path(record.path.split("?", 1)[0]))
+            if named is None or "x-mendstream-fixture" in record.headers:
+                named = self.selector.choose(record.headers, body)
+            fixture = named
         except NoFixtureError as exc:
             return error_response(exc.status, str(exc))
         record.fixture = fixture.name
         headers = [(k, v) for k, v in fixture.headers if k != "content-type"]
         if not any(k == "request-id" for k, _ in headers):
             headers.append(("request-id", self.id_format.format(name=fixture.name, count=count)))
-        if body.get("stream") is not True and fixture.status == 200:
+        streaming = body.get("stream") is True if bedrock is None else bedrock == "stream"
+        if not streaming and fixture.status == 200:
             try:
                 payload = whole_message(fixture)
             except StreamError as exc:
                 return error_response(500, f"fixture {fixture.name} has no complete message: {exc}")
             return PlannedResponse(200, (*_JSON, *headers), ((0.0, payload),))
         headers = [("content-type", fixture.content_type), *headers, ("cache-control", "no-cache")]
-        if fixture.status == 200 and not fixture.abort:
+        if fixture.status == 200 and not fixture.abort and not fixture.content_type.startswith(_EVENT_STREAM):
             # A request that ends with an assistant prefill (what Retry(on_partial="continue") sends) gets the
             # rest of the recorded answer after that prefill, as the API would stream it.
             continuation = continuation_body(body, fixture.body)
@@ -252,3 +268,65 @@ class Router:
             last = max(last, at)
             out.append((delay, chunk))
         return tuple(out)
+
+
+def _bedrock_path(path: str) -> str | None:
+    """``"stream"`` for Bedrock's ``/model/{id}/invoke-with-response-stream``, ``"invoke"`` for
+    ``/model/{id}/invoke``, else None."""
+    if not path.startswith("/model/"):
+        return None
+    if path.endswith("/invoke-with-response-stream"):
+        return "stream"
+    return "invoke" if path.endswith("/invoke") else None
+
+
+def _model_in_path(path: str) -> str | None:
+    """The model named by a Bedrock or Vertex path (URL-decoded), else None."""
+    from urllib.parse import unquote
+
+    from mendstream.bedrock import bedrock_stream_path, vertex_stream_path
+
+    if path.startswith("/model/") and path.endswith("/invoke"):
+        return unquote(path[len("/model/") : -len("/invoke")])
+    model = bedrock_stream_path(path) or vertex_stream_path(path.replace(":rawPredict", ":streamRawPredict"))
+    return unquote(model) if model is not None else None
+
+
+def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:
+    """A planned answer (faults applied: they work on SSE events) as Bedrock sends it: its request id also as
+    ``x-amzn-requestid``, and a stream as AWS event-stream frames."""
+    headers = dict(planned.headers)
+    if "request-id" in headers and "x-amzn-requestid" not in headers:
+        planned = replace(planned, headers=(*planned.headers, ("x-amzn-requestid", headers["request-id"])))
+    if kind == "stream" and planned.status == 200 and headers.get("content-type", "").startswith("text/event-stream"):
+        planned = _as_event_stream(planned)
+    return planned
+
+
+def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
+    """``planned`` (an SSE answer, faults applied) as Bedrock sends it: each whole SSE event a ``chunk`` frame,
+    sent with the delay of the SSE chunk that completed it; an event cut by the end of a cut body becomes a
+    cut frame. A body that already is event-stream (a captured Bedrock answer) is left as it is."""
+    from mendstream.bedrock import EVENT_STREAM_CONTENT_TYPE, is_event_stream, sse_to_event_stream
+
+    body = b"".join(chunk for _, chunk in planned.chunks)
+    if is_event_stream(body[:12]):
+        return planned
+    chunks: list[tuple[float, bytes]] = []
+    pending = b""
+    delay = 0.0
+    for wait, chunk in planned.chunks:
+        delay += wait
+        pending += chunk
+        end = max(pending.rfind(b"\n\n") + 2, pending.rfind(b"\r\n\r\n") + 4, pending.rfind(b"\r\r") + 2)
+        if end < 4:
+            continue  # no whole event yet
+        whole, pending = pending[:end], pending[end:]
+        frames = sse_to_event_stream(whole)
+        if frames:
+            chunks.append((delay, frames))
+            delay = 0.0
+    if pending.strip():
+        chunks.append((delay, sse_to_event_stream(pending)))
+    headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
+    return PlannedResponse(planned.status, headers, tuple(chunks), planned.end)
