@@ -161,9 +161,19 @@ def test_bedrock_paths_answer_event_stream_frames(server: ReplayServer) -> None:
 
     response = httpx.post(server.base_url + "/model/text_basic/invoke-with-response-stream", json=PARAMS)
     assert response.headers["content-type"] == "application/vnd.amazon.eventstream"
-    assert response.headers["x-amzn-requestid"] == response.headers["request-id"]
+    assert response.headers["x-amzn-requestid"].startswith("req_replay_text_basic")
+    assert "request-id" not in response.headers  # as Bedrock: its own header only
     frames = EventStreamDecoder().feed(response.content)
     assert frames and all(f.headers[":event-type"] == "chunk" for f in frames)
     sse = httpx.post(server.base_url + "/v1/messages", json={**PARAMS, "model": "m", "stream": True},
                      headers={"x-mendstream-fixture": "text_basic"})
     assert sse.headers["content-type"].startswith("text/event-stream") and "x-amzn-requestid" not in sse.headers
+
+
+def test_a_bedrock_status_error_carries_the_amazon_request_id() -> None:
+    with ReplayServer(FIXTURES_DIR, faults=parse_fault_spec("status(code=529)")) as replay, \
+            bedrock(replay.base_url) as client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            mendstream.stream(client, model="text_basic", **PARAMS)
+        assert info.value.status_code == 529
+        assert info.value.request_id == "req_fault_0"  # from x-amzn-requestid: the SDK reads only request-id

@@ -293,11 +293,12 @@ def _model_in_path(path: str) -> str | None:
 
 
 def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:
-    """A planned answer (faults applied: they work on SSE events) as Bedrock sends it: its request id also as
-    ``x-amzn-requestid``, and a stream as AWS event-stream frames."""
+    """A planned answer (faults applied: they work on SSE events) as Bedrock sends it: the request id as
+    ``x-amzn-requestid`` (Bedrock sends no ``request-id``), and a stream as AWS event-stream frames."""
     headers = dict(planned.headers)
     if "request-id" in headers and "x-amzn-requestid" not in headers:
-        planned = replace(planned, headers=(*planned.headers, ("x-amzn-requestid", headers["request-id"])))
+        planned = replace(planned, headers=tuple(
+            ("x-amzn-requestid" if k == "request-id" else k, v) for k, v in planned.headers))
     if kind == "stream" and planned.status == 200 and headers.get("content-type", "").startswith("text/event-stream"):
         planned = _as_event_stream(planned)
     return planned

@@ -8,6 +8,7 @@
 # free of the SDK.
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -192,6 +193,14 @@ def _capture_status_error(capture: CapturePath | None, exc: BaseException, param
 
 
 
+def _fill_request_id(exc: Exception) -> None:
+    """The SDK reads a status error's ``request_id`` from ``request-id`` only; Bedrock sends ``x-amzn-requestid``."""
+    response = getattr(exc, "response", None)
+    if getattr(exc, "request_id", "") is None and response is not None:
+        with contextlib.suppress(AttributeError):  # a frozen or slotted exception: leave it as the SDK made it
+            exc.request_id = request_id_of(response.headers)  # type: ignore[attr-defined]
+
+
 def open_response(
     messages: Any, params: dict[str, Any], *, capture: CapturePath | None, parser: MessageParser | None
 ) -> tuple[Any, Any, BodyPump]:
@@ -199,7 +208,8 @@ def open_response(
     streamed (``raw.close`` releases it). The one place where an SDK response is opened, for the plain
     transport and for every attempt of the resilient one.
 
-    Raises the SDK's own errors before a response (recorded in the capture), and ``ContentTypeError`` for a
+    Raises the SDK's own errors before a response (recorded in the capture; a status error's missing
+    ``request_id`` filled from ``x-amzn-requestid``), and ``ContentTypeError`` for a
     2xx response ``parser`` cannot read (its first bytes read and the response closed).
     """
     t0 = time.perf_counter()
@@ -207,6 +217,7 @@ def open_response(
         raw = messages.create(**params, stream=True)
     except Exception as exc:
         _capture_status_error(capture, exc, params, t0)
+        _fill_request_id(exc)
         raise
     response = raw.response
     bad_type = _cloud.content_type_problem(parser, response.headers)
@@ -231,6 +242,7 @@ async def aopen_response(
         raw = await messages.create(**params, stream=True)
     except Exception as exc:
         _capture_status_error(capture, exc, params, t0)
+        _fill_request_id(exc)
         raise
     response = raw.response
     bad_type = _cloud.content_type_problem(parser, response.headers)
