@@ -136,8 +136,7 @@ class BedrockParser(MessageParser):
             keep_content=keep_content,
         )
         self._options.update(max_frame_bytes=max_frame_bytes, framing=framing)
-        self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes)
-        self._frames._share_headers = True  # _deliver only reads them
+        self._frames = EventStreamDecoder(max_frame_bytes=max_frame_bytes, share_headers=True)  # only read
         self._chunk_headers: dict[str, HeaderValue] | None = None  # the headers dict of the last chunk frame
         self._chunk_block = b""  # and its header block's bytes, once known: what the hot path looks for
         # see _learn_chunk_block (unused while _chunk_block is empty)

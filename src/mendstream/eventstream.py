@@ -118,6 +118,8 @@ class EventStreamDecoder:
     Args:
         max_frame_bytes: the longest frame accepted (default: AWS's own maximum, 16 MiB of payload plus
             128 KiB of headers). A longer frame is refused from its prelude, before it is buffered.
+        share_headers: give every message the decoded headers dict of its header block itself rather than a
+            copy (saves a copy per frame), for a reader that never changes them (mendstream.bedrock).
 
     ``feed(data)`` returns the frames that ``data`` completes, in order; ``end()`` must be called at end of
     input. Both raise :class:`~mendstream.errors.EventStreamError` (``EventStreamLimitError`` for an
@@ -127,7 +129,7 @@ class EventStreamDecoder:
     after ``end()`` or a non-bytes argument raises :class:`~mendstream.errors.UsageError`.
     """
 
-    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, share_headers: bool = False) -> None:
         if type(max_frame_bytes) is not int or max_frame_bytes < _MIN_FRAME:
             raise UsageError(f"max_frame_bytes must be an int >= {_MIN_FRAME}, got {max_frame_bytes!r}")
         self._limit = max_frame_bytes
@@ -136,9 +138,7 @@ class EventStreamDecoder:
         self._need = 0  # total length of the frame at the buffer's start once its prelude checked out; else 0
         self._headers_len = 0  # and its headers' length
         self._headers_cache: dict[bytes, dict[str, HeaderValue]] = {}
-        # True: give every message the cached headers dict itself, not a copy (for a reader that promises
-        # not to change them, as mendstream.bedrock does; saves a dict copy per frame).
-        self._share_headers = False
+        self._share_headers = share_headers
         self._error: StreamError | None = None
         self._ended = False
         self._ready = True  # no error and not ended: feed's fast entry tests this one attribute
@@ -163,7 +163,7 @@ class EventStreamDecoder:
 
     def header_block(self, headers: dict[str, HeaderValue], /) -> bytes | None:
         """The encoded header block that decoded to ``headers``, the very dict a message of this decoder
-        carried (with ``_share_headers`` set, messages share the decoded dict of each block); else None."""
+        carried (with ``share_headers``, messages share the decoded dict of each block); else None."""
         for block, decoded in self._headers_cache.items():
             if decoded is headers:
                 return block
