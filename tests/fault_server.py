@@ -2,8 +2,8 @@
 # every POST with a fixture (chosen by the x-mendstream-fixture header) sent through a FaultPlan: it sleeps
 # each chunk's delay, sends the chunks, and drops the connection when the plan ends with "cut". A request
 # ending with an assistant prefill gets the continuation of the fixture's text (faults.continuation_body).
-# ReplayServer(faults=...) offers the same to users (prefill continuations included); this one also delays
-# the response headers (head_delay) and swaps plans between tests, which the resilience matrix needs.
+# ReplayServer(faults=...) offers the same to users (prefill continuations included); this one swaps plans
+# between tests and counts their ordinals afresh, which the resilience matrix needs.
 from __future__ import annotations
 
 import asyncio
@@ -74,7 +74,6 @@ class FaultServer:
     def __init__(self, fixtures: dict[str, bytes], plan: FaultPlan | None = None) -> None:
         self.fixtures = fixtures
         self.plan = plan
-        self.head_delay = 0.0  # seconds before the response headers (a server that never answers)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -86,10 +85,9 @@ class FaultServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
-    def reset(self, plan: FaultPlan | None = None, *, head_delay: float = 0.0) -> None:
+    def reset(self, plan: FaultPlan | None = None) -> None:
         with self._lock:
             self.plan = plan
-            self.head_delay = head_delay
             self.requests = []
 
     def __enter__(self) -> FaultServer:
@@ -125,8 +123,8 @@ class FaultServer:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         planned = self.response_for(headers, json.loads(raw or b"{}"))
-        if self.head_delay > 0:
-            await asyncio.sleep(self.head_delay)
+        if planned.head_delay > 0:  # faults.Stall(headers=True): nothing at all for a while
+            await asyncio.sleep(planned.head_delay)
         await send({"type": "http.response.start", "status": planned.status,
                     "headers": [(k.encode(), v.encode()) for k, v in planned.headers]})
         for delay, chunk in planned.chunks:

@@ -107,6 +107,16 @@ def test_stall_that_never_resumes_ends_with_a_cut() -> None:
     )
 
 
+def test_stall_before_the_headers() -> None:
+    out = Stall(seconds=1.5, headers=True).apply(0, planned(FULL))
+    assert out.head_delay == 1.5 and out.chunks == planned(FULL).chunks and out.end == "close"
+    refused = Stall(seconds=1.5, headers=True).apply(0, HTTPError(529).apply(0, planned(FULL)))
+    assert refused.head_delay == 1.5 and refused.status == 529  # silence comes before any status
+    cut = Stall(seconds=2.0, headers=True, cut=True).apply(0, planned(FULL))
+    assert cut.head_delay == 2.0 and cut.chunks == () and cut.end == "cut"
+    assert parse_fault_spec("stall(seconds=2,headers=true,cut=true)") == Stall(seconds=2.0, headers=True, cut=True)
+
+
 def test_trickle_sends_the_same_bytes_slowly() -> None:
     out = Trickle(chunk_bytes=7, delay=0.01).apply(0, planned(FULL))
     assert body_of(out) == FULL and all(len(c) <= 7 and d == 0.01 for d, c in out.chunks)

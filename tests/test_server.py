@@ -251,3 +251,48 @@ def test_a_prefill_request_gets_the_rest_of_the_answer_so_continue_shows_nothing
         assert shown == final.content[0].text == expected_text
         second = server.requests[-1].body
         assert second["messages"][-1]["role"] == "assistant"  # the prefill was sent
+
+
+@pytest.mark.parametrize("mode", ["server", "mock transport"])
+def test_a_server_that_says_nothing_is_caught_by_idle_timeout_and_retried(mode: str) -> None:
+    """stall(headers=true): no status line for a while. With idle_timeout the client gives up on that attempt
+    (a StreamStalledError) and Retry's next attempt succeeds."""
+    anthropic = pytest.importorskip("anthropic")
+    import mendstream
+    from mendstream.faults import parse_fault_spec
+    from mendstream.testing import replay_transport
+    from sdk_reference import sdk_http_module
+
+    faults = parse_fault_spec("stall(seconds=3,headers=true);ok")
+    params = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    retry = mendstream.Retry(max_attempts=2, backoff=0)
+    if mode == "server":
+        server = ReplayServer({"text_basic": fixture_bytes("text_basic")}, faults=faults).start()
+        client = anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0)
+    else:
+        http = sdk_http_module()
+        transport = replay_transport({"text_basic": fixture_bytes("text_basic")}, faults=faults, library=http)
+        client = anthropic.Anthropic(base_url="http://x.test", api_key="k", max_retries=0,
+                                     http_client=http.Client(transport=transport))
+    try:
+        started = time.monotonic()
+        if mode == "server":  # a real socket: the read timeout ends the wait
+            with mendstream.stream(client, **params, retry=retry, idle_timeout=0.5) as stream:
+                text = "".join(stream.text_stream)
+            assert time.monotonic() - started < 2.5
+            assert isinstance(stream.attempts[0].error, mendstream.StreamStalledError)  # also the SDK's timeout
+            assert text == text_basic_text()
+        else:  # in process the silence is a plain sleep: the stream simply starts late
+            with mendstream.stream(client, **params) as stream:
+                text = "".join(stream.text_stream)
+            assert time.monotonic() - started >= 3.0 and text == text_basic_text()
+    finally:
+        client.close()
+        if mode == "server":
+            server.stop()
+
+
+def text_basic_text() -> str:
+    import mendstream
+
+    return str(mendstream.replay(fixture_bytes("text_basic")).get_final_message().content[0].text)

@@ -197,7 +197,7 @@ def test_watchdog_keeps_one_entry_per_stream_and_fires_on_time() -> None:
 @pytest.mark.parametrize("transport", ["sdk", "httpx"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_no_response_headers_within_idle_timeout_is_a_stall(server: FaultServer, transport: str, mode: str) -> None:
-    server.reset(None, head_delay=1.0)
+    server.reset(Stall(1.0, headers=True))  # no status line for 1 s
 
     async def astream_error() -> BaseException | None:
         if transport == "sdk":

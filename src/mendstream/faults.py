@@ -46,12 +46,15 @@ class PlannedResponse:
             JSON error body as the chunks.
         end: ``"close"`` finishes the body properly; ``"cut"`` drops the connection after the last chunk, so
             the client sees an incomplete body (a reset, an incomplete chunked read).
+        head_delay: seconds of silence before the status line and headers (a server that accepted the request
+            and says nothing at all).
     """
 
     status: int
     headers: tuple[tuple[str, str], ...]
     chunks: tuple[tuple[float, bytes], ...]
     end: BodyEnd = "close"
+    head_delay: float = 0.0
 
 
 class FaultPlan(Protocol):
@@ -183,14 +186,21 @@ class Cut:
 class Stall:
     """After ``after_events`` events the server goes quiet for ``seconds`` (or, with ``ping_every``, sends
     only ``ping`` events that often), then sends the rest; with ``cut`` it drops the connection instead (a
-    generation that never resumes, ended by some proxy's timeout)."""
+    generation that never resumes, ended by some proxy's timeout). With ``headers`` the silence comes before
+    anything at all, status line included (a request accepted and never answered, whatever its status);
+    then the response follows, or with ``cut`` its headers and a dropped connection."""
 
     seconds: float
     after_events: int = 3
     ping_every: float | None = None
     cut: bool = False
+    headers: bool = False
 
     def apply(self, ordinal: int, response: PlannedResponse, /) -> PlannedResponse:
+        if self.headers:
+            if self.cut:
+                return replace(response, head_delay=self.seconds, chunks=(), end="cut")
+            return replace(response, head_delay=self.seconds)
         if response.status != 200:
             return response
         events = split_events(body_of(response))
@@ -306,6 +316,7 @@ FAULT   := NAME ["(" KEY "=" VALUE ["," KEY "=" VALUE ...] ")"]
   error(type=overloaded_error,after_events=4,after_bytes=N,message=TEXT)
   cut(after_bytes=N | after_events=N | in=tool)  connection dropped mid-event / mid-tool-input
   stall(seconds=T,after_events=3,ping=P,cut=false) T s silent (or pings every P s), then the rest (or a cut)
+  stall(seconds=T,headers=true,cut=false)         T s without even a status line, then the response (or a cut)
   trickle(bytes=8,delay=0.01)                     the body a few bytes at a time
   status(code=529,retry_after=S,retry_after_ms=MS,should_retry=true|false,type=ERROR_TYPE)
 Example: mix(seed=7):0.2*error+0.05*stall(seconds=2,ping=0.5)+0.05*cut(in=tool)+0.05*status(code=529)"""
@@ -328,7 +339,7 @@ _KEYS: dict[str, dict[str, tuple[str, Any]]] = {
     "cut": {"after_bytes": ("after_bytes", int), "after_events": ("after_events", int),
             "in": ("in_tool_input", "tool")},
     "stall": {"seconds": ("seconds", float), "after_events": ("after_events", int), "ping": ("ping_every", float),
-              "cut": ("cut", bool)},
+              "cut": ("cut", bool), "headers": ("headers", bool)},
     "trickle": {"bytes": ("chunk_bytes", int), "delay": ("delay", float)},
     "status": {"code": ("status", int), "retry_after": ("retry_after", float),
                "retry_after_ms": ("retry_after_ms", int), "should_retry": ("should_retry", bool),

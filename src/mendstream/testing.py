@@ -112,10 +112,12 @@ def _transport_class(module: ModuleType) -> type:
             self.router = router
             self.requests = router.requests
 
-        def _respond(self, request: Any, raw: bytes, stream_class: type) -> Any:
+        def _plan(self, request: Any, raw: bytes) -> PlannedResponse:
             headers = {k.lower(): v for k, v in request.headers.items()}
             target = request.url.raw_path.decode("ascii")
-            _, planned = self.router.answer(request.method, target, headers, raw)
+            return self.router.answer(request.method, target, headers, raw)[1]
+
+        def _respond(self, request: Any, planned: PlannedResponse, stream_class: type) -> Any:
             out = [(k, v) for k, v in planned.headers if k.lower() not in _FRAMING]
             if request.method == "HEAD":  # as an HTTP server does: the head only
                 return module.Response(planned.status, headers=out, content=b"", request=request)
@@ -127,10 +129,16 @@ def _transport_class(module: ModuleType) -> type:
                                    request=request)
 
         def handle_request(self, request: Any) -> Any:
-            return self._respond(request, request.read(), SyncChunks)
+            planned = self._plan(request, request.read())
+            if planned.head_delay > 0:  # nothing at all for a while: the client waits for the headers
+                time.sleep(planned.head_delay)
+            return self._respond(request, planned, SyncChunks)
 
         async def handle_async_request(self, request: Any) -> Any:
-            return self._respond(request, await request.aread(), AsyncChunks)
+            planned = self._plan(request, await request.aread())
+            if planned.head_delay > 0:
+                await asyncio.sleep(planned.head_delay)
+            return self._respond(request, planned, AsyncChunks)
 
     _transport_classes[module.__name__] = ReplayTransport
     return ReplayTransport

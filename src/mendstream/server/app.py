@@ -191,6 +191,13 @@ class ReplayApp:
             headers.append((b"connection", b"close"))
         if planned.end != "cut" and not content_type.startswith("text/event-stream"):
             headers.append((b"content-length", str(sum(len(c) for _, c in planned.chunks)).encode()))
+        if planned.head_delay > 0:  # a server that says nothing at all for a while (faults.Stall(headers=True))
+            if gone is None:
+                await asyncio.sleep(planned.head_delay)
+            else:
+                await asyncio.wait((gone,), timeout=planned.head_delay)
+                if gone.done() and gone.exception() is None and gone.result()["type"] == "http.disconnect":
+                    return 0
         await send({"type": "http.response.start", "status": planned.status, "headers": headers})
         due = time.monotonic()
         sent = 0
