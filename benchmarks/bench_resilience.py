@@ -27,7 +27,8 @@ from mendstream.faults import Cut, ErrorEvent, HTTPError, RandomMix, Stall
 
 # The fault server lives with the tests until ReplayServer(faults=...) is merged.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fault_server import FaultServer, sse
+from mendstream.server import ReplayServer, ServerLimits
+from streams import sse
 
 TEXT = (
     "Let me look that up for you. I will check the current weather in Paris, then compare it with the "
@@ -142,7 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     plan = mix(args.seed)
     rows = []
-    with FaultServer({"turn": agent_turn()}) as server:
+    # request_log: keep every request, so that the count below is the whole run's
+    with ReplayServer({"turn": agent_turn()}, limits=ServerLimits(request_log=10**6)) as server:
         # A clean run first: the latency of a turn without faults, per configuration.
         for key, (label, max_retries) in CONFIGS.items():
             client = anthropic.Anthropic(base_url=server.base_url, api_key="sk-bench", max_retries=max_retries)

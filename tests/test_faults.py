@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fault_server import text_stream, tool_stream
 from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
 from mendstream.faults import (
     Cut,
@@ -28,6 +27,7 @@ from mendstream.faults import (
     split_events,
 )
 from mendstream.parser import MessageParser
+from streams import text_stream, tool_stream
 
 TEXT = "Resilient streams do not repeat themselves."
 FULL = text_stream(TEXT, pieces=6)

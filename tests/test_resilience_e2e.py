@@ -24,12 +24,13 @@ httpx = pytest.importorskip("httpx")
 
 import mendstream  # noqa: E402
 import mendstream.httpx as mhttpx  # noqa: E402
-from fault_server import FaultServer, busy_connections, text_stream, tool_stream  # noqa: E402
 from mendstream.errors import APIStreamError, IncompleteStreamError, StreamStalledError  # noqa: E402
 from mendstream.faults import Cut, ErrorEvent, FaultPlan, HTTPError, Schedule, Stall, continuation_body  # noqa: E402
 from mendstream.parser import MessageParser  # noqa: E402
 from mendstream.retry import RestartEvent, Retry  # noqa: E402
+from mendstream.server import ReplayServer  # noqa: E402
 from mendstream.transports import HTTPStatusError  # noqa: E402
+from streams import busy_connections, text_stream, tool_stream  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
 
@@ -52,13 +53,13 @@ FAULTS: dict[str, tuple[FaultPlan, str, bool, dict[str, float]]] = {
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[FaultServer]:
+def server() -> Iterator[ReplayServer]:
     # Whatever earlier test modules left for the garbage collector is theirs, not this module's: collect it
     # quietly first, so the per-test collection below reports only what these tests leak.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
-    with FaultServer(FIXTURES) as srv:
+    with ReplayServer(FIXTURES) as srv:
         yield srv
 
 
@@ -177,7 +178,7 @@ def assert_stall_caught_in_time(out: Outcome, timeout: float) -> None:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("policy", ["raise", "restart", "continue"])
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_matrix(server: FaultServer, fault: str, policy: str, mode: str, transport: str) -> None:
+def test_fault_matrix(server: ReplayServer, fault: str, policy: str, mode: str, transport: str) -> None:
     plan, fixture, after_content, stall = FAULTS[fault]
     server.reset(Schedule((plan,)))
     full = FIXTURES[fixture]
@@ -236,10 +237,10 @@ def test_fault_matrix(server: FaultServer, fault: str, policy: str, mode: str, t
     assert [e.type for e in out.events].count("message_start") == 1
     assert final["content"] == [{"type": "text", "text": TEXT}]
     assert [a.mode for a in attempts] == ["first", "continue"]
-    prefill = server.requests[1]["messages"][-1]
+    prefill = server.requests[1].body["messages"][-1]
     assert prefill["role"] == "assistant" and TEXT.startswith(prefill["content"])
     assert prefill["content"] == prefill["content"].rstrip()
-    continued = message_of(continuation_body(server.requests[1], full) or b"")
+    continued = message_of(continuation_body(server.requests[1].body, full) or b"")
     partial_usage = attempts[0].error.snapshot["usage"]  # type: ignore[union-attr]
     assert final["usage"] == {
         "input_tokens": partial_usage["input_tokens"] + continued["usage"]["input_tokens"],
@@ -252,7 +253,7 @@ def test_fault_matrix(server: FaultServer, fault: str, policy: str, mode: str, t
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_max_attempts_is_respected(server: FaultServer, mode: str) -> None:
+def test_max_attempts_is_respected(server: ReplayServer, mode: str) -> None:
     server.reset(Schedule((HTTPError(529),) * 5))
     out = run(mode, "httpx", server.base_url, "text", retry=Retry(max_attempts=3, backoff=0.01))
     assert isinstance(out.error, HTTPStatusError) and out.error.status_code == 529
@@ -261,7 +262,7 @@ def test_max_attempts_is_respected(server: FaultServer, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_deadline_is_respected_and_retry_after_honoured(server: FaultServer, mode: str) -> None:
+def test_deadline_is_respected_and_retry_after_honoured(server: ReplayServer, mode: str) -> None:
     server.reset(Schedule((HTTPError(529, retry_after=0.45),) * 10))
     t0 = time.monotonic()
     out = run(mode, "sdk", server.base_url, "text", retry=Retry(max_attempts=10, deadline=1.2))
@@ -284,13 +285,13 @@ def test_deadline_is_respected_and_retry_after_honoured(server: FaultServer, mod
     ],
     ids=["400", "401", "403", "invalid_request_event", "x-should-retry-false"],
 )
-def test_non_retriable_errors_are_raised_at_once(server: FaultServer, plan: FaultPlan) -> None:
+def test_non_retriable_errors_are_raised_at_once(server: ReplayServer, plan: FaultPlan) -> None:
     server.reset(Schedule((plan,)))
     out = run("sync", "httpx", server.base_url, "text", retry=Retry(max_attempts=5, backoff=0.01))
     assert out.error is not None and len(server.requests) == 1
 
 
-def test_a_cut_after_the_stop_reason_is_complete_and_not_retried(server: FaultServer) -> None:
+def test_a_cut_after_the_stop_reason_is_complete_and_not_retried(server: ReplayServer) -> None:
     events = FIXTURES["text"].count(b"\n\n")
     server.reset(Schedule((Cut(after_events=events - 1),)))  # the cut falls inside message_stop
     out = run("sync", "sdk", server.base_url, "text", retry=Retry(on_partial="restart", backoff=0.01))
@@ -298,7 +299,7 @@ def test_a_cut_after_the_stop_reason_is_complete_and_not_retried(server: FaultSe
     assert out.stream.message["stop_reason"] == "end_turn" and text_of(out.stream.message) == TEXT
 
 
-def test_continue_falls_back_to_restart_when_the_api_refuses_the_prefill(server: FaultServer) -> None:
+def test_continue_falls_back_to_restart_when_the_api_refuses_the_prefill(server: ReplayServer) -> None:
     server.reset(Schedule((ErrorEvent(after_events=6), HTTPError(400, error_type="invalid_request_error"))))
     out = run("sync", "sdk", server.base_url, "text", retry=Retry(on_partial="continue", backoff=0.01))
     assert out.error is None
@@ -309,18 +310,18 @@ def test_continue_falls_back_to_restart_when_the_api_refuses_the_prefill(server:
     assert out.stream.message == message_of(FIXTURES["text"])
 
 
-def test_continue_after_trailing_whitespace_drops_only_the_repeated_whitespace(server: FaultServer) -> None:
+def test_continue_after_trailing_whitespace_drops_only_the_repeated_whitespace(server: ReplayServer) -> None:
     text = "alpha beta  \n\ngamma delta"
     body = text_stream(text, pieces=2)  # the first delta ends with whitespace
     assert json.loads(body.split(b"data: ")[4].split(b"\n")[0])["delta"]["text"] == "alpha beta  \n"
-    with FaultServer({"ws": body}, Schedule((ErrorEvent(after_events=4),))) as srv:
+    with ReplayServer({"ws": body}, faults=Schedule((ErrorEvent(after_events=4),))) as srv:
         out = run("sync", "httpx", srv.base_url, "ws", retry=Retry(on_partial="continue", backoff=0.01))
-        assert srv.requests[1]["messages"][-1]["content"] == "alpha beta"
+        assert srv.requests[1].body["messages"][-1]["content"] == "alpha beta"
     assert out.error is None
     assert shown_text(out.events) == text and text_of(out.stream.message) == text
 
 
-def test_close_from_another_thread_during_backoff_stops_at_once(server: FaultServer) -> None:
+def test_close_from_another_thread_during_backoff_stops_at_once(server: ReplayServer) -> None:
     server.reset(Schedule((HTTPError(529, retry_after=30),)))
     stream = mhttpx.stream(PARAMS, base_url=server.base_url, headers={"x-mendstream-fixture": "text"},
                            retry=Retry(max_attempts=3))
@@ -333,7 +334,7 @@ def test_close_from_another_thread_during_backoff_stops_at_once(server: FaultSer
     assert len(server.requests) == 1  # no attempt after close
 
 
-def test_cancelling_during_backoff_stops_at_once(server: FaultServer) -> None:
+def test_cancelling_during_backoff_stops_at_once(server: ReplayServer) -> None:
     server.reset(Schedule((HTTPError(529, retry_after=30),)))
 
     async def main() -> float:
@@ -358,7 +359,7 @@ def test_cancelling_during_backoff_stops_at_once(server: FaultServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_capture_writes_every_attempt_beside_the_first(server: FaultServer, tmp_path: Path) -> None:
+def test_capture_writes_every_attempt_beside_the_first(server: ReplayServer, tmp_path: Path) -> None:
     server.reset(Schedule((ErrorEvent(after_events=6),)))
     path = tmp_path / "turn.sse"
     out = run("sync", "sdk", server.base_url, "text", retry=Retry(on_partial="restart", backoff=0.01),
@@ -370,7 +371,7 @@ def test_capture_writes_every_attempt_beside_the_first(server: FaultServer, tmp_
     assert len(out.stream.attempts) == 2 and out.stream.attempts[0].bytes_received == len(first)
 
 
-def test_off_by_default_a_slow_stream_completes(server: FaultServer) -> None:
+def test_off_by_default_a_slow_stream_completes(server: ReplayServer) -> None:
     server.reset(Schedule((Stall(seconds=0.5, after_events=4),)))
     out = run("sync", "sdk", server.base_url, "text")
     assert out.error is None and text_of(out.stream.message) == TEXT

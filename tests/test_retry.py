@@ -13,7 +13,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mendstream
-from fault_server import text_stream
 from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
 from mendstream.faults import ErrorEvent, PlannedResponse, continuation_body, split_events
 from mendstream.parser import MessageParser
@@ -27,6 +26,7 @@ from mendstream.resilient import (
 from mendstream.retry import DEFAULT_RETRY_ON, Fault, RestartEvent, Retry, classify
 from mendstream.transports import BodyPump, HTTPStatusError
 from splitting import split_at
+from streams import text_stream
 
 REQUEST: dict[str, Any] = {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
 

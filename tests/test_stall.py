@@ -17,9 +17,10 @@ httpx = pytest.importorskip("httpx")
 
 import mendstream  # noqa: E402
 import mendstream.httpx as mhttpx  # noqa: E402
-from fault_server import FaultServer, busy_connections, text_stream  # noqa: E402
 from mendstream.errors import StreamStalledError, UsageError  # noqa: E402
 from mendstream.faults import Schedule, Stall, Trickle  # noqa: E402
+from mendstream.server import ReplayServer  # noqa: E402
+from streams import busy_connections, text_stream  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
 
@@ -29,8 +30,8 @@ TIMEOUT = 0.3
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[FaultServer]:
-    with FaultServer({"text": text_stream(TEXT, pieces=8)}) as srv:
+def server() -> Iterator[ReplayServer]:
+    with ReplayServer({"text": text_stream(TEXT, pieces=8)}) as srv:
         yield srv
 
 
@@ -57,7 +58,7 @@ def consume_sync(stream: Any) -> tuple[list[Any], float, BaseException | None]:
     ("idle", Stall(seconds=1.5, after_events=5), "idle_timeout"),
     ("progress", Stall(seconds=1.5, after_events=5, ping_every=0.05), "progress_timeout"),
 ])
-def test_sync_stall_is_detected_in_time(server: FaultServer, transport: str, kind: str, plan: Any, option: str) -> None:
+def test_sync_stall_is_detected_in_time(server: ReplayServer, transport: str, kind: str, plan: Any, option: str) -> None:
     server.reset(Schedule((plan,)))
     client: Any = (
         anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0) if transport == "sdk"
@@ -84,7 +85,7 @@ def test_sync_stall_is_detected_in_time(server: FaultServer, transport: str, kin
 
 @pytest.mark.parametrize("transport", ["sdk", "httpx"])
 @pytest.mark.parametrize("kind", ["idle", "progress"])
-def test_async_stall_is_detected_in_time_without_threads(server: FaultServer, transport: str, kind: str) -> None:
+def test_async_stall_is_detected_in_time_without_threads(server: ReplayServer, transport: str, kind: str) -> None:
     plan = Stall(seconds=1.5, after_events=5, ping_every=0.05 if kind == "progress" else None)
     server.reset(plan)  # every request stalls
     option = {"idle_timeout" if kind == "idle" else "progress_timeout": TIMEOUT}
@@ -131,7 +132,7 @@ def test_async_stall_is_detected_in_time_without_threads(server: FaultServer, tr
             assert isinstance(error, anthropic.APITimeoutError)
 
 
-def test_sync_streams_share_one_watchdog_thread(server: FaultServer) -> None:
+def test_sync_streams_share_one_watchdog_thread(server: ReplayServer) -> None:
     server.reset(Stall(seconds=1.0, after_events=5))
     errors: list[BaseException | None] = []
 
@@ -151,7 +152,7 @@ def test_sync_streams_share_one_watchdog_thread(server: FaultServer) -> None:
     assert len(watchdogs) == 1
 
 
-def test_a_slow_but_live_stream_is_not_a_stall(server: FaultServer) -> None:
+def test_a_slow_but_live_stream_is_not_a_stall(server: ReplayServer) -> None:
     server.reset(Trickle(chunk_bytes=64, delay=0.05))
     with httpx.Client() as http:
         stream = mhttpx.stream(PARAMS, base_url=server.base_url, client=http, idle_timeout=TIMEOUT,
@@ -161,7 +162,7 @@ def test_a_slow_but_live_stream_is_not_a_stall(server: FaultServer) -> None:
     assert error is None and "".join(e.text for e in events if e.type == "text") == TEXT
 
 
-def test_timeouts_are_off_by_default_and_validated(server: FaultServer) -> None:
+def test_timeouts_are_off_by_default_and_validated(server: ReplayServer) -> None:
     server.reset(Schedule((Stall(seconds=0.6, after_events=5, ping_every=0.1),)))
     with httpx.Client() as http, mhttpx.stream(PARAMS, base_url=server.base_url, client=http) as stream:
         assert consume_sync(stream)[2] is None
@@ -196,7 +197,7 @@ def test_watchdog_keeps_one_entry_per_stream_and_fires_on_time() -> None:
 
 @pytest.mark.parametrize("transport", ["sdk", "httpx"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_no_response_headers_within_idle_timeout_is_a_stall(server: FaultServer, transport: str, mode: str) -> None:
+def test_no_response_headers_within_idle_timeout_is_a_stall(server: ReplayServer, transport: str, mode: str) -> None:
     server.reset(Stall(1.0, headers=True))  # no status line for 1 s
 
     async def astream_error() -> BaseException | None:

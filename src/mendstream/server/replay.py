@@ -86,6 +86,11 @@ class ReplayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
+    def reset(self, faults: FaultPlan | None = None) -> None:
+        """Between tests that share one server: forget the requests received and answer with ``faults`` from
+        now on (None: no faults), its ordinals counted from 0 again. Safe while serving."""
+        self.router.reset(faults)
+
     @property
     def requests(self) -> deque[RecordedRequest]:
         """The most recent requests received (at most ``limits.request_log``), oldest first."""

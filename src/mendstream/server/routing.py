@@ -159,6 +159,15 @@ class Router:
         self._answered = 0
         self._lock = threading.Lock()
 
+    def reset(self, faults: FaultPlan | None = None) -> None:
+        """Forget the requests received and use ``faults`` from now on, its ordinals counted from 0 again."""
+        if faults is not None and not callable(getattr(faults, "apply", None)):
+            raise UsageError(f"faults must be a mendstream.faults.FaultPlan (with .apply); got {faults!r}")
+        with self._lock:
+            self.faults = faults
+            self._answered = 0
+            self.requests.clear()
+
     def answer(
         self, method: str, target: str, headers: Mapping[str, str], raw: bytes
     ) -> tuple[RecordedRequest, PlannedResponse]:
