@@ -177,3 +177,26 @@ def test_a_bedrock_status_error_carries_the_amazon_request_id() -> None:
             mendstream.stream(client, model="text_basic", **PARAMS)
         assert info.value.status_code == 529
         assert info.value.request_id == "req_fault_0"  # from x-amzn-requestid: the SDK reads only request-id
+
+
+def test_a_captured_event_stream_body_is_served_as_such_and_a_header_stall_survives_conversion() -> None:
+    import httpx
+
+    from mendstream.bedrock import sse_to_event_stream
+    from mendstream.faults import Stall
+
+    frames = sse_to_event_stream(fixture_bytes_of("text_basic"))
+    with ReplayServer({"captured": frames, "text_basic": fixture_bytes_of("text_basic")},
+                      faults=Stall(0.3, headers=True)) as replay:
+        response = httpx.post(replay.base_url + "/model/captured/invoke-with-response-stream", json=PARAMS)
+        assert response.headers["content-type"] == "application/vnd.amazon.eventstream"
+        assert response.content == frames
+        started = time.monotonic()
+        converted = httpx.post(replay.base_url + "/model/text_basic/invoke-with-response-stream", json=PARAMS)
+        assert time.monotonic() - started >= 0.3
+        # the same events (frame padding varies, as Bedrock's does)
+        assert mendstream.replay(converted.content).get_final_message() == mendstream.replay(frames).get_final_message()
+
+
+def fixture_bytes_of(name: str) -> bytes:
+    return (FIXTURES_DIR / f"{name}.sse").read_bytes()

@@ -319,9 +319,14 @@ def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
     cut frame. A body that already is event-stream (a captured Bedrock answer) is left as it is."""
     from mendstream.bedrock import EVENT_STREAM_CONTENT_TYPE, is_event_stream, sse_to_event_stream
 
-    body = b"".join(chunk for _, chunk in planned.chunks)
-    if is_event_stream(body[:12]):
-        return planned
+    headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
+    head = b""
+    for _, chunk in planned.chunks:
+        head += chunk[:12]
+        if len(head) >= 12:
+            break
+    if is_event_stream(head[:12]):
+        return replace(planned, headers=headers)
     chunks: list[tuple[float, bytes]] = []
     pending = b""
     delay = 0.0
@@ -338,5 +343,4 @@ def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
             delay = 0.0
     if pending.strip():
         chunks.append((delay, sse_to_event_stream(pending)))
-    headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
-    return PlannedResponse(planned.status, headers, tuple(chunks), planned.end)
+    return PlannedResponse(planned.status, headers, tuple(chunks), planned.end, planned.head_delay)
