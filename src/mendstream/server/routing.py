@@ -316,7 +316,8 @@ def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:
 def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
     """``planned`` (an SSE answer, faults applied) as Bedrock sends it: each whole SSE event a ``chunk`` frame,
     sent with the delay of the SSE chunk that completed it; an event cut by the end of a cut body becomes a
-    cut frame. A body that already is event-stream (a captured Bedrock answer) is left as it is."""
+    cut frame. A body that already is event-stream (a captured Bedrock answer) is sent as it is, with the
+    event-stream content type."""
     from mendstream.bedrock import EVENT_STREAM_CONTENT_TYPE, is_event_stream, sse_to_event_stream
 
     headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
