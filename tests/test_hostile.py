@@ -199,3 +199,51 @@ def test_deep_tool_input_through_the_parser_is_a_tool_input_error(text: str) -> 
     assert isinstance(info.value, ToolInputError), repr(info.value)
     assert info.value.raw == text
     assert "maximum depth exceeded" in str(info.value)
+
+
+_UNHASHABLE = [
+    b'{"type":"content_block_delta","index":0,"delta":{"type":{"x":1},"text":"a"}}',
+    b'{"type":"content_block_delta","index":0,"delta":{"type":["text_delta"],"text":"a"}}',
+    b'{"type":"content_block_delta","index":7,"delta":{"type":{"x":1}}}',
+    b'{"type":"content_block_start","index":1,"content_block":{"type":{"x":1},"text":"a"}}',
+    b'{"type":"content_block_start","index":2,"content_block":{"type":["text"]}}',
+]
+
+
+@pytest.mark.parametrize("event", _UNHASHABLE)
+def test_unhashable_types_in_events_are_input_not_bugs(event: bytes) -> None:
+    """A ``type`` that is a JSON object or array (found by the fuzzer) goes through every path as data."""
+    from mendstream.events import Data
+    from mendstream.rewrite import ResponseRewriter
+
+    head = FIXTURE_BODIES[0][: FIXTURE_BODIES[0].index(b"event: content_block_delta")]
+    body = head + b"event: content_block_delta\ndata: " + event + b"\n\n"
+    fuzz_parser.check(body, time_budget=False)
+    for keep in (True, False):
+        parser = MessageParser(keep_content=keep)
+        assert all(e.to_dict() for e in parser.feed(body))
+    with pytest.raises(AttributeError, match="no attribute 'text'"):
+        Data({"type": {"x": 1}}).text  # noqa: B018 - a missing field of a view whose type is not a string
+    rewriter = ResponseRewriter()
+    out = rewriter.feed(body) + rewriter.end()
+    assert out.endswith(b"\n\n")
+
+
+@pytest.mark.parametrize("data", [
+    b'{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}',
+    b'{"type":"content_block_stop","index":0}',
+    b'{"type":{"x":1},"index":"0"}',
+    b'{"index":0}',
+    b'{"type":null}',
+])
+def test_an_event_named_content_block_delta_but_typed_otherwise(data: bytes) -> None:
+    """The SSE name routes to the delta fast path; the JSON's own type decides (event_name_mismatch), as it
+    does for every other event, and nothing loops or escapes."""
+    head = FIXTURE_BODIES[0][: FIXTURE_BODIES[0].index(b"event: content_block_delta")]
+    body = head + b"event: content_block_delta\ndata: " + data + b"\n\n"
+    fuzz_parser.check(body, time_budget=False)
+    parser = MessageParser()
+    events = parser.feed(body)
+    if b'"type":"content_block_st' in data:
+        assert "event_name_mismatch" in [r.kind for r in parser.repairs]
+        assert events[-1].type == json.loads(data)["type"]

@@ -313,7 +313,8 @@ class _Block:
         # What append deltas grow (text parts or tool-input fragments) and the snapshot source over them.
         self.parts: Any = _NO_PARTS
         self.source: _Joined | _ToolInput | None = None
-        text_like = _TEXT_LIKE.get(block.get("type"))  # type: ignore[arg-type]
+        btype = block.get("type")
+        text_like = _TEXT_LIKE.get(btype) if type(btype) is str else None  # (a dict or list is unhashable)
         if text_like is not None and type(block.get(text_like[1], "")) is str:
             self.kind, self.field = text_like
             if keep:
@@ -593,14 +594,20 @@ class MessageAccumulator:
         """Apply one ``content_block_delta`` event, as ``handle("content_block_delta", obj, ...)`` would.
 
         The fast entry for the commonest event: the caller guarantees ``streaming`` is true and ``obj`` is a
-        dict (its ``type`` is taken to be ``content_block_delta``).
+        dict. One without an int ``index`` and a ``delta`` object whose ``type`` is another event's (an SSE
+        name that disagrees with the JSON) is handled as that event, with the ``event_name_mismatch`` repair;
+        one that has both is taken as a delta whatever its ``type`` says (no lookup on the hot path).
         """
         self._offset = offset
         self._ordinal = ordinal
         index = obj.get("index")
         delta = obj.get("delta")
         if type(index) is not int or type(delta) is not dict:
-            out.append(UnknownEvent("content_block_delta", Data(obj)))
+            etype = obj.get("type")
+            if type(etype) is str and etype != "content_block_delta":  # named a delta by SSE, typed otherwise
+                self._handle_unusual("content_block_delta", obj, out)
+            else:
+                out.append(UnknownEvent("content_block_delta", Data(obj)))
             return
         dtype = delta.get("type")
         block = self._blocks.get(index)
@@ -619,7 +626,7 @@ class MessageAccumulator:
                 if factory is not None:
                     out.append(factory(value, block.source, len(parts)))
             return
-        rule = _DELTAS.get(dtype)
+        rule = _DELTAS.get(dtype) if type(dtype) is str else None  # (a dict or list is unhashable)
         if rule is not None and rule[3] is not None and block.kind == rule[0]:
             rule[3](block, delta, out)
 
@@ -754,7 +761,7 @@ class MessageAccumulator:
             raise pending[0]
 
     def _synthesize(self, index: int, dtype: object) -> _Block | None:
-        template = _SYNTHESIZED.get(dtype)
+        template = _SYNTHESIZED.get(dtype) if type(dtype) is str else None
         if template is None:
             self._repair("block_not_started", f"{dtype!r} delta for index {index}, which never started", index)
             return None

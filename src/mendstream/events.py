@@ -146,7 +146,10 @@ class Data(Mapping[str, Any]):
             return _view(d[name])
         if not name.startswith("__"):
             kind = d.get("type")
-            optional = _OPTIONAL_BY_TYPE.get(kind, _NOTHING_OPTIONAL) if kind is not None else _OPTIONAL_UNTYPED
+            if kind is None:
+                optional = _OPTIONAL_UNTYPED
+            else:  # a type that is not a string (a dict, a list) has no optional fields
+                optional = _OPTIONAL_BY_TYPE.get(kind, _NOTHING_OPTIONAL) if type(kind) is str else _NOTHING_OPTIONAL
             if name in optional:
                 return None
         raise AttributeError(f"{type(self).__name__} of {kind_of(d)} has no attribute {name!r}")

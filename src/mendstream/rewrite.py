@@ -706,7 +706,8 @@ class ResponseRewriter:
                 delta: dict[str, Any] = event.delta.to_dict()
                 if index not in self._blocks:
                     self._blocks.add(index)
-                    template = _SYNTHESIZED_BLOCKS.get(delta.get("type"))  # type: ignore[arg-type]
+                    dtype = delta.get("type")
+                    template = _SYNTHESIZED_BLOCKS.get(dtype) if type(dtype) is str else None
                     if template is not None:
                         unchanged = False
                         encoded.append(("content_block_start", {
