@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from jiter import from_json
 
-from .accumulate import MessageAccumulator, PartialMode
+from .accumulate import PartialMode
 from .errors import (
     BufferLimitError,
     EventDecodeError,
@@ -140,9 +140,7 @@ class BedrockParser(MessageParser):
         self._chunk_headers: dict[str, HeaderValue] | None = None  # the headers dict of the last chunk frame
         self._chunk_block = b""  # and its header block's bytes, once known: what the hot path looks for
         # see _learn_chunk_block (unused while _chunk_block is empty)
-        self._hot: tuple[bytes, int, int, int, int, int, MessageAccumulator] = (
-            b"", 0, PRELUDE_BYTES, PRELUDE_BYTES + 4, max_frame_bytes, max_event_bytes, self._acc
-        )
+        self._hot: tuple[bytes, int, int, int, int] = (b"", 0, PRELUDE_BYTES, PRELUDE_BYTES + 4, max_frame_bytes)
         self._max_frame_bytes = max_frame_bytes
         self._max_event_bytes = max_event_bytes  # checked by the SSE decoder the core made
         # None: still deciding ("auto" only); True: event-stream; False: plain SSE, the core's own feed/end.
@@ -172,12 +170,8 @@ class BedrockParser(MessageParser):
             raise self._error
         out: list[Event] = []
         try:
-            if type(data) is not bytes:
-                if not isinstance(data, (bytearray, memoryview)):
-                    raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
-                data = bytes(data)
-            if self._ended:
-                raise UsageError("feed() called after end()")
+            if type(data) is not bytes or self._ended:
+                data = self._accept(data)
             self._budget -= len(data)
             decoder = self._frames
             if self._chunk_block and decoder.idle:  # the usual call: whole chunk frames, walked here
@@ -260,7 +254,7 @@ class BedrockParser(MessageParser):
         ``max_frame_bytes``, message CRC) and stops at the first frame it does not take, broken or cut or
         of another kind, which the decoder then reads (and reports) as it reads every other frame. It builds
         no EventStreamMessage and calls nothing per frame but the C functions and the accumulator."""
-        block, block_len, payload_start, smallest, limit, max_event_bytes, acc = self._hot
+        block, block_len, payload_start, smallest, limit = self._hot
         size = len(data)
         pos = 0
         ordinal = self._delivered
@@ -278,26 +272,7 @@ class BedrockParser(MessageParser):
                     or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
                 ):
                     break  # only a frame that fails a CRC here is hashed again (by the decoder, which fails)
-                offset = base + pos
-                # From here as in _deliver (keep the two alike).
-                try:
-                    raw = _a2b_base64(from_json(data[pos + payload_start : end - 4])["bytes"])
-                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
-                    raw = _chunk_event(data[pos + payload_start : end - 4], offset)  # raises EventDecodeError
-                if 13 in raw or len(raw) > max_event_bytes:
-                    raw = _unusual_event(raw, offset, max_event_bytes)
-                try:
-                    obj = from_json(raw)
-                except ValueError as exc:
-                    self._undecodable(raw, offset, ordinal, exc, out)
-                else:
-                    if raw.startswith(_DELTA_TYPES):
-                        if acc.streaming and type(obj) is dict:
-                            acc.handle_delta(obj, offset, ordinal, out)
-                        else:
-                            acc.handle("content_block_delta", obj, offset, ordinal, out)
-                    else:
-                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                self._chunk(data[pos + payload_start : end - 4], base + pos, ordinal, out)
                 ordinal += 1
                 pos = end
         finally:
@@ -309,7 +284,6 @@ class BedrockParser(MessageParser):
         boundary, other kinds of frames; the decoder shares its cached headers dicts, so a chunk frame is
         recognised by identity). Learns the usual chunk header block for _take_chunk_frames."""
         acc = self._acc
-        max_event_bytes = self._max_event_bytes
         chunk_headers = self._chunk_headers
         ordinal = self._delivered
         try:
@@ -324,28 +298,33 @@ class BedrockParser(MessageParser):
                         continue  # other event types and message types: skipped, as the SDK skips them
                     self._chunk_headers = chunk_headers = headers
                     self._learn_chunk_block(headers)
-                # From here as in _take_chunk_frames (keep the two alike).
-                try:
-                    raw = _a2b_base64(from_json(payload)["bytes"])
-                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
-                    raw = _chunk_event(payload, offset)  # raises EventDecodeError with the reason
-                if 13 in raw or len(raw) > max_event_bytes:
-                    raw = _unusual_event(raw, offset, max_event_bytes)
-                try:
-                    obj = from_json(raw)
-                except ValueError as exc:
-                    self._undecodable(raw, offset, ordinal, exc, out)
-                else:
-                    if raw.startswith(_DELTA_TYPES):
-                        if acc.streaming and type(obj) is dict:
-                            acc.handle_delta(obj, offset, ordinal, out)
-                        else:
-                            acc.handle("content_block_delta", obj, offset, ordinal, out)
-                    else:
-                        acc.handle(_event_name(raw), obj, offset, ordinal, out)
+                self._chunk(payload, offset, ordinal, out)
                 ordinal += 1
         finally:
             self._delivered = ordinal
+
+    def _chunk(self, payload: bytes, offset: int, ordinal: int, out: list[Event]) -> None:
+        """Hand the accumulator the Messages API event a ``chunk`` frame's payload carries (the one path for
+        frames the hot loop walks and frames the decoder read)."""
+        try:
+            raw = _a2b_base64(from_json(payload)["bytes"])
+        except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+            raw = _chunk_event(payload, offset)  # raises EventDecodeError with the reason
+        if 13 in raw or len(raw) > self._max_event_bytes:
+            raw = _unusual_event(raw, offset, self._max_event_bytes)
+        try:
+            obj = from_json(raw)
+        except ValueError as exc:
+            self._undecodable(raw, offset, ordinal, exc, out)
+            return
+        acc = self._acc
+        if raw.startswith(_DELTA_TYPES):
+            if acc.streaming and type(obj) is dict:
+                acc.handle_delta(obj, offset, ordinal, out)
+            else:
+                acc.handle("content_block_delta", obj, offset, ordinal, out)
+        else:
+            acc.handle(_event_name(raw), obj, offset, ordinal, out)
 
     def _learn_chunk_block(self, headers: dict[str, HeaderValue]) -> None:
         # The header block of the chunk frames (from the decoder's cache) and what _take_chunk_frames
@@ -353,10 +332,7 @@ class BedrockParser(MessageParser):
         block = self._frames.header_block(headers) or b""
         self._chunk_block = block
         payload_start = PRELUDE_BYTES + len(block)
-        self._hot = (
-            block, len(block), payload_start, payload_start + 4, self._max_frame_bytes, self._max_event_bytes,
-            self._acc,
-        )
+        self._hot = (block, len(block), payload_start, payload_start + 4, self._max_frame_bytes)
 
     def _undecodable(self, raw: bytes, offset: int, ordinal: int, exc: ValueError, out: list[Event]) -> None:
         name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)

@@ -110,12 +110,8 @@ class MessageParser:
             raise self._error
         out: list[Event] = []
         try:
-            if type(data) is not bytes:
-                if not isinstance(data, (bytearray, memoryview)):
-                    raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
-                data = bytes(data)
-            if self._ended:
-                raise UsageError("feed() called after end()")
+            if type(data) is not bytes or self._ended:
+                data = self._accept(data)
             self._budget -= len(data)
             sse = self._sse
             whole = sse.whole_events(data)
@@ -167,6 +163,14 @@ class MessageParser:
         return out
 
     # -- internals --------------------------------------------------------------------------------------
+
+    def _accept(self, data: object) -> bytes:
+        """The bytes of a ``feed`` argument that is not plain bytes, or the UsageError for a bad call."""
+        if self._ended:
+            raise UsageError("feed() called after end()")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
+        return bytes(data)
 
     def _feed_general(self, data: bytes, out: list[Event]) -> None:
         sse = self._sse
