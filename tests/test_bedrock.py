@@ -31,7 +31,7 @@ from conftest import (
     expected,
     fixture_bytes,
 )
-from mendstream import APIStreamError, IncompleteStreamError, MessageParser, StreamError, UsageError
+from mendstream import APIStreamError, IncompleteStreamError, MessageParser, UsageError
 from mendstream.bedrock import (
     BedrockParser,
     chunk_frame,
@@ -44,7 +44,7 @@ from mendstream.capture import sidecar_path
 from mendstream.errors import EventDecodeError, EventStreamError
 from mendstream.eventstream import EventStreamDecoder, encode_message
 from sdk_reference import comparable
-from splitting import split_at
+from splitting import feed_all, split_at
 
 anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("botocore")
@@ -58,15 +58,7 @@ SSE_ONLY_REPAIRS = {"bom", "event_name_mismatch", "split_data_line", "unterminat
 
 
 def run(parser: MessageParser, chunks: list[bytes]) -> dict[str, Any]:
-    events: list[Any] = []
-    error: StreamError | None = None
-    try:
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.end()
-    except StreamError as exc:
-        events += exc.events
-        error = exc
+    events, error = feed_all(parser, chunks)
     result: dict[str, Any] = {
         "events": [e.to_dict() for e in events],
         "repairs": [r.kind for r in parser.repairs if r.kind not in SSE_ONLY_REPAIRS],

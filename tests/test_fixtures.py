@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mendstream
-from mendstream import MessageParser, StreamError
+from mendstream import MessageParser
 from sdk_reference import comparable, sdk_events
-from splitting import split_at
+from splitting import feed_all, split_at
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.sse"))
@@ -45,15 +45,7 @@ def load(name: str) -> tuple[bytes, dict[str, Any]]:
 def run(chunks: list[bytes]) -> dict[str, Any]:
     """Parse the chunks; return everything observable: events (forced), message, repairs, error."""
     parser = MessageParser()
-    events: list[Any] = []
-    error: StreamError | None = None
-    try:
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.end()
-    except StreamError as exc:
-        events += exc.events
-        error = exc
+    events, error = feed_all(parser, chunks)
     result: dict[str, Any] = {
         "events": [e.to_dict() for e in events],
         "repairs": [r.kind for r in parser.repairs],

@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mendstream import MessageParser, StreamError
+from mendstream import MessageParser
 from mendstream.partial_json import PartialJSONError, ToolInputParser
-from splitting import split_at
+from splitting import feed_all, split_at
+from test_rewrite import tool_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "fixtures").glob("*.sse"))
@@ -49,15 +50,7 @@ def event_view(event: Any) -> Any:
 
 def outcome(chunks: list[bytes], *, keep: bool, parser_class: Any = MessageParser) -> dict[str, Any]:
     parser = parser_class(keep_content=keep)
-    events: list[Any] = []
-    error: StreamError | None = None
-    try:
-        for chunk in chunks:
-            events += parser.feed(chunk)
-        events += parser.end()
-    except StreamError as exc:
-        error = exc
-        events += exc.events
+    events, error = feed_all(parser, chunks)
     return {
         "events": [event_view(e) for e in events if e.type not in DERIVED],
         "repairs": [(r.kind, r.offset, r.event_index, r.index) for r in parser.repairs],
@@ -150,29 +143,7 @@ def tool_input_text(draw: st.DrawFn) -> str:
 
 
 def fragments_of(text: str, points: list[int]) -> list[str]:
-    cuts = sorted({p % (len(text) + 1) for p in points})
-    out, start = [], 0
-    for cut in cuts:
-        out.append(text[start:cut])
-        start = cut
-    out.append(text[start:])
-    return [f for f in out if f]
-
-
-def tool_stream(fragments: list[str], stop_reason: str = "tool_use") -> bytes:
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
-                                              "content": [], "stop_reason": None, "stop_sequence": None,
-                                              "usage": {"input_tokens": 1, "output_tokens": 1}}},
-        {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
-        *({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}}
-          for f in fragments),
-        {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 2}},
-        {"type": "message_stop"},
-    ]
-    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+    return [f for f in split_at(text, points) if f]
 
 
 def check_outcome(parser: ToolInputParser, fragments: list[str]) -> tuple[Any, ...]:

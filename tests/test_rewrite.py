@@ -310,7 +310,7 @@ def test_fixer_concatenation_is_valid_and_partial_parses_succeed(
             from_json(buf.encode(), partial_mode=True)
 
 
-def tool_stream(fragments: list[str]) -> bytes:
+def tool_stream(fragments: list[str], stop_reason: str = "tool_use") -> bytes:
     """A complete stream with one tool block whose input arrives as ``fragments``."""
     events: list[dict[str, Any]] = [
         {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
@@ -321,7 +321,7 @@ def tool_stream(fragments: list[str]) -> bytes:
         *({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}}
           for f in fragments),
         {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 2}},
+        {"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 2}},
         {"type": "message_stop"},
     ]
     return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
