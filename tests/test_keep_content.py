@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mendstream import MessageParser
@@ -176,6 +176,11 @@ def test_tool_input_check_agrees_with_the_full_parser(text: str, points: list[in
 @given(tool_input_text(), st.lists(st.integers(0, 10**6), max_size=10),
        st.sampled_from(["tool_use", "max_tokens"]))
 @settings(max_examples=300, deadline=None)
+# jiter reads an invalid \u escape with fewer than 4 characters after it as the end of the text (found by
+# this test): the control character after it is then never seen, and a top-level string stays unshowable.
+@example('[null, "\\u\x01', [], "tool_use")
+@example('"[null, null\\u12]', [], "tool_use")
+@example('["ab\\u12]', [], "max_tokens")
 def test_tool_streams_agree(text: str, points: list[int], stop_reason: str) -> None:
     data = tool_stream(fragments_of(text, points), stop_reason)
     assert_lean_agrees([data])

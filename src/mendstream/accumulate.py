@@ -227,12 +227,16 @@ class _ToolCheck:
 
     def partial(self) -> Any:
         # As _ToolInput.partial decides with jiter's partial parse of the raw text, from the parser's state:
-        # jiter rejects a prefix with a character a strict parser refuses, a fault other than a value not
-        # followed by ',' or a closing bracket (jiter stops there, as at the end of the text; it also ignores
-        # anything after the first top-level value), and a top-level scalar it cannot show.
+        # jiter rejects a prefix with a character a strict parser refuses (unless a cut \u escape ended its
+        # reading first), a fault other than a value not followed by ',' or a closing bracket (jiter stops
+        # there, as at the end of the text; it also ignores anything after the first top-level value), and a
+        # top-level scalar it cannot show.
         parser = self._parser
-        if parser.strict_reject:
+        verdict = parser.strict_verdict()
+        if verdict == "reject":
             raise ValueError("a character jiter refuses")
+        if verdict == "cut":
+            return self._start
         if not parser.value_count:
             failed = parser.failed
             if failed is not None and failed.reason not in _AFTER_VALUE_FAULTS and not (

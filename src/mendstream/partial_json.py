@@ -317,10 +317,12 @@ class ToolInputParser:
         """Whether every top-level value completed so far is an object."""
         self.failed_number = ""
         """The text of the number token that made parsing fail, if one did."""
-        self.strict_reject = False
-        """Whether a control character, an invalid escape or a lone surrogate came before the first top-level
-        value ended (so that a strict parser such as jiter rejects even a prefix of the text). Lone low
-        surrogates written whole within one fragment are seen only with ``keep_values=False``."""
+        # Where the first control character, invalid escape or lone surrogate came, before the first top-level
+        # value ended (what a strict parser refuses), and the first invalid backslash-u escape, which jiter's partial
+        # mode reads as a cut text when fewer than 4 characters follow its "u" (see strict_verdict).
+        self._strict_at: int | None = None
+        self._u_escape_at: int | None = None
+        self._u_escape_top = False  # that escape is in a top-level string
         self._failed: PartialJSONError | None = None
         self._offset = 0  # characters fed before the current fragment
         self._token_start = 0  # position of the current token's first character
@@ -581,7 +583,7 @@ class ToolInputParser:
                     if parts is not _SINK:
                         chunk = _ESCAPE_DECODER.decode(f'"{chunk}"')
                     elif not self.value_count and any(m.group(1) for m in _LOW_SURROGATE_ESCAPE.finditer(chunk)):
-                        self.strict_reject = True
+                        self._strict(self._offset + i)
                 parts.append(chunk)
                 i = match.end()
                 if i == n:
@@ -611,8 +613,7 @@ class ToolInputParser:
                 detail += "..."
             if self._keep or len(self.repairs) < _MAX_CHECK_REPAIRS:
                 self.repairs.append(("control_character", start, detail))
-            if not self.value_count:
-                self.strict_reject = True
+            self._strict(start)
 
     def _scan_escape(self, text: str, i: int, n: int) -> int:
         """Advance an escape begun earlier, one character at a time (at most 12 per escape)."""
@@ -664,8 +665,8 @@ class ToolInputParser:
             if 0xD800 <= code <= 0xDBFF:
                 self._high_surrogate = escape
                 continue
-            if 0xDC00 <= code <= 0xDFFF and not self.value_count:
-                self.strict_reject = True  # a lone low surrogate
+            if 0xDC00 <= code <= 0xDFFF:
+                self._strict(self._escape_start)  # a lone low surrogate
             parts.append(chr(code))
             return i
         return i
@@ -674,16 +675,38 @@ class ToolInputParser:
         if self._high_surrogate:
             self._str_parts.append(chr(int(self._high_surrogate[2:], 16)))
             self._high_surrogate = ""
-            if not self.value_count:
-                self.strict_reject = True  # a lone high surrogate
+            self._strict(self._escape_start)  # a lone high surrogate (approximately where)
 
     def _invalid_escape(self, raw: str) -> None:
         if self._keep or len(self.repairs) < _MAX_CHECK_REPAIRS:
             self.repairs.append(("invalid_escape", self._escape_start, raw))
-        if not self.value_count:
-            self.strict_reject = True
+        if raw.startswith("\\u"):
+            if not self.value_count and self._u_escape_at is None:
+                self._u_escape_at = self._escape_start
+                self._u_escape_top = not self._stack
+        else:
+            self._strict(self._escape_start)
         self._str_parts.append(raw)
         self._escape = ""
+
+    def _strict(self, position: int) -> None:
+        if not self.value_count and self._strict_at is None:
+            self._strict_at = position
+
+    def strict_verdict(self) -> Literal["reject", "cut", "ok"]:
+        """How jiter's partial mode would take the text fed so far, as to the characters a strict parser
+        refuses: ``"reject"`` (a control character, invalid escape or lone surrogate before the first value
+        ended), ``"cut"`` (an invalid ``\\u`` escape with fewer than 4 characters after its ``\\u``, which
+        jiter reads as the end of the text: nothing after it counts) or ``"ok"``. Positions are characters
+        where jiter counts bytes, and lone low surrogates written whole within one fragment are seen only with
+        ``keep_values=False``: an approximation for text that fails to parse anyway."""
+        u_at, strict_at = self._u_escape_at, self._strict_at
+        if u_at is not None and (strict_at is None or u_at < strict_at):
+            if self._offset - u_at >= 6:
+                return "reject"
+            # cut inside a string: at top level jiter shows it only in trailing-strings mode
+            return "reject" if self._u_escape_top and not self._trailing_strings else "cut"
+        return "ok" if strict_at is None else "reject"
 
     def _end_string(self) -> None:
         value = "".join(self._str_parts)
