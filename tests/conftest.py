@@ -5,13 +5,21 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from mendstream.server import ReplayServer
+
+# CI runs the property tests on the same examples every time for a given commit (HYPOTHESIS_PROFILE=ci), so
+# its verdict is reproducible; a plain `pytest` explores new examples on every run.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
 FIXTURE_NAMES = sorted(p.name[: -len(".sse")] for p in FIXTURES_DIR.glob("*.sse"))
