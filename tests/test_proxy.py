@@ -251,3 +251,111 @@ def test_proxy_subcommand_serves_until_stopped(upstream: ReplayServer) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert SECRET.encode() not in err  # uvicorn's access log names paths, never credentials
+
+
+class _Listener:
+    """A TCP listener on 127.0.0.1 that records whatever arrives (a stand-in for a host a request must never
+    steer the proxy to)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            conn.settimeout(1)
+            try:
+                self.received.append(conn.recv(65536))
+            except OSError:
+                self.received.append(b"")
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+def _raw_request(base_url: str, request_line: bytes, body: bytes = b"{}") -> bytes:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request_line + b"\r\nhost: 127.0.0.1\r\nx-api-key: " + SECRET.encode()
+                     + b"\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode()
+                     + b"\r\nconnection: close\r\n\r\n" + body)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("target", [
+    b"@127.0.0.1:{port}/v1/messages",            # userinfo trick: the upstream's host becomes userinfo
+    b":{port}/v1/messages",                      # switches the port
+    b".localhost:{port}/v1/messages",            # extends the upstream's host name
+    b"http://127.0.0.1:{port}/v1/messages",      # absolute-form
+    b"127.0.0.1:{port}",                         # authority-form (CONNECT)
+])
+def test_request_target_never_steers_the_proxy_to_another_host(upstream: ReplayServer, target: bytes) -> None:
+    listener = _Listener()
+    served = Served(create_app(upstream.base_url))
+    try:
+        method = b"CONNECT" if b"/" not in target else b"POST"
+        answer = _raw_request(served.base_url, method + b" " + target.replace(b"{port}", str(listener.port).encode())
+                              + b" HTTP/1.1")
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"origin-form" in answer and b"Traceback" not in answer
+        time.sleep(0.3)
+        assert listener.received == []  # nothing, and so no x-api-key, reached the other listener
+    finally:
+        served.stop()
+        listener.close()
+
+
+def test_options_asterisk_is_a_clean_400(proxy: Served) -> None:
+    answer = _raw_request(proxy.base_url, b"OPTIONS * HTTP/1.1", body=b"")
+    assert answer.startswith(b"HTTP/1.1 400") and b"Traceback" not in answer
+
+
+def test_upstream_with_credentials_or_no_host_is_refused() -> None:
+    from mendstream import UsageError
+
+    with pytest.raises(UsageError, match="credentials"):
+        create_app("http://svcuser:secret@127.0.0.1:9")
+    with pytest.raises(UsageError, match="no host"):
+        create_app("http://")
+    with pytest.raises(UsageError, match="not a valid URL"):
+        create_app("http://127.0.0.1:99999")
+
+
+async def _echo_target(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = json.dumps({"raw_path": scope["raw_path"].decode("latin-1"),
+                       "query": scope["query_string"].decode("latin-1")}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_path_and_query_reach_the_upstream_undecoded_under_its_base_path() -> None:
+    echo = Served(_echo_target)
+    served = Served(create_app(echo.base_url + "/gateway/"))
+    try:
+        target = "/model/arn%3Aaws%3Abedrock%2Fprofile/invoke%3Fx%23y?a=%2F&b=1"
+        seen = httpx.get(served.base_url + target).json()
+        assert seen == {"raw_path": "/gateway/model/arn%3Aaws%3Abedrock%2Fprofile/invoke%3Fx%23y", "query": "a=%2F&b=1"}
+        seen = httpx.get(served.base_url + "//evil.example/v1/messages").json()
+        assert seen["raw_path"] == "/gateway//evil.example/v1/messages"  # a path, not a host
+    finally:
+        served.stop()
+        echo.stop()

@@ -11,6 +11,7 @@ import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
@@ -42,6 +43,61 @@ def _http_library() -> Any:
 
 def _error_body(error_type: str, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+
+
+class UpstreamURL:
+    """Where the proxy sends requests: the scheme, host, port and base path of ``--upstream``, fixed at start.
+
+    A request contributes only its path and query, as received (never percent-decoded, so ``%2F`` in a Bedrock
+    model ARN stays one path segment), appended to the base path. Nothing in a request can change the host or
+    port, or add userinfo: a target that is not origin-form (``/path``), such as ``@host:port/...``,
+    ``:port/...``, ``.evil.example/...``, ``http://other/...``, ``host:443`` (CONNECT) or ``*`` (OPTIONS),
+    is refused with :class:`~mendstream.UsageError` (the proxy answers 400), as nginx never connects to a
+    host a request names.
+    """
+
+    __slots__ = ("base_path", "origin")
+
+    def __init__(self, upstream: str) -> None:
+        if not isinstance(upstream, str) or not upstream.startswith(("http://", "https://")):
+            raise UsageError(f"upstream must be an http:// or https:// URL; got {upstream!r}")
+        try:
+            parts = urlsplit(upstream)
+            port = parts.port
+        except ValueError as exc:
+            raise UsageError(f"upstream is not a valid URL ({exc}); got {upstream!r}") from None
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise UsageError(
+                "upstream must not carry credentials (user:password@): they would be sent with every request; "
+                "the proxy forwards the client's own x-api-key / authorization headers"
+            )
+        if not parts.hostname:
+            raise UsageError(f"upstream has no host; got {upstream!r}")
+        if parts.query or parts.fragment:
+            raise UsageError(f"upstream must not have a query or fragment; got {upstream!r}")
+        host = parts.hostname
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        self.origin = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+        self.base_path = parts.path.rstrip("/")
+
+    def __str__(self) -> str:
+        return self.origin + self.base_path
+
+    def for_target(self, raw_path: bytes, query: bytes) -> str:
+        """The upstream URL for a request whose target had ``raw_path`` and ``query`` (undecoded bytes).
+
+        Raises:
+            UsageError: the target is not origin-form (it does not start with a single ``/``).
+        """
+        if not raw_path.startswith(b"/"):
+            shown = raw_path[:100].decode("latin-1")
+            raise UsageError(f"the request target must be a path starting with '/' (origin-form); got {shown!r}")
+        path = raw_path.decode("latin-1")
+        url = self.origin + self.base_path + path
+        if query:
+            url += "?" + query.decode("latin-1")
+        return url
 
 
 def conversation_key(payload: dict[str, Any]) -> str:
@@ -81,11 +137,9 @@ class ProxyApp:
                  timeout: float = 600.0) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
-        if not upstream.startswith(("http://", "https://")):
-            raise UsageError(f"upstream must be an http:// or https:// URL; got {upstream!r}")
+        self.upstream = UpstreamURL(upstream)
         if max_conversations < 1:
             raise UsageError(f"max_conversations must be positive; got {max_conversations!r}")
-        self.upstream = upstream.rstrip("/")
         self.cache = cache
         self.capture = Path(capture) if capture is not None else None
         if self.capture is not None:
@@ -193,9 +247,11 @@ class ProxyApp:
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         httpx = _http_library()
-        body = await self._read_body(receive)
         path = scope["path"]
         query = scope.get("query_string", b"")
+        # Only the target's path and query reach the upstream URL (see UpstreamURL): refused before reading.
+        url = self.upstream.for_target(scope.get("raw_path") or path.encode("latin-1"), query)
+        body = await self._read_body(receive)
         messages = scope["method"] == "POST" and is_messages_path(path)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         key: str | None = None
@@ -211,7 +267,6 @@ class ProxyApp:
             body = rewrite_request(body, cache=self.cache, planner=planner, payload=payload).body
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
-        url = self.upstream + path + (("?" + query.decode("latin-1")) if query else "")
         client = self._http()
         request = client.build_request(scope["method"], url, headers=headers, content=body)
         try:
