@@ -30,8 +30,8 @@ import jiter
 
 import mendstream
 from bench_parse import SIZES, Clock, make_stream, measure, run_mendstream, run_sdk_stream
-from mendstream.bedrock import BedrockParser, chunk_frame
-from mendstream.eventstream import EventStreamDecoder
+from mendstream.core.bedrock import BedrockParser, chunk_frame
+from mendstream.core.eventstream import EventStreamDecoder
 
 _PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
 

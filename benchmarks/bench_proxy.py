@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # The cost of repairing at the HTTP boundary: the official SDK against a replay server (`mendstream serve`,
-# its own process) directly, through the proxy (`mendstream.proxy`, its own process, on uvicorn) and through
+# its own process) directly, through the proxy (`mendstream.wire.proxy`, its own process, on uvicorn) and through
 # RepairTransport (in the client). Reports time to first byte (p50/p99 and what each path adds), CPU per
 # stream (client process for the transport; proxy process for the proxy), streams per second at 1/50/200
 # concurrent SDK streams, and the proxy's peak RSS after streams of growing length.
@@ -81,7 +81,7 @@ def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
 def start_proxy(upstream: str) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     port = free_port()
-    code = ("import uvicorn; from mendstream.proxy import create_app; "
+    code = ("import uvicorn; from mendstream.wire.proxy import create_app; "
             f"uvicorn.run(create_app({upstream!r}), host='127.0.0.1', port={port}, log_level='warning', "
             "access_log=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

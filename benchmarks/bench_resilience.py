@@ -23,11 +23,11 @@ from typing import Any
 import anthropic
 
 import mendstream
-from mendstream.faults import Cut, ErrorEvent, HTTPError, RandomMix, Stall
+from mendstream.testing.faults import Cut, ErrorEvent, HTTPError, RandomMix, Stall
 
 # The fault server lives with the tests until ReplayServer(faults=...) is merged.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mendstream.server import ReplayServer, ServerLimits
+from mendstream.testing import ReplayServer, ServerLimits
 from streams import sse
 
 TEXT = (

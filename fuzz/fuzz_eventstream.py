@@ -14,13 +14,13 @@ if __name__ == "__main__":  # under atheris: instrument mendstream as it is impo
     import atheris
 
     with atheris.instrument_imports(include=["mendstream"]):
-        from mendstream.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+        from mendstream.core.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+        from mendstream.core.eventstream import EventStreamDecoder
         from mendstream.errors import EventStreamError, StreamError
-        from mendstream.eventstream import EventStreamDecoder
 else:
-    from mendstream.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+    from mendstream.core.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+    from mendstream.core.eventstream import EventStreamDecoder
     from mendstream.errors import EventStreamError, StreamError
-    from mendstream.eventstream import EventStreamDecoder
 
 _SEED_SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message","role":"assistant",'

@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
         print("fuzz_parser: atheris is not installed (pip install 'mendstream[fuzz]'); skipping")
         return
     with atheris.instrument_imports(include=["mendstream"]):
-        import mendstream.parser  # noqa: F401  (coverage feedback comes from mendstream's own code)
+        import mendstream.core.parser  # noqa: F401  (coverage feedback comes from mendstream's own code)
     atheris.Setup(argv, _test_one_input)
     atheris.Fuzz()
 

@@ -7,7 +7,7 @@ Bodies registered with ``server.bodies[name] = (content_type, bytes)`` override 
 pieces of ``x-chunk-size`` bytes (request header) to exercise frames cut by chunk boundaries. ``/token`` is an
 OAuth token endpoint (for google-auth credentials that refresh). Every request (method, path, headers, JSON
 body) is kept in ``server.requests``. Path matching, content type and conversion
-are mendstream.bedrock's, so the replay server can answer the same way.
+are mendstream.core.bedrock's, so the replay server can answer the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import uvicorn
 
-from mendstream.bedrock import bedrock_stream_path, response_for_path, vertex_stream_path
+from mendstream.core.bedrock import bedrock_stream_path, response_for_path, vertex_stream_path
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

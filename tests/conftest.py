@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from mendstream.server import ReplayServer
+from mendstream.testing import ReplayServer
 
 # CI runs the property tests on the same examples every time for a given commit (HYPOTHESIS_PROFILE=ci), so
 # its verdict is reproducible; a plain `pytest` explores new examples on every run.

@@ -32,7 +32,7 @@ from conftest import (
     fixture_bytes,
 )
 from mendstream import APIStreamError, IncompleteStreamError, MessageParser, UsageError
-from mendstream.bedrock import (
+from mendstream.core.bedrock import (
     BedrockParser,
     chunk_frame,
     exception_frame,
@@ -40,9 +40,9 @@ from mendstream.bedrock import (
     response_for_path,
     sse_to_event_stream,
 )
-from mendstream.capture import sidecar_path
+from mendstream.core.eventstream import EventStreamDecoder, encode_message
 from mendstream.errors import EventDecodeError, EventStreamError
-from mendstream.eventstream import EventStreamDecoder, encode_message
+from mendstream.recording.capture import sidecar_path
 from sdk_reference import comparable
 from splitting import feed_all, split_at
 
@@ -489,8 +489,8 @@ def test_bedrock_modules_stay_light() -> None:
     import subprocess
 
     code = (
-        "import sys, mendstream, mendstream.bedrock, mendstream.eventstream, mendstream.transports.bedrock\n"
-        "from mendstream.bedrock import BedrockParser, sse_to_event_stream\n"
+        "import sys, mendstream, mendstream.core.bedrock, mendstream.core.eventstream, mendstream.transports.cloud\n"
+        "from mendstream.core.bedrock import BedrockParser, sse_to_event_stream\n"
         "from conftest import BASIC_SSE\n"
         "p = BedrockParser(); p.feed(sse_to_event_stream(BASIC_SSE)); p.end(); assert p.complete\n"
         "heavy = [m for m in ('botocore', 'boto3', 'anthropic', 'httpx', 'httpx2', 'google.auth', 'uvicorn') if m in sys.modules]\n"
@@ -693,8 +693,8 @@ def test_hot_path_split_invariance(name: str, points: list[int]) -> None:
 def test_hot_path_hashes_each_frame_once(monkeypatch: pytest.MonkeyPatch) -> None:
     import zlib
 
-    from mendstream import bedrock as bedrock_module
-    from mendstream import eventstream
+    from mendstream.core import bedrock as bedrock_module
+    from mendstream.core import eventstream
 
     hashed = [0]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mendstream.cache.cli import main
+from mendstream.cli.cache import main
 from test_cache_payloads import agent_turn_payload
 
 

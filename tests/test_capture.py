@@ -12,7 +12,8 @@ import pytest
 
 import mendstream.httpx as mh
 from conftest import BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE, expected, fixture_bytes
-from mendstream.capture import (
+from mendstream.errors import IncompleteStreamError, StreamError
+from mendstream.recording.capture import (
     CaptureWriter,
     is_secret_name,
     redact_secret_values,
@@ -21,9 +22,8 @@ from mendstream.capture import (
     scrub_url,
     sidecar_path,
 )
-from mendstream.errors import IncompleteStreamError, StreamError
-from mendstream.server import Fixture, ReplayServer, load_fixtures
-from mendstream.streaming import replay
+from mendstream.streaming.drivers import replay
+from mendstream.testing import Fixture, ReplayServer, load_fixtures
 
 SECRET = "sk-ant-api03-SECRETSECRETSECRET"
 BODY: dict[str, Any] = {

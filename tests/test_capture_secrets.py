@@ -16,13 +16,19 @@ from typing import Any
 
 import pytest
 
-import mendstream.capture as capture_module
 import mendstream.httpx as mh
+import mendstream.recording.capture as capture_module
 from conftest import BASIC_SSE, FIXTURES_DIR
-from mendstream.capture import CaptureWriter, redact_secret_bytes, redact_secret_values, scrub_json, sidecar_path
 from mendstream.errors import StreamError
-from mendstream.server import Fixture, ReplayServer
-from mendstream.streaming import replay
+from mendstream.recording.capture import (
+    CaptureWriter,
+    redact_secret_bytes,
+    redact_secret_values,
+    scrub_json,
+    sidecar_path,
+)
+from mendstream.streaming.drivers import replay
+from mendstream.testing import Fixture, ReplayServer
 
 ANTHROPIC = "sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe9Dc8Ba7Zx6Yw5Vu4Ts3"
 AWS = "AKIAIOSFODNN7EXAMPLE"

@@ -14,9 +14,9 @@ import pytest
 
 import mendstream
 from conftest import BASIC_MESSAGE, BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE
-from mendstream.capture import sidecar_path
 from mendstream.cli import main
-from mendstream.server import ReplayServer
+from mendstream.recording.capture import sidecar_path
+from mendstream.testing import ReplayServer
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 

@@ -21,7 +21,7 @@ from conftest import BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE
 from mendstream import __version__
 from mendstream.cli import main
 from mendstream.errors import UsageError
-from mendstream.server import ReplayServer
+from mendstream.testing import ReplayServer
 from test_cache_payloads import agent_turn_payload
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -131,7 +131,7 @@ def test_cache_plan_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         raise UsageError("cache_control must be an object; got 'yes' at messages[0].content[0]")
 
     # the library's UsageError (e.g. for cache_control: "yes") reaches the user as one line naming the file
-    monkeypatch.setattr("mendstream.cache.cli.plan_cache_breakpoints", rejects)
+    monkeypatch.setattr("mendstream.cli.cache.plan_cache_breakpoints", rejects)
     line = one_line_error(capsys, ["cache", "plan", str(payload)])
     assert line == f"mendstream cache plan: {payload}: cache_control must be an object; got 'yes' at messages[0].content[0]"
 
@@ -158,7 +158,7 @@ def test_cache_simulate_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     line = one_line_error(capsys, ["cache", "simulate", str(good), "--png", str(tmp_path / "no" / "c.png")])
     assert "no such directory" in line
     # without matplotlib: exit 2 before simulating (nothing on stdout)
-    monkeypatch.setattr("mendstream.cache.cli.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("mendstream.cli.cache.importlib.util.find_spec", lambda name: None)
     assert main(["cache", "simulate", str(good), "--png", str(tmp_path / "c.png")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "needs matplotlib" in captured.err

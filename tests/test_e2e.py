@@ -11,7 +11,7 @@ import pytest
 
 from conftest import FIXTURE_NAMES, check_outcome, expected
 from mendstream.errors import StreamError
-from mendstream.server import ReplayServer
+from mendstream.testing import ReplayServer
 from mendstream.transports.sdk import astream, stream
 
 anthropic = pytest.importorskip("anthropic")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mendstream import MessageParser, UsageError
-from mendstream.events import (
+from mendstream.core.events import (
     ContentBlockDeltaEvent,
     Data,
     MessageStopEvent,

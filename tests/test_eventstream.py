@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mendstream import eventstream
-from mendstream.errors import BufferLimitError, EventStreamError, EventStreamLimitError, UsageError
-from mendstream.eventstream import (
+from mendstream.core import eventstream
+from mendstream.core.eventstream import (
     EventStreamDecoder,
     EventStreamMessage,
     HeaderType,
     encode_message,
     looks_like_event_stream,
 )
+from mendstream.errors import BufferLimitError, EventStreamError, EventStreamLimitError, UsageError
 from splitting import split_at
 
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mendstream.core.parser import MessageParser
 from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
-from mendstream.faults import (
+from mendstream.testing.faults import (
     Cut,
     ErrorEvent,
     HTTPError,
@@ -26,7 +27,6 @@ from mendstream.faults import (
     parse_fault_spec,
     split_events,
 )
-from mendstream.parser import MessageParser
 from streams import text_stream, tool_stream
 
 TEXT = "Resilient streams do not repeat themselves."

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mendstream import MessageParser, StreamError, ToolInputError
-from mendstream.partial_json import MAX_NESTING_DEPTH, PartialJSONError, ToolInputParser, loads
+from mendstream.core.partial_json import MAX_NESTING_DEPTH, PartialJSONError, ToolInputParser, loads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ def test_contract_holds_on_arbitrary_bytes(data: bytes) -> None:
 
 def test_check_reports_a_broken_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     # The check is not vacuous: an input whose outcome is an internal error is reported as such.
-    from mendstream.accumulate import MessageAccumulator
+    from mendstream.core.accumulate import MessageAccumulator
 
     def broken(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyError("planted bug")
@@ -213,8 +213,8 @@ _UNHASHABLE = [
 @pytest.mark.parametrize("event", _UNHASHABLE)
 def test_unhashable_types_in_events_are_input_not_bugs(event: bytes) -> None:
     """A ``type`` that is a JSON object or array (found by the fuzzer) goes through every path as data."""
-    from mendstream.events import Data
-    from mendstream.rewrite import ResponseRewriter
+    from mendstream.core.events import Data
+    from mendstream.wire.rewrite import ResponseRewriter
 
     head = FIXTURE_BODIES[0][: FIXTURE_BODIES[0].index(b"event: content_block_delta")]
     body = head + b"event: content_block_delta\ndata: " + event + b"\n\n"

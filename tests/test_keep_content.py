@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mendstream import MessageParser
-from mendstream.partial_json import PartialJSONError, ToolInputParser
+from mendstream.core.partial_json import PartialJSONError, ToolInputParser
 from splitting import feed_all, split_at
 from test_rewrite import tool_stream
 
@@ -77,7 +77,7 @@ def test_fixtures_whole_and_byte_by_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_bedrock_frames_without_content_agree(path: Path) -> None:
-    from mendstream.bedrock import BedrockParser, sse_to_event_stream
+    from mendstream.core.bedrock import BedrockParser, sse_to_event_stream
 
     body = sse_to_event_stream(path.read_bytes())
     full = outcome([body], keep=True, parser_class=BedrockParser)
@@ -232,7 +232,7 @@ def big_tool_stream(fragments: int) -> bytes:
 
 
 def peak_bytes(data: bytes, *, keep: bool, rewriter: bool = False) -> int:
-    from mendstream.rewrite import ResponseRewriter
+    from mendstream.wire.rewrite import ResponseRewriter
 
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
     tracemalloc.start()

@@ -22,8 +22,8 @@ from mendstream import (
     ToolInputError,
     UsageError,
 )
-from mendstream.accumulate import MessageAccumulator
-from mendstream.parser import MAX_NESTING
+from mendstream.core.accumulate import MessageAccumulator
+from mendstream.core.parser import MAX_NESTING
 from splitting import split_at
 
 START = (

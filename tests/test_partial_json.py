@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mendstream.partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSONError, ToolInputParser
+from mendstream.core.partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSONError, ToolInputParser
 from workcount import count_work
 
 MODES = ("on", "trailing-strings")

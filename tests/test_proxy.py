@@ -21,8 +21,8 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
-from mendstream.proxy import create_app  # noqa: E402
-from mendstream.server import ReplayServer  # noqa: E402
+from mendstream.testing import ReplayServer  # noqa: E402
+from mendstream.wire.proxy import create_app  # noqa: E402
 from test_rewrite import is_clean, without_sdk_nulls  # noqa: E402
 
 REQUEST = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}

@@ -1,4 +1,4 @@
-"""The slow path that mends event JSON (mendstream.repair): same results as the regex mend it replaced,
+"""The slow path that mends event JSON (mendstream.core.repair): same results as the regex mend it replaced,
 linear time and small memory on hostile input, and deep nesting refused as the input error it is."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mendstream.parser as parser_module
+import mendstream.core.parser as parser_module
 from mendstream import EventDecodeError, MessageParser, StreamError
-from mendstream.partial_json import MAX_NESTING_DEPTH, nesting_exceeded
-from mendstream.repair import Repair, decode_event_json, mend_json_strings
-from mendstream.sse import ServerSentEvent
+from mendstream.core.partial_json import MAX_NESTING_DEPTH, nesting_exceeded
+from mendstream.core.repair import Repair, decode_event_json, mend_json_strings
+from mendstream.core.sse import ServerSentEvent
 from workcount import count_work, peak_memory
 
 # ---------------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_mend_joins_pieces_in_chunks_without_changing_the_result(
 ) -> None:
     # Small chunks make every path through the chunking (and the undo of an unterminated string that
     # spans several chunks) run on short text, where the reference is quick.
-    import mendstream.repair as repair_module
+    import mendstream.core.repair as repair_module
 
     monkeypatch.setattr(repair_module, "_CHUNK_PIECES", chunk_pieces)
     rng = random.Random(chunk_pieces)

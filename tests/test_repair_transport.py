@@ -14,7 +14,7 @@ anthropic = pytest.importorskip("anthropic")
 
 from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
 from mendstream import AsyncRepairTransport, Repair, RepairTransport  # noqa: E402
-from mendstream.server import ReplayServer  # noqa: E402
+from mendstream.testing import ReplayServer  # noqa: E402
 from sdk_reference import sdk_http_module  # noqa: E402
 from test_rewrite import is_clean, without_sdk_nulls  # noqa: E402
 

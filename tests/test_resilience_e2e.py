@@ -24,11 +24,11 @@ httpx = pytest.importorskip("httpx")
 
 import mendstream  # noqa: E402
 import mendstream.httpx as mhttpx  # noqa: E402
+from mendstream.core.parser import MessageParser  # noqa: E402
 from mendstream.errors import APIStreamError, IncompleteStreamError, StreamStalledError  # noqa: E402
-from mendstream.faults import Cut, ErrorEvent, FaultPlan, HTTPError, Schedule, Stall, continuation_body  # noqa: E402
-from mendstream.parser import MessageParser  # noqa: E402
-from mendstream.retry import RestartEvent, Retry  # noqa: E402
-from mendstream.server import ReplayServer  # noqa: E402
+from mendstream.streaming.retry import RestartEvent, Retry  # noqa: E402
+from mendstream.testing import ReplayServer  # noqa: E402
+from mendstream.testing.faults import Cut, ErrorEvent, FaultPlan, HTTPError, Schedule, Stall, continuation_body  # noqa: E402
 from mendstream.transports import HTTPStatusError  # noqa: E402
 from streams import busy_connections, text_stream, tool_stream  # noqa: E402
 

@@ -13,17 +13,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mendstream
+from mendstream.core.parser import MessageParser
 from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
-from mendstream.faults import ErrorEvent, PlannedResponse, continuation_body, split_events
-from mendstream.parser import MessageParser
-from mendstream.resilient import (
+from mendstream.streaming.resilient import (
     AsyncResilientMessageStream,
     Opened,
     ResilientMessageStream,
     attempt_capture_path,
     with_prefill,
 )
-from mendstream.retry import DEFAULT_RETRY_ON, Fault, RestartEvent, Retry, classify
+from mendstream.streaming.retry import DEFAULT_RETRY_ON, Fault, RestartEvent, Retry, classify
+from mendstream.testing.faults import ErrorEvent, PlannedResponse, continuation_body, split_events
 from mendstream.transports import BodyPump, HTTPStatusError
 from splitting import split_at
 from streams import text_stream
@@ -58,7 +58,7 @@ def test_invalid_policy_values_raise_usage_error_naming_them(kwargs: dict[str, A
 
 
 def test_invalid_keywords_on_the_transports_raise_usage_error() -> None:
-    from mendstream.transports.resilient import check_resilience
+    from mendstream.transports.attempts import check_resilience
 
     with pytest.raises(UsageError, match="idle_timeout"):
         check_resilience(None, -1, None)

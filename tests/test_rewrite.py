@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURE_NAMES, expected, fixture_bytes
 from mendstream import MessageParser, Repair, UsageError
-from mendstream.rewrite import (
+from mendstream.core.sse import SSEDecoder
+from mendstream.wire.rewrite import (
     ResponseRewriter,
     ToolInputFixer,
     is_messages_path,
     rewrite_request,
     with_content_length,
 )
-from mendstream.sse import SSEDecoder
 from sdk_reference import sdk_events
 from splitting import split_at
 
@@ -209,7 +209,7 @@ def test_buffer_bound_gives_an_error_event() -> None:
 def test_scanning_is_linear_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
     # One 300 KB event fed 10 bytes at a time: the blank-line search must not rescan the held bytes, so the
     # bytes it examines stay within a small factor of the input (a rescan per chunk would be ~4,500x).
-    import mendstream.rewrite as rw
+    import mendstream.wire.rewrite as rw
 
     scanned = 0
     pattern = rw._BLANK

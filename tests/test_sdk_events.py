@@ -12,9 +12,9 @@ import pytest
 
 import mendstream
 from conftest import BASIC_SSE, FIXTURES_DIR, expected
-from mendstream.sdk_events import sdk_event_class, to_sdk_event
-from mendstream.server import ReplayServer
-from mendstream.streaming import replay
+from mendstream.core.sdk_events import sdk_event_class, to_sdk_event
+from mendstream.streaming.drivers import replay
+from mendstream.testing import ReplayServer
 from sdk_reference import comparable, sdk_http_module
 
 anthropic = pytest.importorskip("anthropic")
@@ -63,7 +63,7 @@ def test_sdk_events_match_the_sdk_stream(name: str) -> None:
         ours = list(stream)
     assert [comparable(e) for e in ours] == [comparable(e) for e in theirs]
     for mine, sdk in zip(ours, theirs, strict=True):
-        if isinstance(mine, mendstream.events.UnknownEvent):
+        if isinstance(mine, mendstream.core.events.UnknownEvent):
             continue  # passed through as mendstream's (the SDK has no class for it: 2.x files it oddly)
         assert isinstance(mine, anthropic.BaseModel), mine
         base = BASES.get(mine.type) or sdk_event_class(mine.type)
@@ -78,7 +78,7 @@ def test_to_sdk_event_beta_and_unknown() -> None:
     assert start.message.id == "msg_t1"
     text = to_sdk_event(next(e for e in events if e.type == "text"), beta=True)
     assert text.type == "text" and text.text == "Hello" and text.snapshot == "Hello"
-    unknown = mendstream.events.UnknownEvent("vendor_thing", mendstream.Data({"type": "vendor_thing"}))
+    unknown = mendstream.core.events.UnknownEvent("vendor_thing", mendstream.Data({"type": "vendor_thing"}))
     assert to_sdk_event(unknown) is unknown
 
 
@@ -137,17 +137,17 @@ def test_top_level_functions_are_typed(tmp_path: Path) -> None:
     stdout, stderr, _ = api.run([str(snippet), "--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent"])
     revealed = [line.split("Revealed type is ")[1] for line in stdout.splitlines() if "Revealed type" in line]
     assert revealed == [
-        '"mendstream.streaming.MessageStream"',
+        '"mendstream.streaming.drivers.MessageStream"',
         '"mendstream.transports.opener.AsyncStreamOpener"',
-        '"mendstream.streaming.MessageStream"',
-        '"mendstream.streaming.AsyncMessageStream"',
+        '"mendstream.streaming.drivers.MessageStream"',
+        '"mendstream.streaming.drivers.AsyncMessageStream"',
     ], stdout + stderr + str(src)
 
 
 def test_sdk_events_and_beta_hold_across_retries() -> None:
     """With ``retry=`` the stream is resilient; sdk_events and betas still give the SDK's classes (a restart
     marker stays mendstream's RestartEvent, which the SDK has no class for)."""
-    from mendstream.faults import parse_fault_spec
+    from mendstream.testing.faults import parse_fault_spec
 
     faults = parse_fault_spec("error(type=overloaded_error,after_events=4);ok")
     with ReplayServer({"basic": BASIC_SSE}, faults=faults) as server:
@@ -171,7 +171,7 @@ def test_sdk_events_across_retries_async_and_httpx() -> None:
     import asyncio
 
     import mendstream.httpx as mhttpx
-    from mendstream.faults import parse_fault_spec
+    from mendstream.testing.faults import parse_fault_spec
 
     retry = mendstream.Retry(max_attempts=3, backoff=0, on_partial="restart")
     body: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

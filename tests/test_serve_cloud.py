@@ -19,8 +19,8 @@ import pytest
 import mendstream
 from conftest import FIXTURE_NAMES, FIXTURES_DIR, check_outcome, expected
 from mendstream.errors import APIStreamError
-from mendstream.faults import parse_fault_spec
-from mendstream.server import ReplayServer
+from mendstream.testing import ReplayServer
+from mendstream.testing.faults import parse_fault_spec
 
 anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("botocore")
@@ -157,7 +157,7 @@ def test_mendstream_serve_answers_a_bedrock_client() -> None:
 def test_bedrock_paths_answer_event_stream_frames(server: ReplayServer) -> None:
     import httpx
 
-    from mendstream.eventstream import EventStreamDecoder
+    from mendstream.core.eventstream import EventStreamDecoder
 
     response = httpx.post(server.base_url + "/model/text_basic/invoke-with-response-stream", json=PARAMS)
     assert response.headers["content-type"] == "application/vnd.amazon.eventstream"
@@ -182,8 +182,8 @@ def test_a_bedrock_status_error_carries_the_amazon_request_id() -> None:
 def test_a_captured_event_stream_body_is_served_as_such_and_a_header_stall_survives_conversion() -> None:
     import httpx
 
-    from mendstream.bedrock import sse_to_event_stream
-    from mendstream.faults import Stall
+    from mendstream.core.bedrock import sse_to_event_stream
+    from mendstream.testing.faults import Stall
 
     frames = sse_to_event_stream(fixture_bytes_of("text_basic"))
     with ReplayServer({"captured": frames, "text_basic": fixture_bytes_of("text_basic")},

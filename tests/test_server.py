@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import BASIC_MESSAGE, BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE, fixture_bytes
-from mendstream.server import Fixture, FixtureSelector, NoFixtureError, ReplayServer, load_fixtures
+from mendstream.testing import Fixture, FixtureSelector, NoFixtureError, ReplayServer, load_fixtures
 
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -236,7 +236,7 @@ def test_a_prefill_request_gets_the_rest_of_the_answer_so_continue_shows_nothing
     assistant prefill; the server answers with what follows it, so the stitched message is the fixture's."""
     anthropic = pytest.importorskip("anthropic")
     import mendstream
-    from mendstream.faults import parse_fault_spec
+    from mendstream.testing.faults import parse_fault_spec
 
     long_text = fixture_bytes("text_basic")
     with ReplayServer({"text_basic": long_text}, faults=parse_fault_spec("cut(after_events=6);ok")) as server:
@@ -259,8 +259,8 @@ def test_a_server_that_says_nothing_is_caught_by_idle_timeout_and_retried(mode: 
     (a StreamStalledError) and Retry's next attempt succeeds."""
     anthropic = pytest.importorskip("anthropic")
     import mendstream
-    from mendstream.faults import parse_fault_spec
     from mendstream.testing import replay_transport
+    from mendstream.testing.faults import parse_fault_spec
     from sdk_reference import sdk_http_module
 
     faults = parse_fault_spec("stall(seconds=3,headers=true);ok")

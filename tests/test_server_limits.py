@@ -16,7 +16,7 @@ import pytest
 
 from conftest import BASIC_SSE, TRUNCATED_SSE
 from mendstream.errors import FixtureError, UsageError
-from mendstream.server import Fixture, ReplayServer, ServerLimits, load_fixtures
+from mendstream.testing import Fixture, ReplayServer, ServerLimits, load_fixtures
 
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 PAYLOAD = json.dumps(BODY).encode()
@@ -281,7 +281,7 @@ def test_paced_response_stops_when_the_client_leaves(tmp_path: Path) -> None:
 
 
 def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
-    from mendstream.server._uvicorn import bind
+    from mendstream.testing._uvicorn import bind
 
     # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; without it every response
     # waited ~40 ms (delayed ACK) between its head and body.

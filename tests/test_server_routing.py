@@ -13,9 +13,15 @@ import httpx
 import pytest
 
 from conftest import BASIC_SSE, TRUNCATED_SSE, error_sse
-from mendstream.faults import PlannedResponse
-from mendstream.server import Fixture, ReplayServer
-from mendstream.testing import anthropic_client, async_anthropic_client, replay_transport, sdk_http_module
+from mendstream.testing import (
+    Fixture,
+    ReplayServer,
+    anthropic_client,
+    async_anthropic_client,
+    replay_transport,
+    sdk_http_module,
+)
+from mendstream.testing.faults import PlannedResponse
 
 FIXTURES = {"basic": BASIC_SSE, "truncated": TRUNCATED_SSE, "overloaded": error_sse("overloaded_error")}
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mendstream import BufferLimitError, SSEDecoder
-from mendstream.sse import ServerSentEvent
+from mendstream.core.sse import ServerSentEvent
 from splitting import split_at
 
 

@@ -18,8 +18,8 @@ httpx = pytest.importorskip("httpx")
 import mendstream  # noqa: E402
 import mendstream.httpx as mhttpx  # noqa: E402
 from mendstream.errors import StreamStalledError, UsageError  # noqa: E402
-from mendstream.faults import Schedule, Stall, Trickle  # noqa: E402
-from mendstream.server import ReplayServer  # noqa: E402
+from mendstream.testing import ReplayServer  # noqa: E402
+from mendstream.testing.faults import Schedule, Stall, Trickle  # noqa: E402
 from streams import busy_connections, text_stream  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
@@ -174,7 +174,7 @@ def test_timeouts_are_off_by_default_and_validated(server: ReplayServer) -> None
 
 
 def test_watchdog_keeps_one_entry_per_stream_and_fires_on_time() -> None:
-    from mendstream.resilient import _Watchdog
+    from mendstream.streaming.resilient import _Watchdog
 
     class Guard:
         def __init__(self) -> None:

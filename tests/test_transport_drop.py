@@ -21,8 +21,7 @@ import pytest
 import mendstream
 import mendstream.httpx as mh
 from conftest import BASIC_SSE
-from mendstream.server import ReplayServer
-from mendstream.testing import sdk_http_module
+from mendstream.testing import ReplayServer, sdk_http_module
 from mendstream.transports import reaper
 
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -299,9 +298,9 @@ def test_capture_of_a_stream_closed_unread(server: ReplayServer, tmp_path: Any) 
 
 def test_error_pipeline_keeps_the_cause() -> None:
     """Issue 9 §3: the core's cause (e.g. an internal bug) survives the transport's mapping and raise."""
+    from mendstream.core.parser import MessageParser
     from mendstream.errors import ProtocolError
-    from mendstream.parser import MessageParser
-    from mendstream.streaming import MessageStream
+    from mendstream.streaming.drivers import MessageStream
 
     class BrokenParser(MessageParser):
         def feed(self, data: bytes) -> list[Any]:

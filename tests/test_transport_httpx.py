@@ -11,8 +11,7 @@ import respx
 import mendstream.httpx as mh
 from conftest import BASIC_MESSAGE, BASIC_SSE
 from mendstream.errors import UsageError
-from mendstream.server import ReplayServer
-from mendstream.testing import replay_transport
+from mendstream.testing import ReplayServer, replay_transport
 
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 SSE_HEADERS = {"content-type": "text/event-stream", "request-id": "req_1"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import mendstream
-import mendstream.capture
+import mendstream.recording.capture
 from cloud_server import CloudServer
 from conftest import FIXTURE_NAMES, check_outcome, expected, fixture_bytes
 from mendstream import MessageParser, StreamError, UsageError
@@ -115,7 +115,7 @@ def test_vertex_capture_and_replay(cloud: CloudServer, tmp_path: Path) -> None:
     assert capture.read_bytes() == fixture_bytes("web_search_with_citations")
     assert mendstream.replay(capture).get_final_message().to_dict() == live
     assert live == expected("web_search_with_citations")["message"]
-    sidecar = json.loads(mendstream.capture.sidecar_path(capture).read_text())
+    sidecar = json.loads(mendstream.recording.capture.sidecar_path(capture).read_text())
     assert ":streamRawPredict" in json.dumps(sidecar)
 
 

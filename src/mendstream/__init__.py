@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from mendstream.core.events import Data, Event
+from mendstream.core.parser import MessageParser
+from mendstream.core.repair import Repair
+from mendstream.core.sse import ServerSentEvent, SSEDecoder
+from mendstream.errors import (
     APIStreamError,
     BufferLimitError,
     CachePayloadError,
@@ -25,18 +29,14 @@ from .errors import (
     ToolInputError,
     UsageError,
 )
-from .events import Data, Event
-from .parser import MessageParser
-from .repair import Repair
-from .retry import Attempt, RestartEvent, Retry
-from .sse import ServerSentEvent, SSEDecoder
-from .streaming import AsyncMessageStream, MessageStream, areplay, replay
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, areplay, replay
+from mendstream.streaming.retry import Attempt, RestartEvent, Retry
 
 if TYPE_CHECKING:
     # What type checkers see for the names served lazily below (at run time __getattr__ imports them on
     # first use), so `reveal_type(mendstream.stream(...))` is MessageStream rather than Any.
-    from .cache import CachePlanner, CacheStats, place_cache_breakpoints
-    from .transports.sdk import astream, stream
+    from mendstream.cache import CachePlanner, CacheStats, place_cache_breakpoints
+    from mendstream.transports.sdk import astream, stream
 
 __version__ = "0.1.0"
 
@@ -89,10 +89,10 @@ _LAZY = {
     "place_cache_breakpoints": ("mendstream.cache", "place_cache_breakpoints"),
     "CachePlanner": ("mendstream.cache", "CachePlanner"),
     "CacheStats": ("mendstream.cache", "CacheStats"),
-    "RepairTransport": ("mendstream.transports.repair", "RepairTransport"),
-    "AsyncRepairTransport": ("mendstream.transports.repair", "AsyncRepairTransport"),
-    "BedrockParser": ("mendstream.bedrock", "BedrockParser"),
-    "EventStreamDecoder": ("mendstream.eventstream", "EventStreamDecoder"),
+    "RepairTransport": ("mendstream.wire.transport", "RepairTransport"),
+    "AsyncRepairTransport": ("mendstream.wire.transport", "AsyncRepairTransport"),
+    "BedrockParser": ("mendstream.core.bedrock", "BedrockParser"),
+    "EventStreamDecoder": ("mendstream.core.eventstream", "EventStreamDecoder"),
 }
 
 

@@ -192,7 +192,7 @@ class EventStreamLimitError(EventStreamError, BufferLimitError):
 
 class FixtureError(UsageError):
     """A fixture (``NAME.sse`` and its ``NAME.capture.json`` sidecar) cannot be used: a missing path, an empty
-    directory, a sidecar that is not the JSON object mendstream.capture writes. ``path`` names the file."""
+    directory, a sidecar that is not the JSON object mendstream.recording.capture writes. ``path`` names the file."""
 
     def __init__(self, message: str, *, path: str | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)

@@ -1,8 +1,8 @@
 # The public name of the httpx transport: `import mendstream.httpx` / `from mendstream.httpx import stream`.
-# The code lives in mendstream.transports.httpx with the other transports; this module only re-exports it.
+# The code lives in mendstream.transports.httpx_client with the other transports; this module only re-exports it.
 from __future__ import annotations
 
-from mendstream.transports.httpx import (
+from mendstream.transports.httpx_client import (
     DEFAULT_ANTHROPIC_VERSION,
     DEFAULT_BASE_URL,
     ContentTypeError,

@@ -5,7 +5,7 @@
 # anthropic or matplotlib).
 from __future__ import annotations
 
-from .planner import (
+from mendstream.cache.planner import (
     MAX_BREAKPOINTS,
     Breakpoint,
     CacheMarkerWarning,
@@ -16,10 +16,10 @@ from .planner import (
     place_cache_breakpoints,
     plan_cache_breakpoints,
 )
-from .simulate import RequestResult, SessionEntry, SimulationReport, ceiling, load_session, simulate
-from .stats import CacheStats
-from .strategies import STRATEGIES
-from .tokens import MIN_CACHEABLE_TOKENS, estimate_block_tokens, min_cacheable_tokens
+from mendstream.cache.simulate import RequestResult, SessionEntry, SimulationReport, ceiling, load_session, simulate
+from mendstream.cache.stats import CacheStats
+from mendstream.cache.strategies import STRATEGIES
+from mendstream.cache.tokens import MIN_CACHEABLE_TOKENS, estimate_block_tokens, min_cacheable_tokens
 
 __all__ = [
     "MAX_BREAKPOINTS",

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..errors import CachePayloadError
+from mendstream.errors import CachePayloadError
 
 __all__ = ["ConverseMap", "is_converse", "shadow_of", "write_cache_points"]
 

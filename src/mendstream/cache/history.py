@@ -28,7 +28,7 @@ from itertools import accumulate
 from operator import itemgetter
 from typing import Any, Final
 
-from .layout import MESSAGES, Layout, block_digest
+from mendstream.cache.layout import MESSAGES, Layout, block_digest
 
 __all__ = ["PROBE", "History"]
 

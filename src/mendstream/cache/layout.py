@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..errors import CachePayloadError
-from .tokens import estimate_block_tokens
+from mendstream.cache.tokens import estimate_block_tokens
+from mendstream.errors import CachePayloadError
 
 __all__ = [
     "MAX_NESTING",

@@ -32,11 +32,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from ..errors import CachePayloadError, UsageError
-from .converse import ConverseMap, shadow_of, write_cache_points
-from .history import History
-from .layout import MESSAGES, REGION_NAMES, SYSTEM, TOOLS, TTLS, Layout, marker_ttl, normalise_marker, rewrite_markers
-from .strategies import (
+from mendstream.cache.converse import ConverseMap, shadow_of, write_cache_points
+from mendstream.cache.history import History
+from mendstream.cache.layout import (
+    MESSAGES,
+    REGION_NAMES,
+    SYSTEM,
+    TOOLS,
+    TTLS,
+    Layout,
+    marker_ttl,
+    normalise_marker,
+    rewrite_markers,
+)
+from mendstream.cache.strategies import (
     STRATEGIES,
     Candidate,
     StrategyContext,
@@ -45,7 +54,8 @@ from .strategies import (
     region_end,
     tail,
 )
-from .tokens import min_cacheable_tokens
+from mendstream.cache.tokens import min_cacheable_tokens
+from mendstream.errors import CachePayloadError, UsageError
 
 __all__ = [
     "MAX_BREAKPOINTS",

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import UsageError
-from .converse import is_converse, shadow_of
-from .layout import REGION_NAMES, Layout, marker_ttl, normalise_marker
-from .planner import MAX_BREAKPOINTS
-from .tokens import min_cacheable_tokens
+from mendstream.cache.converse import is_converse, shadow_of
+from mendstream.cache.layout import REGION_NAMES, Layout, marker_ttl, normalise_marker
+from mendstream.cache.planner import MAX_BREAKPOINTS
+from mendstream.cache.tokens import min_cacheable_tokens
+from mendstream.errors import UsageError
 
 __all__ = [
     "PRICE_READ",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .simulate import PRICE_READ, PRICE_WRITE_1H, PRICE_WRITE_5M
+from mendstream.cache.simulate import PRICE_READ, PRICE_WRITE_1H, PRICE_WRITE_5M
 
 __all__ = ["CacheStats"]
 

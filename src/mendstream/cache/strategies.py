@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .layout import SYSTEM, TOOLS, Layout
+from mendstream.cache.layout import SYSTEM, TOOLS, Layout
 
 __all__ = ["STRATEGIES", "Candidate", "StrategyContext", "StrategyName"]
 

@@ -1,4 +1,4 @@
-# How transports start a capture (mendstream.capture.CaptureWriter) for one request: the writer for a
+# How transports start a capture (mendstream.recording.capture.CaptureWriter) for one request: the writer for a
 # streamed response, the record of a response that failed before streaming, and the request body as sent.
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mendstream.capture import CaptureWriter
+    from mendstream.recording.capture import CaptureWriter
 
 __all__ = ["CapturePath", "capture_error_response", "capture_writer", "request_json"]
 
@@ -24,10 +24,10 @@ def capture_writer(
     transport: str,
     started_at: float | None = None,
 ) -> CaptureWriter | None:
-    """A :class:`~mendstream.capture.CaptureWriter` for ``capture``, or ``None`` when not capturing."""
+    """A :class:`~mendstream.recording.capture.CaptureWriter` for ``capture``, or ``None`` when not capturing."""
     if capture is None:
         return None
-    from mendstream.capture import CaptureWriter
+    from mendstream.recording.capture import CaptureWriter
 
     return CaptureWriter(
         capture,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mendstream.errors import StreamReuseError
 
 if TYPE_CHECKING:
-    from mendstream.streaming import AsyncMessageStream
+    from mendstream.streaming.drivers import AsyncMessageStream
 
 __all__ = ["AsyncStreamOpener"]
 
@@ -17,7 +17,7 @@ __all__ = ["AsyncStreamOpener"]
 class AsyncStreamOpener:
     """What ``astream(...)`` returns: await it, or use it with ``async with`` (the request is sent then).
 
-    ``stream = await opener`` gives the :class:`~mendstream.streaming.AsyncMessageStream`;
+    ``stream = await opener`` gives the :class:`~mendstream.streaming.drivers.AsyncMessageStream`;
     ``async with opener as stream:`` also closes it on exit, as the SDK's ``AsyncMessageStreamManager``
     does. An opener sends its request once; awaiting it a second time raises
     :class:`~mendstream.errors.StreamReuseError` (a ``UsageError`` and a ``RuntimeError``).

@@ -15,9 +15,9 @@ from mendstream.transports import reaper
 from mendstream.transports.failures import is_transport_error
 
 if TYPE_CHECKING:
-    from mendstream.capture import CaptureWriter
-    from mendstream.parser import MessageParser
-    from mendstream.streaming import AsyncMessageStream, MessageStream
+    from mendstream.core.parser import MessageParser
+    from mendstream.recording.capture import CaptureWriter
+    from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
 
 __all__ = ["DRAIN_LIMIT", "BodyPump"]
 
@@ -150,7 +150,7 @@ class BodyPump:
         sidecar with outcome ``"closed"``), then calls ``release()``. Dropped unclosed, the stream's
         finaliser has the reaper thread close the body without draining, finish the capture and release.
         """
-        from mendstream.streaming import MessageStream
+        from mendstream.streaming.drivers import MessageStream
 
         chunks = self.pump(body)
 
@@ -195,7 +195,7 @@ class BodyPump:
         Dropped unclosed, the reaper thread schedules the close on that loop (skipped if it has closed:
         the connection went with it).
         """
-        from mendstream.streaming import AsyncMessageStream
+        from mendstream.streaming.drivers import AsyncMessageStream
 
         chunks = self.apump(body)
         loop = asyncio.get_running_loop()

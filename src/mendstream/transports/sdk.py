@@ -14,16 +14,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from mendstream.cache.integration import apply_cache
+from mendstream.core.parser import MessageParser
 from mendstream.errors import APIStreamError, StreamError, UsageError, request_id_of
-from mendstream.parser import MessageParser
-from mendstream.retry import Retry
-from mendstream.streaming import AsyncMessageStream, MessageStream
-from mendstream.transports import bedrock as _cloud
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
+from mendstream.streaming.retry import Retry
+from mendstream.transports import cloud as _cloud
+from mendstream.transports.attempts import check_resilience, sdk_astream, sdk_stream
 from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer, request_json
 from mendstream.transports.failures import content_type_error
 from mendstream.transports.opener import AsyncStreamOpener
 from mendstream.transports.pump import BodyPump
-from mendstream.transports.resilient import check_resilience, sdk_astream, sdk_stream
 
 __all__ = ["astream", "sdk_error_class", "stream"]
 
@@ -277,16 +277,16 @@ def stream(
         client: an ``anthropic.Anthropic`` (or ``AnthropicVertex``, ``AnthropicFoundry``,
             ``AnthropicBedrockMantle``, ``AnthropicAWS``, ``AnthropicGoogleCloud``: any SDK client whose
             messages endpoint answers SSE), or ``AnthropicBedrock``, whose AWS event-stream frames are read
-            by a :class:`~mendstream.bedrock.BedrockParser` (exception frames raise the SDK class for their
+            by a :class:`~mendstream.core.bedrock.BedrockParser` (exception frames raise the SDK class for their
             type, e.g. ``throttlingException`` → ``anthropic.RateLimitError``).
         capture: a path; the response bytes are teed there as they arrive, with a sidecar
-            ``*.capture.json`` (see :mod:`mendstream.capture`).
+            ``*.capture.json`` (see :mod:`mendstream.recording.capture`).
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
         parser: a configured :class:`~mendstream.MessageParser` (default: a new one; for AnthropicBedrock
-            a :class:`~mendstream.bedrock.BedrockParser`).
+            a :class:`~mendstream.core.bedrock.BedrockParser`).
         retry, idle_timeout, progress_timeout: resilience (off by default); see docs/resilience.md and
-            :mod:`mendstream.resilient`. With any of them the request is sent on first iteration and the
-            stream is a :class:`~mendstream.resilient.ResilientMessageStream` (``.attempts``).
+            :mod:`mendstream.streaming.resilient`. With any of them the request is sent on first iteration and the
+            stream is a :class:`~mendstream.streaming.resilient.ResilientMessageStream` (``.attempts``).
         sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
             ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
             mendstream's, for code that checks event classes. Costs one SDK model per event.

@@ -1,0 +1,346 @@
+# One routing function for everything that answers Messages requests from fixtures: the replay server (over
+# uvicorn) and the in-process mock transports of mendstream.testing both hand a request's method, target,
+# headers and body bytes to Router.answer and send the PlannedResponse it returns, so they agree on paths,
+# methods, error bodies, non-streaming answers, pacing and fault plans. Sending is theirs; deciding is here.
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from mendstream.core.partial_json import nesting_exceeded
+from mendstream.errors import StreamError, UsageError
+from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
+from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body
+
+_EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+__all__ = [
+    "DEFAULT_REQUEST_LOG",
+    "MAX_JSON_DEPTH",
+    "Pace",
+    "RecordedRequest",
+    "Router",
+    "error_body",
+    "error_type_for",
+    "whole_message",
+]
+
+Pace = Literal["fast", "captured"]
+_PACE_VALUES = ("fast", "captured")
+DEFAULT_REQUEST_LOG = 1000
+"""How many requests :attr:`Router.requests` keeps (the most recent ones)."""
+MAX_JSON_DEPTH = 256
+"""Request bodies nested deeper than this are answered with 400 (the API's own bodies are shallow)."""
+
+# The Messages API's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_STATUS_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    431: "request_too_large",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+_JSON = (("content-type", "application/json"),)
+
+
+def error_type_for(status: int) -> str:
+    """The Messages API error ``type`` for an HTTP ``status`` (``api_error`` for other 5xx,
+    ``invalid_request_error`` for other 4xx)."""
+    return _STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    """An Anthropic-style error JSON body."""
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+
+
+def error_response(status: int, message: str, *, close: bool = False) -> PlannedResponse:
+    """A JSON error answer in the Messages API's error shape; ``close`` adds ``connection: close``."""
+    headers = _JSON + ((("connection", "close"),) if close else ())
+    return PlannedResponse(status, headers, ((0.0, error_body(error_type_for(status), message)),))
+
+
+def whole_message(fixture: Fixture) -> bytes:
+    """The final message of ``fixture`` (SSE, or a captured Bedrock event-stream) as JSON, for clients that
+    asked for ``"stream": false`` (or Bedrock's ``/invoke``).
+
+    Raises :class:`~mendstream.errors.StreamError` when the fixture's stream does not complete.
+    """
+    from mendstream.core.bedrock import BedrockParser  # the core, imported only when a whole message is asked for
+
+    parser = BedrockParser(framing="auto")
+    parser.feed(fixture.body)
+    parser.end()
+    return json.dumps(parser.message).encode()
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when ``value`` nests more than ``limit`` containers deep (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """A request the server received: method, target (path and query), lowercase headers, decoded body,
+    fixture served, status answered, body bytes sent and milliseconds from request to last byte."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    fixture: str | None = None
+    status: int = 200
+    bytes_sent: int = 0
+    ms: float = 0.0
+
+
+class Router:
+    """Decides the answer to each request from fixtures; thread-safe.
+
+    ``pace="captured"`` turns the fixtures' captured chunk timings (divided by ``speed``) into the delays of
+    the planned chunks; ``"fast"`` sends them without waiting. ``faults`` (a
+    :class:`~mendstream.testing.faults.FaultPlan`) transforms every Messages response before it is sent; its ordinal
+    counts the Messages requests answered so far, from 0. :attr:`requests` keeps the last ``request_log``
+    requests. ``id_format`` makes the ``request-id`` of fixtures that have none (``{name}``: the fixture,
+    ``{count}``: the request's number).
+
+    Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad option.
+    """
+
+    def __init__(
+        self,
+        selector: FixtureSelector,
+        *,
+        pace: Pace = "fast",
+        speed: float = 1.0,
+        faults: FaultPlan | None = None,
+        request_log: int = DEFAULT_REQUEST_LOG,
+        id_format: str = "req_replay_{name}_{count}",
+    ) -> None:
+        if pace not in _PACE_VALUES:
+            raise UsageError(f"pace must be one of {', '.join(_PACE_VALUES)}; got {pace!r}")
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not speed > 0:
+            raise UsageError(f"speed must be a number > 0; got {speed!r}")
+        if isinstance(request_log, bool) or not isinstance(request_log, int) or request_log < 0:
+            raise UsageError(f"request_log must be an int >= 0; got {request_log!r}")
+        if faults is not None and not callable(getattr(faults, "apply", None)):
+            raise UsageError(f"faults must be a mendstream.testing.faults.FaultPlan (with .apply); got {faults!r}")
+        self.selector = selector
+        self.pace = pace
+        self.speed = float(speed)
+        self.faults = faults
+        self.id_format = id_format
+        self.requests: deque[RecordedRequest] = deque(maxlen=request_log)
+        self._count = 0
+        self._answered = 0
+        self._lock = threading.Lock()
+
+    def reset(self, faults: FaultPlan | None = None) -> None:
+        """Forget the requests received and use ``faults`` from now on, its ordinals counted from 0 again."""
+        if faults is not None and not callable(getattr(faults, "apply", None)):
+            raise UsageError(f"faults must be a mendstream.testing.faults.FaultPlan (with .apply); got {faults!r}")
+        with self._lock:
+            self.faults = faults
+            self._answered = 0
+            self.requests.clear()
+
+    def answer(
+        self, method: str, target: str, headers: Mapping[str, str], raw: bytes
+    ) -> tuple[RecordedRequest, PlannedResponse]:
+        """The record of a request and the response to send. ``headers`` have lowercase names; ``target`` is
+        the path with its query. Never raises for anything the client sent: every problem is an answer."""
+        path = target.split("?", 1)[0]
+        body: Any = None
+        body_error: str | None = None
+        if raw:
+            try:
+                # Depth first, in one linear pass: json's own RecursionError depends on how deep the caller's
+                # stack already is (and on the recursion limit), so it cannot be the verdict.
+                too_deep = nesting_exceeded(raw.decode("utf-8"), MAX_JSON_DEPTH) is not None
+                if too_deep:
+                    body_error = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+                else:
+                    body = json.loads(raw)
+            except RecursionError:
+                body_error = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+            except ValueError as exc:  # includes UnicodeDecodeError
+                body_error = f"request body is not JSON: {exc}"
+            else:
+                if _too_deep(body, MAX_JSON_DEPTH):
+                    body, body_error = None, f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body)
+        with self._lock:
+            self.requests.append(record)
+            self._count += 1
+            count = self._count
+        bedrock = _bedrock_path(path)
+        if bedrock is None and not is_messages_path(path):
+            planned = error_response(
+                404, f"the replay server serves POST /v1/messages (and Vertex and Bedrock model paths), not {target}"
+            )
+            record.status = planned.status
+            return record, planned
+        planned = self._plan(record, body, body_error, count, bedrock)
+        if self.faults is not None:
+            with self._lock:
+                ordinal = self._answered
+                self._answered += 1
+            planned = self.faults.apply(ordinal, planned)
+        if bedrock is not None:
+            planned = _for_bedrock(planned, bedrock)
+        record.status = planned.status
+        return record, planned
+
+    def reject(
+        self, method: str, target: str, headers: Mapping[str, str], planned: PlannedResponse
+    ) -> tuple[RecordedRequest, PlannedResponse]:
+        """Record a request refused before routing (a limit was exceeded) with the answer ``planned``."""
+        record = RecordedRequest(method.upper(), target, dict(headers), None, status=planned.status)
+        with self._lock:
+            self.requests.append(record)
+            self._count += 1
+        return record, planned
+
+    def _plan(
+        self, record: RecordedRequest, body: Any, body_error: str | None, count: int, bedrock: str | None
+    ) -> PlannedResponse:
+        if record.method != "POST":
+            return error_response(405, f"method {record.method} not allowed; use POST")
+        if body_error is not None:
+            return error_response(400, body_error)
+        if not isinstance(body, dict):
+            return error_response(400, "request body must be a JSON object")
+        try:
+            # A cloud client names the model in the path; a fixture of that name answers it (unless a header
+            # names one), so AnthropicBedrock / AnthropicVertex pick fixtures with model="<fixture name>".
+            named = self.selector.named(_model_in_path(record.path.split("?", 1)[0]))
+            if named is None or "x-mendstream-fixture" in record.headers:
+                named = self.selector.choose(record.headers, body)
+            fixture = named
+        except NoFixtureError as exc:
+            return error_response(exc.status, str(exc))
+        record.fixture = fixture.name
+        headers = [(k, v) for k, v in fixture.headers if k != "content-type"]
+        if not any(k == "request-id" for k, _ in headers):
+            headers.append(("request-id", self.id_format.format(name=fixture.name, count=count)))
+        streaming = body.get("stream") is True if bedrock is None else bedrock == "stream"
+        if not streaming and fixture.status == 200:
+            try:
+                payload = whole_message(fixture)
+            except StreamError as exc:
+                return error_response(500, f"fixture {fixture.name} has no complete message: {exc}")
+            return PlannedResponse(200, (*_JSON, *headers), ((0.0, payload),))
+        headers = [("content-type", fixture.content_type), *headers, ("cache-control", "no-cache")]
+        if fixture.status == 200 and not fixture.abort and not fixture.content_type.startswith(_EVENT_STREAM):
+            # A request that ends with an assistant prefill (what Retry(on_partial="continue") sends) gets the
+            # rest of the recorded answer after that prefill, as the API would stream it.
+            continuation = continuation_body(body, fixture.body)
+            if continuation is not None:
+                return PlannedResponse(200, tuple(headers), ((0.0, continuation),))
+        return PlannedResponse(
+            fixture.status, tuple(headers), self._timed_chunks(fixture), "cut" if fixture.abort else "close"
+        )
+
+    def _timed_chunks(self, fixture: Fixture) -> tuple[tuple[float, bytes], ...]:
+        """The fixture's chunks with the delay before each (seconds since the previous chunk)."""
+        paced = self.pace == "captured"
+        out: list[tuple[float, bytes]] = []
+        last = 0.0  # when the previous non-empty chunk was due
+        for chunk, at in fixture.iter_chunks():
+            if not chunk:
+                continue
+            delay = (at - last) / self.speed if paced and at > last else 0.0
+            last = max(last, at)
+            out.append((delay, chunk))
+        return tuple(out)
+
+
+def _bedrock_path(path: str) -> str | None:
+    """``"stream"`` for Bedrock's ``/model/{id}/invoke-with-response-stream``, ``"invoke"`` for
+    ``/model/{id}/invoke``, else None."""
+    if not path.startswith("/model/"):
+        return None
+    if path.endswith("/invoke-with-response-stream"):
+        return "stream"
+    return "invoke" if path.endswith("/invoke") else None
+
+
+def _model_in_path(path: str) -> str | None:
+    """The model named by a Bedrock or Vertex path (URL-decoded), else None."""
+    from urllib.parse import unquote
+
+    from mendstream.core.bedrock import bedrock_stream_path, vertex_stream_path
+
+    if path.startswith("/model/") and path.endswith("/invoke"):
+        return unquote(path[len("/model/") : -len("/invoke")])
+    model = bedrock_stream_path(path) or vertex_stream_path(path.replace(":rawPredict", ":streamRawPredict"))
+    return unquote(model) if model is not None else None
+
+
+def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:
+    """A planned answer (faults applied: they work on SSE events) as Bedrock sends it: the request id as
+    ``x-amzn-requestid`` (Bedrock sends no ``request-id``), and a stream as AWS event-stream frames."""
+    headers = dict(planned.headers)
+    if "request-id" in headers and "x-amzn-requestid" not in headers:
+        planned = replace(planned, headers=tuple(
+            ("x-amzn-requestid" if k == "request-id" else k, v) for k, v in planned.headers))
+    if kind == "stream" and planned.status == 200 and headers.get("content-type", "").startswith("text/event-stream"):
+        planned = _as_event_stream(planned)
+    return planned
+
+
+def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
+    """``planned`` (an SSE answer, faults applied) as Bedrock sends it: each whole SSE event a ``chunk`` frame,
+    sent with the delay of the SSE chunk that completed it; an event cut by the end of a cut body becomes a
+    cut frame. A body that already is event-stream (a captured Bedrock answer) is sent as it is, with the
+    event-stream content type."""
+    from mendstream.core.bedrock import EVENT_STREAM_CONTENT_TYPE, is_event_stream, sse_to_event_stream
+
+    headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
+    head = b""
+    for _, chunk in planned.chunks:
+        head += chunk[:12]
+        if len(head) >= 12:
+            break
+    if is_event_stream(head[:12]):
+        return replace(planned, headers=headers)
+    chunks: list[tuple[float, bytes]] = []
+    pending = b""
+    delay = 0.0
+    for wait, chunk in planned.chunks:
+        delay += wait
+        pending += chunk
+        end = max(pending.rfind(b"\n\n") + 2, pending.rfind(b"\r\n\r\n") + 4, pending.rfind(b"\r\r") + 2)
+        if end < 4:
+            continue  # no whole event yet
+        whole, pending = pending[:end], pending[end:]
+        frames = sse_to_event_stream(whole)
+        if frames:
+            chunks.append((delay, frames))
+            delay = 0.0
+    if pending.strip():
+        chunks.append((delay, sse_to_event_stream(pending)))
+    return PlannedResponse(planned.status, headers, tuple(chunks), planned.end, planned.head_delay)
