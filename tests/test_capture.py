@@ -12,6 +12,7 @@ import pytest
 
 import mendstream.httpx as mh
 from conftest import BASIC_SSE, FIXTURES_DIR, TRUNCATED_SSE, expected, fixture_bytes
+from mendstream import replay
 from mendstream.errors import IncompleteStreamError, StreamError
 from mendstream.recording.capture import (
     CaptureWriter,
@@ -22,7 +23,6 @@ from mendstream.recording.capture import (
     scrub_url,
     sidecar_path,
 )
-from mendstream.streaming.drivers import replay
 from mendstream.testing import Fixture, ReplayServer, load_fixtures
 
 SECRET = "sk-ant-api03-SECRETSECRETSECRET"

@@ -19,6 +19,7 @@ import pytest
 import mendstream.httpx as mh
 import mendstream.recording.capture as capture_module
 from conftest import BASIC_SSE, FIXTURES_DIR
+from mendstream import replay
 from mendstream.errors import StreamError
 from mendstream.recording.capture import (
     CaptureWriter,
@@ -27,7 +28,6 @@ from mendstream.recording.capture import (
     scrub_json,
     sidecar_path,
 )
-from mendstream.streaming.drivers import replay
 from mendstream.testing import Fixture, ReplayServer
 
 ANTHROPIC = "sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe9Dc8Ba7Zx6Yw5Vu4Ts3"

@@ -329,29 +329,35 @@ def test_import_mendstream_imports_neither_httpx_nor_anthropic() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _opener(chunks: list[bytes], release: Any = None, convert: Any = None) -> Any:
+    from mendstream.streaming.drivers import Opened
+
+    return lambda action: Opened(None, iter(chunks), release or (lambda: None), convert=convert)
+
+
 def test_message_stream_releases_once_even_when_broken_off() -> None:
     data = (FIXTURES / "text_basic.sse").read_bytes()
     calls: list[int] = []
-    stream = mendstream.MessageStream([data[:40], data[40:]], close=lambda: calls.append(1))
+    stream = mendstream.MessageStream(_opener([data[:40], data[40:]], lambda: calls.append(1)))
     for event in stream:
         if event.type == "text":
             break
     stream.close()
     stream.close()
     assert calls == [1]
-    with mendstream.MessageStream([data], close=lambda: calls.append(2)) as stream:
+    with mendstream.MessageStream(_opener([data], lambda: calls.append(2))) as stream:
         assert stream.get_final_text()
     assert calls == [1, 2]
 
 
-def test_wrap_error_maps_errors_after_yielding_what_came_before() -> None:
+def test_convert_maps_errors_after_yielding_what_came_before() -> None:
     data = (FIXTURES / "api_error_overloaded.sse").read_bytes()
 
     class Mapped(Exception):
         pass
 
     seen: list[str] = []
-    stream = mendstream.MessageStream([data], wrap_error=lambda e: Mapped(e.message))
+    stream = mendstream.MessageStream(_opener([data], convert=lambda e: Mapped(e.message)))
     with pytest.raises(Mapped):
         for event in stream:
             seen.append(event.type)

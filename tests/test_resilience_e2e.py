@@ -25,11 +25,15 @@ httpx = pytest.importorskip("httpx")
 import mendstream  # noqa: E402
 import mendstream.httpx as mhttpx  # noqa: E402
 from mendstream.core.parser import MessageParser  # noqa: E402
-from mendstream.errors import APIStreamError, IncompleteStreamError, StreamStalledError  # noqa: E402
+from mendstream.errors import (  # noqa: E402
+    APIStreamError,
+    HTTPStatusError,
+    IncompleteStreamError,
+    StreamStalledError,
+)
 from mendstream.streaming.retry import RestartEvent, Retry  # noqa: E402
 from mendstream.testing import ReplayServer  # noqa: E402
 from mendstream.testing.faults import Cut, ErrorEvent, FaultPlan, HTTPError, Schedule, Stall, continuation_body  # noqa: E402
-from mendstream.transports import HTTPStatusError  # noqa: E402
 from streams import busy_connections, text_stream, tool_stream  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
@@ -106,13 +110,18 @@ def run_sync(transport: str, base_url: str, fixture: str, **options: Any) -> Out
         client = http = httpx.Client()
         opener = lambda: mhttpx.stream(PARAMS, base_url=base_url, client=http, headers=headers, **options)  # noqa: E731
     try:
-        with opener() as stream:
-            out.stream = stream
-            try:
-                for event in stream:
-                    _record(out, event)
-            except Exception as exc:
-                out.error, out.error_at = exc, time.monotonic()
+        try:
+            stream = opener()  # the first attempt is sent here: an error not retried is raised at once
+        except Exception as exc:
+            out.error, out.error_at = exc, time.monotonic()
+        else:
+            with stream:
+                out.stream = stream
+                try:
+                    for event in stream:
+                        _record(out, event)
+                except Exception as exc:
+                    out.error, out.error_at = exc, time.monotonic()
         out.busy = busy_connections(http)
     finally:
         client.close()
@@ -130,13 +139,18 @@ async def run_async(transport: str, base_url: str, fixture: str, **options: Any)
         client = http = httpx.AsyncClient()
         opener = mhttpx.astream(PARAMS, base_url=base_url, client=http, headers=headers, **options)
     try:
-        async with opener as stream:
-            out.stream = stream
-            try:
-                async for event in stream:
-                    _record(out, event)
-            except Exception as exc:
-                out.error, out.error_at = exc, time.monotonic()
+        try:
+            stream = await opener  # the first attempt is sent here: an error not retried is raised at once
+        except Exception as exc:
+            out.error, out.error_at = exc, time.monotonic()
+        else:
+            async with stream:
+                out.stream = stream
+                try:
+                    async for event in stream:
+                        _record(out, event)
+                except Exception as exc:
+                    out.error, out.error_at = exc, time.monotonic()
         out.busy = busy_connections(http)
     finally:
         if transport == "sdk":
@@ -375,4 +389,4 @@ def test_off_by_default_a_slow_stream_completes(server: ReplayServer) -> None:
     server.reset(Schedule((Stall(seconds=0.5, after_events=4),)))
     out = run("sync", "sdk", server.base_url, "text")
     assert out.error is None and text_of(out.stream.message) == TEXT
-    assert not hasattr(out.stream, "attempts")
+    assert [(a.number, a.mode, a.error) for a in out.stream.attempts] == [(1, "first", None)]

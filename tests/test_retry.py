@@ -14,17 +14,12 @@ from hypothesis import strategies as st
 
 import mendstream
 from mendstream.core.parser import MessageParser
-from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
-from mendstream.streaming.resilient import (
-    AsyncResilientMessageStream,
-    Opened,
-    ResilientMessageStream,
-    attempt_capture_path,
-    with_prefill,
-)
+from mendstream.errors import APIStreamError, HTTPStatusError, IncompleteStreamError, UsageError
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
+from mendstream.streaming.machine import Continuation, Open
 from mendstream.streaming.retry import DEFAULT_RETRY_ON, Fault, RestartEvent, Retry, classify
 from mendstream.testing.faults import ErrorEvent, PlannedResponse, continuation_body, split_events
-from mendstream.transports import BodyPump, HTTPStatusError
+from mendstream.transports.capturing import attempt_capture_path
 from splitting import split_at
 from streams import text_stream
 
@@ -58,15 +53,15 @@ def test_invalid_policy_values_raise_usage_error_naming_them(kwargs: dict[str, A
 
 
 def test_invalid_keywords_on_the_transports_raise_usage_error() -> None:
-    from mendstream.transports.attempts import check_resilience
+    from mendstream.streaming.machine import check_stream_options
 
     with pytest.raises(UsageError, match="idle_timeout"):
-        check_resilience(None, -1, None)
+        check_stream_options(None, -1, None)
     with pytest.raises(UsageError, match="progress_timeout"):
-        check_resilience(None, None, float("nan"))
+        check_stream_options(None, None, float("nan"))
     with pytest.raises(UsageError, match=r"mendstream\.Retry"):
-        check_resilience(3, None, None)
-    assert check_resilience(None, None, None) is False
+        check_stream_options(3, None, None)
+    check_stream_options(None, None, None)
 
 
 def test_backoff_is_full_jitter_exponential_capped_and_reproducible() -> None:
@@ -136,10 +131,16 @@ def test_restart_event_shape() -> None:
 
 
 def test_prefill_and_capture_paths() -> None:
-    assert with_prefill([{"role": "user", "content": "q"}], "ab") == [
+    prefill = Continuation.prefill
+    assert prefill("ab").apply([{"role": "user", "content": "q"}]) == [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "ab"}
     ]
-    assert with_prefill([{"role": "assistant", "content": "x"}], "y") == [{"role": "assistant", "content": "xy"}]
+    assert prefill("y").apply([{"role": "assistant", "content": "x"}]) == [{"role": "assistant", "content": "xy"}]
+    blocks = [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]
+    assert prefill("y").apply(blocks) == [
+        {"role": "assistant", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}
+    ]
+    assert blocks == [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]  # never mutated
     assert attempt_capture_path("d/turn.sse", 1) == "d/turn.sse"
     assert str(attempt_capture_path("d/turn.sse", 3)) == str(Path("d/turn.attempt-3.sse"))
 
@@ -157,8 +158,8 @@ class MemoryOpener:
         self.splits = splits or []
         self.requests: list[dict[str, Any]] = []
 
-    def body(self, prefill: str | None) -> bytes:
-        request = {**REQUEST, "messages": with_prefill(REQUEST["messages"], prefill)} if prefill else REQUEST
+    def body(self, continuation: Continuation | None) -> bytes:
+        request = {**REQUEST, "messages": continuation.apply(REQUEST["messages"])} if continuation else REQUEST
         ordinal = len(self.requests)
         self.requests.append(request)
         body = continuation_body(request, self.full) or self.full
@@ -170,12 +171,12 @@ class MemoryOpener:
             body = b"".join(c for _, c in planned.chunks)
         return body
 
-    def __call__(self, prefill: str | None, capture: Any) -> Opened:
-        chunks = split_at(self.body(prefill), self.splits)
-        return Opened(None, iter(chunks), BodyPump(None), lambda: None)
+    def __call__(self, action: Open) -> Opened:
+        chunks = split_at(self.body(action.continuation), self.splits)
+        return Opened(None, iter(chunks), lambda: None)
 
-    async def aopen(self, prefill: str | None, capture: Any) -> Opened:
-        chunks = split_at(self.body(prefill), self.splits)
+    async def aopen(self, action: Open) -> Opened:
+        chunks = split_at(self.body(action.continuation), self.splits)
 
         async def agen() -> Any:
             for chunk in chunks:
@@ -184,7 +185,7 @@ class MemoryOpener:
         async def release() -> None:
             return None
 
-        return Opened(None, agen(), BodyPump(None), release)
+        return Opened(None, agen(), release)
 
 
 def full_message(body: bytes) -> dict[str, Any]:
@@ -218,9 +219,7 @@ def test_continue_stitches_without_duplicated_or_missing_characters(
     full = text_stream(text, pieces=pieces)
     assume(cut_events < len(split_events(full)) - 2)  # before message_delta: after it the stream is complete
     opener = MemoryOpener(full, [ErrorEvent(after_events=cut_events)], splits)
-    stream = ResilientMessageStream(
-        opener, retry=Retry(on_partial="continue", backoff=0), idle_timeout=None, progress_timeout=None
-    )
+    stream = MessageStream(opener, retry=Retry(on_partial="continue", backoff=0))
     events = list(stream)
     restarted = any(isinstance(e, RestartEvent) for e in events)
     assert shown_text(events) == text
@@ -253,9 +252,7 @@ def test_restart_shows_one_restart_marker_and_ends_with_the_last_attempt(cut_eve
     full = text_stream(text, pieces=6)
     assume(cut_events < len(split_events(full)) - 2)
     opener = MemoryOpener(full, [ErrorEvent(after_events=cut_events)], splits)
-    stream = ResilientMessageStream(
-        opener, retry=Retry(on_partial="restart", backoff=0), idle_timeout=None, progress_timeout=None
-    )
+    stream = MessageStream(opener, retry=Retry(on_partial="restart", backoff=0))
     events = list(stream)
     markers = [e for e in events if isinstance(e, RestartEvent)]
     shown_content = any(e.type != "message_start" for e in events[: events.index(markers[0])]) if markers else False
@@ -272,7 +269,7 @@ def test_restart_shows_one_restart_marker_and_ends_with_the_last_attempt(cut_eve
 def test_raise_policy_raises_with_the_partial_message_after_content() -> None:
     full = text_stream("hello there world", pieces=3)
     opener = MemoryOpener(full, [ErrorEvent(after_events=5)])
-    stream = ResilientMessageStream(opener, retry=Retry(backoff=0), idle_timeout=None, progress_timeout=None)
+    stream = MessageStream(opener, retry=Retry(backoff=0))
     events: list[Any] = []
     with pytest.raises(APIStreamError) as info:
         for event in stream:
@@ -286,9 +283,7 @@ def test_fault_before_content_is_invisible_in_every_policy() -> None:
     full = text_stream("hello there world", pieces=3)
     for policy in ("raise", "restart", "continue"):
         opener = MemoryOpener(full, [ErrorEvent(after_events=1), ErrorEvent(after_events=1)])
-        stream = ResilientMessageStream(
-            opener, retry=Retry(on_partial=policy, backoff=0), idle_timeout=None, progress_timeout=None  # type: ignore[arg-type]
-        )
+        stream = MessageStream(opener, retry=Retry(on_partial=policy, backoff=0))  # type: ignore[arg-type]
         events = list(stream)
         assert [e.type for e in events] == [e.type for e in mendstream.replay(full)], policy
         assert [a.mode for a in stream.attempts] == ["first", "retry", "retry"]
@@ -300,17 +295,12 @@ def test_async_twin_matches_sync_in_memory() -> None:
 
     async def collect() -> tuple[list[Any], dict[str, Any]]:
         opener = MemoryOpener(full, [ErrorEvent(after_events=5)])
-        stream = AsyncResilientMessageStream(
-            opener.aopen, retry=Retry(on_partial="continue", backoff=0), idle_timeout=None, progress_timeout=None
-        )
+        stream = await AsyncMessageStream(opener.aopen, retry=Retry(on_partial="continue", backoff=0)).start()
         events = [e async for e in stream]
         return events, stream.message
 
     events, message = asyncio.run(collect())
-    sync = ResilientMessageStream(
-        MemoryOpener(full, [ErrorEvent(after_events=5)]), retry=Retry(on_partial="continue", backoff=0),
-        idle_timeout=None, progress_timeout=None,
-    )
+    sync = MessageStream(MemoryOpener(full, [ErrorEvent(after_events=5)]), retry=Retry(on_partial="continue", backoff=0))
     assert [e.to_dict() for e in events] == [e.to_dict() for e in sync]
     assert message == sync.message
     assert json.dumps(message)  # plain data
@@ -329,10 +319,7 @@ def test_a_continuation_that_fails_again_is_continued_again(
     full = text_stream(text, pieces=5)
     assume(cut_events < len(split_events(full)) - 2)
     opener = MemoryOpener(full, [ErrorEvent(after_events=cut_events), ErrorEvent(after_events=second_cut)], splits)
-    stream = ResilientMessageStream(
-        opener, retry=Retry(on_partial="continue", backoff=0, max_attempts=4), idle_timeout=None,
-        progress_timeout=None,
-    )
+    stream = MessageStream(opener, retry=Retry(on_partial="continue", backoff=0, max_attempts=4))
     events = list(stream)
     assert shown_text(events) == text
     assert stream.get_final_message().content[0].text == text

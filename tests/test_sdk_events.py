@@ -12,8 +12,8 @@ import pytest
 
 import mendstream
 from conftest import BASIC_SSE, FIXTURES_DIR, expected
+from mendstream import replay
 from mendstream.core.sdk_events import sdk_event_class, to_sdk_event
-from mendstream.streaming.drivers import replay
 from mendstream.testing import ReplayServer
 from sdk_reference import comparable, sdk_http_module
 
@@ -138,7 +138,7 @@ def test_top_level_functions_are_typed(tmp_path: Path) -> None:
     revealed = [line.split("Revealed type is ")[1] for line in stdout.splitlines() if "Revealed type" in line]
     assert revealed == [
         '"mendstream.streaming.drivers.MessageStream"',
-        '"mendstream.transports.opener.AsyncStreamOpener"',
+        '"mendstream.streaming.opener.AsyncStreamOpener"',
         '"mendstream.streaming.drivers.MessageStream"',
         '"mendstream.streaming.drivers.AsyncMessageStream"',
     ], stdout + stderr + str(src)

@@ -21,8 +21,8 @@ import pytest
 import mendstream
 import mendstream.httpx as mh
 from conftest import BASIC_SSE
+from mendstream.streaming import reaper
 from mendstream.testing import ReplayServer, sdk_http_module
-from mendstream.transports import reaper
 
 BODY = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 PARAMS: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -298,9 +298,10 @@ def test_capture_of_a_stream_closed_unread(server: ReplayServer, tmp_path: Any) 
 
 def test_error_pipeline_keeps_the_cause() -> None:
     """Issue 9 §3: the core's cause (e.g. an internal bug) survives the transport's mapping and raise."""
+    from mendstream import MessageStream
     from mendstream.core.parser import MessageParser
     from mendstream.errors import ProtocolError
-    from mendstream.streaming.drivers import MessageStream
+    from mendstream.streaming.drivers import Opened
 
     class BrokenParser(MessageParser):
         def feed(self, data: bytes) -> list[Any]:
@@ -312,7 +313,8 @@ def test_error_pipeline_keeps_the_cause() -> None:
         pass
 
     for wrap in (None, lambda err: Mapped(err.message)):
-        stream = MessageStream([b"data: {}\n\n"], parser=BrokenParser(), wrap_error=wrap)
+        stream = MessageStream(lambda action, wrap=wrap: Opened(None, [b"data: {}\n\n"], lambda: None, convert=wrap),
+                               parser=BrokenParser())
         with pytest.raises((ProtocolError, Mapped)) as info:
             stream.until_done()
         assert isinstance(info.value.__cause__, KeyError)

@@ -15,9 +15,8 @@ import pytest
 
 import mendstream
 from conftest import BASIC_MESSAGE, BASIC_SSE, TRUNCATED_SSE, error_sse
-from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
+from mendstream.errors import APIStreamError, ContentTypeError, IncompleteStreamError, UsageError
 from mendstream.testing import Fixture, ReplayServer, anthropic_client, async_anthropic_client, sdk_http_module
-from mendstream.transports import ContentTypeError
 from mendstream.transports.sdk import _reject_non_sse_client, astream, sdk_error_class, stream
 
 anthropic = pytest.importorskip("anthropic")

@@ -29,7 +29,8 @@ from mendstream.errors import (
     ToolInputError,
     UsageError,
 )
-from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, areplay, replay
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
+from mendstream.streaming.replay import areplay, replay
 from mendstream.streaming.retry import Attempt, RestartEvent, Retry
 
 if TYPE_CHECKING:

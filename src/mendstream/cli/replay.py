@@ -80,7 +80,7 @@ def _not_sse_reason(path: Path) -> str | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from mendstream.errors import StreamError
-    from mendstream.streaming.drivers import replay
+    from mendstream.streaming.replay import replay
 
     path = input_file(Path(args.file), expected="a recorded stream (a .sse file in it)")
     reason = _not_sse_reason(path)

@@ -1,15 +1,22 @@
-# MessageStream / AsyncMessageStream: pump byte chunks from any source into a MessageParser and offer the
-# SDK's MessageStream surface. The only difference between the twins is how a chunk is awaited; everything
-# else lives in _StreamState. `replay` / `areplay` build them from files, bytes or chunk iterables.
-# How a stream ends: read to the end or failed, it releases its source itself; `close()` / `with` release it
-# (the transport may drain first); dropped without either, a finaliser warns (ResourceWarning, as files do)
-# and calls the transport's `abandon` callback, which must not block or take a lock. The event generators
-# therefore never release anything when they are closed (GeneratorExit), because a generator is closed by
-# the garbage collector at an arbitrary point, possibly inside the HTTP library's pool lock.
+# The sync and async drivers of the stream machine, with the SDK's MessageStream surface. Each driver asks
+# the machine (machine.py) what to do, does it, and reports back with the time; everything they share (the
+# surface, the attempt bookkeeping, releasing) lives in _Driver. The only twins left are the waits: a
+# blocking read bounded by the watchdog thread (stall.py) and `threading.Event` for backoff, against
+# `asyncio.timeout_at` and `asyncio.Event`.
+#
+# How a stream ends: read to the end or failed, it releases its attempt itself; `close()` / `with` release
+# it (the transport may drain a failed capture first); dropped without either, a finaliser warns
+# (ResourceWarning, as files do) and hands the attempt's `abandon` to the reaper thread (reaper.py), which
+# closes it outside any finaliser. The event generators never release anything when they are closed
+# (GeneratorExit): a generator is closed by the garbage collector at an arbitrary point, possibly inside the
+# HTTP library's pool lock.
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-import os
+import threading
+import time
 import warnings
 import weakref
 from collections.abc import (
@@ -22,64 +29,451 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, NoReturn, Self, cast
 
 from mendstream.core.events import Event
 from mendstream.core.parser import MessageParser
 from mendstream.core.repair import Repair
 from mendstream.core.sdk_events import to_sdk_event, to_sdk_message
-from mendstream.errors import StreamError, UsageError, request_id_of
+from mendstream.errors import StreamError, StreamStalledError, UsageError, request_id_of
+from mendstream.streaming import reaper
+from mendstream.streaming.machine import (
+    EventPresenter,
+    Fail,
+    Finish,
+    Open,
+    Read,
+    Sleep,
+    StreamMachine,
+    check_stream_options,
+    parser_factory,
+)
+from mendstream.streaming.retry import Attempt, Retry
+from mendstream.streaming.stall import SyncGuard, socket_of
 
-__all__ = ["AsyncMessageStream", "MessageStream", "areplay", "replay", "to_sdk_message"]
-
-Source = str | os.PathLike[str] | bytes | bytearray | Iterable[bytes]
-_READ_SIZE = 64 * 1024
+__all__ = ["AsyncMessageStream", "AsyncOpener", "MessageStream", "Opened", "Opener"]
 
 
-class _StreamState:
-    """What both twins share: the parser, the transport's metadata and error mapping."""
+@dataclass(slots=True)
+class Opened:
+    """One attempt's open response, as a transport's opener returns it.
+
+    ``body`` yields the body chunks (an iterable for sync streams, an async iterable for async ones); a
+    transport error while reading must end it quietly (the machine then judges the stream as cut).
+    ``release`` closes the response when the attempt is over (for async streams it may return an
+    awaitable); ``abandon`` closes it without draining anything, from the reaper thread, for a stream
+    dropped without ``close()`` (None: nothing to close). ``convert`` maps a mendstream error of this
+    attempt to what is raised (the SDK transport mixes in the SDK's classes and attaches the transport's
+    error).
+    """
+
+    response: Any
+    body: Any
+    release: Callable[[], object]
+    abandon: Callable[[], object] | None = None
+    convert: Callable[[StreamError], BaseException] | None = None
+
+
+Opener = Callable[[Open], Opened]
+"""``opener(action)``: send attempt ``action.attempt.number``'s request (with ``action.continuation`` appended
+to its messages when not None; bounding the wait for the response head by ``action.timeout`` when the
+transport can) and return the open response; raise what the transport raises before streaming."""
+AsyncOpener = Callable[[Open], Awaitable[Opened]]
+
+
+class _Slot:
+    """The attempt a stream holds open; shared with the stream's finaliser (which must not see the stream)."""
+
+    __slots__ = ("opened",)
+
+    def __init__(self) -> None:
+        self.opened: Opened | None = None
+
+
+def _abandoned(slot: _Slot) -> None:
+    # Runs in a finaliser: warn as an unclosed file does, then hand the close to the reaper thread (no I/O,
+    # no lock here).
+    opened = slot.opened
+    if opened is None:
+        return
+    slot.opened = None
+    abandon = opened.abandon
+    if abandon is None:  # nothing external to close (a recording in memory)
+        reaper.release(opened)
+        return
+    warnings.warn(
+        "a mendstream stream was garbage-collected without close(); its connection is closed without "
+        "reading the rest of the body (use `with` / `async with`, or call close())",
+        ResourceWarning,
+        stacklevel=2,
+    )
+
+    def job() -> None:
+        try:
+            abandon()
+        finally:
+            reaper.release(opened)
+
+    reaper.submit(job)
+
+
+class _Run:
+    """What both drivers share: the machine and the attempt held open. The public stream objects hold a run
+    and iterate its generator; nothing here refers back to them, so a stream dropped by its owner is freed at
+    once by reference counting (no cycle waits for the garbage collector) and its finaliser runs then."""
 
     def __init__(
         self,
+        *,
+        retry: Retry | None,
+        idle_timeout: float | None,
+        progress_timeout: float | None,
         parser: MessageParser | None,
-        response: object | None,
-        request_id: str | None,
-        wrap_error: Callable[[StreamError], BaseException] | None,
-        beta: bool = False,
+        convert_stall: Callable[[StreamStalledError], BaseException] | None,
+        beta: bool,
     ) -> None:
+        check_stream_options(retry, idle_timeout, progress_timeout)
+        if parser is not None and not isinstance(parser, MessageParser):
+            raise UsageError(f"parser must be a mendstream.MessageParser, not {type(parser).__name__}")
+        self.presenter = EventPresenter()
+        self.machine: StreamMachine[list[Event]] = StreamMachine(
+            retry,
+            reader=parser_factory(parser),
+            presenter=self.presenter,
+            now=time.monotonic(),
+            idle_timeout=idle_timeout,
+            progress_timeout=progress_timeout,
+            convert_stall=convert_stall,
+        )
+        self.first_parser = parser
         self.beta = beta
-        self.parser = parser if parser is not None else MessageParser()
-        self.response = response
-        self._request_id = request_id
-        self._wrap_error = wrap_error
-        self.closed = False
+        self.slot = _Slot()
+        self.response: Any = None
+        self.closing = False
 
-    def request_id(self) -> str | None:
-        if self._request_id is not None:
-            return self._request_id
-        return request_id_of(getattr(self.response, "headers", None))
+    def hold(self, opened: Opened) -> None:
+        self.slot.opened = opened
+        self.response = opened.response
+        reaper.hold(opened)
 
-    def error_for(self, error: StreamError) -> BaseException:
-        """What to raise for the core's ``error`` (the transport's ``wrap_error``, else ``error``).
+    def take(self) -> Opened | None:
+        """The attempt held open, no longer held (the caller releases it)."""
+        opened = self.slot.opened
+        self.slot.opened = None
+        return opened
 
-        Callers raise it ``from`` its ``__cause__``, so the cause set by the core (an internal bug) or by
-        the transport (the connection failure) is what tracebacks and diagnostics show.
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be opened."""
+        return self.machine.state in ("done", "failed", "closed")
+
+    def fail(self, action: Fail) -> NoReturn:
+        error = action.error
+        raise error from error.__cause__
+
+
+class _SyncRun(_Run):
+    """The sync driver: blocking reads bounded by the watchdog thread, backoff on a ``threading.Event``."""
+
+    def __init__(self, opener: Opener, **options: Any) -> None:
+        super().__init__(**options)
+        self.opener = opener
+        self.body: Iterator[bytes] | None = None
+        self.guard: SyncGuard | None = None
+        self.wake = threading.Event()
+
+    def start(self) -> None:
+        """Send the first attempt; raise its error when it is not retried."""
+        machine = self.machine
+        action = machine.next_action()
+        if isinstance(action, Open):
+            self.open(action)
+            action = machine.next_action()
+        if isinstance(action, Fail):
+            self.fail(action)
+
+    def open(self, action: Open) -> None:
+        machine = self.machine
+        try:
+            opened = self.opener(action)
+        except Exception as exc:
+            machine.open_failed(exc, time.monotonic())
+            return
+        machine.opened(time.monotonic(), convert=opened.convert)
+        self.hold(opened)
+        self.body = iter(opened.body)
+        self.guard = None
+        if machine.stall_enabled:
+            sock = socket_of(opened.response)
+            if sock is not None:
+                self.guard = SyncGuard(sock, machine.read_deadline)
+
+    def events(self) -> Generator[Any, None, None]:
+        machine = self.machine
+        try:
+            while True:
+                action = machine.next_action()
+                if isinstance(action, Read):
+                    yield from self.read()
+                elif isinstance(action, Open):
+                    if action.restart is not None:
+                        yield action.restart
+                    self.open(action)
+                elif isinstance(action, Sleep):
+                    if action.seconds > 0:
+                        self.wake.wait(action.seconds)
+                    if self.closing:
+                        machine.close()
+                    else:
+                        machine.slept(time.monotonic())
+                elif isinstance(action, Finish):
+                    return
+                else:
+                    self.fail(action)
+        except GeneratorExit:
+            raise  # closed by close() or by the garbage collector: they release the source, not this frame
+        except BaseException:
+            self.release()
+            raise
+
+    def read(self) -> Generator[Any, None, None]:
+        """The current attempt's events until it ends (the hot loop: one machine call per chunk)."""
+        machine = self.machine
+        body = self.body
+        guard = self.guard
+        assert body is not None
+        if guard is not None:
+            guard.arm()
+        try:
+            received = machine.received
+            monotonic = time.monotonic
+            for chunk in body:
+                events = received(chunk, monotonic())
+                if events:
+                    yield from events
+                if machine.state != "read":
+                    break
+                if guard is not None:
+                    guard.arm()
+            else:
+                events = machine.ended(time.monotonic())
+                if events:
+                    yield from events
+        finally:
+            if guard is not None:
+                guard.disarm()
+        if self.closing:
+            machine.close()
+        self.release()
+
+    def release(self) -> None:
+        opened = self.take()
+        self.body = None
+        if opened is None:
+            return
+        try:
+            opened.release()
+        finally:
+            reaper.release(opened)
+
+
+class _AsyncRun(_Run):
+    """The async driver: reads under ``asyncio.timeout_at``, backoff on an ``asyncio.Event``."""
+
+    def __init__(self, opener: AsyncOpener, **options: Any) -> None:
+        super().__init__(**options)
+        self.opener = opener
+        self.body: AsyncIterator[bytes] | None = None
+        self.wake: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        machine = self.machine
+        action = machine.next_action()
+        if isinstance(action, Open):
+            await self.open(action)
+            action = machine.next_action()
+        if isinstance(action, Fail):
+            self.fail(action)
+
+    async def open(self, action: Open) -> None:
+        machine = self.machine
+        try:
+            if action.timeout is None:
+                opened = await self.opener(action)
+            else:
+                try:
+                    async with asyncio.timeout(action.timeout):
+                        opened = await self.opener(action)
+                except TimeoutError:
+                    machine.timed_out_opening(time.monotonic())
+                    return
+        except Exception as exc:
+            machine.open_failed(exc, time.monotonic())
+            return
+        machine.opened(time.monotonic(), convert=opened.convert)
+        self.hold(opened)
+        self.body = aiter(opened.body)
+
+    async def events(self) -> AsyncGenerator[Any, None]:
+        machine = self.machine
+        try:
+            while True:
+                action = machine.next_action()
+                if isinstance(action, Read):
+                    async for event in self.read():
+                        yield event
+                elif isinstance(action, Open):
+                    if action.restart is not None:
+                        yield action.restart
+                    await self.open(action)
+                elif isinstance(action, Sleep):
+                    await self.pause(action.seconds)
+                    if self.closing:
+                        machine.close()
+                    else:
+                        machine.slept(time.monotonic())
+                elif isinstance(action, Finish):
+                    return
+                else:
+                    self.fail(action)
+        except GeneratorExit:
+            raise  # see _SyncRun.events
+        except BaseException:
+            await self.release()
+            raise
+
+    async def read(self) -> AsyncGenerator[Any, None]:
+        machine = self.machine
+        body = self.body
+        assert body is not None
+        monotonic = time.monotonic
+        bounded = machine.stall_enabled
+        loop = asyncio.get_running_loop()
+        last: list[Event] = []
+        while True:
+            try:
+                if bounded:
+                    deadline = machine.read_deadline()
+                    assert deadline is not None
+                    async with asyncio.timeout_at(loop.time() + (deadline - monotonic())):
+                        chunk = await anext(body)
+                else:
+                    chunk = await anext(body)
+            except StopAsyncIteration:
+                last = machine.ended(monotonic())
+                break
+            except TimeoutError:
+                last = machine.timed_out(monotonic())
+                break
+            events = machine.received(chunk, monotonic())
+            for event in events:
+                yield event
+            if machine.state != "read":
+                break
+        for event in last:
+            yield event
+        if self.closing:
+            machine.close()
+        await self.release()
+
+    async def pause(self, seconds: float) -> None:
+        if seconds <= 0 or self.closing:
+            return
+        self.wake = asyncio.Event()
+        try:
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.wake = None
+
+    async def release(self) -> None:
+        opened = self.take()
+        self.body = None  # the transport's release closes it (after draining a failed capture)
+        if opened is None:
+            return
+        try:
+            result = opened.release()
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            reaper.release(opened)
+
+
+class _Surface:
+    """The SDK MessageStream surface, shared by both stream classes, read from their run."""
+
+    _run: _Run
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._finalizer = weakref.finalize(self, _abandoned, run.slot)
+        self._finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The message so far as a Messages API dict (stitched across continuations); reading it never
+        reads the stream.
+
+        Before iteration this is ``{}``; after ``get_final_message()`` / ``until_done()`` (which read to the
+        end) it is the final message, equal to ``get_final_message()`` as a dict.
         """
-        if self._wrap_error is None:
-            return error
-        failure = self._wrap_error(error)
-        if failure is not error and failure.__cause__ is None:
-            failure.__cause__ = error.__cause__  # the mapped error keeps the core's cause
-        return failure
+        reader = self._run.machine.reader
+        return self._run.presenter.stitch(reader.message) if reader is not None else {}
 
-    def final_message(self) -> Any:
-        if not self.parser.complete:
+    @property
+    def repairs(self) -> list[Repair]:
+        """Everything mendstream mended or tolerated in this stream, over every attempt."""
+        return self._run.machine.repairs
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """One record per attempt so far (see :class:`~mendstream.Attempt`)."""
+        return self._run.machine.attempts
+
+    @property
+    def parser(self) -> MessageParser:
+        """The current attempt's parser (the first one's before anything was opened)."""
+        reader = self._run.machine.reader
+        if isinstance(reader, MessageParser):
+            return reader
+        return self._run.first_parser if self._run.first_parser is not None else MessageParser()
+
+    @property
+    def response(self) -> Any:
+        """The transport's response of the current (or last) attempt (e.g. an httpx response), or None."""
+        return self._run.response
+
+    @property
+    def request_id(self) -> str | None:
+        return request_id_of(getattr(self._run.response, "headers", None))
+
+    @property
+    def current_message_snapshot(self) -> Any:
+        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed."""
+        message = self.message
+        if not message:
+            raise UsageError("no message_start has been received yet")
+        return to_sdk_message(message, beta=self._run.beta)
+
+    def _settle(self) -> None:
+        """Detach the finaliser once nothing more will be opened and nothing is held."""
+        if self._run.finished and self._run.slot.opened is None:
+            self._finalizer.detach()
+
+    def _final_message(self) -> Any:
+        self._settle()
+        reader = self._run.machine.reader
+        if reader is None or not getattr(reader, "complete", False):
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.parser.message, beta=self.beta)
+        return to_sdk_message(self.message, beta=self._run.beta)
 
-    def final_text(self) -> str:
-        message = self.parser.message
+    def _final_text(self) -> str:
+        self._settle()
+        message = self.message
         texts = [b.get("text", "") for b in message.get("content", []) if b.get("type") == "text"]
         if not texts:
             kinds = ",".join(str(b.get("type")) for b in message.get("content", []))
@@ -90,114 +484,46 @@ class _StreamState:
             )
         return "".join(texts)
 
-    def snapshot(self) -> Any:
-        if not self.parser.message:
-            raise UsageError("no message_start has been received yet")
-        return to_sdk_message(self.parser.message, beta=self.beta)
-
-
-class _Surface:
-    """Read-only properties common to both twins."""
-
-    _state: _StreamState
-
-    @property
-    def message(self) -> dict[str, Any]:
-        """The message so far as a Messages API dict; reading it never reads the stream.
-
-        Before iteration this is ``{}`` (nothing read yet, even for a replay of a complete file); after
-        ``get_final_message()`` / ``until_done()`` (which read to the end) it is the final message, equal
-        to ``get_final_message()`` as a dict.
-        """
-        return self._state.parser.message
-
-    @property
-    def repairs(self) -> list[Repair]:
-        """Everything mendstream mended or tolerated in this stream."""
-        return self._state.parser.repairs
-
-    @property
-    def parser(self) -> MessageParser:
-        return self._state.parser
-
-    @property
-    def response(self) -> Any:
-        """The transport's response object (e.g. an httpx response), or None for replays."""
-        return self._state.response
-
-    @property
-    def request_id(self) -> str | None:
-        return self._state.request_id()
-
-    @property
-    def current_message_snapshot(self) -> Any:
-        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed."""
-        return self._state.snapshot()
-
 
 class MessageStream(_Surface):
-    """Events from an iterable of byte chunks, with the SDK ``MessageStream`` surface.
+    """The stream of one Messages request, over as many attempts as ``retry`` allows; the SDK's
+    ``MessageStream`` surface.
 
-    Iterating yields the stream events. The transport's ``close`` callback is called exactly once: after
-    the last chunk, when an error ends the stream, or by ``close()`` / ``__exit__``. If the stream is
-    garbage-collected before that, a ``ResourceWarning`` is emitted and ``abandon`` (which must not block
-    or take a lock: it runs in a finaliser) is called instead of ``close``.
-    Errors are :class:`~mendstream.errors.StreamError` subclasses (or what ``wrap_error`` makes of them),
-    raised after every event decoded before them has been yielded, ``from`` their ``__cause__``.
+    Iterating yields the events of one clean stream (plus a :class:`~mendstream.RestartEvent` before a
+    restarted attempt); ``attempts`` records every attempt. The first attempt is sent when the stream is
+    made (an error before streaming that is not retried is raised there); later attempts while iterating.
+    Closing it (from any thread) during a backoff sleep stops at once, and no attempt starts after close.
+    Errors are :class:`~mendstream.StreamError` subclasses (or what the transport makes of them), raised
+    after every event decoded before them has been yielded, ``from`` their ``__cause__``.
     """
+
+    _run: _SyncRun
 
     def __init__(
         self,
-        chunks: Iterable[bytes],
+        opener: Opener,
         *,
+        retry: Retry | None = None,
+        idle_timeout: float | None = None,
+        progress_timeout: float | None = None,
         parser: MessageParser | None = None,
-        response: object | None = None,
-        request_id: str | None = None,
-        close: Callable[[], object] | None = None,
-        abandon: Callable[[], object] | None = None,
-        wrap_error: Callable[[StreamError], BaseException] | None = None,
+        convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
         sdk_events: bool = False,
         beta: bool = False,
     ) -> None:
-        self._state = _StreamState(parser, response, request_id, wrap_error, beta)
-        self._chunks = chunks
-        self._close_callback = close
-        self._finalizer = _watch(self, abandon)
-        events = self._events()
+        run = _SyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                       parser=parser, convert_stall=convert_stall, beta=beta)
+        super().__init__(run)
+        reaper.start()
+        events = run.events()
         # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
         self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, beta)) if sdk_events else events
-        self.text_stream: Iterator[str] = self._text()
-
-    def _events(self) -> Generator[Event, None, None]:
-        parser = self._state.parser
+        self.text_stream: Iterator[str] = _text(self._iterator)
         try:
-            for chunk in self._chunks:
-                try:
-                    events = parser.feed(chunk)
-                except StreamError as error:
-                    yield from error.events
-                    failure = self._state.error_for(error)
-                    raise failure from failure.__cause__
-                yield from events
-            try:
-                events = parser.end()
-            except StreamError as error:
-                yield from error.events
-                failure = self._state.error_for(error)
-                raise failure from failure.__cause__
-            yield from events
-        except GeneratorExit:
-            raise  # closed by close() or by the garbage collector: they release the source, not this frame
+            run.start()
         except BaseException:
-            self._release()
+            self._settle()
             raise
-        self._release()
-
-    def _text(self) -> Iterator[str]:
-        events: Iterator[Any] = self
-        for event in events:
-            if event.type == "text":  # mendstream's or the SDK's TextEvent
-                yield event.text
 
     def __iter__(self) -> Iterator[Event]:
         return self._iterator
@@ -213,19 +539,15 @@ class MessageStream(_Surface):
     ) -> None:
         self.close()
 
-    def _release(self) -> None:
-        if self._state.closed:
-            return
-        self._state.closed = True
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if self._close_callback is not None:
-            self._close_callback()
-
     def close(self) -> None:
-        """Stop reading and release the connection (idempotent)."""
-        self._iterator.close()
-        self._release()
+        """Stop reading, release the connection, cut a backoff sleep short (idempotent, any thread)."""
+        run = self._run
+        run.closing = True
+        run.wake.set()
+        with contextlib.suppress(ValueError):  # running in another thread: it returns when the sleep wakes
+            self._iterator.close()
+        run.release()
+        self._finalizer.detach()
 
     def until_done(self) -> None:
         """Read the stream to its end."""
@@ -236,78 +558,57 @@ class MessageStream(_Surface):
         """Read to the end; return the final message (``anthropic.types.Message`` if the SDK is installed,
         else the dict)."""
         self.until_done()
-        return self._state.final_message()
+        return self._final_message()
 
     def get_final_text(self) -> str:
         """Read to the end; return the text blocks joined. RuntimeError if there are none (as the SDK)."""
         self.until_done()
-        return self._state.final_text()
+        return self._final_text()
 
 
 class AsyncMessageStream(_Surface):
-    """The async twin of :class:`MessageStream`, fed by an async iterable of byte chunks."""
+    """The async twin of :class:`MessageStream`: reads are bounded with ``asyncio.timeout_at``; cancelling
+    the task or closing the stream during a backoff sleep stops at once. Made by an opener
+    (:class:`~mendstream.streaming.opener.AsyncStreamOpener`), which sends the first attempt with
+    :meth:`start`."""
+
+    _run: _AsyncRun
 
     def __init__(
         self,
-        achunks: AsyncIterable[bytes],
+        opener: AsyncOpener,
         *,
+        retry: Retry | None = None,
+        idle_timeout: float | None = None,
+        progress_timeout: float | None = None,
         parser: MessageParser | None = None,
-        response: object | None = None,
-        request_id: str | None = None,
-        close: Callable[[], object] | Callable[[], Awaitable[object]] | None = None,
-        abandon: Callable[[], object] | None = None,
-        wrap_error: Callable[[StreamError], BaseException] | None = None,
+        convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
         sdk_events: bool = False,
         beta: bool = False,
     ) -> None:
-        self._state = _StreamState(parser, response, request_id, wrap_error, beta)
-        self._chunks = achunks
-        self._close_callback = close
-        self._finalizer = _watch(self, abandon)
-        events = self._events()
+        run = _AsyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                        parser=parser, convert_stall=convert_stall, beta=beta)
+        super().__init__(run)
+        reaper.start()
+        events = run.events()
         self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, beta)) if sdk_events else events
-        self.text_stream: AsyncIterator[str] = self._text()
+        self.text_stream: AsyncIterator[str] = _atext(self._iterator)
 
-    async def _events(self) -> AsyncGenerator[Event, None]:
-        parser = self._state.parser
+    async def start(self) -> Self:
+        """Send the first attempt (as the SDK's ``stream()`` does when entered); raise its error when it is
+        not retried. Called once, by the opener."""
         try:
-            async for chunk in self._chunks:
-                try:
-                    events = parser.feed(chunk)
-                except StreamError as error:
-                    for event in error.events:
-                        yield event
-                    failure = self._state.error_for(error)
-                    raise failure from failure.__cause__
-                for event in events:
-                    yield event
-            try:
-                events = parser.end()
-            except StreamError as error:
-                for event in error.events:
-                    yield event
-                failure = self._state.error_for(error)
-                raise failure from failure.__cause__
-            for event in events:
-                yield event
-        except GeneratorExit:
-            raise  # see MessageStream._events
+            await self._run.start()
         except BaseException:
-            await self._release()
+            self._settle()
             raise
-        await self._release()
-
-    async def _text(self) -> AsyncIterator[str]:
-        events: AsyncIterator[Any] = self
-        async for event in events:
-            if event.type == "text":  # mendstream's or the SDK's TextEvent
-                yield event.text
+        return self
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterator
 
     async def __anext__(self) -> Event:
-        return await self._iterator.__anext__()
+        return await anext(self._iterator)
 
     async def __aenter__(self) -> Self:
         return self
@@ -317,21 +618,16 @@ class AsyncMessageStream(_Surface):
     ) -> None:
         await self.close()
 
-    async def _release(self) -> None:
-        if self._state.closed:
-            return
-        self._state.closed = True
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if self._close_callback is not None:
-            result = self._close_callback()
-            if inspect.isawaitable(result):
-                await result
-
     async def close(self) -> None:
-        """Stop reading and release the connection (idempotent)."""
-        await self._iterator.aclose()
-        await self._release()
+        """Stop reading, release the connection, cut a backoff sleep short (idempotent)."""
+        run = self._run
+        run.closing = True
+        if run.wake is not None:
+            run.wake.set()
+        with contextlib.suppress(RuntimeError):  # iterated by another task now: it returns when the sleep wakes
+            await self._iterator.aclose()
+        await run.release()
+        self._finalizer.detach()
 
     async def until_done(self) -> None:
         async for _ in self._iterator:
@@ -339,11 +635,23 @@ class AsyncMessageStream(_Surface):
 
     async def get_final_message(self) -> Any:
         await self.until_done()
-        return self._state.final_message()
+        return self._final_message()
 
     async def get_final_text(self) -> str:
         await self.until_done()
-        return self._state.final_text()
+        return self._final_text()
+
+
+def _text(events: Iterator[Any]) -> Iterator[str]:
+    for event in events:
+        if event.type == "text":  # mendstream's or the SDK's TextEvent
+            yield event.text
+
+
+async def _atext(events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    async for event in events:
+        if event.type == "text":
+            yield event.text
 
 
 def _sdk_events(events: Iterator[Event], beta: bool) -> Generator[Any, None, None]:
@@ -356,76 +664,28 @@ async def _asdk_events(events: AsyncIterator[Event], beta: bool) -> AsyncGenerat
         yield to_sdk_event(event, beta=beta)
 
 
-def _abandoned(abandon: Callable[[], object]) -> None:
-    # Runs in a finaliser: warn as an unclosed file does, then hand over to the transport, whose callback
-    # only queues work (no I/O, no lock here).
-    warnings.warn(
-        "a mendstream stream was garbage-collected without close(); its connection is closed without "
-        "reading the rest of the body (use `with` / `async with`, or call close())",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    abandon()
+def iterable_opener(chunks: Iterable[bytes]) -> Opener:
+    """An opener that answers its only attempt with ``chunks`` (a recording); releasing it closes ``chunks``
+    when it is a generator."""
+
+    def opener(action: Open) -> Opened:
+        if action.attempt.number > 1:  # a recording is read once (replay takes no retry)
+            raise UsageError("a recorded stream can only be read once")
+        iterator = iter(chunks)
+        close = getattr(iterator, "close", None)
+        return Opened(None, iterator, close if callable(close) else (lambda: None))
+
+    return opener
 
 
-def _watch(stream: object, abandon: Callable[[], object] | None) -> weakref.finalize[Any, Any] | None:
-    """A finaliser that calls ``abandon`` if ``stream`` is collected before it released its source."""
-    if abandon is None:
-        return None
-    finalizer = weakref.finalize(stream, _abandoned, abandon)
-    finalizer.atexit = False  # at interpreter exit the process takes its connections with it
-    return finalizer
+def async_iterable_opener(chunks: AsyncIterable[bytes]) -> AsyncOpener:
+    """The async twin of :func:`iterable_opener`."""
 
+    async def opener(action: Open) -> Opened:
+        if action.attempt.number > 1:
+            raise UsageError("a recorded stream can only be read once")
+        iterator = aiter(chunks)
+        aclose = getattr(iterator, "aclose", None)
+        return Opened(None, iterator, aclose if callable(aclose) else (lambda: None))
 
-def _file_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    with open(path, "rb") as file:
-        while chunk := file.read(_READ_SIZE):
-            yield chunk
-
-
-def _chunks_of(source: Source) -> Iterable[bytes]:
-    if isinstance(source, (bytes, bytearray)):
-        return [bytes(source)]
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise UsageError(f"no such fixture file: {os.fspath(source)!r}")
-        return _file_chunks(source)
-    return source
-
-
-def replay(source: Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any) -> MessageStream:
-    """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
-
-    Returns a :class:`MessageStream` (use it as a context manager or iterate it). Nothing is read until it
-    is iterated or ``get_final_message()`` / ``until_done()`` is called (``.message`` is ``{}`` before).
-    ``sdk_events=True`` yields the SDK's own event objects (see :func:`mendstream.core.sdk_events.to_sdk_event`)
-    instead of mendstream's; ``beta=True`` makes those and ``get_final_message()`` the SDK's ``Beta``
-    types. ``parser_options`` go to :class:`MessageParser` (``max_event_bytes``, ``partial_mode``). An AWS
-    event-stream body (a captured Bedrock response) is recognised from its first bytes and read as
-    :class:`~mendstream.core.bedrock.BedrockParser` reads it.
-    """
-    return MessageStream(
-        _chunks_of(source), parser=_replay_parser(parser_options), sdk_events=sdk_events, beta=beta
-    )
-
-
-def _replay_parser(parser_options: dict[str, Any]) -> MessageParser:
-    # SSE or AWS event-stream (Bedrock), told apart by the first 12 bytes; see mendstream.core.bedrock.
-    from mendstream.core.bedrock import BedrockParser
-
-    return BedrockParser(framing="auto", **parser_options)
-
-
-async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-def areplay(
-    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any
-) -> AsyncMessageStream:
-    """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes)."""
-    achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
-    return AsyncMessageStream(
-        achunks, parser=_replay_parser(parser_options), sdk_events=sdk_events, beta=beta
-    )
+    return opener

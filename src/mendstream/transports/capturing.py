@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mendstream.recording.capture import CaptureWriter
 
-__all__ = ["CapturePath", "capture_error_response", "capture_writer", "request_json"]
+__all__ = ["CapturePath", "attempt_capture_path", "capture_error_response", "capture_writer", "request_json"]
 
 CapturePath = str | PathLike[str]
 
@@ -58,3 +59,12 @@ def request_json(content: bytes | None, fallback: Any) -> Any:
         except (ValueError, RecursionError):
             pass
     return fallback
+
+
+def attempt_capture_path(capture: CapturePath | None, number: int) -> CapturePath | None:
+    """Where attempt ``number`` is captured: ``capture`` itself for the first, then ``NAME.attempt-N.EXT``
+    beside it (each with its own ``*.capture.json`` sidecar)."""
+    if capture is None or number == 1:
+        return capture
+    path = Path(capture)
+    return path.with_name(f"{path.stem}.attempt-{number}{path.suffix}")

@@ -3,10 +3,12 @@
 # `POST {base_url}/v1/messages` request (API key or bearer token, anthropic-version, the JSON body with
 # "stream": true), sends it with a user-given `httpx.Client` / `httpx2.Client` (or the async twins; both
 # libraries share one API) or a default client, turns non-2xx statuses and non-SSE content types into
-# clear errors, and hands the body bytes to the core. No retries: the first attempt's outcome is reported.
+# clear errors, and hands the body bytes to the core. Retries and stall timeouts are the stream machine's
+# (mendstream.streaming); this module opens attempts.
 # `import httpx` below is the real httpx (absolute imports); this module is only imported when used.
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -16,12 +18,17 @@ from typing import TYPE_CHECKING, Any
 from mendstream.cache.integration import apply_cache
 from mendstream.core.parser import MessageParser
 from mendstream.errors import ContentTypeError, HTTPStatusError, StreamError, UsageError
-from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
+from mendstream.streaming.machine import Open
+from mendstream.streaming.opener import AsyncStreamOpener
 from mendstream.streaming.retry import Retry
-from mendstream.transports.attempts import check_resilience, httpx_astream, httpx_stream
-from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer
+from mendstream.transports.capturing import (
+    CapturePath,
+    attempt_capture_path,
+    capture_error_response,
+    capture_writer,
+)
 from mendstream.transports.failures import check_content_type, content_type_error, status_error
-from mendstream.transports.opener import AsyncStreamOpener
 from mendstream.transports.pump import BodyPump
 
 if TYPE_CHECKING:
@@ -41,6 +48,10 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 # Streams can pause for minutes during long thinking; the connect phase should fail fast.
 _DEFAULT_TIMEOUT = {"connect": 10.0, "read": 600.0, "write": 60.0, "pool": 60.0}
 UNSET: Any = object()
+
+
+def _is_unset(value: Any) -> bool:
+    return value is UNSET
 
 _default_client: Any = None
 _default_lock = threading.Lock()
@@ -159,6 +170,21 @@ class _Request:
         self.strict_content_type = strict_content_type
         self.beta = "anthropic-beta" in self.headers
         self.started_at = 0.0
+
+    def for_attempt(self, action: Open) -> _Request:
+        """This request as attempt ``action.attempt.number`` sends it: the continuation appended to the
+        messages, its own capture path, and the stall bound as the read timeout (unless one was given)."""
+        plain = action.continuation is None and (action.timeout is None or not _is_unset(self.timeout))
+        if action.attempt.number == 1 and plain:
+            return self
+        out = copy.copy(self)
+        out.capture = attempt_capture_path(self.capture, action.attempt.number)
+        if action.continuation is not None:
+            out.body = {**self.body, "messages": action.continuation.apply(self.body.get("messages"))}
+            out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
+        if action.timeout is not None and _is_unset(self.timeout):
+            out.timeout = http_module().Timeout(10.0, read=action.timeout)
+        return out
 
     def build(self, client: Any) -> Any:
         kwargs: dict[str, Any] = {"headers": self.headers, "content": self.content}
@@ -328,18 +354,14 @@ def stream(
         cache=cache,
         strict_content_type=strict_content_type,
     )
-    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return httpx_stream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
-                            progress_timeout=progress_timeout, sdk_events=sdk_events)
-    response, writer = req.open(client if client is not None else shared_client())
-    try:
-        return BodyPump(writer).message_stream(
-            response.iter_bytes(), response=response, parser=parser, release=response.close,
-            sdk_events=sdk_events, beta=req.beta,
-        )
-    except BaseException:
-        response.close()
-        raise
+    http = client if client is not None else shared_client()
+
+    def opener(action: Open) -> Opened:
+        response, writer = req.for_attempt(action).open(http)
+        return BodyPump(writer).opened(response, response.iter_bytes(), response.close)
+
+    return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                         parser=parser, sdk_events=sdk_events, beta=req.beta)
 
 
 def astream(
@@ -382,19 +404,12 @@ def astream(
         cache=cache,
         strict_content_type=strict_content_type,
     )
-    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return httpx_astream(req, client, parser=parser, retry=retry, idle_timeout=idle_timeout,
-                             progress_timeout=progress_timeout, sdk_events=sdk_events)
+    async def opener(action: Open) -> Opened:
+        response, writer, release = await req.for_attempt(action).aopen(client)
+        return BodyPump(writer).aopened(response, response.aiter_bytes(), release)
 
-    async def open_stream() -> AsyncMessageStream:
-        response, writer, release = await req.aopen(client)
-        try:
-            return BodyPump(writer).amessage_stream(
-                response.aiter_bytes(), response=response, parser=parser, release=release,
-                sdk_events=sdk_events, beta=req.beta,
-            )
-        except BaseException:
-            await release()
-            raise
+    def make() -> AsyncMessageStream:
+        return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                                  parser=parser, sdk_events=sdk_events, beta=req.beta)
 
-    return AsyncStreamOpener(open_stream)
+    return AsyncStreamOpener(make)

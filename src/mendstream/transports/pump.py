@@ -1,23 +1,21 @@
-# The body pump: moves body chunks from an HTTP response into a MessageStream, tees them to a capture, and
-# turns a connection dropped mid-body into an ordinary end of input (the core then decides whether the
-# message was complete). It also defines the three ways a transport stream ends: read to the end or failed
-# (released by the stream itself), closed explicitly (the rest of a failed capture is drained, then the
-# response is released), and dropped without close() (the finaliser hands a close-without-draining to the
-# reaper thread). Sync and async differ only in the twin methods below.
+# The body pump: moves body chunks from one attempt's HTTP response into the stream, tees them to a capture,
+# and turns a connection dropped mid-body into an ordinary end of input (the stream machine then decides
+# whether the message was complete). It also defines how a transport attempt is released: read to the end
+# or failed, or closed (the rest of a failed capture is drained, then the response is released), or dropped
+# without close() (the reaper thread closes it without draining). Sync and async differ only in the twin
+# methods below.
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from mendstream.errors import StreamError, request_id_of
-from mendstream.transports import reaper
+from mendstream.errors import StreamError
+from mendstream.streaming.drivers import Opened
 from mendstream.transports.failures import is_transport_error
 
 if TYPE_CHECKING:
-    from mendstream.core.parser import MessageParser
     from mendstream.recording.capture import CaptureWriter
-    from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
 
 __all__ = ["DRAIN_LIMIT", "BodyPump"]
 
@@ -134,24 +132,13 @@ class BodyPump:
         finally:
             self._finish("closed")
 
-    def message_stream(
-        self,
-        body: Iterable[bytes],
-        *,
-        response: Any,
-        parser: MessageParser | None,
-        release: Callable[[], object],
-        sdk_events: bool = False,
-        beta: bool = False,
-    ) -> MessageStream:
-        """The :class:`MessageStream` over ``body``.
+    def opened(self, response: Any, body: Iterable[bytes], release: Callable[[], object]) -> Opened:
+        """The :class:`~mendstream.streaming.drivers.Opened` attempt over ``body``.
 
-        ``close()`` drains a failed capture, finishes the capture (a stream closed unread leaves its
-        sidecar with outcome ``"closed"``), then calls ``release()``. Dropped unclosed, the stream's
-        finaliser has the reaper thread close the body without draining, finish the capture and release.
+        Its ``release`` drains a failed capture, finishes the capture (a stream closed unread leaves its
+        sidecar with outcome ``"closed"``), then calls ``release()``; its ``abandon`` (run by the reaper
+        thread for a stream dropped unclosed) does the same without draining.
         """
-        from mendstream.streaming.drivers import MessageStream
-
         chunks = self.pump(body)
 
         def close() -> None:
@@ -173,30 +160,12 @@ class BodyPump:
                 finally:
                     release()
 
-        reaper.start()
-        return MessageStream(
-            chunks, parser=parser, response=response, request_id=request_id_of(response.headers),
-            close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
-            sdk_events=sdk_events, beta=beta,
-        )
+        return Opened(response, chunks, close, abandoned, self.error_for)
 
-    def amessage_stream(
-        self,
-        body: AsyncIterable[bytes],
-        *,
-        response: Any,
-        parser: MessageParser | None,
-        release: Callable[[], Awaitable[object]],
-        sdk_events: bool = False,
-        beta: bool = False,
-    ) -> AsyncMessageStream:
-        """The async twin of :meth:`message_stream`; must be called with the stream's event loop running.
-
-        Dropped unclosed, the reaper thread schedules the close on that loop (skipped if it has closed:
-        the connection went with it).
-        """
-        from mendstream.streaming.drivers import AsyncMessageStream
-
+    def aopened(self, response: Any, body: AsyncIterable[bytes], release: Callable[[], Awaitable[object]]) -> Opened:
+        """The async twin of :meth:`opened`; must be called with the stream's event loop running. Dropped
+        unclosed, the reaper thread schedules the close on that loop (skipped if it has closed: the
+        connection went with it)."""
         chunks = self.apump(body)
         loop = asyncio.get_running_loop()
 
@@ -228,9 +197,4 @@ class BodyPump:
             except RuntimeError:  # the loop closed meanwhile
                 coroutine.close()
 
-        reaper.start()
-        return AsyncMessageStream(
-            chunks, parser=parser, response=response, request_id=request_id_of(response.headers),
-            close=close, abandon=lambda: reaper.submit(abandoned), wrap_error=self.error_for,
-            sdk_events=sdk_events, beta=beta,
-        )
+        return Opened(response, chunks, close, abandoned, self.error_for)

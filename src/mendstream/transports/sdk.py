@@ -15,14 +15,20 @@ from typing import Any
 
 from mendstream.cache.integration import apply_cache
 from mendstream.core.parser import MessageParser
-from mendstream.errors import APIStreamError, StreamError, UsageError, request_id_of
-from mendstream.streaming.drivers import AsyncMessageStream, MessageStream
+from mendstream.errors import APIStreamError, StreamError, StreamStalledError, UsageError, request_id_of
+from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
+from mendstream.streaming.machine import Open
+from mendstream.streaming.opener import AsyncStreamOpener
 from mendstream.streaming.retry import Retry
 from mendstream.transports import cloud as _cloud
-from mendstream.transports.attempts import check_resilience, sdk_astream, sdk_stream
-from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer, request_json
+from mendstream.transports.capturing import (
+    CapturePath,
+    attempt_capture_path,
+    capture_error_response,
+    capture_writer,
+    request_json,
+)
 from mendstream.transports.failures import content_type_error
-from mendstream.transports.opener import AsyncStreamOpener
 from mendstream.transports.pump import BodyPump
 
 __all__ = ["astream", "sdk_error_class", "stream"]
@@ -258,6 +264,50 @@ async def aopen_response(
     return raw, response, pump
 
 
+_stall_class: type[BaseException] | None = None
+
+
+def sdk_stall_class() -> type[BaseException]:
+    """The class raised for a stall through the SDK transport: ``anthropic.APITimeoutError`` and
+    :class:`~mendstream.StreamStalledError` at once (created once; importable from this module)."""
+    global _stall_class
+    if _stall_class is None:
+        import anthropic
+
+        _stall_class = type(
+            "StreamAPITimeoutError",
+            (anthropic.APITimeoutError, StreamStalledError),
+            {"__module__": __name__, "__qualname__": "StreamAPITimeoutError", "__reduce__": reduce_error,
+             "__doc__": "A stalled stream; both anthropic.APITimeoutError and StreamStalledError."},
+        )
+        globals()["StreamAPITimeoutError"] = _stall_class
+    return _stall_class
+
+
+def _sdk_stall(err: StreamStalledError) -> BaseException:
+    cls = sdk_stall_class()
+    exc: Any = cls.__new__(cls)
+    Exception.__init__(exc, err.message)
+    exc.__dict__.update(err.__dict__)
+    exc.request = None
+    exc.body = None
+    exc.__cause__ = err.__cause__
+    return exc  # type: ignore[no-any-return]
+
+
+def _attempt_params(params: dict[str, Any], action: Open) -> dict[str, Any]:
+    """The request parameters of one attempt: the continuation appended to the messages, and the stall
+    bound on the wait for the response head as the SDK's timeout (unless the caller set one)."""
+    if action.continuation is None and (action.timeout is None or "timeout" in params):
+        return params
+    out = dict(params)
+    if action.continuation is not None:
+        out["messages"] = action.continuation.apply(out.get("messages"))
+    if action.timeout is not None and "timeout" not in out:
+        out["timeout"] = action.timeout
+    return out
+
+
 def stream(
     client: Any,
     /,
@@ -277,16 +327,16 @@ def stream(
         client: an ``anthropic.Anthropic`` (or ``AnthropicVertex``, ``AnthropicFoundry``,
             ``AnthropicBedrockMantle``, ``AnthropicAWS``, ``AnthropicGoogleCloud``: any SDK client whose
             messages endpoint answers SSE), or ``AnthropicBedrock``, whose AWS event-stream frames are read
-            by a :class:`~mendstream.core.bedrock.BedrockParser` (exception frames raise the SDK class for their
-            type, e.g. ``throttlingException`` → ``anthropic.RateLimitError``).
+            by an event-stream parser (exception frames raise the SDK class for their type, e.g.
+            ``throttlingException`` → ``anthropic.RateLimitError``).
         capture: a path; the response bytes are teed there as they arrive, with a sidecar
-            ``*.capture.json`` (see :mod:`mendstream.recording.capture`).
+            ``*.capture.json`` (see :mod:`mendstream.recording.capture`); a retried attempt is captured as
+            ``NAME.attempt-N.EXT`` beside it.
         cache: a cache plan, applied by ``mendstream.cache.apply_cache(params, cache)`` before sending.
-        parser: a configured :class:`~mendstream.MessageParser` (default: a new one; for AnthropicBedrock
-            a :class:`~mendstream.core.bedrock.BedrockParser`).
-        retry, idle_timeout, progress_timeout: resilience (off by default); see docs/resilience.md and
-            :mod:`mendstream.streaming.resilient`. With any of them the request is sent on first iteration and the
-            stream is a :class:`~mendstream.streaming.resilient.ResilientMessageStream` (``.attempts``).
+        parser: a configured :class:`~mendstream.MessageParser` (default: a new one, reading AWS
+            event-stream for AnthropicBedrock).
+        retry, idle_timeout, progress_timeout: resilience (off by default: one attempt, no stall timeout);
+            see docs/resilience.md. ``stream.attempts`` records every attempt.
         sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
             ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
             mendstream's, for code that checks event classes. Costs one SDK model per event.
@@ -295,29 +345,30 @@ def stream(
             ``client.beta.messages``.
 
     Returns:
-        A :class:`~mendstream.MessageStream` (context manager; iterate it for events). Its
-        ``get_final_message()`` is an ``anthropic.types.Message``, or a ``BetaMessage`` with ``betas=``
-        (the request then goes through ``client.beta.messages``), as the SDK returns.
+        A :class:`~mendstream.MessageStream` (context manager; iterate it for events); the first attempt has
+        been sent. Its ``get_final_message()`` is an ``anthropic.types.Message``, or a ``BetaMessage`` with
+        ``betas=``, as the SDK returns.
 
     Raises:
         Whatever ``client.messages.create`` raises before the stream starts (``anthropic.APIStatusError``
-        subclasses, ``APIConnectionError``, ...), unchanged. While reading: ``APIStreamError`` subclasses
-        that are also the SDK's class for the error type (see :func:`sdk_error_class`), and the core's
+        subclasses, ``APIConnectionError``, ...), unchanged, when ``retry`` does not retry it. While reading:
+        ``APIStreamError`` subclasses that are also the SDK's class for the error type (see
+        :func:`sdk_error_class`), stalls that are also ``anthropic.APITimeoutError``, and the core's
         ``StreamError`` subclasses. A connection dropped mid-body ends the input; if the message was not
         complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
         ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
-    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AnthropicBedrock's event-stream
-    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
-                          idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
-    raw, response, pump = open_response(messages, params, capture=capture, parser=parser)
-    return pump.message_stream(
-        response.iter_bytes(), response=response, parser=parser, release=raw.close,
-        sdk_events=sdk_events, beta="betas" in params,
-    )
+    parser = _cloud.parser_for(client, parser)  # an event-stream parser for AnthropicBedrock
+
+    def opener(action: Open) -> Opened:
+        path = attempt_capture_path(capture, action.attempt.number)
+        raw, response, pump = open_response(messages, _attempt_params(params, action), capture=path, parser=parser)
+        return pump.opened(response, response.iter_bytes(), raw.close)
+
+    return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                         parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta="betas" in params)
 
 
 def astream(
@@ -336,21 +387,22 @@ def astream(
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
 
     Returns an opener: ``async with mendstream.astream(client, ...) as stream:`` (as with the SDK's
-    ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The request is
-    sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
+    ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The first attempt
+    is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
     """
     params = _prepare(params, cache)
     messages = _messages_of(client, params)
-    parser = _cloud.parser_for(client, parser)  # a BedrockParser for AsyncAnthropicBedrock's event-stream
-    if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
-                           idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
+    parser = _cloud.parser_for(client, parser)
 
-    async def open_stream() -> AsyncMessageStream:
-        raw, response, pump = await aopen_response(messages, params, capture=capture, parser=parser)
-        return pump.amessage_stream(
-            response.aiter_bytes(), response=response, parser=parser, release=raw.close,
-            sdk_events=sdk_events, beta="betas" in params,
-        )
+    async def opener(action: Open) -> Opened:
+        path = attempt_capture_path(capture, action.attempt.number)
+        raw, response, pump = await aopen_response(messages, _attempt_params(params, action), capture=path,
+                                                   parser=parser)
+        return pump.aopened(response, response.aiter_bytes(), raw.close)
 
-    return AsyncStreamOpener(open_stream)
+    def make() -> AsyncMessageStream:
+        return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
+                                  parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events,
+                                  beta="betas" in params)
+
+    return AsyncStreamOpener(make)

@@ -1,8 +1,8 @@
 # The awaitable / async-context-manager that `astream(...)` returns, shared by the SDK and httpx transports:
-# the request is sent only when the opener is awaited or entered, as with the SDK's stream managers.
+# the first attempt is sent only when the opener is awaited or entered, as with the SDK's stream managers.
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,8 @@ class AsyncStreamOpener:
     :class:`~mendstream.errors.StreamReuseError` (a ``UsageError`` and a ``RuntimeError``).
     """
 
-    def __init__(self, open_stream: Callable[[], Awaitable[AsyncMessageStream]]) -> None:
-        self._open_stream = open_stream
+    def __init__(self, make_stream: Callable[[], AsyncMessageStream]) -> None:
+        self._make_stream = make_stream
         self._opened = False
         self._stream: AsyncMessageStream | None = None
 
@@ -32,8 +32,8 @@ class AsyncStreamOpener:
         if self._opened:
             raise StreamReuseError("this stream request has already been sent; call astream(...) again")
         self._opened = True
-        self._stream = await self._open_stream()
-        return self._stream
+        self._stream = self._make_stream()
+        return await self._stream.start()
 
     def __await__(self) -> Generator[Any, None, AsyncMessageStream]:
         return self._open().__await__()
