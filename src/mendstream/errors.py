@@ -18,6 +18,7 @@ __all__ = [
     "HTTPStatusError",
     "IncompleteStreamError",
     "MessageTooLargeError",
+    "PlannerStateError",
     "ProtocolError",
     "StreamError",
     "StreamReuseError",
@@ -207,6 +208,18 @@ class CachePayloadError(UsageError, TypeError):
     def __init__(self, message: str, *, field: str, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.field = field
+
+
+class PlannerStateError(UsageError):
+    """Bytes given to :meth:`CachePlanner.from_state <mendstream.cache.CachePlanner.from_state>` are not a
+    planner state it can use: not the JSON it writes, another format version, a field of the wrong shape, over
+    the size limit, or made with other planner options. ``reason`` is one of ``"format"``, ``"version"``,
+    ``"size"``, ``"options"``; ``data`` is what was received (as given, never copied)."""
+
+    def __init__(self, message: str, *, reason: str, data: bytes | bytearray | memoryview | str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.reason = reason
+        self.data = data
 
 
 class HTTPStatusError(StreamError):

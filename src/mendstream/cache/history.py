@@ -19,18 +19,27 @@
 #     A 2,000-block history is fully re-verified every 2000 / PROBE requests.
 # An in-place edit that slips through until the probe reaches it costs cache reads (a proposal for a
 # prefix that no longer exists), never a request the API would reject.
+#
+# The History is only a cache of work: a planner's decisions never depend on it. What they do depend on
+# (the previous request's prefix hashes and tail, the written prefixes) is PlannerMemory below, which is
+# also how a planner's state leaves the process: versioned JSON, bounded in bytes (see its docstring).
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
 from typing import Any, Final
 
 from mendstream.cache.layout import MESSAGES, Layout, block_digest
+from mendstream.errors import PlannerStateError
 
-__all__ = ["PROBE", "History"]
+__all__ = ["HASH_BYTES", "PROBE", "STATE_BYTES", "STATE_FORMAT", "STATE_VERSION", "History", "PlannerMemory",
+           "SparseChain"]
 
 #: Blocks of the reused prefix re-digested per request (the rotating deep check).
 PROBE: Final = 32
@@ -253,3 +262,267 @@ class History:
             previous.contents[:kept] + copies,
             position_start + list(accumulate(blocks_per_message, initial=position_start[-1]))[1:],
         )
+
+
+# -- the planner's memory, and how it leaves the process ----------------------------------------------------
+
+#: Bytes of one prefix hash (``Layout.prefix_hashes``: blake2b with ``digest_size=16``).
+HASH_BYTES: Final = 16
+#: The ``format`` field of an exported state, and its version (bumped on any incompatible change).
+STATE_FORMAT: Final = "mendstream.cache-planner-state"
+STATE_VERSION: Final = 1
+#: The default cap of one exported state in bytes: a 3,500-block previous request and 256 written
+#: prefixes in full. Larger states are thinned (see :meth:`PlannerMemory.encode`).
+STATE_BYTES: Final = 64 * 1024
+#: The smallest cap accepted: room for the header, the options and a few hashes.
+MIN_STATE_BYTES: Final = 1024
+#: A previous request longer than this many blocks is not a state this decoder accepts (an 8 MB JSON
+#: list of positions would otherwise be a valid, very slow input).
+_MAX_BLOCKS: Final = 10_000_000
+
+
+class SparseChain:
+    """The previous request's prefix hashes at some of its positions only: what a state that outgrew its
+    byte cap keeps (a dense window at the end, evenly spaced checkpoints before it, and the tail).
+
+    Reads like the full chain for what the planner asks of it: ``len`` is the previous request's length,
+    ``chain[p]`` the hash at ``p`` (``b""``, equal to no hash, where it was not kept). Because a prefix
+    hash covers its whole prefix, two chains that agree at ``p`` agree at every earlier position, so
+    :meth:`common_prefix` binary-searches the kept positions. It answers exactly when the change lies in
+    the dense window (an appended message, an edited last block) and otherwise the nearest kept position
+    before the true answer: a marker placed up to one checkpoint spacing earlier than the full chain would
+    place it, never an invalid one.
+    """
+
+    __slots__ = ("_at", "hashes", "length", "positions")
+
+    def __init__(self, length: int, positions: Sequence[int], hashes: Sequence[bytes]) -> None:
+        self.length = length
+        self.positions = list(positions)
+        self.hashes = list(hashes)
+        self._at = dict(zip(self.positions, self.hashes, strict=True))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __bool__(self) -> bool:
+        return self.length > 0
+
+    def __getitem__(self, pos: int) -> bytes:
+        return self._at.get(pos, b"")
+
+    def common_prefix(self, chain: Sequence[bytes]) -> int | None:
+        """Last kept position below ``len(chain)`` where ``chain`` agrees with this one (None: none)."""
+        positions, hashes = self.positions, self.hashes
+        lo, hi = 0, bisect_right(positions, len(chain) - 1)  # invariant: agree below lo, disagree from hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if chain[positions[mid]] == hashes[mid]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return positions[lo - 1] if lo > 0 else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _varints(numbers: Sequence[int]) -> bytes:
+    out = bytearray()
+    for n in numbers:
+        while n >= 0x80:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+    return bytes(out)
+
+
+def _unvarints(data: bytes) -> list[int]:
+    out: list[int] = []
+    n = shift = 0
+    for byte in data:
+        n |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 35:
+                raise ValueError("a position is not a varint of at most 5 bytes")
+        else:
+            out.append(n)
+            n = shift = 0
+    if shift:
+        raise ValueError("the positions end inside a varint")
+    return out
+
+
+def _thin(positions: Sequence[int], keep: int, tail: int | None) -> list[int]:
+    """``keep`` of ``positions`` (sorted): the tail first, then a dense window at the end (half of what is
+    left), then evenly spaced checkpoints before the window."""
+    if keep >= len(positions):
+        return list(positions)
+    kept: set[int] = set()
+    if tail is not None and keep > 0:
+        kept.add(tail)
+        keep -= 1
+    window = (keep + 1) // 2
+    cut = len(positions) - window
+    kept.update(positions[cut:])
+    rest, count = positions[:cut], keep - window
+    if count > 0 and rest:
+        kept.update(rest[((j + 1) * len(rest)) // count - 1] for j in range(count))
+    return sorted(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerMemory:
+    """Everything a CachePlanner's placements depend on besides the request itself: the previous request's
+    prefix hashes (``previous``: a list, or a :class:`SparseChain` after thinning) and tail, how far back
+    the last tail change reached, the written prefixes (least recently used first) and the options.
+
+    Encoded as compact JSON (never pickle)::
+
+        {"format": "mendstream.cache-planner-state", "version": 1, "options": {...},
+         "tail": 41 | null, "tail_back": 0, "length": 57,
+         "chain": "<base64 of 16-byte hashes>", "positions": "<base64 of LEB128 gaps>" | null,
+         "written": "<base64 of 16-byte hashes>"}
+
+    ``positions`` is null for a full chain. Past ``max_bytes``, :meth:`encode` degrades in this order, and
+    only as far as needed: (1) the previous chain is thinned to a dense window at its end (half the hashes
+    that fit), evenly spaced checkpoints before it and the tail (see :class:`SparseChain` for what that
+    changes: the "unchanged since the previous request" marker may land earlier when a change lies deep
+    in the history); (2) when the written prefixes alone would take more than half the room, the oldest
+    are dropped (an exact read of one of those is then no longer proposed).
+    """
+
+    previous: list[bytes] | SparseChain
+    tail: int | None
+    tail_back: int
+    written: list[bytes]
+    options: dict[str, Any]
+
+    def size(self) -> int:
+        """Bytes :meth:`encode` writes without a cap (computed, not encoded)."""
+        chain = len(self.previous.hashes) if isinstance(self.previous, SparseChain) else len(self.previous)
+        header = self._encode(b"", None, b"")
+        positions = 0  # the header has "positions":null; a sparse chain writes a quoted string instead
+        if isinstance(self.previous, SparseChain):
+            positions = 4 * -(-len(self._gaps(self.previous.positions)) // 3) + 2 - len("null")
+        return len(header) + 4 * -(-chain * HASH_BYTES // 3) + 4 * -(-len(self.written) * HASH_BYTES // 3) + positions
+
+    @staticmethod
+    def _gaps(positions: Sequence[int]) -> bytes:
+        return _varints([p - q for p, q in zip(positions, [-1, *positions], strict=False)])
+
+    def _encode(self, chain: bytes, gaps: bytes | None, written: bytes, tail: Any = ...) -> bytes:
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "options": self.options,
+                "tail": self.tail if tail is ... else tail,
+                "tail_back": self.tail_back,
+                "length": len(self.previous),
+                "chain": _b64(chain),
+                "positions": None if gaps is None else _b64(gaps),
+                "written": _b64(written),
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("ascii")
+
+    def encode(self, max_bytes: int = STATE_BYTES) -> bytes:
+        """The state as at most ``max_bytes`` bytes of JSON, thinned as the class docstring says when the
+        full state is larger. Raises UsageError: ``max_bytes`` below 1024 (MIN_STATE_BYTES)."""
+        from mendstream.errors import UsageError
+
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < MIN_STATE_BYTES:
+            raise UsageError(f"max_bytes must be an integer of at least {MIN_STATE_BYTES}; got {max_bytes!r}")
+        previous = self.previous
+        if isinstance(previous, SparseChain):
+            positions: list[int] | None = previous.positions
+            hashes = previous.hashes
+        else:
+            positions, hashes = None, previous
+        written = self.written
+        if self.size() <= max_bytes:
+            gaps = None if positions is None else self._gaps(positions)
+            return self._encode(b"".join(hashes), gaps, b"".join(written))
+        room = max_bytes - len(self._encode(b"", b"", b""))
+        # (2) the written prefixes get at most half the room, newest first
+        per_hash = 4 * HASH_BYTES / 3
+        fits = int(room / 2 / per_hash)
+        if len(written) > fits and len(written) * per_hash > room / 2:
+            written = written[len(written) - fits :]
+        # (1) thin the chain to what is left (a hash and its gap: at most ~28 characters; then shrink)
+        all_positions = positions if positions is not None else range(len(hashes))
+        at = dict(zip(all_positions, hashes, strict=True))
+        keep = int((room - 4 * -(-len(written) * HASH_BYTES // 3)) / (per_hash + 4))
+        while True:
+            kept = _thin(list(all_positions), keep, self.tail)
+            gaps = None if positions is None and len(kept) == len(hashes) else self._gaps(kept)
+            data = self._encode(b"".join(at[p] for p in kept), gaps, b"".join(written),
+                                tail=self.tail if self.tail in at and keep > 0 else None)
+            if len(data) <= max_bytes or keep == 0:
+                return data
+            keep = min(keep - 1, int(keep * 0.95))
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview | str, max_bytes: int = STATE_BYTES) -> PlannerMemory:
+        """Read what :meth:`encode` wrote. Raises PlannerStateError (``reason`` "size", "format" or "version")
+        naming what was wrong; ``options`` are returned as stored (the caller compares them)."""
+        if not isinstance(data, bytes | bytearray | memoryview | str):
+            raise PlannerStateError(f"a planner state is bytes, not {type(data).__name__}", reason="format", data=b"")
+        if len(data) > max_bytes:
+            raise PlannerStateError(f"planner state of {len(data)} bytes is over the limit of {max_bytes}",
+                                    reason="size", data=data)
+        try:
+            state = json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise PlannerStateError("planner state is not JSON", reason="format", data=data) from None
+
+        def fail(what: str) -> PlannerStateError:
+            return PlannerStateError(f"planner state: {what}", reason="format", data=data)
+
+        if type(state) is not dict or state.get("format") != STATE_FORMAT:
+            raise fail(f"not a {STATE_FORMAT} object")
+        if state.get("version") != STATE_VERSION:
+            raise PlannerStateError(
+                f"planner state version {state.get('version')!r}; this mendstream reads version {STATE_VERSION}",
+                reason="version", data=data)
+        options, length, tail, back = (state.get(k) for k in ("options", "length", "tail", "tail_back"))
+        if type(options) is not dict:
+            raise fail("'options' is not an object")
+        if type(length) is not int or not 0 <= length <= _MAX_BLOCKS:
+            raise fail(f"'length' is not a block count: {length!r}")
+        if tail is not None and (type(tail) is not int or not 0 <= tail < length):
+            raise fail(f"'tail' is not a position below 'length': {tail!r}")
+        if type(back) is not int or back < 0:
+            raise fail(f"'tail_back' is not a non-negative integer: {back!r}")
+        hashes, recent, raw = state.get("chain"), state.get("written"), state.get("positions")
+        if not isinstance(hashes, str) or not isinstance(recent, str) or not (raw is None or isinstance(raw, str)):
+            raise fail("'chain' and 'written' are not strings, or 'positions' is neither a string nor null")
+        try:
+            chain = _split(base64.b64decode(hashes, validate=True))
+            written = _split(base64.b64decode(recent, validate=True))
+            gaps = None if raw is None else _unvarints(base64.b64decode(raw, validate=True))
+        except (TypeError, ValueError, binascii.Error) as exc:
+            raise fail(f"a hash or position field is not what encode() writes ({exc})") from None
+        previous: list[bytes] | SparseChain
+        if gaps is None:
+            if len(chain) != length:
+                raise fail(f"{len(chain)} hashes for a chain of length {length}")
+            previous = chain
+        else:
+            positions = list(accumulate(gaps, initial=-1))[1:]
+            if len(positions) != len(chain) or (gaps and (min(gaps) < 1 or positions[-1] >= length)):
+                raise fail("positions do not match the hashes or the chain's length")
+            if tail is not None and tail not in set(positions):
+                raise fail("the tail's hash was not kept")
+            previous = SparseChain(length, positions, chain)
+        return cls(previous, tail, back, written, options)
+
+
+def _split(data: bytes) -> list[bytes]:
+    if len(data) % HASH_BYTES:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {HASH_BYTES}-byte hashes")
+    return [data[i : i + HASH_BYTES] for i in range(0, len(data), HASH_BYTES)]

@@ -25,6 +25,7 @@
 # 8. Rewrite (layout.rewrite_markers): only containers holding a changed block are copied; report.
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections import OrderedDict
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from mendstream.cache.converse import ConverseMap, shadow_of, write_cache_points
-from mendstream.cache.history import History
+from mendstream.cache.history import STATE_BYTES, History, PlannerMemory, SparseChain
 from mendstream.cache.layout import (
     MESSAGES,
     REGION_NAMES,
@@ -55,7 +56,7 @@ from mendstream.cache.strategies import (
     tail,
 )
 from mendstream.cache.tokens import min_cacheable_tokens
-from mendstream.errors import CachePayloadError, UsageError
+from mendstream.errors import CachePayloadError, PlannerStateError, UsageError
 
 __all__ = [
     "MAX_BREAKPOINTS",
@@ -719,8 +720,16 @@ class CachePlanner:
     messages are reused (see ``cache/history.py`` for the exact invariant: a block edited in place is
     detected when one of its fields is reassigned, deeper in-place edits by a rotating probe, and markers
     inside tool_result content are re-counted on every request). Memory: the previous request's layout
-    (one hash, digest and fingerprint per block) plus ``memory`` written prefixes.
+    (one hash, digest and fingerprint per block, and references to its blocks) plus ``memory`` written
+    prefixes.
     Not thread-safe; use one planner per conversation.
+
+    State that leaves the process: :meth:`export_state` writes what the placements depend on (the previous
+    request's prefix hashes and tail, the written prefixes, the options) as versioned JSON bytes, at most
+    ``max_bytes``; :meth:`from_state` makes a planner from them in any process. A restored planner places
+    exactly what the exporting one would have placed (the layout history is only a cache of work and is
+    rebuilt on the first request). Placements never depend on the clock: a state does not expire by
+    itself (a store gives it the TTL of the caches it planned for).
 
     Raises:
         UsageError: a bad option, as :func:`place_cache_breakpoints`, or ``memory`` that is not a
@@ -748,7 +757,7 @@ class CachePlanner:
         self._warn = warn
         self._history = History()
         self._written: OrderedDict[bytes, None] = OrderedDict()
-        self._previous: list[bytes] = []
+        self._previous: list[bytes] | SparseChain = []
         self._previous_tail: int | None = None
         self._tail_back = 0
         self.last_report: PlacementReport | None = None
@@ -762,6 +771,71 @@ class CachePlanner:
         self._previous_tail = None
         self._tail_back = 0
         self.last_report = None
+
+    def export_state(self, *, max_bytes: int = STATE_BYTES) -> bytes:
+        """What this planner's next placements depend on, as at most ``max_bytes`` of JSON (64 KiB by
+        default; never pickle): see :class:`~mendstream.cache.history.PlannerMemory` for the format and how
+        a state over the cap is thinned (the oldest written prefixes, then the previous request's hashes
+        away from its end). Raises UsageError: ``max_bytes`` under 1024."""
+        return self._memory_state().encode(max_bytes)
+
+    def state_size(self) -> int:
+        """Bytes :meth:`export_state` would write without a cap: over the cap means a thinned state."""
+        return self._memory_state().size()
+
+    @classmethod
+    def from_state(
+        cls, data: bytes | bytearray | memoryview | str, /, *, max_bytes: int = STATE_BYTES, **options: Any
+    ) -> CachePlanner:
+        """A planner with ``options`` (as :class:`CachePlanner` takes them) continuing from ``data``, a
+        state :meth:`export_state` wrote (in this process or another).
+
+        Raises:
+            UsageError: a bad option.
+            PlannerStateError: ``data`` is not a state (``reason="format"``), another format version
+                (``"version"``), over ``max_bytes`` (``"size"``), or made with other options than
+                ``options`` (``"options"``: a state's decisions mean what they mean for its own options).
+        """
+        planner = cls(**options)
+        planner.load_state(data, max_bytes=max_bytes)
+        return planner
+
+    def load_state(self, data: bytes | bytearray | memoryview | str, /, *, max_bytes: int = STATE_BYTES) -> None:
+        """Replace what this planner remembers with ``data`` (see :meth:`from_state`; same errors). On an
+        error the planner is left as it was."""
+        memory = PlannerMemory.decode(data, max_bytes)
+        mine = self._options_record()
+        if memory.options != mine:
+            changed = sorted(k for k in mine.keys() | memory.options.keys() if mine.get(k) != memory.options.get(k))
+            raise PlannerStateError(
+                f"planner state was made with other options ({', '.join(changed)} differ)", reason="options", data=data
+            )
+        self._history.reset()
+        self._written = OrderedDict.fromkeys(memory.written[len(memory.written) - self._memory :])
+        self._previous = memory.previous
+        self._previous_tail = memory.tail
+        self._tail_back = memory.tail_back
+        self.last_report = None
+
+    def _options_record(self) -> dict[str, Any]:
+        """The options that decide placements, as JSON values (what a state is checked against)."""
+        o = self._opts
+        record = {
+            "strategy": o.strategy,
+            "model": o.model,
+            "ttl": dict(o.ttl),
+            "min_tokens": dict(o.min_tokens) if isinstance(o.min_tokens, Mapping) else o.min_tokens,
+            "automatic": o.automatic,
+            "provider": o.provider,
+            "lookback": o.lookback,
+        }
+        loaded: dict[str, Any] = json.loads(json.dumps(record, sort_keys=True))
+        return loaded
+
+    def _memory_state(self) -> PlannerMemory:
+        return PlannerMemory(
+            self._previous, self._previous_tail, self._tail_back, list(self._written), self._options_record()
+        )
 
     def place(self, payload: Mapping[str, Any], /) -> dict[str, Any]:
         """Plan ``payload`` (the next request of this conversation) and return the new payload.
@@ -869,9 +943,11 @@ class CachePlanner:
         self._previous_tail = tail(plan.layout)
 
 
-def _common_prefix(chain: list[bytes], previous: list[bytes]) -> int | None:
+def _common_prefix(chain: list[bytes], previous: list[bytes] | SparseChain) -> int | None:
     """Last position where two prefix-hash chains agree. Prefix hashes agree on a prefix and then never
     again, so a binary search finds the boundary in O(log n)."""
+    if isinstance(previous, SparseChain):
+        return previous.common_prefix(chain)
     lo, hi = 0, min(len(chain), len(previous))  # invariant: chain[:lo] agrees, chain[hi:] does not
     while lo < hi:
         mid = (lo + hi) // 2
