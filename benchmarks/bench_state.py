@@ -50,9 +50,8 @@ def big_request(seed: int, size: int) -> bytes:
 
 
 def memory_child(mode: str, conversations: int, size: int) -> None:
-    from mendstream.rewrite import rewrite_request
-
     from mendstream.cache import CachePlanner
+    from mendstream.wire.rewrite import rewrite_request
     from mendstream.wire.state import MemoryPlannerStore
 
     store = MemoryPlannerStore()

@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from mendstream.rewrite import count_markers
 
 from mendstream.cache import CachePlanner
 from mendstream.cache.history import HASH_BYTES, STATE_BYTES, PlannerMemory, SparseChain
 from mendstream.errors import PlannerStateError, UsageError
+from mendstream.wire.rewrite import count_markers
 from mendstream.wire.state import MemoryPlannerStore, planned_ttl
 
 VOCAB = ["the", "function", "returns", "value", "when", "config", "file", "path", "error", "test", "module", "import", "class", "data", "list"]
