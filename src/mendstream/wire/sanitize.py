@@ -650,13 +650,14 @@ def _add_missing_results(msgs: list[_Msg]) -> None:
 
 
 def _insert_results(m: _Msg, added: list[Any]) -> None:
+    """Add tool results to a user message, after its own; its content is then cleaned again, since a message
+    left as it was (an empty final user message) is not empty any more once it holds results."""
     if m.blocks is None:
-        text = m.text or ""
-        rest: list[Any] = [{"type": "text", "text": text}] if text.strip() else []
-        m.set_blocks([*added, *rest], [None] * (len(added) + len(rest)))
-        return
+        m.set_blocks([{"type": "text", "text": m.text or ""}], [None])
+    assert m.blocks is not None
     at = max((i + 1 for i, b in enumerate(m.blocks) if _result_id(b) is not None), default=0)
     m.set_blocks(m.blocks[:at] + added + m.blocks[at:], m.origins[:at] + [None] * len(added) + m.origins[at:])
+    _clean_blocks(m)
 
 
 def _trim_final_assistant(msgs: list[_Msg], dropped: list[RequestChange]) -> None:
