@@ -467,6 +467,29 @@ def test_shapes_the_rules_do_not_read_pass_through_untouched(payload: Any) -> No
     assert validate_request(payload) == []
 
 
+_KEYS = st.sampled_from(["role", "content", "type", "text", "id", "tool_use_id", "source", "data", "messages",
+                          "system", "is_error", "cache_control", "title"])
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2, 2),
+                     st.sampled_from(["", " ", "user", "assistant", "text", "tool_use", "tool_result", "image",
+                                      "document", "thinking", "base64", "t1", png(9000, 1), "ok \n"]))
+_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(_KEYS, inner, max_size=5)), max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.dictionaries(_KEYS, _JSON, max_size=4),
+                 st.lists(st.dictionaries(_KEYS, _JSON, max_size=4), max_size=6).map(lambda m: {"messages": m})))
+def test_arbitrary_json_never_raises_and_never_mutates(payload: dict[str, Any]) -> None:
+    before = copy.deepcopy(payload)
+    problems = validate_request(payload)
+    result = sanitize_request(payload)
+    assert payload == before
+    assert all(p.message and p.error_body()["error"]["type"] == "invalid_request_error" for p in problems)
+    again = sanitize_request(result.payload)
+    assert again.payload is result.payload and again.changes == ()
+    json.dumps(result.payload)  # still plain JSON
+
+
 def test_images_that_are_not_clean_base64_are_not_misread() -> None:
     good = png(9000, 10)
     for data in (good[:10] + "\n" + good[10:], good[:20], "!!!!" + good, good[:8] + "@" + good[9:], "", "====",

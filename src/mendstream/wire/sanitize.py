@@ -63,8 +63,10 @@ IMAGE_TOO_MANY_PIXELS: Final = "image_too_many_pixels"
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One rule: its ``kind``, the API's error message for it (a template: ``{path}`` and the names in
-    :meth:`RequestProblem` details), and where the API documents it (or where the error text was seen)."""
+    """One rule: its ``kind``, the API's error message for it (a ``str.format`` template: ``{path}`` is the
+    location in the API's notation, ``{where}`` ``messages`` or ``system``, the other names the numbers the
+    message quotes), and the documentation page the rule rests on (docs/requests.md also names where each
+    error text was seen)."""
 
     kind: str
     api_message: str
