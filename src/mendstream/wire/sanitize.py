@@ -206,6 +206,8 @@ class SanitizeResult:
 def _field(block: Any, name: str) -> Any:
     """``block[name]`` for a mapping, the attribute for an SDK model object (anything with ``model_dump``),
     else None: other objects are opaque (their attributes could run arbitrary code)."""
+    if type(block) is dict:  # the common case, without the ABC check below (this runs for every block)
+        return block.get(name)
     if isinstance(block, Mapping):
         return block.get(name)
     if callable(getattr(type(block), "model_dump", None)):
