@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         speed=args.speed,
         cycle=not args.no_cycle,
         on_request=None if args.quiet else log,
+        validate=args.validate,
     )
 
     def ready(srv: ReplayServer) -> None:
@@ -121,6 +122,12 @@ def add_subcommand(sub: Any) -> None:
     )
     p.add_argument("--no-cycle", action="store_true", help="in order mode, answer 404 after the last fixture")
     p.add_argument("--quiet", action="store_true", help="do not log one line per request")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="answer 400 as the API does to requests that break its rules (empty text blocks, tool_use without "
+        "tool_result, ...: docs/requests.md)",
+    )
     p.add_argument(
         "--fault",
         metavar="SPEC",

@@ -153,6 +153,7 @@ def replay_transport(
     cycle: bool = True,
     library: Library = None,
     faults: FaultPlan | None = None,
+    validate: bool = False,
 ) -> Any:
     """An in-process transport serving fixtures, for ``httpx.Client(transport=...)`` (sync or async).
 
@@ -161,20 +162,22 @@ def replay_transport(
     routing function), without pacing. ``library``: ``"httpx"``, ``"httpx2"`` or the module; default: the
     SDK's. ``faults``: a :class:`~mendstream.testing.faults.FaultPlan` applied to every Messages response as the
     server applies it (delays are real sleeps; a cut raises the library's ``RemoteProtocolError`` from the
-    response stream). The transport's ``requests`` lists what it received.
+    response stream). ``validate=True`` answers requests that break the API's rules with its 400, as
+    ``ReplayServer(validate=True)`` does. The transport's ``requests`` lists what it received.
     """
     module = _module(library)
     selector = FixtureSelector(load_fixtures(source), select=select, cycle=cycle)
-    return _transport_class(module)(Router(selector, faults=faults, id_format="req_mock_{name}"))
+    return _transport_class(module)(Router(selector, faults=faults, id_format="req_mock_{name}", validate=validate))
 
 
 def _client(
-    async_: bool, source: FixtureSource, select: Select, faults: FaultPlan | None, options: dict[str, Any]
+    async_: bool, source: FixtureSource, select: Select, faults: FaultPlan | None, validate: bool,
+    options: dict[str, Any],
 ) -> Any:
     import anthropic
 
     module = sdk_http_module()
-    transport = replay_transport(source, select=select, library=module, faults=faults)
+    transport = replay_transport(source, select=select, library=module, faults=faults, validate=validate)
     options.setdefault("api_key", "sk-ant-test")
     options.setdefault("base_url", "http://mendstream.test")
     options.setdefault("max_retries", 0)
@@ -184,22 +187,32 @@ def _client(
 
 
 def anthropic_client(
-    source: FixtureSource, *, select: Select = "auto", faults: FaultPlan | None = None, **client_options: Any
+    source: FixtureSource,
+    *,
+    select: Select = "auto",
+    faults: FaultPlan | None = None,
+    validate: bool = False,
+    **client_options: Any,
 ) -> Any:
     """An ``anthropic.Anthropic`` whose requests are answered from fixtures (no network).
 
     ``client_options`` go to the client (``max_retries`` defaults to 0). The transport is at
-    ``client._client._transport``; its ``requests`` list what was sent. ``faults`` as for
+    ``client._client._transport``; its ``requests`` list what was sent. ``faults`` and ``validate`` as for
     :func:`replay_transport`.
     """
-    return _client(False, source, select, faults, client_options)
+    return _client(False, source, select, faults, validate, client_options)
 
 
 def async_anthropic_client(
-    source: FixtureSource, *, select: Select = "auto", faults: FaultPlan | None = None, **client_options: Any
+    source: FixtureSource,
+    *,
+    select: Select = "auto",
+    faults: FaultPlan | None = None,
+    validate: bool = False,
+    **client_options: Any,
 ) -> Any:
     """:func:`anthropic_client` for ``anthropic.AsyncAnthropic``."""
-    return _client(True, source, select, faults, client_options)
+    return _client(True, source, select, faults, validate, client_options)
 
 
 def replay_server_fixture(
@@ -219,7 +232,7 @@ def replay_server_fixture(
             client = anthropic.Anthropic(base_url=replay_server.base_url, api_key="test")
 
     ``server_options`` go to ``ReplayServer`` (``select``, ``pace``, ``speed``, ``cycle``, ``limits``,
-    ``faults``, ``on_request``). Each test
+    ``faults``, ``on_request``, ``validate``). Each test
     of a wider scope shares one server; call ``server.selector.reset()`` to restart request order.
     """
     import pytest

@@ -15,6 +15,7 @@ from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
 from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
 from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body
+from mendstream.wire.sanitize import validate_request
 
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -125,7 +126,9 @@ class Router:
     :class:`~mendstream.testing.faults.FaultPlan`) transforms every Messages response before it is sent; its ordinal
     counts the Messages requests answered so far, from 0. :attr:`requests` keeps the last ``request_log``
     requests. ``id_format`` makes the ``request-id`` of fixtures that have none (``{name}``: the fixture,
-    ``{count}``: the request's number).
+    ``{count}``: the request's number). ``validate=True`` answers a Messages request that breaks a rule of
+    :func:`mendstream.wire.sanitize.validate_request` with the API's 400 and error message, before choosing a
+    fixture.
 
     Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad option.
     """
@@ -139,6 +142,7 @@ class Router:
         faults: FaultPlan | None = None,
         request_log: int = DEFAULT_REQUEST_LOG,
         id_format: str = "req_replay_{name}_{count}",
+        validate: bool = False,
     ) -> None:
         if pace not in _PACE_VALUES:
             raise UsageError(f"pace must be one of {', '.join(_PACE_VALUES)}; got {pace!r}")
@@ -153,6 +157,7 @@ class Router:
         self.speed = float(speed)
         self.faults = faults
         self.id_format = id_format
+        self.validate = bool(validate)
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log)
         self._count = 0
         self._answered = 0
@@ -233,6 +238,10 @@ class Router:
             return error_response(400, body_error)
         if not isinstance(body, dict):
             return error_response(400, "request body must be a JSON object")
+        if self.validate:
+            problems = validate_request(body)
+            if problems:  # the API reports one problem per 400: the first, in request order
+                return error_response(400, problems[0].message)
         try:
             # A cloud client names the model in the path; a fixture of that name answers it (unless a header
             # names one), so AnthropicBedrock / AnthropicVertex pick fixtures with model="<fixture name>".

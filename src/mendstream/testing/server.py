@@ -37,7 +37,9 @@ class ReplayServer:
     fixture's final message as JSON. :attr:`requests` keeps the last ``limits.request_log`` requests.
     ``limits`` (:class:`ServerLimits`) bounds timeouts, sizes and connections. ``faults``: a
     :class:`~mendstream.testing.faults.FaultPlan` applied to every Messages response (ordinal from 0).
-    ``on_request(record)`` is called on the server's loop after each response.
+    ``on_request(record)`` is called on the server's loop after each response. ``validate=True`` answers
+    requests that break the rules of :func:`mendstream.wire.sanitize.validate_request` (empty text blocks,
+    broken tool_use / tool_result pairs, ...) with the API's 400, so agents can be tested against it.
 
     Use as a context manager (``with ReplayServer(d) as srv: srv.base_url``), or ``start()``/``stop()``;
     the server then runs in a daemon thread with its own event loop. ``serve_forever()`` runs it in the
@@ -61,6 +63,7 @@ class ReplayServer:
         limits: ServerLimits | None = None,
         faults: FaultPlan | None = None,
         on_request: Callable[[RecordedRequest], None] | None = None,
+        validate: bool = False,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise UsageError(f"port must be an int from 0 to 65535; got {port!r}")
@@ -74,7 +77,7 @@ class ReplayServer:
             self.skipped = fixture_paths(source)[1]
         self.selector = FixtureSelector(self.fixtures, select=select, cycle=cycle)
         self.router = Router(self.selector, pace=pace, speed=speed, faults=faults,
-                             request_log=self.limits.request_log)
+                             request_log=self.limits.request_log, validate=validate)
         self.app = ReplayApp(self.router, self.limits, on_request)
         """The ASGI application (usable under any ASGI server)."""
         self.host = host
