@@ -38,6 +38,14 @@ if TYPE_CHECKING:
     from .cache import CachePlanner, CacheStats, place_cache_breakpoints
     from .transports.sdk import astream, stream
 
+# The stream/ room (a package) has the name of the function `mendstream.stream`. Importing the package binds
+# it as this module's attribute, which would hide the function: import it here, first, and drop that binding,
+# so `mendstream.stream` stays the function (served by __getattr__ below) and `from mendstream.stream.x import
+# y` still finds the package (in sys.modules, which is not rebound). The package holds no import-time work.
+from . import stream as _stream_room  # noqa: F401  (the namespace package: cheap)
+
+globals().pop("stream", None)
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -11,6 +11,7 @@ from .errors import UsageError
 
 __all__ = [
     "CitationEvent",
+    "CompactionEvent",
     "ContentBlockDeltaEvent",
     "ContentBlockStartEvent",
     "ContentBlockStopEvent",
@@ -366,6 +367,21 @@ class SignatureEvent(_EventBase):
         self._signature = signature
 
 
+class CompactionEvent(_EventBase):
+    """After a ``compaction_delta`` on a ``compaction`` block: the block's ``content`` and
+    ``encrypted_content`` as that delta set them (the beta SDK's ``BetaCompactionEvent``)."""
+
+    __slots__ = ("_content", "_encrypted_content")
+    type: ClassVar[Literal["compaction"]] = "compaction"
+    _public = ("content", "encrypted_content")
+    content: str | None = _field("_content")
+    encrypted_content: str | None = _field("_encrypted_content")
+
+    def __init__(self, content: str | None, encrypted_content: str | None) -> None:
+        self._content = content
+        self._encrypted_content = encrypted_content
+
+
 class TextEvent(_SnapshotEvent):
     """A text delta; ``snapshot`` is all the block's text so far."""
 
@@ -492,6 +508,7 @@ Event = (
     | ThinkingEvent
     | SignatureEvent
     | CitationEvent
+    | CompactionEvent
     | InputJsonEvent
     | UnknownEvent
 )

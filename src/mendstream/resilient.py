@@ -534,11 +534,7 @@ class _ResilientState(_StreamState):
         return "".join(texts)
 
     def snapshot(self) -> Any:
-        if not self.parser.message:
-            from .errors import UsageError
-
-            raise UsageError("no message_start has been received yet")
-        return to_sdk_message(self.stitched(), beta=self.beta)
+        return self.live_snapshot(self.stitched)
 
 
 def _stall_or(error: StreamError, kind: str | None, clock: _StallClock, opened: Opened) -> BaseException:

@@ -54,6 +54,7 @@ class _StreamState:
         self._request_id = request_id
         self._wrap_error = wrap_error
         self.closed = False
+        self._live: Any = None  # the current_message_snapshot object, once asked for
 
     def request_id(self) -> str | None:
         if self._request_id is not None:
@@ -91,9 +92,27 @@ class _StreamState:
         return "".join(texts)
 
     def snapshot(self) -> Any:
-        if not self.parser.message:
-            raise UsageError("no message_start has been received yet")
-        return to_sdk_message(self.parser.message, beta=self.beta)
+        return self.live_snapshot(lambda: self.parser.message)
+
+    def live_snapshot(self, read: Callable[[], dict[str, Any]]) -> Any:
+        """The one message object ``current_message_snapshot`` returns: it keeps updating as the stream is
+        read (see :func:`mendstream.stream.snapshot.live_message`)."""
+        if self._live is None:
+            if not read():
+                raise UsageError("no message_start has been received yet")
+            from .stream.snapshot import live_message
+
+            self._live = live_message(read, self.progress, beta=self.beta)
+        return self._live
+
+    def progress(self) -> tuple[int, int, bool]:
+        parser = self.parser
+        return id(parser), parser.bytes_fed, parser.complete
+
+    def workspace_id(self) -> str | None:
+        headers = getattr(self.response, "headers", None)
+        value = headers.get("anthropic-workspace-id") if headers is not None else None
+        return value if isinstance(value, str) else None
 
 
 class _Surface:
@@ -130,8 +149,15 @@ class _Surface:
         return self._state.request_id()
 
     @property
+    def workspace_id(self) -> str | None:
+        """The ``anthropic-workspace-id`` response header, as the SDK's ``MessageStream.workspace_id`` (None for
+        replays and responses without it)."""
+        return self._state.workspace_id()
+
+    @property
     def current_message_snapshot(self) -> Any:
-        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed."""
+        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed. As with the SDK it
+        is one object that keeps updating while the stream is read (raises UsageError before message_start)."""
         return self._state.snapshot()
 
 

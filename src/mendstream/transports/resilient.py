@@ -57,11 +57,11 @@ def sdk_stall_class() -> type[BaseException]:
     return _stall_class
 
 
-def _sdk_convert(err: StreamError, response: Any) -> BaseException:
+def _sdk_convert(err: StreamError, response: Any, transport_error: BaseException | None = None) -> BaseException:
     from mendstream.transports.sdk import to_sdk_error
 
     if not isinstance(err, StreamStalledError):
-        return to_sdk_error(err, response)
+        return to_sdk_error(err, response, transport_error)
     cls = sdk_stall_class()
     exc: Any = cls.__new__(cls)
     Exception.__init__(exc, err.message)
@@ -105,7 +105,8 @@ def sdk_stream(
     def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
         raw, response, pump = open_response(messages, sent, capture=path, parser=parser)
-        return Opened(response, response.iter_bytes(), pump, raw.close, lambda err: _sdk_convert(err, response))
+        return Opened(response, response.iter_bytes(), pump, raw.close,
+                      lambda err: _sdk_convert(err, response, pump.transport_error))
 
     return ResilientMessageStream(
         open_attempt, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout, parser=parser,
@@ -130,7 +131,8 @@ def sdk_astream(
     async def open_attempt(prefill: str | None, path: CapturePath | None) -> Opened:
         sent = _sdk_params(params, prefill, read_timeout(idle_timeout, progress_timeout))
         raw, response, pump = await aopen_response(messages, sent, capture=path, parser=parser)
-        return Opened(response, response.aiter_bytes(), pump, raw.close, lambda err: _sdk_convert(err, response))
+        return Opened(response, response.aiter_bytes(), pump, raw.close,
+                      lambda err: _sdk_convert(err, response, pump.transport_error))
 
     async def open_stream() -> AsyncResilientMessageStream:
         return AsyncResilientMessageStream(
