@@ -93,7 +93,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(UsageError, match="always streams"):
         stream(client, **PARAMS, stream=False)
     with pytest.raises(UsageError, match="output_config"):
-        stream(client, **PARAMS, output_format=dict)
+        stream(client, **PARAMS, output_format={"type": "object"})  # a schema dict belongs in output_config
 
 
 @pytest.mark.parametrize(

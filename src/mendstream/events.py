@@ -390,6 +390,15 @@ class TextEvent(_SnapshotEvent):
     _public = ("text", "snapshot")
     text: str = _field("_payload")
 
+    def parsed_snapshot(self) -> Any:
+        """The text so far read as partial JSON, as the SDK's ``TextEvent.parsed_snapshot()``: jiter's
+        ``partial_mode="trailing-strings"`` (a string still arriving shows what has come), for structured
+        outputs. Parses the whole snapshot on each call (O(its size)); raises ValueError for text that is not
+        the beginning of a JSON value."""
+        from jiter import from_json
+
+        return from_json(str(self.snapshot).encode("utf-8", "surrogatepass"), partial_mode="trailing-strings")
+
 
 class ThinkingEvent(_SnapshotEvent):
     """A thinking delta; ``snapshot`` is all the block's thinking so far."""

@@ -33,7 +33,7 @@ from .events import (
 from .parser import MessageParser
 from .repair import Repair
 from .retry import Attempt, AttemptMode, RestartEvent, Retry, classify
-from .streaming import AsyncMessageStream, MessageStream, _StreamState, to_sdk_message
+from .streaming import AsyncMessageStream, MessageStream, _StreamState
 
 __all__ = [
     "AsyncOpener",
@@ -524,7 +524,7 @@ class _ResilientState(_StreamState):
             from .errors import UsageError
 
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.stitched(), beta=self.beta)
+        return self.sdk_message(self.stitched(), final=True)
 
     def final_text(self) -> str:
         message = self.stitched()

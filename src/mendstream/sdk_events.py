@@ -115,7 +115,7 @@ def to_sdk_event(event: Any, *, beta: bool = False) -> Any:
     return construct_type(type_=cls, value=value)
 
 
-def to_sdk_message(message: dict[str, Any], *, beta: bool = False) -> Any:
+def to_sdk_message(message: dict[str, Any], *, beta: bool = False, parsed: bool = False) -> Any:
     """``message`` as an ``anthropic.types.Message`` (``anthropic.types.beta.BetaMessage`` with ``beta``)
     when the SDK is importable, else the dict itself. Built without validation, so unknown blocks survive.
 
@@ -123,14 +123,21 @@ def to_sdk_message(message: dict[str, Any], *, beta: bool = False) -> Any:
     the SDK's block with an ``input_incomplete`` attribute that is True; the attribute is not a model field,
     so ``model_dump()``, ``to_dict()`` and a request that sends the block back never carry it (the API
     refuses unknown fields). Read it with ``getattr(block, "input_incomplete", False)``.
+
+    ``parsed=True`` builds the SDK's ``ParsedMessage`` (``ParsedBetaMessage``), whose text blocks have a
+    ``parsed_output`` (None here; see :mod:`mendstream.stream.structured`).
     """
     try:
         from anthropic._models import construct_type
 
-        module = importlib.import_module("anthropic.types.beta" if beta else "anthropic.types")
-    except ImportError:
+        if parsed:
+            name = "anthropic.types.beta.parsed_beta_message" if beta else "anthropic.types.parsed_message"
+            cls = getattr(importlib.import_module(name), "ParsedBetaMessage" if beta else "ParsedMessage")
+        else:
+            module = importlib.import_module("anthropic.types.beta" if beta else "anthropic.types")
+            cls = getattr(module, "BetaMessage" if beta else "Message")
+    except (ImportError, AttributeError):
         return message
-    cls = getattr(module, "BetaMessage" if beta else "Message")
     marked = _marked_indexes(message)
     if not marked:
         return construct_type(type_=cls, value=message)

@@ -23,7 +23,7 @@ from collections.abc import (
     Iterator,
 )
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
 from .errors import StreamError, UsageError, request_id_of
 from .events import Event
@@ -34,6 +34,7 @@ from .sdk_events import to_sdk_event, to_sdk_message
 __all__ = ["AsyncMessageStream", "MessageStream", "areplay", "replay", "to_sdk_message"]
 
 Source = str | os.PathLike[str] | bytes | bytearray | Iterable[bytes]
+_S = TypeVar("_S", bound="_Surface")
 _READ_SIZE = 64 * 1024
 
 
@@ -55,6 +56,7 @@ class _StreamState:
         self._wrap_error = wrap_error
         self.closed = False
         self._live: Any = None  # the current_message_snapshot object, once asked for
+        self.structured: Any = None  # a stream.structured.OutputFormat, with output_format=
 
     def request_id(self) -> str | None:
         if self._request_id is not None:
@@ -77,7 +79,19 @@ class _StreamState:
     def final_message(self) -> Any:
         if not self.parser.complete:
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.parser.message, beta=self.beta)
+        return self.sdk_message(self.parser.message, final=True)
+
+    def sdk_message(self, message: dict[str, Any], *, final: bool = False) -> Any:
+        """``message`` as the SDK's message (its ``ParsedMessage``, parsed, with ``output_format``)."""
+        if self.structured is not None:
+            return self.structured.message(message, final=final)
+        return to_sdk_message(message, beta=self.beta)
+
+    def sdk_event(self, event: Event) -> Any:
+        """``event`` as the SDK's (with the parsed outputs the SDK's helper adds, with ``output_format``)."""
+        if self.structured is not None:
+            return self.structured.sdk_event(event)
+        return to_sdk_event(event, beta=self.beta)
 
     def final_text(self) -> str:
         message = self.parser.message
@@ -102,7 +116,7 @@ class _StreamState:
                 raise UsageError("no message_start has been received yet")
             from .stream.snapshot import live_message
 
-            self._live = live_message(read, self.progress, beta=self.beta)
+            self._live = live_message(read, self.progress, beta=self.beta, build=self.sdk_message)
         return self._live
 
     def progress(self) -> tuple[int, int, bool]:
@@ -191,7 +205,7 @@ class MessageStream(_Surface):
         self._finalizer = _watch(self, abandon)
         events = self._events()
         # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
-        self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, beta)) if sdk_events else events
+        self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, self)) if sdk_events else events
         self.text_stream: Iterator[str] = self._text()
 
     def _events(self) -> Generator[Event, None, None]:
@@ -291,7 +305,7 @@ class AsyncMessageStream(_Surface):
         self._close_callback = close
         self._finalizer = _watch(self, abandon)
         events = self._events()
-        self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, beta)) if sdk_events else events
+        self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, self)) if sdk_events else events
         self.text_stream: AsyncIterator[str] = self._text()
 
     async def _events(self) -> AsyncGenerator[Event, None]:
@@ -372,14 +386,14 @@ class AsyncMessageStream(_Surface):
         return self._state.final_text()
 
 
-def _sdk_events(events: Iterator[Event], beta: bool) -> Generator[Any, None, None]:
+def _sdk_events(events: Iterator[Event], stream: _Surface) -> Generator[Any, None, None]:
     for event in events:
-        yield to_sdk_event(event, beta=beta)
+        yield stream._state.sdk_event(event)  # (the state read each time: a resilient stream replaces it)
 
 
-async def _asdk_events(events: AsyncIterator[Event], beta: bool) -> AsyncGenerator[Any, None]:
+async def _asdk_events(events: AsyncIterator[Event], stream: _Surface) -> AsyncGenerator[Any, None]:
     async for event in events:
-        yield to_sdk_event(event, beta=beta)
+        yield stream._state.sdk_event(event)
 
 
 def _abandoned(abandon: Callable[[], object]) -> None:
@@ -419,20 +433,35 @@ def _chunks_of(source: Source) -> Iterable[bytes]:
     return source
 
 
-def replay(source: Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any) -> MessageStream:
+def replay(
+    source: Source, /, *, sdk_events: bool = False, beta: bool = False, output_format: Any = None,
+    **parser_options: Any,
+) -> MessageStream:
     """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
 
     Returns a :class:`MessageStream` (use it as a context manager or iterate it). Nothing is read until it
     is iterated or ``get_final_message()`` / ``until_done()`` is called (``.message`` is ``{}`` before).
     ``sdk_events=True`` yields the SDK's own event objects (see :func:`mendstream.sdk_events.to_sdk_event`)
     instead of mendstream's; ``beta=True`` makes those and ``get_final_message()`` the SDK's ``Beta``
-    types. ``parser_options`` go to :class:`MessageParser` (``max_event_bytes``, ``partial_mode``). An AWS
-    event-stream body (a captured Bedrock response) is recognised from its first bytes and read as
-    :class:`~mendstream.bedrock.BedrockParser` reads it.
+    types. ``output_format`` (a type, as the SDK's ``messages.stream(output_format=...)`` takes it) makes
+    ``get_final_message()`` the SDK's ``ParsedMessage`` with ``parsed_output`` (see
+    :class:`mendstream.stream.structured.OutputFormat`). ``parser_options`` go to :class:`MessageParser`
+    (``max_event_bytes``, ``partial_mode``). An AWS event-stream body (a captured Bedrock response) is
+    recognised from its first bytes and read as :class:`~mendstream.bedrock.BedrockParser` reads it.
     """
-    return MessageStream(
+    stream = MessageStream(
         _chunks_of(source), parser=_replay_parser(parser_options), sdk_events=sdk_events, beta=beta
     )
+    return with_output_format(stream, output_format)
+
+
+def with_output_format(stream: _S, output_format: Any) -> _S:
+    """``stream``, parsing its answer into ``output_format`` when one is given (None: unchanged)."""
+    if output_format is not None:
+        from .stream.structured import OutputFormat
+
+        stream._state.structured = OutputFormat(output_format, beta=stream._state.beta)
+    return stream
 
 
 def _replay_parser(parser_options: dict[str, Any]) -> MessageParser:
@@ -448,10 +477,12 @@ async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 def areplay(
-    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any
+    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False,
+    output_format: Any = None, **parser_options: Any,
 ) -> AsyncMessageStream:
     """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes)."""
     achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
-    return AsyncMessageStream(
+    stream = AsyncMessageStream(
         achunks, parser=_replay_parser(parser_options), sdk_events=sdk_events, beta=beta
     )
+    return with_output_format(stream, output_format)

@@ -18,16 +18,27 @@ _ABSENT: Any = object()
 
 
 class _Refresher:
-    __slots__ = ("beta", "read", "seen", "version")
+    __slots__ = ("build", "read", "seen", "version")
 
-    def __init__(self, read: Callable[[], dict[str, Any]], version: Callable[[], Hashable], beta: bool) -> None:
+    def __init__(
+        self,
+        read: Callable[[], dict[str, Any]],
+        version: Callable[[], Hashable],
+        build: Callable[[dict[str, Any]], Any],
+    ) -> None:
         self.read = read
         self.version = version
-        self.beta = beta
+        self.build = build
         self.seen: Hashable = version()
 
 
-def live_message(read: Callable[[], dict[str, Any]], version: Callable[[], Hashable], *, beta: bool = False) -> Any:
+def live_message(
+    read: Callable[[], dict[str, Any]],
+    version: Callable[[], Hashable],
+    *,
+    beta: bool = False,
+    build: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:
     """The message ``read()`` returns, as an SDK ``Message`` (``BetaMessage`` with ``beta``) that stays current.
 
     ``read`` gives the message so far as a Messages API dict; ``version`` a cheap value that changes whenever
@@ -39,16 +50,20 @@ def live_message(read: Callable[[], dict[str, Any]], version: Callable[[], Hasha
     message (O(its size)); reading without progress costs one comparison.
 
     The object is an instance of a subclass of the SDK's class (``isinstance(snap, anthropic.types.Message)``
-    holds; its repr and serialization are the SDK's). Without the SDK installed, the dict itself (not live).
+    holds; its repr and serialization are the SDK's). ``build`` makes the SDK's message of a dict (default
+    :func:`~mendstream.sdk_events.to_sdk_message`; e.g. a ``ParsedMessage`` with ``output_format``). Without
+    the SDK installed, the dict itself (not live).
     """
-    message = to_sdk_message(read(), beta=beta)
+    if build is None:
+        build = lambda current: to_sdk_message(current, beta=beta)  # noqa: E731
+    message = build(read())
     if isinstance(message, dict):
         return message
     try:
         object.__setattr__(message, "__class__", _live_class(type(message)))
     except TypeError:  # a class whose layout refuses it: a snapshot that does not update
         return message
-    message.__dict__[_LIVE] = _Refresher(read, version, beta)
+    message.__dict__[_LIVE] = _Refresher(read, version, build)
     return message
 
 
@@ -128,7 +143,7 @@ def _refresh(message: Any) -> None:
     current = refresher.read()
     if not current:  # between attempts, before the next message_start: keep what was shown
         return
-    _merge(message, to_sdk_message(current, beta=refresher.beta))
+    _merge(message, refresher.build(current))
 
 
 def _merge(old: Any, new: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from mendstream.cache.integration import apply_cache
 from mendstream.errors import APIStreamError, IncompleteStreamError, StreamError, UsageError, request_id_of
@@ -27,6 +27,8 @@ from mendstream.transports.pump import BodyPump
 from mendstream.transports.resilient import check_resilience, sdk_astream, sdk_stream
 
 __all__ = ["astream", "sdk_connection_error_class", "sdk_error_class", "stream"]
+
+_StreamT = TypeVar("_StreamT", MessageStream, AsyncMessageStream)
 
 # The SDK class raised for each Messages API error type (first name the installed SDK has wins; names
 # moved between SDK versions, e.g. RequestTooLargeError became ContentTooLargeError).
@@ -217,17 +219,29 @@ def _sdk_connection_message(client: Any, request: Any, cause: BaseException, tim
 
 
 def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
-    for name in ("stream", "output_format"):
-        if name in params and params[name] is not None and params[name] is not True:
-            if name == "output_format":
-                raise UsageError(
-                    "output_format is not supported by mendstream.stream; pass the JSON schema as "
-                    "output_config={'format': {'type': 'json_schema', 'schema': ...}} instead"
-                )
-            raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
+    if "stream" in params and params["stream"] is not None and params["stream"] is not True:
+        raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
     params.pop("stream", None)
-    params.pop("output_format", None)
     return apply_cache(params, cache)
+
+
+def _output_format(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``params`` with ``output_format`` turned into ``output_config.format`` as the SDK's ``messages.stream``
+    does, and the :class:`~mendstream.stream.structured.OutputFormat` that parses the answer (None without)."""
+    output_format = params.get("output_format")
+    if output_format is None:
+        params.pop("output_format", None)
+        return params, None
+    from mendstream.stream.structured import OutputFormat
+
+    structured = OutputFormat(output_format, beta="betas" in params)
+    return structured.request(params), structured
+
+
+def _structured(stream: _StreamT, structured: Any) -> _StreamT:
+    if structured is not None:
+        stream._state.structured = structured
+    return stream
 
 
 def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
@@ -390,7 +404,10 @@ def stream(
             mendstream's, for code that checks event classes. Costs one SDK model per event.
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
-            ``client.beta.messages``.
+            ``client.beta.messages``. ``output_format=SomeType`` works as with the SDK: the type's JSON schema
+            goes in ``output_config.format`` and ``get_final_message()`` is a ``ParsedMessage`` whose text
+            blocks have ``parsed_output`` (``OutputParseError`` if a whole answer does not validate; a cut
+            one gets None); ``TextEvent.parsed_snapshot()`` gives the partial object while streaming.
 
     Returns:
         A :class:`~mendstream.MessageStream` (context manager; iterate it for events). Its
@@ -405,18 +422,20 @@ def stream(
         complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
         ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
     """
-    params = _prepare(params, cache)
+    params, structured = _output_format(_prepare(params, cache))
     messages = _messages_of(client, params)
     given = parser
     parser = _cloud.parser_for(client, parser)  # a BedrockParser for AnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return sdk_stream(messages, params, capture=capture, parser=parser, retry=retry,
-                          idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
+        return _structured(sdk_stream(
+            messages, params, capture=capture, parser=parser, retry=retry, idle_timeout=idle_timeout,
+            progress_timeout=progress_timeout, sdk_events=sdk_events,
+        ), structured)
     raw, response, pump = open_response(messages, params, capture=capture, parser=parser)
-    return pump.message_stream(
+    return _structured(pump.message_stream(
         response.iter_bytes(), response=response, parser=_parser_as_sdk(given, parser, response, params),
         release=raw.close, sdk_events=sdk_events, beta="betas" in params,
-    )
+    ), structured)
 
 
 def _parser_as_sdk(given: MessageParser | None, parser: MessageParser | None, response: Any, params: Any) -> Any:
@@ -450,19 +469,26 @@ def astream(
     ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The request is
     sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
     """
-    params = _prepare(params, cache)
+    params, structured = _output_format(_prepare(params, cache))
     messages = _messages_of(client, params)
     given = parser
     parser = _cloud.parser_for(client, parser)  # a BedrockParser for AsyncAnthropicBedrock's event-stream
     if check_resilience(retry, idle_timeout, progress_timeout):  # resilience: delegate the attempt loop
-        return sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
-                           idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
+        opener = sdk_astream(messages, params, capture=capture, parser=parser, retry=retry,
+                             idle_timeout=idle_timeout, progress_timeout=progress_timeout, sdk_events=sdk_events)
+        if structured is None:
+            return opener
+
+        async def open_resilient() -> AsyncMessageStream:
+            return _structured(await opener, structured)
+
+        return AsyncStreamOpener(open_resilient)
 
     async def open_stream() -> AsyncMessageStream:
         raw, response, pump = await aopen_response(messages, params, capture=capture, parser=parser)
-        return pump.amessage_stream(
+        return _structured(pump.amessage_stream(
             response.aiter_bytes(), response=response, parser=_parser_as_sdk(given, parser, response, params),
             release=raw.close, sdk_events=sdk_events, beta="betas" in params,
-        )
+        ), structured)
 
     return AsyncStreamOpener(open_stream)
