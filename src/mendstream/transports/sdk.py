@@ -18,6 +18,7 @@ from mendstream.errors import APIStreamError, IncompleteStreamError, StreamError
 from mendstream.parser import MessageParser
 from mendstream.retry import Retry
 from mendstream.stream.sdk_rules import sdk_partial_mode
+from mendstream.stream.tracing import SpanFeed
 from mendstream.streaming import AsyncMessageStream, MessageStream
 from mendstream.transports import bedrock as _cloud
 from mendstream.transports.capturing import CapturePath, capture_error_response, capture_writer, request_json
@@ -238,6 +239,26 @@ def _output_format(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return structured.request(params), structured
 
 
+def _traced(stream: _StreamT, response: Any) -> _StreamT:
+    """``stream``, feeding the SDK's OpenTelemetry span of ``response`` as it is read (when the call has one):
+    see :class:`~mendstream.stream.tracing.SpanFeed`."""
+    state = stream._state
+
+    def snapshot() -> Any:
+        message = state.parser.message
+        return state.sdk_message(message) if message else None
+
+    feed = SpanFeed.open(response, snapshot, beta=state.beta)
+    if feed is not None:
+        events: Any = stream._iterator
+        traced: Any = feed.atraced(events) if isinstance(stream, AsyncMessageStream) else feed.traced(events)
+        stream._iterator = traced
+        convert = state._wrap_error
+        if convert is not None:  # the span fails with the error raised, before the response is released
+            state._wrap_error = lambda error: feed.failing(convert(error))
+    return stream
+
+
 def _structured(stream: _StreamT, structured: Any) -> _StreamT:
     if structured is not None:
         stream._state.structured = structured
@@ -432,10 +453,10 @@ def stream(
             progress_timeout=progress_timeout, sdk_events=sdk_events,
         ), structured)
     raw, response, pump = open_response(messages, params, capture=capture, parser=parser)
-    return _structured(pump.message_stream(
+    return _traced(_structured(pump.message_stream(
         response.iter_bytes(), response=response, parser=_parser_as_sdk(given, parser, response, params),
         release=raw.close, sdk_events=sdk_events, beta="betas" in params,
-    ), structured)
+    ), structured), response)
 
 
 def _parser_as_sdk(given: MessageParser | None, parser: MessageParser | None, response: Any, params: Any) -> Any:
@@ -486,9 +507,9 @@ def astream(
 
     async def open_stream() -> AsyncMessageStream:
         raw, response, pump = await aopen_response(messages, params, capture=capture, parser=parser)
-        return _structured(pump.amessage_stream(
+        return _traced(_structured(pump.amessage_stream(
             response.aiter_bytes(), response=response, parser=_parser_as_sdk(given, parser, response, params),
             release=raw.close, sdk_events=sdk_events, beta="betas" in params,
-        ), structured)
+        ), structured), response)
 
     return AsyncStreamOpener(open_stream)
