@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mendstream
 from mendstream.accumulate import WHOLE_OUTPUT_STOP_REASONS, cuts_output
@@ -25,6 +27,7 @@ from mendstream.faults import Cut, Stall, split_events
 from mendstream.server import Fixture, ReplayServer
 from mendstream.stream.sdk_rules import FINE_GRAINED_TOOL_STREAMING, sdk_partial_mode
 from sdk_reference import comparable
+from splitting import feed_all, split_at
 from streams import sse
 
 anthropic = pytest.importorskip("anthropic")
@@ -722,3 +725,53 @@ async def test_mid_stream_error_text_as_the_sdk_async() -> None:
 async def test_an_ordinary_stream_is_the_sdks(server: ReplayServer, via: str, betas: list[str] | None) -> None:
     sdk, ours = await both(server, via, "plain", betas)
     assert_same(sdk, ours)
+
+
+# -- the new shapes are split-invariant, and read alike without content and through the rewriter -------------
+
+
+def parse(chunks: list[bytes], **options: Any) -> tuple[dict[str, Any] | None, list[tuple[str, int | None]], str]:
+    parser = mendstream.MessageParser(**options)
+    _events, error = feed_all(parser, chunks)
+    return (parser.message if error is None else None, [(r.kind, r.index) for r in parser.repairs],
+            type(error).__name__ if error is not None else "")
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(sorted(STREAMS)), points=st.lists(st.integers(min_value=0), max_size=25))
+def test_the_new_shapes_are_read_alike_however_split(name: str, points: list[int]) -> None:
+    data = STREAMS[name]
+    assert parse(split_at(data, points)) == parse([data])
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_the_new_shapes_byte_by_byte_and_without_content(name: str) -> None:
+    data = STREAMS[name]
+    whole = parse([data])
+    assert parse([data[i : i + 1] for i in range(len(data))]) == whole
+    lean = parse([data], keep_content=False)
+    assert lean[1:] == whole[1:]  # the same repairs and errors
+    if whole[0] is not None:
+        marks = [b.get("input_incomplete") for b in whole[0]["content"]]
+        assert [b.get("input_incomplete") for b in lean[0]["content"]] == marks
+        assert lean[0]["stop_reason"] == whole[0]["stop_reason"] and lean[0]["model"] == whole[0]["model"]
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_the_rewriter_passes_the_new_shapes_to_the_sdk(name: str) -> None:
+    from mendstream.rewrite import ResponseRewriter
+
+    data = b"\xef\xbb\xbf" + STREAMS[name]  # a BOM: the rewriter re-encodes the whole chunk
+    rewriter = ResponseRewriter()
+    out = rewriter.feed(data) + rewriter.end()
+    with mendstream.replay(STREAMS[name], beta=True) as s:
+        try:
+            expected: dict[str, Any] | None = s.get_final_message().to_dict(mode="json")
+        except StreamError:
+            expected = None
+    try:
+        with mendstream.replay(out, beta=True) as s:
+            got: dict[str, Any] | None = s.get_final_message().to_dict(mode="json")
+    except StreamError:
+        got = None
+    assert got == expected
