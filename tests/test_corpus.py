@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mendstream import MessageParser
+from mendstream.core.accumulate import cuts_output
 from sdk_reference import sdk_http_module
 from splitting import split_at
 
@@ -42,6 +43,10 @@ DIFFERENCES = {
     "unknown_message_delta_fields": (
         "a top-level message_delta field the SDK does not model (e.g. provider_metadata from a gateway): "
         "mendstream puts it on the message; the SDK drops it"
+    ),
+    "input_incomplete_marker": (
+        "a tool input cut short by a stop reason that may cut the output (max_tokens, ...): both keep what "
+        "parses of it; mendstream also marks the block \"input_incomplete\": true"
     ),
 }
 # Top-level message_delta fields the beta SDK reads (it puts the non-null ones on the message).
@@ -106,8 +111,34 @@ def expected(name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
             if key not in _SDK_MESSAGE_DELTA_FIELDS and value is not None:
                 message[key] = value
                 applied.append("unknown_message_delta_fields")
+    for index in cut_tool_inputs(data):
+        message["content"][index]["input_incomplete"] = True
+        applied.append("input_incomplete_marker")
     assert set(applied) <= set(DIFFERENCES)
     return without_none(message), tuple(applied)
+
+
+def cut_tool_inputs(data: bytes) -> list[int]:
+    """The indexes of tool blocks whose input the stream's stop reason cut short: fragments that
+    json.loads (strict=False) refuses, under a stop reason that may cut the output."""
+    fragments: dict[int, list[str]] = {}
+    stop_reason = None
+    for event in wire_events(data):
+        if type(event) is not dict:
+            continue
+        if event.get("type") == "content_block_delta" and (event.get("delta") or {}).get("type") == "input_json_delta":
+            fragments.setdefault(event["index"], []).append(event["delta"].get("partial_json", ""))
+        elif event.get("type") == "message_delta":
+            stop_reason = (event.get("delta") or {}).get("stop_reason", stop_reason)
+    cut = []
+    for index, parts in fragments.items():
+        text = "".join(parts)
+        try:
+            json.loads(text, strict=False) if text.strip() else None
+        except ValueError:
+            if cuts_output(stop_reason):
+                cut.append(index)
+    return cut
 
 
 def parse(chunks: list[bytes]) -> tuple[dict[str, Any], list[tuple[str, int | None]]]:
@@ -183,7 +214,7 @@ def test_repeated_start_index_starts_a_new_block() -> None:
     assert "block_index_repeated" in repairs
 
 
-def test_tool_input_cut_by_max_tokens_completes_with_the_partial_input() -> None:
+def test_tool_input_cut_by_max_tokens_completes_with_the_partial_input_marked_incomplete() -> None:
     name = "anthropic-sdk-python__incomplete_partial_json_response.sse"
     parser = MessageParser()
     parser.feed((CORPUS / name).read_bytes())
@@ -192,7 +223,8 @@ def test_tool_input_cut_by_max_tokens_completes_with_the_partial_input() -> None
     assert message["stop_reason"] == "max_tokens"
     tool = next(b for b in message["content"] if b["type"] == "tool_use")
     assert tool["input"]["filename"] == "taxes.txt" and tool["input"]["lines_of_text"]
-    (repair,) = [r for r in parser.repairs if r.kind == "tool_input_cut_by_max_tokens"]
+    assert tool["input_incomplete"] is True
+    (repair,) = [r for r in parser.repairs if r.kind == "tool_input_cut"]
     assert repair.raw is not None and repair.raw.endswith('"Filing taxes') and repair.index == tool_index(message)
 
 

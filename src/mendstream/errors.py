@@ -18,6 +18,8 @@ __all__ = [
     "HTTPStatusError",
     "IncompleteStreamError",
     "MessageTooLargeError",
+    "OutputFormatError",
+    "OutputParseError",
     "PlannerStateError",
     "ProtocolError",
     "StreamError",
@@ -276,3 +278,25 @@ class ContentTypeError(ProtocolError):
 class MessageTooLargeError(BufferLimitError):
     """The stream grew past the parser's optional ``max_message_bytes``; ``limit`` holds the bound and
     ``snapshot`` the message accumulated before it."""
+
+
+class OutputFormatError(UsageError, TypeError):
+    """``output_format=`` cannot be used: not a type (a schema dict belongs in ``output_config``), a type
+    pydantic cannot make a JSON schema of, or given together with ``output_config["format"]`` on a beta
+    request. Also a ``TypeError``, as the SDK raises for the same misuse."""
+
+
+class OutputParseError(ProtocolError, ValueError):
+    """With ``output_format=``, a text block of a message that stopped normally (``end_turn``, ``tool_use``)
+    does not validate against the format. The pydantic ``ValidationError`` is the ``__cause__`` (the SDK raises
+    that one itself; this is also a ``ValueError``, as it is).
+
+    Attributes: ``text`` (the block's text), ``index`` (the block), and ``snapshot`` (the whole message).
+    A message cut short (``max_tokens``, ``refusal``, ...) is not an error: its unparsable text gets
+    ``parsed_output`` None.
+    """
+
+    def __init__(self, message: str, *, text: str, index: int, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.text = text
+        self.index = index

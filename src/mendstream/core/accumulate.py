@@ -17,6 +17,7 @@ from jiter import from_json
 
 from mendstream.core.events import (
     CitationEvent,
+    CompactionEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     Data,
@@ -36,12 +37,41 @@ from mendstream.core.partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSON
 from mendstream.core.repair import Repair
 from mendstream.errors import APIStreamError, IncompleteStreamError, ProtocolError, ToolInputError, UsageError
 
-__all__ = ["MAX_REPAIRS", "MessageAccumulator", "PartialMode", "check_partial_mode"]
+__all__ = [
+    "INPUT_INCOMPLETE",
+    "MAX_REPAIRS",
+    "TOOL_BLOCK_TYPES",
+    "WHOLE_OUTPUT_STOP_REASONS",
+    "MessageAccumulator",
+    "PartialMode",
+    "check_partial_mode",
+    "cuts_output",
+]
 
 PartialMode = Literal["on", "trailing-strings"]
 MAX_REPAIRS = 10_000
+
+#: The key set to True on a tool block (``tool_use``, ``server_tool_use``, ...) whose input was cut short by
+#: the stop reason: its ``input`` is what parses of the partial JSON, and must not be run as if whole.
+#: :func:`mendstream.sdk_events.to_sdk_message` turns it into an attribute of the SDK's block that is never
+#: serialized (so a message sent back to the API stays valid).
+INPUT_INCOMPLETE = "input_incomplete"
+
+#: Stop reasons after which the model's output is whole: a tool input that does not parse is then a fault
+#: (ToolInputError). Every other stop reason, including ones this version does not know, may end the output
+#: in the middle of a tool input (``max_tokens``, ``model_context_window_exceeded``, ``refusal``, a
+#: ``stop_sequence``, ``pause_turn``, the beta ``compaction``): see docs/stop-reasons.md.
+WHOLE_OUTPUT_STOP_REASONS = frozenset(("end_turn", "tool_use"))
+
+
+def cuts_output(stop_reason: object) -> bool:
+    """Whether a message that stopped for ``stop_reason`` may end in the middle of a tool input."""
+    if stop_reason is None:
+        return False
+    return not (type(stop_reason) is str and stop_reason in WHOLE_OUTPUT_STOP_REASONS)
 _MISSING_SNAPSHOT: Any = object()
 _MESSAGE_DELTA_OWN = frozenset(("type", "delta", "usage"))
+_STOP_DETAILS = ("stop_sequence", "stop_details")
 
 
 def _empty_message() -> dict[str, Any]:
@@ -93,12 +123,17 @@ class _Citations:
 
 
 class _ToolInput:
-    """The fragments of one tool block's input, and a parser advanced only as far as snapshots are read."""
+    """The fragments of one tool block's input, and a parser advanced only as far as snapshots are read.
 
-    __slots__ = ("_cache", "_parser", "_parser_n", "_start", "fragments", "mode")
+    ``start`` is the ``input`` of the block's ``content_block_start``, or MISSING when it had none (then a
+    snapshot before any value has arrived is None, as in the SDK, and the block gets no ``input`` unless
+    fragments bring one)."""
+
+    __slots__ = ("_cache", "_parser", "_parser_n", "_shown_start", "_start", "fragments", "mode")
 
     def __init__(self, start: Any, mode: PartialMode) -> None:
         self._start = start
+        self._shown_start = None if start is MISSING else start
         self.mode: PartialMode = mode
         self.fragments: list[str] = []
         self._parser: ToolInputParser | None = None
@@ -141,7 +176,7 @@ class _ToolInput:
                 parser.feed(fragment)
             self._parser_n = n
             value = parser.snapshot()
-        return self._start if value is MISSING else value
+        return self._shown_start if value is MISSING else value
 
     def finish(self) -> tuple[Any, list[tuple[str, str]]]:
         """The final input and the repairs it needed, as (kind, detail). Raises PartialJSONError, also for
@@ -156,7 +191,7 @@ class _ToolInput:
         repairs: list[tuple[str, str]] = []
         if not text.strip():
             return self._start, repairs
-        if self._start not in ({}, None):
+        if _replaces_start(self._start):
             repairs.append(("tool_input_replaced_start", f"start input {json.dumps(self._start)[:200]}"))
         # Strict first (the common case, one C pass). jiter is 4x faster than json.loads here and, on complete
         # documents, either returns what json.loads returns or raises (lone surrogates, very deep nesting), so
@@ -251,7 +286,7 @@ class _ToolCheck:
         repairs: list[tuple[str, str]] = []
         if not self._seen:
             return self._start, repairs
-        if self._start not in ({}, None):
+        if _replaces_start(self._start):
             repairs.append(("tool_input_replaced_start", f"start input {json.dumps(self._start)[:200]}"))
         parser = self._parser
         try:
@@ -262,6 +297,11 @@ class _ToolCheck:
             repairs.append(("tool_input_multiple_values", f"merged {parser.value_count} JSON objects in order"))
         repairs.extend(_parser_repairs(parser))
         return self._start, repairs
+
+
+def _replaces_start(start: Any) -> bool:
+    """Whether deltas replacing ``start`` (a tool block's start input) discard something: a non-empty value."""
+    return start is not MISSING and start not in ({}, None)
 
 
 _AFTER_VALUE_FAULTS = ("expected ',' or '}'", "expected ',' or ']'")
@@ -302,6 +342,12 @@ _TEXT, _THINKING, _TOOL, _OTHER, _CLOSED = 0, 1, 2, 3, 4
 _NO_PARTS: list[str] = []
 # Text-like block types: the kind, and the field their deltas append to.
 _TEXT_LIKE = {"text": (_TEXT, "text"), "thinking": (_THINKING, "thinking")}
+# Block types whose input the SDK builds from input_json_delta fragments even when their content_block_start
+# has no `input` (the SDK's TRACKS_TOOL_INPUT, beta included). A block of any type that has an `input` is
+# tracked too.
+TOOL_BLOCK_TYPES = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
+# Block types whose content_block_start MessageAccumulator._check_start looks at.
+_START_CHECKS = TOOL_BLOCK_TYPES | {"fallback"} | _TEXT_LIKE.keys()
 
 
 class _Block:
@@ -326,13 +372,14 @@ class _Block:
                 self.parts = self.text.parts
             else:
                 self.parts = _DISCARD
-        elif "input" in block:
+        elif "input" in block or (type(btype) is str and btype in TOOL_BLOCK_TYPES):
             self.kind = _TOOL
+            start = block.get("input", MISSING)
             if keep:
-                self.tool = self.source = _ToolInput(block["input"], mode)
+                self.tool = self.source = _ToolInput(start, mode)
                 self.parts = self.tool.fragments
             else:
-                self.tool = self.parts = _ToolCheck(block["input"], mode)
+                self.tool = self.parts = _ToolCheck(start, mode)
         else:
             self.kind = _OTHER
         # The append delta this block takes (dtype, field, event factory), from _DELTAS: the hot path.
@@ -351,7 +398,9 @@ class _Block:
         if self.citations is not None:
             out["citations"] = list(self.citations.items)
         if self.tool is not None:
-            out["input"] = self.tool.current()
+            value = self.tool.current()
+            if value is not MISSING and not (value is None and "input" not in self.block):
+                out["input"] = value
         return out
 
 
@@ -386,10 +435,12 @@ def _on_citations_delta(block: _Block, delta: dict[str, Any], out: list[Event]) 
 
 
 def _on_compaction_delta(block: _Block, delta: dict[str, Any], out: list[Event]) -> None:
-    # As the beta SDK: each compaction_delta replaces the block's content and encrypted_content.
+    # As the beta SDK: each compaction_delta replaces the block's content and encrypted_content, and is
+    # followed by a `compaction` event holding them.
     if block.block.get("type") == "compaction":
-        block.block["content"] = delta.get("content")
-        block.block["encrypted_content"] = delta.get("encrypted_content")
+        content = block.block["content"] = delta.get("content")
+        encrypted = block.block["encrypted_content"] = delta.get("encrypted_content")
+        out.append(CompactionEvent(content, encrypted))
 
 
 _DELTAS: dict[object, tuple[int, str, Any, _DeltaHandler | None]] = {
@@ -427,9 +478,10 @@ class MessageAccumulator:
     ``end(out)`` closes the stream. Errors raised: APIStreamError, IncompleteStreamError, ToolInputError.
 
     A tool input that no repair parses raises ToolInputError once the stop reason is known, unless that
-    reason is ``max_tokens``: then the input is kept as far as it parses (a ``tool_input_cut_by_max_tokens``
-    repair records the raw text). A content_block_start that repeats an index in use starts a new block at
-    the next index (``block_index_repeated``), as the SDK appends it.
+    reason may cut the output short (:func:`cuts_output`: every reason but ``end_turn`` and ``tool_use``):
+    then the input is kept as far as it parses, the block gets ``"input_incomplete": True`` and a
+    ``tool_input_cut`` repair records the raw text. A content_block_start that repeats an index in use starts
+    a new block at the next index (``block_index_repeated``), as the SDK appends it.
     """
 
     def __init__(self, *, partial_mode: PartialMode = "on", keep_content: bool = True) -> None:
@@ -591,8 +643,35 @@ class MessageAccumulator:
                 position,
             )
             index = position
-        self._blocks[index] = _Block(index, dict(block), self.partial_mode, self.keep_content)
+        started = dict(block)
+        btype = started.get("type")
+        if type(btype) is str and btype in _START_CHECKS:
+            self._check_start(index, btype, started)
+        self._blocks[index] = _Block(index, started, self.partial_mode, self.keep_content)
         out.append(ContentBlockStartEvent(index, Data(block)))
+
+    def _check_start(self, index: int, btype: str, started: dict[str, Any]) -> None:
+        """The block types whose start needs a look (rare shapes, the fallback block), before the block opens."""
+        if btype in TOOL_BLOCK_TYPES:
+            if "input" not in started:
+                self._repair(
+                    "tool_input_missing_from_start",
+                    f"the {btype} block's content_block_start has no input; it is built from the deltas",
+                    index,
+                )
+        elif btype == "fallback":
+            # As the beta SDK: the fallback block names the model that serves the rest of the response.
+            to = started.get("to")
+            model = to.get("model") if type(to) is dict else None
+            if type(model) is str and self._message is not None:
+                self._message["model"] = model
+        else:
+            field = _TEXT_LIKE[btype][1]
+            if field in started and started[field] is None:
+                started[field] = ""
+                self._repair(
+                    "null_text_in_start", f"the {btype} block started with {field}: null; taken as empty", index
+                )
 
     def handle_delta(self, obj: dict[str, Any], offset: int, ordinal: int, out: list[Event]) -> None:
         """Apply one ``content_block_delta`` event, as ``handle("content_block_delta", obj, ...)`` would.
@@ -665,6 +744,13 @@ class MessageAccumulator:
             for key, value in obj.items():
                 if key not in _MESSAGE_DELTA_OWN and value is not None:
                     message[key] = value
+        if "stop_reason" in delta:
+            # A delta that reports the stop reports all of it: an absent stop_sequence or stop_details is null
+            # (as the SDK sets them), not the value of an earlier stop. A delta without stop_reason (a
+            # gateway's usage-only one) leaves the stop as it was (the SDK nulls all three).
+            for key in _STOP_DETAILS:
+                if key not in delta and message.get(key) is not None:
+                    message[key] = None
         if delta.get("stop_reason") is not None:
             self.stop_reason_seen = True
             if self._pending_inputs:
@@ -707,7 +793,8 @@ class MessageAccumulator:
             else:
                 for kind, detail in repairs:
                     self._repair(kind, detail, block.index, raw=tool.raw())
-            block.block["input"] = value
+            if value is not MISSING:  # (MISSING: the start had no input and no fragment brought one)
+                block.block["input"] = value
             block.tool = None
         if block.text is not None and block.field is not None:
             block.block[block.field] = block.text.value()
@@ -720,10 +807,12 @@ class MessageAccumulator:
         out.append(ContentBlockStopEvent(block.index, Data(block.block)))
 
     def _unparseable_input(self, block: _Block, tool: _ToolInput | _ToolCheck, exc: PartialJSONError) -> Any:
-        # A tool input that no repair parses is an error, unless the model was cut off by max_tokens: then
-        # the input is as far as it got, and the message completes with it (as the SDK's partial parser
-        # gives it) plus a repair keeping the raw text. Which of the two is known only with the stop reason,
-        # which usually comes after the block's stop: until then the error waits in _pending_inputs.
+        # A tool input that no repair parses is an error, unless the stop reason says the output may have
+        # been cut short (max_tokens, model_context_window_exceeded, refusal, ...: see cuts_output): then the
+        # input is as far as it got (as the SDK's partial parser gives it), the block is marked
+        # `input_incomplete`, and a tool_input_cut repair keeps the raw text. Which of the two is known only
+        # with the stop reason, which usually comes after the block's stop: until then the error waits in
+        # _pending_inputs.
         raw = tool.raw()
         limit = f" (it nests deeper than the limit of {MAX_NESTING_DEPTH} containers)" if exc.reason == (
             "maximum depth exceeded") else ""
@@ -739,18 +828,22 @@ class MessageAccumulator:
             partial = tool.partial()
         except ValueError:
             raise error from None  # broken, not cut: no stop reason makes it an input
-        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
-            self._cut_by_max_tokens(error)
+        stop_reason = self._message.get("stop_reason") if self._message is not None else None
+        if cuts_output(stop_reason):
+            self._cut(error, stop_reason)
         elif self.stop_reason_seen:
             raise error
         else:
             self._pending_inputs.append(error)
         return partial
 
-    def _cut_by_max_tokens(self, error: ToolInputError) -> None:
+    def _cut(self, error: ToolInputError, stop_reason: object) -> None:
+        """Keep a tool input cut short by ``stop_reason``: mark its block and record the raw text."""
+        self._blocks[error.index].block[INPUT_INCOMPLETE] = True
         self._repair(
-            "tool_input_cut_by_max_tokens",
-            f"the input of block {error.index} was cut by max_tokens; kept what parses of {len(error.raw)} chars",
+            "tool_input_cut",
+            f"the input of block {error.index} was cut short (stop_reason {stop_reason!r}); kept what parses of "
+            f"{len(error.raw)} chars and marked the block {INPUT_INCOMPLETE}",
             error.index,
             raw=error.raw,
         )
@@ -758,9 +851,10 @@ class MessageAccumulator:
     def _settle_pending_inputs(self) -> None:
         """Decide the tool inputs that failed to parse, now that the stop reason is known (or never will be)."""
         pending, self._pending_inputs = self._pending_inputs, []
-        if self._message is not None and self._message.get("stop_reason") == "max_tokens":
+        stop_reason = self._message.get("stop_reason") if self._message is not None else None
+        if cuts_output(stop_reason):
             for error in pending:
-                self._cut_by_max_tokens(error)
+                self._cut(error, stop_reason)
         elif pending:
             raise pending[0]
 

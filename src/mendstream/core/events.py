@@ -11,6 +11,7 @@ from mendstream.errors import UsageError
 
 __all__ = [
     "CitationEvent",
+    "CompactionEvent",
     "ContentBlockDeltaEvent",
     "ContentBlockStartEvent",
     "ContentBlockStopEvent",
@@ -366,6 +367,21 @@ class SignatureEvent(_EventBase):
         self._signature = signature
 
 
+class CompactionEvent(_EventBase):
+    """After a ``compaction_delta`` on a ``compaction`` block: the block's ``content`` and
+    ``encrypted_content`` as that delta set them (the beta SDK's ``BetaCompactionEvent``)."""
+
+    __slots__ = ("_content", "_encrypted_content")
+    type: ClassVar[Literal["compaction"]] = "compaction"
+    _public = ("content", "encrypted_content")
+    content: str | None = _field("_content")
+    encrypted_content: str | None = _field("_encrypted_content")
+
+    def __init__(self, content: str | None, encrypted_content: str | None) -> None:
+        self._content = content
+        self._encrypted_content = encrypted_content
+
+
 class TextEvent(_SnapshotEvent):
     """A text delta; ``snapshot`` is all the block's text so far."""
 
@@ -373,6 +389,15 @@ class TextEvent(_SnapshotEvent):
     type: ClassVar[Literal["text"]] = "text"
     _public = ("text", "snapshot")
     text: str = _field("_payload")
+
+    def parsed_snapshot(self) -> Any:
+        """The text so far read as partial JSON, as the SDK's ``TextEvent.parsed_snapshot()``: jiter's
+        ``partial_mode="trailing-strings"`` (a string still arriving shows what has come), for structured
+        outputs. Parses the whole snapshot on each call (O(its size)); raises ValueError for text that is not
+        the beginning of a JSON value."""
+        from jiter import from_json
+
+        return from_json(str(self.snapshot).encode("utf-8", "surrogatepass"), partial_mode="trailing-strings")
 
 
 class ThinkingEvent(_SnapshotEvent):
@@ -492,6 +517,7 @@ Event = (
     | ThinkingEvent
     | SignatureEvent
     | CitationEvent
+    | CompactionEvent
     | InputJsonEvent
     | UnknownEvent
 )

@@ -100,6 +100,13 @@ class MessageParser:
         return self._acc.stopped
 
     @property
+    def bytes_fed(self) -> int:
+        """How many bytes ``feed`` has taken so far: it grows whenever the message may have changed (with
+        ``complete`` for what ``end()`` adds), so a reader can tell cheaply whether to look again."""
+        limit = self._max_message_bytes if self._max_message_bytes is not None else sys.maxsize
+        return limit - self._budget
+
+    @property
     def error(self) -> StreamError | None:
         """The error that stopped the parser, if any."""
         return self._error

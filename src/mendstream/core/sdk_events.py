@@ -4,6 +4,7 @@
 # public surface (`type`, `to_dict()`) is read, so the core may represent events however it likes.
 from __future__ import annotations
 
+import contextlib
 import importlib
 from functools import cache
 from typing import Any
@@ -58,6 +59,11 @@ _CLASSES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ..
         (("anthropic.lib.streaming", "CitationEvent"), ("anthropic.lib.streaming._types", "CitationEvent")),
         (("anthropic.lib.streaming._beta_types", "BetaCitationEvent"),),
     ),
+    # Only the beta SDK has a compaction event; the standard stream gets the same class (there is no other).
+    "compaction": (
+        (("anthropic.lib.streaming._beta_types", "BetaCompactionEvent"),),
+        (("anthropic.lib.streaming._beta_types", "BetaCompactionEvent"),),
+    ),
 }
 
 
@@ -91,17 +97,101 @@ def to_sdk_event(event: Any, *, beta: bool = False) -> Any:
         return event
     from anthropic._models import construct_type
 
-    return construct_type(type_=cls, value=event.to_dict())
+    value = event.to_dict()
+    kind = event.type
+    if kind == "content_block_stop" and _marked(value.get("content_block")):
+        value = {**value, "content_block": _unmarked(value["content_block"])}
+        sdk_event = construct_type(type_=cls, value=value)
+        _mark(getattr(sdk_event, "content_block", None))
+        return sdk_event
+    if kind == "message_stop" and type(value.get("message")) is dict:
+        message = value["message"]
+        marked = _marked_indexes(message)
+        if marked:
+            value = {**value, "message": _without_markers(message, marked)}
+            sdk_event = construct_type(type_=cls, value=value)
+            _mark_blocks(getattr(sdk_event, "message", None), marked)
+            return sdk_event
+    return construct_type(type_=cls, value=value)
 
 
-def to_sdk_message(message: dict[str, Any], *, beta: bool = False) -> Any:
+def to_sdk_message(message: dict[str, Any], *, beta: bool = False, parsed: bool = False) -> Any:
     """``message`` as an ``anthropic.types.Message`` (``anthropic.types.beta.BetaMessage`` with ``beta``)
     when the SDK is importable, else the dict itself. Built without validation, so unknown blocks survive.
+
+    A tool block marked ``"input_incomplete": True`` (its input was cut short by the stop reason) becomes
+    the SDK's block with an ``input_incomplete`` attribute that is True; the attribute is not a model field,
+    so ``model_dump()``, ``to_dict()`` and a request that sends the block back never carry it (the API
+    refuses unknown fields). Read it with ``getattr(block, "input_incomplete", False)``.
+
+    ``parsed=True`` builds the SDK's ``ParsedMessage`` (``ParsedBetaMessage``), whose text blocks have a
+    ``parsed_output`` (None here; see :mod:`mendstream.stream.structured`).
     """
     try:
         from anthropic._models import construct_type
 
-        module = importlib.import_module("anthropic.types.beta" if beta else "anthropic.types")
-    except ImportError:
+        if parsed:
+            name = "anthropic.types.beta.parsed_beta_message" if beta else "anthropic.types.parsed_message"
+            cls = getattr(importlib.import_module(name), "ParsedBetaMessage" if beta else "ParsedMessage")
+        else:
+            module = importlib.import_module("anthropic.types.beta" if beta else "anthropic.types")
+            cls = getattr(module, "BetaMessage" if beta else "Message")
+    except (ImportError, AttributeError):
         return message
-    return construct_type(type_=getattr(module, "BetaMessage" if beta else "Message"), value=message)
+    marked = _marked_indexes(message)
+    if not marked:
+        return construct_type(type_=cls, value=message)
+    sdk_message = construct_type(type_=cls, value=_without_markers(message, marked))
+    _mark_blocks(sdk_message, marked)
+    return sdk_message
+
+
+# -- the input_incomplete marker: a key in mendstream's dicts, a non-field attribute on the SDK's models -----
+
+_INPUT_INCOMPLETE = "input_incomplete"  # accumulate.INPUT_INCOMPLETE (not imported: this module stays apart)
+
+
+def _marked(block: object) -> bool:
+    return type(block) is dict and block.get(_INPUT_INCOMPLETE) is True
+
+
+def _unmarked(block: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in block.items() if key != _INPUT_INCOMPLETE}
+
+
+def _marked_indexes(message: dict[str, Any]) -> list[int]:
+    content = message.get("content")
+    if type(content) is not list:
+        return []
+    return [i for i, block in enumerate(content) if _marked(block)]
+
+
+def _without_markers(message: dict[str, Any], marked: list[int]) -> dict[str, Any]:
+    content = list(message["content"])
+    for i in marked:
+        content[i] = _unmarked(content[i])
+    return {**message, "content": content}
+
+
+def _mark_blocks(sdk_message: Any, marked: list[int]) -> None:
+    content = getattr(sdk_message, "content", None)
+    if isinstance(content, list):
+        for i in marked:
+            if i < len(content):
+                _mark(content[i])
+
+
+@cache
+def _pydantic_v1() -> bool:
+    import pydantic
+
+    return str(getattr(pydantic, "VERSION", "2")).startswith("1.")
+
+
+def _mark(block: Any) -> None:
+    """Set ``input_incomplete = True`` on an SDK block without making it a field (pydantic serializes its
+    fields and extras, never other instance attributes)."""
+    if block is None or _pydantic_v1():  # pydantic 1 serializes every instance attribute: leave it unmarked
+        return
+    with contextlib.suppress(AttributeError, TypeError):  # a model without an instance __dict__: unmarked
+        object.__setattr__(block, _INPUT_INCOMPLETE, True)

@@ -74,6 +74,13 @@ class Opened:
     release: Callable[[], object]
     abandon: Callable[[], object] | None = None
     convert: Callable[[StreamError], BaseException] | None = None
+    trace: Callable[[Callable[[], Any]], Any] | None = None
+    """Given a function returning the message so far (as the SDK's message, or None), returns what watches
+    this attempt: an object with ``events(list)`` (shown every event list the attempt delivers) and
+    ``failed(error)`` (the error that ended it), e.g. the SDK's tracing span fed as the SDK's own stream feeds
+    it; None (or returning None): nothing watches."""
+    parser: MessageParser | None = None
+    """The parser for this attempt when the transport chose it (None: the stream's own)."""
 
 
 Opener = Callable[[Open], Opened]
@@ -152,11 +159,52 @@ class _Run:
         self.slot = _Slot()
         self.response: Any = None
         self.closing = False
+        self.watcher: Any = None  # what watches the current attempt (Opened.trace)
+        self.structured: Any = None
+        """A :class:`~mendstream.streaming.structured.OutputFormat` (with ``output_format=``): the SDK's
+        ParsedMessage and parsed events."""
+        self.live: Any = None  # the current_message_snapshot object, once asked for
+
+    def message(self) -> dict[str, Any]:
+        reader = self.machine.reader
+        return self.presenter.stitch(reader.message) if reader is not None else {}
+
+    def sdk_message(self, message: dict[str, Any], *, final: bool = False) -> Any:
+        """``message`` as the SDK's message (its ``ParsedMessage``, parsed, with ``output_format``)."""
+        if self.structured is not None:
+            return self.structured.message(message, final=final)
+        return to_sdk_message(message, beta=self.beta)
+
+    def sdk_event(self, event: Event) -> Any:
+        """``event`` as the SDK's (with the parsed outputs the SDK's helper adds, with ``output_format``)."""
+        if self.structured is not None:
+            return self.structured.sdk_event(event)
+        return to_sdk_event(event, beta=self.beta)
+
+    def sdk_snapshot(self) -> Any:
+        """The message so far as the SDK's message, or None before message_start."""
+        message = self.message()
+        return self.sdk_message(message) if message else None
+
+    def progress(self) -> tuple[int, int, bool]:
+        """Changes whenever the message may have: the live snapshot's cue to rebuild."""
+        reader = self.machine.reader
+        if not isinstance(reader, MessageParser):
+            return (0, 0, False)
+        return id(reader), reader.bytes_fed, reader.complete
 
     def hold(self, opened: Opened) -> None:
         self.slot.opened = opened
         self.response = opened.response
+        self.watcher = opened.trace(self.sdk_snapshot) if opened.trace is not None else None
         reaper.hold(opened)
+
+    def attempt_over(self) -> None:
+        """The current attempt ended: tell its watcher how (before its response is released)."""
+        watcher, self.watcher = self.watcher, None
+        attempt = self.machine.attempt
+        if watcher is not None and attempt is not None and attempt.error is not None:
+            watcher.failed(attempt.error)
 
     def take(self) -> Opened | None:
         """The attempt held open, no longer held (the caller releases it)."""
@@ -201,7 +249,7 @@ class _SyncRun(_Run):
         except Exception as exc:
             machine.open_failed(exc, time.monotonic())
             return
-        machine.opened(time.monotonic(), convert=opened.convert)
+        machine.opened(time.monotonic(), convert=opened.convert, reader=opened.parser)
         self.hold(opened)
         self.body = iter(opened.body)
         self.guard = None
@@ -249,9 +297,13 @@ class _SyncRun(_Run):
         try:
             received = machine.received
             monotonic = time.monotonic
+            watcher = self.watcher
+            observe = watcher.events if watcher is not None else None
             for chunk in body:
                 events = received(chunk, monotonic())
                 if events:
+                    if observe is not None:
+                        observe(events)
                     yield from events
                 if machine.state != "read":
                     break
@@ -260,12 +312,15 @@ class _SyncRun(_Run):
             else:
                 events = machine.ended(time.monotonic())
                 if events:
+                    if observe is not None:
+                        observe(events)
                     yield from events
         finally:
             if guard is not None:
                 guard.disarm()
         if self.closing:
             machine.close()
+        self.attempt_over()
         self.release()
 
     def release(self) -> None:
@@ -312,7 +367,7 @@ class _AsyncRun(_Run):
         except Exception as exc:
             machine.open_failed(exc, time.monotonic())
             return
-        machine.opened(time.monotonic(), convert=opened.convert)
+        machine.opened(time.monotonic(), convert=opened.convert, reader=opened.parser)
         self.hold(opened)
         self.body = aiter(opened.body)
 
@@ -351,6 +406,8 @@ class _AsyncRun(_Run):
         monotonic = time.monotonic
         bounded = machine.stall_enabled
         loop = asyncio.get_running_loop()
+        watcher = self.watcher
+        observe = watcher.events if watcher is not None else None
         last: list[Event] = []
         while True:
             try:
@@ -368,14 +425,19 @@ class _AsyncRun(_Run):
                 last = machine.timed_out(monotonic())
                 break
             events = machine.received(chunk, monotonic())
+            if events and observe is not None:
+                observe(events)
             for event in events:
                 yield event
             if machine.state != "read":
                 break
+        if last and observe is not None:
+            observe(last)
         for event in last:
             yield event
         if self.closing:
             machine.close()
+        self.attempt_over()
         await self.release()
 
     async def pause(self, seconds: float) -> None:
@@ -421,8 +483,7 @@ class _Surface:
         Before iteration this is ``{}``; after ``get_final_message()`` / ``until_done()`` (which read to the
         end) it is the final message, equal to ``get_final_message()`` as a dict.
         """
-        reader = self._run.machine.reader
-        return self._run.presenter.stitch(reader.message) if reader is not None else {}
+        return self._run.message()
 
     @property
     def repairs(self) -> list[Repair]:
@@ -452,12 +513,25 @@ class _Surface:
         return request_id_of(getattr(self._run.response, "headers", None))
 
     @property
+    def workspace_id(self) -> str | None:
+        """The ``anthropic-workspace-id`` response header, as the SDK's ``MessageStream.workspace_id`` (None
+        for replays and responses without it)."""
+        headers = getattr(self._run.response, "headers", None)
+        value = headers.get("anthropic-workspace-id") if headers is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
     def current_message_snapshot(self) -> Any:
-        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed."""
-        message = self.message
-        if not message:
-            raise UsageError("no message_start has been received yet")
-        return to_sdk_message(message, beta=self._run.beta)
+        """The message so far, as an ``anthropic.types.Message`` when the SDK is installed. As with the SDK it
+        is one object that keeps updating while the stream is read (UsageError before message_start)."""
+        run = self._run
+        if run.live is None:
+            if not run.message():
+                raise UsageError("no message_start has been received yet")
+            from mendstream.streaming.snapshot import live_message
+
+            run.live = live_message(run.message, run.progress, beta=run.beta, build=run.sdk_message)
+        return run.live
 
     def _settle(self) -> None:
         """Detach the finaliser once nothing more will be opened and nothing is held."""
@@ -469,7 +543,7 @@ class _Surface:
         reader = self._run.machine.reader
         if reader is None or not getattr(reader, "complete", False):
             raise UsageError("the stream has not completed")
-        return to_sdk_message(self.message, beta=self._run.beta)
+        return self._run.sdk_message(self.message, final=True)
 
     def _final_text(self) -> str:
         self._settle()
@@ -510,14 +584,16 @@ class MessageStream(_Surface):
         convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
         sdk_events: bool = False,
         beta: bool = False,
+        output_format: Any = None,
     ) -> None:
         run = _SyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                        parser=parser, convert_stall=convert_stall, beta=beta)
+        run.structured = _structured(output_format, beta)
         super().__init__(run)
         reaper.start()
         events = run.events()
         # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
-        self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, beta)) if sdk_events else events
+        self._iterator = cast("Generator[Event, None, None]", _sdk_events(events, run)) if sdk_events else events
         self.text_stream: Iterator[str] = _text(self._iterator)
         try:
             run.start()
@@ -585,13 +661,15 @@ class AsyncMessageStream(_Surface):
         convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
         sdk_events: bool = False,
         beta: bool = False,
+        output_format: Any = None,
     ) -> None:
         run = _AsyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                         parser=parser, convert_stall=convert_stall, beta=beta)
+        run.structured = _structured(output_format, beta)
         super().__init__(run)
         reaper.start()
         events = run.events()
-        self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, beta)) if sdk_events else events
+        self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, run)) if sdk_events else events
         self.text_stream: AsyncIterator[str] = _atext(self._iterator)
 
     async def start(self) -> Self:
@@ -642,6 +720,16 @@ class AsyncMessageStream(_Surface):
         return self._final_text()
 
 
+def _structured(output_format: Any, beta: bool) -> Any:
+    """The :class:`~mendstream.streaming.structured.OutputFormat` for ``output_format`` (a type, as the SDK's
+    ``messages.stream(output_format=...)`` takes it, or an OutputFormat already made), or None."""
+    if output_format is None:
+        return None
+    from mendstream.streaming.structured import OutputFormat
+
+    return output_format if isinstance(output_format, OutputFormat) else OutputFormat(output_format, beta=beta)
+
+
 def _text(events: Iterator[Any]) -> Iterator[str]:
     for event in events:
         if event.type == "text":  # mendstream's or the SDK's TextEvent
@@ -654,14 +742,14 @@ async def _atext(events: AsyncIterator[Any]) -> AsyncIterator[str]:
             yield event.text
 
 
-def _sdk_events(events: Iterator[Event], beta: bool) -> Generator[Any, None, None]:
+def _sdk_events(events: Iterator[Event], run: _Run) -> Generator[Any, None, None]:
     for event in events:
-        yield to_sdk_event(event, beta=beta)
+        yield run.sdk_event(event)
 
 
-async def _asdk_events(events: AsyncIterator[Event], beta: bool) -> AsyncGenerator[Any, None]:
+async def _asdk_events(events: AsyncIterator[Event], run: _Run) -> AsyncGenerator[Any, None]:
     async for event in events:
-        yield to_sdk_event(event, beta=beta)
+        yield run.sdk_event(event)
 
 
 def iterable_opener(chunks: Iterable[bytes]) -> Opener:

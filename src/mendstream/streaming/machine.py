@@ -378,15 +378,22 @@ class StreamMachine(Generic[Out]):
 
     # -- inputs ----------------------------------------------------------------------------------------------------
 
-    def opened(self, now: float, *, convert: Callable[[StreamError], BaseException] | None = None) -> None:
+    def opened(
+        self,
+        now: float,
+        *,
+        convert: Callable[[StreamError], BaseException] | None = None,
+        reader: Reader[Out] | None = None,
+    ) -> None:
         """The attempt's response head arrived and can be streamed. ``convert`` maps the reader's errors
-        to what is raised for this attempt (the transport's error mapping)."""
+        to what is raised for this attempt (the transport's error mapping); ``reader`` replaces the one the
+        machine would make (a transport that chose the parser from the response)."""
         self._expect("open")
         attempt = self._attempt
         assert attempt is not None
         self.attempts.append(attempt)
         self._epoch = _Epoch()
-        self.reader = self._make_reader(attempt.number)
+        self.reader = reader if reader is not None else self._make_reader(attempt.number)
         self.presenter.begin(attempt)
         self.clock = StallClock(self.idle, self.progress, now) if self.stall_enabled else None
         self._convert = convert

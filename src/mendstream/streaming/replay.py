@@ -45,13 +45,18 @@ def _parser(parser_options: dict[str, Any]) -> MessageParser:
     return BedrockParser(framing="auto", **parser_options)
 
 
-def replay(source: Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any) -> MessageStream:
+def replay(
+    source: Source, /, *, sdk_events: bool = False, beta: bool = False, output_format: Any = None,
+    **parser_options: Any,
+) -> MessageStream:
     """Parse a recorded stream: a file path, the bytes, or an iterable of byte chunks.
 
     Returns a :class:`~mendstream.MessageStream` (use it as a context manager or iterate it). Nothing is read
     until it is iterated or ``get_final_message()`` / ``until_done()`` is called (``.message`` is ``{}``
     before). ``sdk_events=True`` yields the SDK's own event objects instead of mendstream's; ``beta=True``
-    makes those and ``get_final_message()`` the SDK's ``Beta`` types. ``parser_options`` go to
+    makes those and ``get_final_message()`` the SDK's ``Beta`` types. ``output_format`` (a type, as the SDK's
+    ``messages.stream(output_format=...)`` takes it) makes ``get_final_message()`` the SDK's ``ParsedMessage``
+    with ``parsed_output`` (see :class:`mendstream.streaming.structured.OutputFormat`). ``parser_options`` go to
     :class:`~mendstream.MessageParser` (``max_event_bytes``, ``partial_mode``, ...). An AWS event-stream body
     (a captured Bedrock response) is recognised from its first bytes and read as such.
 
@@ -59,7 +64,7 @@ def replay(source: Source, /, *, sdk_events: bool = False, beta: bool = False, *
         UsageError: ``source`` is not a file, bytes or an iterable of chunks (a directory, a missing file).
     """
     return MessageStream(iterable_opener(_chunks_of(source)), parser=_parser(parser_options),
-                         sdk_events=sdk_events, beta=beta)
+                         sdk_events=sdk_events, beta=beta, output_format=output_format)
 
 
 async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -68,10 +73,11 @@ async def _aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 def areplay(
-    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False, **parser_options: Any
+    source: AsyncIterable[bytes] | Source, /, *, sdk_events: bool = False, beta: bool = False,
+    output_format: Any = None, **parser_options: Any,
 ) -> AsyncMessageStream:
     """Async twin of :func:`replay`: takes an async iterable of chunks (or what ``replay`` takes). Iterate it
     with ``async for`` (or ``await stream.get_final_message()``)."""
     achunks = source if isinstance(source, AsyncIterable) else _aiter_chunks(_chunks_of(source))
     return AsyncMessageStream(async_iterable_opener(achunks), parser=_parser(parser_options),
-                              sdk_events=sdk_events, beta=beta)
+                              sdk_events=sdk_events, beta=beta, output_format=output_format)

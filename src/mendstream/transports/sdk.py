@@ -15,11 +15,20 @@ from typing import Any
 
 from mendstream.cache.integration import apply_cache
 from mendstream.core.parser import MessageParser
-from mendstream.errors import APIStreamError, StreamError, StreamStalledError, UsageError, request_id_of
+from mendstream.errors import (
+    APIStreamError,
+    IncompleteStreamError,
+    StreamError,
+    StreamStalledError,
+    UsageError,
+    request_id_of,
+)
 from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
 from mendstream.streaming.machine import Open
 from mendstream.streaming.opener import AsyncStreamOpener
 from mendstream.streaming.retry import Retry
+from mendstream.streaming.sdk_rules import sdk_partial_mode
+from mendstream.streaming.tracing import SpanFeed
 from mendstream.transports import cloud as _cloud
 from mendstream.transports.capturing import (
     CapturePath,
@@ -31,7 +40,7 @@ from mendstream.transports.capturing import (
 from mendstream.transports.failures import content_type_error
 from mendstream.transports.pump import BodyPump
 
-__all__ = ["astream", "sdk_error_class", "stream"]
+__all__ = ["astream", "sdk_connection_error_class", "sdk_error_class", "sdk_stall_class", "stream"]
 
 # The SDK class raised for each Messages API error type (first name the installed SDK has wins; names
 # moved between SDK versions, e.g. RequestTooLargeError became ContentTooLargeError).
@@ -107,13 +116,25 @@ def sdk_error_class(error_type: str) -> type[BaseException]:
     return combined
 
 
-def to_sdk_error(err: StreamError, response: Any) -> BaseException:
+def to_sdk_error(
+    err: StreamError, response: Any, transport_error: BaseException | None = None, *, client: Any = None
+) -> BaseException:
+    """What the SDK transport raises for the core error ``err`` read from ``response``.
+
+    An ``APIStreamError`` (an ``error`` event) becomes :func:`sdk_error_class`'s class, its message
+    formatted as the installed SDK formats a mid-stream error (2.17: the error's text, then request id,
+    path and type in parentheses) and its ``request_id`` read as the SDK reads it: the ``request-id`` header
+    first, then the body's, then Bedrock's ``x-amzn-requestid``. An ``IncompleteStreamError`` caused by
+    ``transport_error`` (the connection dropped mid-body) becomes :func:`sdk_connection_error_class`'s class,
+    worded as ``client`` words a failed read. Anything else is returned unchanged.
+    """
+    if isinstance(err, IncompleteStreamError) and transport_error is not None:
+        return _connection_error(err, response, transport_error, client)
     if not isinstance(err, APIStreamError):
         return err
     cls: Any = sdk_error_class(err.error_type)
     body = err.body
-    # The SDK formats a mid-stream error's message as `f"{body}"`; keep that, so logs read the same.
-    message = f"{body}" if body not in (None, "") else err.message
+    message = _sdk_status_message(body, response) or (f"{body}" if body not in (None, "") else err.message)
     exc: Any = cls.__new__(cls)
     try:
         cls.__init__(exc, message, response=response, body=body)
@@ -124,25 +145,109 @@ def to_sdk_error(err: StreamError, response: Any) -> BaseException:
     exc.snapshot = err.snapshot
     exc.offset = err.offset
     exc.events = getattr(err, "events", [])
-    # the body's, else the SDK's (the `request-id` header), else Bedrock's `x-amzn-requestid`
+    # As the SDK: the `request-id` header, else the body's; then Bedrock's `x-amzn-requestid`
+    headers = getattr(response, "headers", None)
     exc.request_id = (
-        err.request_id or getattr(exc, "request_id", None) or request_id_of(getattr(response, "headers", None))
+        _header(headers, "request-id") or err.request_id or request_id_of(headers)
     )
     return exc  # type: ignore[no-any-return]
 
 
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name) if headers is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+def _sdk_status_message(body: object, response: Any) -> str | None:
+    """The message the installed SDK gives a mid-stream error event with ``body`` (its
+    ``make_status_error``, 2.17 on), or None when that SDK has none or cannot word it for ``response``."""
+    try:
+        from anthropic._error_classes import make_status_error  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # an older SDK formats it as f"{body}"
+        return None
+    try:
+        err_msg = f"{body}"
+        return str(make_status_error(err_msg, body=body, response=response).message)
+    except Exception:  # a stand-in response without a request or status
+        return None
+
+
+_connection_classes: dict[type[BaseException], type[BaseException]] = {}
+
+
+def sdk_connection_error_class(timeout: bool = False) -> type[BaseException]:
+    """The class raised through the SDK transport when the connection drops before the message is complete:
+    both :class:`~mendstream.IncompleteStreamError` and ``anthropic.APIConnectionError`` (SDK 2.17 raises
+    that for a failed body read), or ``anthropic.APITimeoutError`` when the read timed out (``timeout``).
+    Created once per SDK class, importable from this module (so they pickle)."""
+    import anthropic
+
+    sdk_cls: type[BaseException] = anthropic.APITimeoutError if timeout else anthropic.APIConnectionError
+    combined = _connection_classes.get(sdk_cls)
+    if combined is None:
+        name = f"Stream{sdk_cls.__name__}"
+        combined = type(
+            name,
+            (sdk_cls, IncompleteStreamError),
+            {
+                "__module__": __name__,
+                "__qualname__": name,
+                "__reduce__": reduce_error,
+                "__doc__": f"A stream cut by its connection; both anthropic.{sdk_cls.__name__} and "
+                "IncompleteStreamError.",
+            },
+        )
+        _connection_classes[sdk_cls] = combined
+        globals()[name] = combined
+    return combined
+
+
+def _connection_error(
+    err: IncompleteStreamError, response: Any, cause: BaseException, client: Any
+) -> BaseException:
+    timeout = any(klass.__name__ == "TimeoutException" for klass in type(cause).__mro__)
+    cls = sdk_connection_error_class(timeout)
+    request = getattr(response, "request", None)
+    message = _sdk_connection_message(client, request, cause, timeout)
+    exc: Any = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(err.__dict__)
+    exc.message = message  # the SDK's wording; what mendstream saw is in the note
+    exc.request = request
+    exc.body = None
+    exc.add_note(f"mendstream: {err.message}")
+    return exc  # type: ignore[no-any-return]
+
+
+def _sdk_connection_message(client: Any, request: Any, cause: BaseException, timeout: bool) -> str:
+    """How ``client`` (the SDK's) words a body read that failed with ``cause``; the SDK's defaults else."""
+    make = getattr(client, "_make_timeout_error" if timeout else "_make_connection_error", None)
+    if make is not None and request is not None:
+        try:
+            return str(make(request, cause).message)
+        except Exception:  # an SDK whose helper takes other arguments
+            pass
+    return "Request timed out." if timeout else "Connection error."
+
+
 def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
-    for name in ("stream", "output_format"):
-        if name in params and params[name] is not None and params[name] is not True:
-            if name == "output_format":
-                raise UsageError(
-                    "output_format is not supported by mendstream.stream; pass the JSON schema as "
-                    "output_config={'format': {'type': 'json_schema', 'schema': ...}} instead"
-                )
-            raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
+    if "stream" in params and params["stream"] is not None and params["stream"] is not True:
+        raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
     params.pop("stream", None)
-    params.pop("output_format", None)
     return apply_cache(params, cache)
+
+
+def _output_format(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``params`` with ``output_format`` turned into ``output_config.format`` as the SDK's ``messages.stream``
+    does, and the :class:`~mendstream.streaming.structured.OutputFormat` that parses the answer (None without)."""
+    output_format = params.get("output_format")
+    if output_format is None:
+        params.pop("output_format", None)
+        return params, None
+    from mendstream.streaming.structured import OutputFormat
+
+    structured = OutputFormat(output_format, beta="betas" in params)
+    return structured.request(params), structured
 
 
 def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
@@ -207,6 +312,11 @@ def _fill_request_id(exc: Exception) -> None:
             exc.request_id = request_id_of(response.headers)  # type: ignore[attr-defined]
 
 
+def _client_of(messages: Any) -> Any:
+    """The SDK client behind a ``messages`` resource (for the SDK's own error wording), or None."""
+    return getattr(messages, "_client", None)
+
+
 def open_response(
     messages: Any, params: dict[str, Any], *, capture: CapturePath | None, parser: MessageParser | None
 ) -> tuple[Any, Any, BodyPump]:
@@ -234,7 +344,8 @@ def open_response(
             raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
     pump = BodyPump(
-        _start_capture(capture, response, params, t0), convert_error=lambda err: to_sdk_error(err, response)
+        _start_capture(capture, response, params, t0),
+        convert_error=lambda err: to_sdk_error(err, response, pump.transport_error, client=_client_of(messages)),
     )
     return raw, response, pump
 
@@ -259,7 +370,8 @@ async def aopen_response(
             await raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
     pump = BodyPump(
-        _start_capture(capture, response, params, t0), convert_error=lambda err: to_sdk_error(err, response)
+        _start_capture(capture, response, params, t0),
+        convert_error=lambda err: to_sdk_error(err, response, pump.transport_error, client=_client_of(messages)),
     )
     return raw, response, pump
 
@@ -358,17 +470,46 @@ def stream(
         complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
         ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
     """
-    params = _prepare(params, cache)
+    params, structured = _output_format(_prepare(params, cache))
     messages = _messages_of(client, params)
+    given = parser
     parser = _cloud.parser_for(client, parser)  # an event-stream parser for AnthropicBedrock
+    beta = "betas" in params
 
     def opener(action: Open) -> Opened:
         path = attempt_capture_path(capture, action.attempt.number)
         raw, response, pump = open_response(messages, _attempt_params(params, action), capture=path, parser=parser)
-        return pump.opened(response, response.iter_bytes(), raw.close)
+        opened = pump.opened(response, response.iter_bytes(), raw.close)
+        return _for_sdk(opened, given, parser, params, beta)
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                         parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta="betas" in params)
+                         parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
+                         output_format=structured)
+
+
+def _for_sdk(opened: Opened, given: MessageParser | None, parser: MessageParser | None, params: Any,
+             beta: bool) -> Opened:
+    """One attempt read as the SDK would read it: the partial mode its helper would pick for the request as
+    sent (unless the caller gave a parser), and the SDK's OpenTelemetry span of the call fed as its own stream
+    feeds it (when the call has one)."""
+    chosen = _parser_as_sdk(given, parser, opened.response, params)
+    if chosen is not parser:
+        opened.parser = chosen
+    response = opened.response
+    opened.trace = lambda snapshot: SpanFeed.open(response, snapshot, beta=beta)
+    return opened
+
+
+def _parser_as_sdk(given: MessageParser | None, parser: MessageParser | None, response: Any, params: Any) -> Any:
+    """The caller's parser as given; else the default one with the partial mode the SDK's helper would use for
+    the request as it was sent (the fine-grained tool streaming beta: see ``streaming.sdk_rules``)."""
+    if given is not None:
+        return parser
+    request = getattr(response, "request", None)
+    mode = sdk_partial_mode(getattr(request, "headers", None), beta="betas" in params)
+    if mode == "on":
+        return parser
+    return MessageParser(partial_mode=mode) if parser is None else type(parser)(partial_mode=mode)
 
 
 def astream(
@@ -390,19 +531,21 @@ def astream(
     ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The first attempt
     is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
     """
-    params = _prepare(params, cache)
+    params, structured = _output_format(_prepare(params, cache))
     messages = _messages_of(client, params)
+    given = parser
     parser = _cloud.parser_for(client, parser)
+    beta = "betas" in params
 
     async def opener(action: Open) -> Opened:
         path = attempt_capture_path(capture, action.attempt.number)
         raw, response, pump = await aopen_response(messages, _attempt_params(params, action), capture=path,
                                                    parser=parser)
-        return pump.aopened(response, response.aiter_bytes(), raw.close)
+        return _for_sdk(pump.aopened(response, response.aiter_bytes(), raw.close), given, parser, params, beta)
 
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                  parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events,
-                                  beta="betas" in params)
+                                  parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
+                                  output_format=structured)
 
     return AsyncStreamOpener(make)

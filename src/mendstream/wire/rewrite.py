@@ -746,7 +746,7 @@ class ResponseRewriter:
                 self._finished = True
                 encoded.append((kind, {"type": kind}))
                 closed = None
-            elif kind in ("text", "thinking", "signature", "citation", "input_json"):
+            elif kind in ("text", "thinking", "signature", "citation", "input_json", "compaction"):
                 continue  # derived events: their wire event is the content_block_delta beside them
             else:  # an event the core passes through unknown: send it as it was decoded
                 encoded.append((kind, event.data.to_dict()))
