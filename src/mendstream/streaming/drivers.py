@@ -492,7 +492,7 @@ class _Surface:
 
     @property
     def attempts(self) -> list[Attempt]:
-        """One record per attempt so far (see :class:`~mendstream.Attempt`)."""
+        """One record per attempt so far (see :class:`~mendstream.streaming.retry.Attempt`)."""
         return self._run.machine.attempts
 
     @property
