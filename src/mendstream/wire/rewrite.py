@@ -375,7 +375,6 @@ _SYNTHESIZED_BLOCKS: dict[str, dict[str, Any]] = {
     "citations_delta": {"type": "text", "text": ""},
     "thinking_delta": {"type": "thinking", "thinking": "", "signature": ""},
     "signature_delta": {"type": "thinking", "thinking": "", "signature": ""},
-    "input_json_delta": {"type": "tool_use", "id": "", "name": "", "input": {}},
 }
 
 #: The ``error.type`` of the ``error`` event ending a stream that mendstream could not complete, by cause.
@@ -705,8 +704,13 @@ class ResponseRewriter:
                 index = event.index
                 delta: dict[str, Any] = event.delta.to_dict()
                 if index not in self._blocks:
-                    self._blocks.add(index)
                     dtype = delta.get("type")
+                    if dtype == "input_json_delta":
+                        # Tool input for a block that never started: the core refuses it at the block's stop (a
+                        # tool call without id and name cannot be run); nothing of it is sent before the error.
+                        unchanged = False
+                        continue
+                    self._blocks.add(index)
                     template = _SYNTHESIZED_BLOCKS.get(dtype) if type(dtype) is str else None
                     if template is not None:
                         unchanged = False
