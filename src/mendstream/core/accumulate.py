@@ -267,6 +267,10 @@ class _ToolCheck:
         """Characters of input received (counted, not kept)."""
         return self._size
 
+    @property
+    def failed(self) -> PartialJSONError | None:
+        return self._parser.failed
+
     def current(self) -> Any:
         return self._start
 
@@ -542,6 +546,29 @@ class MessageAccumulator:
 
     def raw_tool_inputs(self) -> dict[int, str]:
         return {i: b.tool.raw() for i, b in self._blocks.items() if b.tool is not None and not b.closed}
+
+    def broken_tool_input(self, index: int, /) -> ToolInputError | None:
+        """The error block ``index``'s tool input will end with whatever follows, once the text received can
+        no longer become JSON that a repair or a stop reason saves (the same judgement as at its stop); else
+        None. Known only to a parser that checks input as it arrives (``keep_content=False``); O(1) unless
+        the input has just failed."""
+        block = self._blocks.get(index)
+        tool = block.tool if block is not None else None
+        if not isinstance(tool, _ToolCheck) or tool.failed is None:
+            return None
+        assert block is not None
+        try:
+            tool.partial()
+        except ValueError:
+            return ToolInputError(
+                f"tool input of block {index} is not JSON even after repair: {tool.failed.reason} "
+                f"at char {tool.failed.position} of {tool.size()}",
+                raw=tool.raw(),
+                index=index,
+                snapshot=self.message(),
+                offset=self._offset,
+            )
+        return None
 
     # -- driving -----------------------------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.parser import MessageParser
+from mendstream.core.partial_json import MISSING
 from mendstream.core.repair import Repair
 from mendstream.core.sse import DEFAULT_MAX_EVENT_BYTES
 from mendstream.errors import (
@@ -413,6 +415,43 @@ def _double_backslash_at(distance: int) -> Callable[[list[str]], list[str]]:
     return patch
 
 
+def _start_decision(index: int, events: Sequence[Any], padded: bool) -> str | None:
+    """For a held tool start of block ``index``: ``"replace"`` when ``events`` bring input fragments with
+    content (the start's input is replaced by them), None while they are only empty or blank fragments of it
+    (``padded`` says a blank one was held), ``"restate"`` when the block stops after blank fragments (clients
+    that concatenate would parse the blanks: the start's input is sent as a delta after them), ``"keep"`` for
+    anything else (the start stands as sent)."""
+    undecided = False
+    for event in events:
+        if event.type == "content_block_delta" and event.index == index:
+            delta = event.delta
+            if delta.get("type") == "input_json_delta":
+                fragment = delta.get("partial_json")
+                if type(fragment) is str and fragment.strip():
+                    return "replace"
+                undecided = True
+                continue
+            return "keep"
+        if event.type == "input_json":
+            continue
+        if event.type == "content_block_stop" and event.index == index and padded:
+            return "restate"
+        return "keep"
+    return None if undecided or not events else "keep"
+
+
+def _blank(encoded: tuple[str, dict[str, Any]]) -> bool:
+    """Whether a held wire event is an input fragment of blanks (not empty)."""
+    name, payload = encoded
+    fragment = payload.get("delta", {}).get("partial_json") if name == "content_block_delta" else None
+    return type(fragment) is str and fragment != "" and not fragment.strip()
+
+
+def _is_tool_block(block: Mapping[str, Any]) -> bool:
+    btype = block.get("type")
+    return "input" in block or (type(btype) is str and btype in TOOL_BLOCK_TYPES)
+
+
 def _error_type_of(exc: StreamError) -> str:
     for cls in type(exc).__mro__:
         if cls in ERROR_TYPES:
@@ -487,6 +526,14 @@ class ResponseRewriter:
         self._message_started = False
         self._blocks: set[int] = set()
         self._tools: dict[int, ToolInputFixer] = {}
+        # A tool block whose start carries an input is held back (with any empty fragments after it) until its
+        # first fragment with content or its stop: the API sends such a start for server tools with no deltas
+        # (passed as received), but some gateways send the input in the start AND as deltas, which clients
+        # read differently (one keeps the start, one concatenates, one refuses); then the start goes out with
+        # `"input": {}`, the one form every client reads alike: the input is the deltas' (as in the core).
+        self._start_input: int | None = None  # set by _track when the event it read is such a start
+        self._start_hold: tuple[int, list[tuple[bytes | None, list[tuple[str, dict[str, Any]]]]]] | None = None
+        self._fed_tool: int | None = None  # the tool block a fragment was fed to in the last event
         self._changed = False
         self._finished = False  # message_stop or error sent: drop everything after
         # An event kept back for one event (see _block): (raw block if forwardable, wire events, block index).
@@ -621,7 +668,42 @@ class ResponseRewriter:
             self._fail(exc, out, block)
             return
         clean = _is_canonical(block) and len(parser.repairs) == before
+        self._fed_tool = None
+        self._start_input = None
         unchanged, encoded, closed = self._track(events)
+        if self._fed_tool is not None:
+            broken = parser.broken_tool_input(self._fed_tool)
+            if broken is not None:
+                # This fragment makes the input impossible to parse: clients that parse each fragment (the
+                # SDKs) would fail on it with their own error; they get the error event instead.
+                self._flush_held(out)
+                self._fail(broken, out)
+                return
+        part = (block if clean and unchanged else None, encoded)
+        if self._start_hold is not None:
+            index, parts = self._start_hold
+            decision = _start_decision(index, events, padded=any(_blank(e) for _, p in parts[1:] for e in p))
+            if decision is None:  # an empty fragment of the held block: keep holding
+                parts.append(part)
+                return
+            self._start_hold = None
+            if decision != "keep":
+                self._changed = True
+            if decision == "restate":  # the blanks carry nothing, and clients that parse each fragment fail on them
+                self._emit_start_hold(parts[:1], replace=True, out=out)
+                start = parts[0][1][-1][1]["content_block"]["input"]
+                out.append(encode_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": json.dumps(start, ensure_ascii=False)}}))
+            else:
+                self._emit_start_hold(parts, replace=decision == "replace", out=out)
+        if self._start_input is not None and closed is None:
+            self._flush_held(out)
+            self._start_hold = (self._start_input, [part])
+            if not clean:
+                self._changed = True
+                self._report()
+            return
         held = self._held
         if held is not None and closed == held[2] and self._tools[closed].continued:
             # This fragment only continued an escape cut in the held one: hold both until it is judged.
@@ -648,7 +730,25 @@ class ResponseRewriter:
         else:
             out.extend(encode_event(name, payload) for name, payload in encoded)
 
+    def _emit_start_hold(self, parts: list[tuple[bytes | None, list[tuple[str, dict[str, Any]]]]], *,
+                         replace: bool, out: list[bytes]) -> None:
+        """Send the held tool start (with ``"input": {}`` when ``replace``) and the events held after it."""
+        for k, (raw, encoded) in enumerate(parts):
+            if k == 0 and replace:
+                for name, payload in encoded:
+                    if name == "content_block_start":
+                        payload = {**payload, "content_block": {**payload["content_block"], "input": {}}}
+                    out.append(encode_event(name, payload))
+            elif raw is not None:
+                out.append(raw)
+            else:
+                out.extend(encode_event(name, payload) for name, payload in encoded)
+
     def _flush_held(self, out: list[bytes]) -> None:
+        if self._start_hold is not None:
+            _, parts = self._start_hold
+            self._start_hold = None
+            self._emit_start_hold(parts, replace=False, out=out)
         held = self._held
         if held is None:
             return
@@ -698,6 +798,8 @@ class ResponseRewriter:
                 self._start_message(encoded)
                 self._blocks.add(event.index)
                 block = event.content_block.to_dict()
+                if _is_tool_block(block) and block.get("input", MISSING) not in (MISSING, {}):
+                    self._start_input = event.index  # held back until its deltas show what it is (see _block)
                 encoded.append((kind, {"type": kind, "index": event.index, "content_block": block}))
             elif kind == "content_block_delta":
                 self._start_message(encoded)
@@ -721,6 +823,7 @@ class ResponseRewriter:
                     if fixer is None:
                         fixer = self._tools[index] = ToolInputFixer()
                     fragment = delta["partial_json"]
+                    self._fed_tool = index
                     fixed = fixer.feed(fragment)
                     if fixer.unclose_previous:
                         self._patch_held(index, _remove_last_brace)
