@@ -312,6 +312,6 @@ def test_apply_cache() -> None:
     assert apply_cache(payload, "off") is payload
     assert apply_cache(payload, "default") == apply_cache(payload, True)
     for bad in ("nope", 3, {"colour": "red"}, {"strategy": "nope"}, "planner", {"ttl": "2h"}):
-        with pytest.raises(UsageError, match="cache|ttl") as info:  # a UsageError is also a ValueError
+        with pytest.raises(UsageError, match=r"cache|ttl") as info:  # a UsageError is also a ValueError
             apply_cache(payload, bad)
         assert isinstance(info.value, ValueError)
