@@ -18,6 +18,7 @@ import pytest
 
 import mendstream.capture as capture_module
 import mendstream.httpx as mh
+import mendstream.recording.scrub as scrub_module
 from conftest import BASIC_SSE, FIXTURES_DIR
 from mendstream.capture import CaptureWriter, redact_secret_bytes, redact_secret_values, scrub_json, sidecar_path
 from mendstream.errors import StreamError
@@ -177,10 +178,10 @@ def test_secret_split_across_chunks_and_long_lines(tmp_path: Path) -> None:
 
 
 def test_custom_rule_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(capture_module, "_extra_patterns", [])
-    monkeypatch.setattr(capture_module, "_SECRET_VALUE", capture_module._SECRET_VALUE)
-    monkeypatch.setattr(capture_module, "_SECRET_VALUE_BYTES", capture_module._SECRET_VALUE_BYTES)
-    capture_module.add_secret_pattern(r"acme-[0-9a-f]{12}")
+    monkeypatch.setattr(scrub_module, "_extra_patterns", [])
+    monkeypatch.setattr(scrub_module, "_SECRET_VALUE", scrub_module._SECRET_VALUE)
+    monkeypatch.setattr(scrub_module, "_SECRET_VALUE_BYTES", scrub_module._SECRET_VALUE_BYTES)
+    capture_module.add_secret_pattern(r"acme-[0-9a-f]{12}")  # the old home of the hook still works
     writer = CaptureWriter(tmp_path / "c.sse", request_body={"t": "acme-0123456789ab"})
     writer.write(b"data: acme-0123456789ab\n\n")
     writer.finish()
