@@ -194,6 +194,7 @@ LINE_LIMIT = 1024 * 1024
 DEFAULT_HOLD_LIMIT = 4 * 1024 * 1024
 """Most body bytes a BodyScrubber holds back by default (see :class:`BodyScrubber`)."""
 _RUN_LIMIT = 2 * OVERLAP
+_LONG_LINE_BATCH = 64 * 1024  # a long line goes to its unit in pieces of at least this (fewer, cheaper calls)
 _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./+=~"
 
 
@@ -918,6 +919,7 @@ class BodyScrubber:
             self._head = b""
         if self._mode == "text":
             if self._long_line is not None:
+                self._long_line_bytes()
                 self._long_line.end(cut=True)
                 self._long_line = None
             elif self._line:
@@ -938,7 +940,7 @@ class BodyScrubber:
     def _feed_text(self, data: bytes) -> None:
         pos = 0
         size = len(data)
-        if self._line.endswith(b"\r"):  # held: it could have been half a CRLF
+        if self._line.endswith(b"\r") and self._long_line is None:  # held: it could have been half a CRLF
             if data.startswith(b"\n"):
                 self._line += b"\n"
                 pos = 1
@@ -954,7 +956,8 @@ class BodyScrubber:
                 self._partial_line(data[pos:])
                 return
             if self._long_line is not None:
-                self._long_line_bytes(data[pos:end])
+                self._line += data[pos:end]
+                self._long_line_bytes()
                 self._long_line.end()
                 self._long_line = None
             elif self._line:
@@ -966,18 +969,19 @@ class BodyScrubber:
             pos = end
 
     def _partial_line(self, rest: bytes) -> None:
-        if self._long_line is not None:
-            self._long_line_bytes(rest)
-            return
         self._line += rest
-        if len(self._line) > LINE_LIMIT:  # too long to hold: scan it as it arrives, as JSON text
+        if self._long_line is not None:
+            if len(self._line) >= _LONG_LINE_BATCH:
+                self._long_line_bytes()
+        elif len(self._line) > LINE_LIMIT:  # too long to hold: scan it as it arrives, as JSON text
             self._long_line = _JsonUnit(self._counters)
-            line, self._line = bytes(self._line), bytearray()
-            self._long_line_bytes(line)
+            self._long_line_bytes()
 
-    def _long_line_bytes(self, data: bytes) -> None:
-        if data:
+    def _long_line_bytes(self) -> None:
+        """Hand the bytes of a long line received so far (staged in ``_line``) to its unit."""
+        if self._line:
             assert self._long_line is not None
+            data, self._line = bytes(self._line), bytearray()
             segment = self._segment(data)
             self._long_line.feed(_Piece(data, segment, [0], [0], len(data)))
 
