@@ -804,3 +804,24 @@ def test_no_false_positive_on_real_streams_through_the_body_scrubber() -> None:
         assert scrub_body(data) == data, path.name
         framed = sse_to_event_stream(data)
         assert scrub_body(framed) == framed, path.name
+
+
+def test_a_write_error_stops_the_capture_not_the_stream(tmp_path: Path) -> None:
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, f"No space left on device (writing {ANTHROPIC})")
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    writer = CaptureWriter(tmp_path / "full.sse")
+    writer._file = FullDisk()  # type: ignore[assignment]
+    writer.write(b"data: {}\n\n")
+    writer.write(b"data: {}\n\n")  # ignored: the capture has stopped
+    writer.finish()
+    meta = json.loads(sidecar_path(tmp_path / "full.sse").read_text())
+    assert meta["capture_error"].startswith("OSError: [Errno 28] No space left on device")
+    assert ANTHROPIC not in meta["capture_error"]

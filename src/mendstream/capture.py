@@ -8,6 +8,7 @@
 # No HTTP library is imported here; transports hand over plain bytes, mappings and numbers.
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -87,7 +88,8 @@ class CaptureWriter:
     ``max_bytes`` (default :data:`DEFAULT_MAX_CAPTURE_BYTES`, 64 MiB; None: no cap) caps the body written:
     past it the capture stops (the stream itself is not affected) and the sidecar's ``truncated`` field says
     at how many bytes and how many more arrived. The sidecar keeps at most 200,000 chunk entries; later
-    chunks are added to the last entry.
+    chunks are added to the last entry. A failure to write the body (a full disk) stops the capture, not
+    the stream: the sidecar's ``capture_error`` says why.
     """
 
     HOLD_LIMIT = 4 * 1024 * 1024
@@ -133,6 +135,7 @@ class CaptureWriter:
         self._chunks: list[list[float]] = []
         self._total = 0  # body bytes captured
         self._dropped = 0  # body bytes that arrived past max_bytes
+        self._failure: str | None = None  # why writing the body stopped, if it failed
         self.finished = False
 
     def start_response(self, status: int, headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
@@ -145,7 +148,7 @@ class CaptureWriter:
         """Append ``chunk`` (scrubbed) to the fixture file and note its size and arrival time."""
         if not chunk or self.finished:
             return
-        if self._file is None:  # stopped at max_bytes
+        if self._file is None:  # stopped at max_bytes (or by a write error)
             self._dropped += len(chunk)
             return
         now = time.perf_counter()
@@ -170,16 +173,29 @@ class CaptureWriter:
 
     def _emit(self, data: bytes) -> None:
         if data and self._file is not None:
-            self._file.write(data)
-            self._file.flush()
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except OSError as exc:  # a full disk stops the capture, not the stream it tees
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self._failure = self._failure or redact_secret_values(f"{type(exc).__name__}: {exc}")
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def _close_body(self, *, cut: bool) -> None:
+        if self._file is None:
+            return
+        self._emit(self._scrubber.end(cut=cut))
         if self._file is not None:
             try:
-                self._emit(self._scrubber.end(cut=cut))
-            finally:
                 self._file.close()
-                self._file = None
+            except OSError as exc:
+                self._fail(exc)
+            self._file = None
 
     def finish(self, outcome: Outcome = "complete", error: BaseException | None = None) -> None:
         """Close the fixture file and write the sidecar. Idempotent.
@@ -216,6 +232,8 @@ class CaptureWriter:
             }
         if error is not None:
             sidecar["error"] = redact_secret_values(f"{type(error).__name__}: {error}")
+        if self._failure is not None:
+            sidecar["capture_error"] = self._failure
         try:
             text = json.dumps(sidecar, indent=1, ensure_ascii=False)
         except RecursionError:  # a request body nested deeper than json can write: record that instead

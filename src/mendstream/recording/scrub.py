@@ -811,9 +811,9 @@ _LINE_END = re.compile(rb"\r\n?|\n")
 # structural character, a scalar or other run, whitespace.
 _TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)(?:"|\\?\Z)|([{}\[\]:,])|[^{}\[\]:,"\s]+|\s+', re.S)
 _STREAM_FIELDS = {b"text": "text", b"thinking": "text", b"partial_json": "json"}
-# The usual delta line, read with one match (everything else goes through _read_json's tokens).
-_DELTA_LINE = re.compile(
-    rb'data: ?\{"type": ?"content_block_delta", ?"index": ?([0-9]{1,9}), ?"delta": ?\{"type": ?'
+# The usual delta event, read with one match (everything else goes through _read_json's tokens).
+_DELTA_EVENT = re.compile(
+    rb'\{"type": ?"content_block_delta", ?"index": ?([0-9]{1,9}), ?"delta": ?\{"type": ?'
     rb'"(?:text|thinking|input_json)_delta", ?"(text|thinking|partial_json)": ?"((?:[^"\\]|\\.)*)"\}\}[ \t]*\Z',
     re.S,
 )
@@ -997,21 +997,26 @@ class BodyScrubber:
         if line in _PLAIN_LINES:
             return
         end = len(line.rstrip(b"\r\n"))
-        delta = _DELTA_LINE.match(line, 0, end)
-        if delta is not None:
-            index, name = delta.group(1), delta.group(2)
-            piece = _decode_string(segment, line, delta.start(3), delta.end(3))
-            kind = _STREAM_FIELDS[name]
-            unit = self._units.get((index, kind))
-            if unit is None:
-                unit = _JsonUnit(self._counters) if kind == "json" else _TextUnit(self._counters)
-                self._units[(index, kind)] = unit
-            unit.feed(piece)
-            return
         start = 0
         if line.startswith(b"data:"):
             start = 6 if line[5:6] == b" " else 5
-        self._read_json(segment, start, end)
+        self._read_event(segment, start, end)
+
+    def _read_event(self, segment: _Segment, start: int, end: int) -> None:
+        """Scan the event JSON (or other text) ``segment.data[start:end]``: the usual delta in one match."""
+        data = segment.data
+        delta = _DELTA_EVENT.match(data, start, end)
+        if delta is None:
+            self._read_json(segment, start, end)
+            return
+        index, name = bytes(delta.group(1)), bytes(delta.group(2))
+        piece = _decode_string(segment, data, delta.start(3), delta.end(3))
+        kind = _STREAM_FIELDS[name]
+        unit = self._units.get((index, kind))
+        if unit is None:
+            unit = _JsonUnit(self._counters) if kind == "json" else _TextUnit(self._counters)
+            self._units[(index, kind)] = unit
+        unit.feed(piece)
 
     # -- events ----------------------------------------------------------------------------------------------
 
@@ -1276,7 +1281,7 @@ class _FrameReader:
                         b64_start += payload_start + 1
                         frame = _Frame(raw, payload_start, b64_start, b64_start + len(b64))
                         segment = scrubber._segment(event, frame)
-                        scrubber._read_json(segment, 0, len(event))
+                        scrubber._read_event(segment, 0, len(event))
                         continue
             # any other frame (an exception, a chunk in an unusual shape): its payload scanned as JSON text
             frame = _Frame(raw, payload_start, -1, -1)
