@@ -13,22 +13,24 @@
 # (escapes undone) into a piece that remembers where each of its bytes came from. A secret can be streamed
 # in pieces, so the pieces of one content block (text, thinking, tool input) are scanned as one text: a
 # unit per block, fed delta by delta. A unit decides a stretch of its text once nothing after it can change
-# a match there. Every built-in pattern matches a run of token characters ([A-Za-z0-9_-./+=~]), joined to a
-# preceding `Bearer`/`Basic` by at most 8 spaces or tabs, so a unit only holds back the run its text ends in
-# (with such a keyword): usually a few bytes. A run longer than 2 x OVERLAP is decided up to OVERLAP bytes
-# from its end (longer than any pattern's match, so no match can straddle the cut undecided). A tool input's
-# JSON text is scanned a second time one level down: its strings decoded, each scanned on its own, and a
-# string under a member named like a secret (`"api_key": ...`) masked whole.
+# a match there. Every built-in pattern matches a run of token characters ([A-Za-z0-9_-./+=~]), perhaps
+# after a keyword and a short gap (`Bearer `, `Basic `, `aws_secret_access_key = `), so a unit only holds
+# back the run its text ends in (from such a keyword before it): usually a few bytes. A run longer than
+# 2 x OVERLAP is decided up to OVERLAP bytes from its end (longer than any pattern's match, so no match can
+# straddle the cut undecided). A tool input's JSON text is scanned a second time one level down: its strings
+# decoded, each scanned on its own, and a string under a member named like a secret (`"api_key": ...`)
+# masked whole.
 #
 # Nothing leaves the scrubber before every unit has decided every byte in it: segments are released in
-# order, up to the oldest one a unit still holds. What is held is bounded by `hold_limit` (4 MiB): past it,
-# the unit holding the oldest segment decides all but its last OVERLAP bytes, and if that is not enough it
-# masks what it holds undecided and keeps masking the run it was in until the run ends (fail closed, counted
-# in `forced_bytes`). A line longer than `LINE_LIMIT` is not held whole: it is scanned as it arrives, as
-# JSON text on its own. At the end of the body a unit still open (a block that never stopped: a cut stream,
-# a capture stopped early or at its size cap) masks the run it ends in if it looks like a cut credential.
-# Work is linear in the input: every byte is decoded once and scanned a bounded number of times (all regex
-# quantifiers are bounded; the run bookkeeping is O(piece)).
+# order, up to the oldest one a unit still holds. What is held is bounded by `hold_limit` (4 MiB; plus the
+# line being received, at most LINE_LIMIT): past it, the unit holding the oldest segment decides all but
+# its last OVERLAP bytes, and if that is not enough it masks what it holds undecided and keeps masking the
+# run it was in until the run ends (fail closed, counted in `forced_bytes`). A line longer than LINE_LIMIT
+# is not held whole: it is scanned as it arrives, as JSON text on its own. At the end of the body a unit
+# still open (a block that never stopped: a cut stream, a capture stopped early or at its size cap) masks
+# the run it ends in if it looks like a cut credential. Work is linear in the input: every byte is decoded
+# once and scanned a bounded number of times (all regex quantifiers are bounded; the run bookkeeping is
+# O(piece)).
 from __future__ import annotations
 
 import base64
@@ -839,9 +841,10 @@ class BodyScrubber:
     Secrets are found by value (see :data:`SECRET_VALUE_PATTERNS`) and by name (a JSON member named like a
     secret, in an event or in a streamed tool input, has its string values masked), also when the model
     streams them in pieces: a block's deltas are scanned as one text. Bytes are held back while they may
-    still be part of a secret, at most ``hold_limit`` bytes (plus the chunk being fed); past that the
-    undecided text is masked (fail closed; see :attr:`forced_bytes`). A line longer than :data:`LINE_LIMIT`
-    is scanned on its own as it arrives (values in it are not joined with other events). Linear time.
+    still be part of a secret: whole lines, at most ``hold_limit`` bytes of them (plus the line being
+    received, at most :data:`LINE_LIMIT`, and the chunk being fed: :attr:`held`); past that the undecided
+    text is masked (fail closed; see :attr:`forced_bytes`). A line longer than :data:`LINE_LIMIT` is scanned
+    on its own as it arrives (values in it are not joined with other events). Linear time.
 
     ``end(cut=True)`` says the body was cut (a stream closed early, a capture's size cap): the text a block
     ends in is then masked if it looks like the start of a credential.
