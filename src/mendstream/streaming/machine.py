@@ -297,6 +297,8 @@ class StreamMachine(Generic[Out]):
         presenter: what the consumer is shown (an :class:`EventPresenter` for event consumers).
         now: the monotonic time the stream starts (for ``Retry.deadline``).
         convert_stall: maps a stall error to what is raised (the SDK transport mixes in its class).
+        restarts: whether a restart can be shown (False at the HTTP boundary, where a client cannot be told
+            to forget what it received: where a restart would be the answer, the stream fails instead).
 
     The inputs ``opened``, ``open_failed``, ``received``, ``ended``, ``timed_out`` and ``slept`` must be
     called in the state whose action asked for them; anything else is a :class:`UsageError` (a driver bug).
@@ -312,8 +314,10 @@ class StreamMachine(Generic[Out]):
         idle_timeout: float | None = None,
         progress_timeout: float | None = None,
         convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
+        restarts: bool = True,
     ) -> None:
         self.retry = retry if retry is not None else NO_RETRY
+        self.restarts = restarts
         self.idle = idle_timeout
         self.progress = progress_timeout
         self.stall_enabled = idle_timeout is not None or progress_timeout is not None
@@ -336,6 +340,8 @@ class StreamMachine(Generic[Out]):
         self._repairs: list[Repair] = []
         self._action: Action | None = None
         self._continuation: Continuation | None = None
+        self.note: str | None = None
+        """Why the stream failed when it might have continued (``restarts=False``), for the error shown."""
 
     # -- what to do next ---------------------------------------------------------------------------------------
 
@@ -581,6 +587,8 @@ class StreamMachine(Generic[Out]):
             return None
         epoch = _Epoch(delay=delay)
         if refused_prefill:
+            if not self.restarts:
+                return None
             epoch.note = f"continue not possible: the API refused the assistant prefill ({error}); restarted"
             self._restart(epoch, number, error)
         elif not presenter.shown_content:
@@ -591,10 +599,15 @@ class StreamMachine(Generic[Out]):
         elif retry.on_partial == "raise":
             return None
         elif retry.on_partial == "restart":
+            if not self.restarts:
+                return None
             self._restart(epoch, number, error)
         else:
             outcome = presenter.continue_from(message or {})
             if isinstance(outcome, str):
+                if not self.restarts:
+                    self.note = f"continue not possible: {outcome}"
+                    return None
                 epoch.note = f"continue not possible: {outcome}; restarted"
                 self._restart(epoch, number, error)
             else:
