@@ -133,9 +133,17 @@ class Run:
     once by reference counting (no cycle waits for the garbage collector) and its finaliser runs then."""
 
     def __init__(
-        self, machine: StreamMachine[Any], *, first_parser: MessageParser | None = None, beta: bool = False
+        self,
+        machine: StreamMachine[Any],
+        *,
+        first_parser: MessageParser | None = None,
+        beta: bool = False,
+        fail_as: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self.machine = machine
+        self.fail_as = fail_as
+        """Set: a failure after the first attempt opened is delivered as ``fail_as(error)``, the last item,
+        instead of raised (a boundary ends the client's stream with an ``error`` event)."""
         self.presenter: Any = machine.presenter
         self.first_parser = first_parser
         self.beta = beta
@@ -287,6 +295,9 @@ class SyncRun(Run):
                     self.sleep(action.seconds)
                 elif isinstance(action, Finish):
                     return
+                elif self.fail_as is not None:
+                    yield self.fail_as(action.error)
+                    return
                 else:
                     self.fail(action)
         except GeneratorExit:
@@ -424,6 +435,9 @@ class AsyncRun(Run):
                 elif isinstance(action, Sleep):
                     await self.sleep(action.seconds)
                 elif isinstance(action, Finish):
+                    return
+                elif self.fail_as is not None:
+                    yield self.fail_as(action.error)
                     return
                 else:
                     self.fail(action)

@@ -106,8 +106,11 @@ class Continuation:
 
     def apply(self, messages: Sequence[Any] | None) -> list[Any]:
         """``messages`` with this content as the final assistant turn (appended to a final assistant turn
-        already there: a string content grows by the text, a list by the blocks). Never mutates its input."""
+        already there: a string content grows by the text, a list by the blocks). Never mutates its input.
+        An empty continuation (nothing was shown yet but a block's start) leaves the messages as they are."""
         out = list(messages or [])
+        if not self.content:
+            return out
         if out and isinstance(out[-1], dict) and out[-1].get("role") == "assistant":
             last = out[-1]
             existing = last.get("content")
@@ -747,13 +750,13 @@ class EventPresenter:
         text = str(content[0].get("text", "")) if content else ""
         shown = (self._shown.text + text[self.skipped :]) if self.continuing else text
         prefill = shown.rstrip()
-        if not prefill:
-            return "no text to prefill"
         self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
         self._shown.text = shown
         self._shown.held = shown[len(prefill) :]
         self.continuing = True
-        return Continuation.prefill(prefill)
+        # Nothing but a block's start (or blanks) was shown: the request is sent again as it was, and its
+        # answer spliced in as a continuation's is (the client already has message_start and block 0's start).
+        return Continuation.prefill(prefill) if prefill else Continuation(())
 
     def stitch(self, message: dict[str, Any]) -> dict[str, Any]:
         """The message as the consumer must see it: when continuing, text block 0 holds all the text shown

@@ -41,6 +41,7 @@ __all__ = [
     "RequestRewrite",
     "ResponseRewriter",
     "ToolInputFixer",
+    "error_event",
     "is_messages_path",
     "rewrite_request",
     "with_content_length",
@@ -459,6 +460,28 @@ def _error_type_of(exc: StreamError) -> str:
     return "invalid_stream_error"
 
 
+def error_event(exc: BaseException, /) -> bytes:
+    """The ``error`` event that ends a stream with ``exc``: the upstream's own event as it was sent when the
+    error is one (``wire_event``), an APIStreamError's body, or mendstream's error (:data:`ERROR_TYPES`) for
+    what mendstream found; for anything else (the boundary gave up on a transport failure), an ``api_error``
+    naming it."""
+    event = getattr(exc, "wire_event", None)
+    if type(event) is bytes:
+        return event
+    if isinstance(exc, APIStreamError):
+        sent: Any = exc.body
+        return encode_event("error", sent if type(sent) is dict and sent.get("type") == "error" else {
+            "type": "error", "error": {"type": exc.error_type, "message": exc.message}})
+    if isinstance(exc, StreamError):
+        return encode_event("error", {
+            "type": "error", "error": {"type": _error_type_of(exc), "message": f"mendstream: {exc.message}"}})
+    answered: Any = getattr(exc, "body", None)
+    if isinstance(answered, dict) and answered.get("type") == "error" and isinstance(answered.get("error"), dict):
+        return encode_event("error", answered)  # an HTTP error answered to a retry, in the API's own shape
+    return encode_event("error", {
+        "type": "error", "error": {"type": "api_error", "message": f"mendstream: {type(exc).__name__}: {exc}"}})
+
+
 def encode_event(name: str, payload: Mapping[str, Any], /) -> bytes:
     """One canonical SSE event: ``event: name``, one ``data:`` line of compact JSON, a blank line. JSON
     escapes every control character, so no raw line break can reach the data line."""
@@ -490,6 +513,9 @@ class ResponseRewriter:
             ``sse_framing`` for an event re-encoded only because its framing was not canonical). Exceptions
             it raises propagate to the caller of ``feed``/``end``.
         max_event_bytes: bound on one unfinished event (as :class:`~mendstream.MessageParser`).
+        errors: ``"event"`` ends a stream that cannot complete with an ``error`` event (see below);
+            ``"raise"`` raises the StreamError from ``feed``/``end`` instead, with the bytes to send before it
+            in its ``output`` attribute (for a caller that may retry rather than give up: the HTTP boundary).
 
     ``feed(data)`` returns the bytes to send on for ``data`` (possibly ``b""`` while an event is
     incomplete); ``end()`` returns the last bytes. The concatenated output is the same however the input was
@@ -503,8 +529,8 @@ class ResponseRewriter:
       the upstream is passed on as such); a stream cut after its stop reason gets the missing
       ``content_block_stop``/``message_stop``. Nothing is sent after the end of the message.
 
-    Never raises a StreamError for bad input (that becomes the ``error`` event; see :attr:`error`); raises
-    UsageError for ``feed`` after ``end``.
+    With ``errors="event"`` never raises a StreamError for bad input (that becomes the ``error`` event; see
+    :attr:`error`); raises UsageError for ``feed`` after ``end``.
     """
 
     def __init__(
@@ -512,7 +538,11 @@ class ResponseRewriter:
         *,
         on_repair: Callable[[Repair], None] | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        errors: Literal["event", "raise"] = "event",
     ) -> None:
+        if errors not in ("event", "raise"):
+            raise UsageError(f"errors must be 'event' or 'raise', not {errors!r}")
+        self._raise = errors == "raise"
         # The core reads the stream without keeping its content: the rewriter needs the stream's structure,
         # stop reason, usage, repairs and errors, and its memory must not grow with the stream.
         self._parser = MessageParser(max_event_bytes=max_event_bytes, keep_content=False)
@@ -539,6 +569,7 @@ class ResponseRewriter:
         # An event kept back for one event (see _block): (raw block if forwardable, wire events, block index).
         self._held: tuple[bytes | None, list[tuple[str, dict[str, Any]]], int] | None = None
         self._ended = False
+        self._raised = False
         self.error: StreamError | None = None
         """The error the stream ended with (then sent as an ``error`` event), if any."""
         self.repair_counts: Counter[str] = Counter()
@@ -569,6 +600,26 @@ class ResponseRewriter:
 
     def feed(self, data: bytes, /) -> bytes:
         """The output bytes for the next input bytes."""
+        out = self._feed(data)
+        if self._raise and self.error is not None and not self._raised:
+            raise self._raised_error(out)
+        return out
+
+    def end(self) -> bytes:
+        """The last output bytes: what completes the stream, or its ``error`` event."""
+        out = self._end()
+        if self._raise and self.error is not None and not self._raised:
+            raise self._raised_error(out)
+        return out
+
+    def _raised_error(self, output: bytes) -> StreamError:
+        error = self.error
+        assert error is not None
+        self._raised = True
+        error.output = output  # type: ignore[attr-defined]
+        return error
+
+    def _feed(self, data: bytes, /) -> bytes:
         if self._ended:
             raise UsageError("feed() called after end()")
         if type(data) is not bytes:
@@ -630,8 +681,7 @@ class ResponseRewriter:
                 buf.clear()
         return b"".join(out)
 
-    def end(self) -> bytes:
-        """The last output bytes: what completes the stream, or its ``error`` event."""
+    def _end(self) -> bytes:
         if self._ended:
             return b""
         self._ended = True
@@ -874,19 +924,16 @@ class ResponseRewriter:
         if exc.events:
             self._changed = True
             self._reencode(exc.events, out)
-        if isinstance(exc, APIStreamError):
-            if block is not None and _is_canonical(block) and block.startswith(b"event: error\n"):
-                out.append(block)  # the upstream's own error event, as sent
-            else:
-                self._changed = True
-                body = exc.body if type(exc.body) is dict and exc.body.get("type") == "error" else {
-                    "type": "error", "error": {"type": exc.error_type, "message": exc.message}}
-                out.append(encode_event("error", body))
-        else:
-            self._changed = True
-            out.append(encode_event("error", {
-                "type": "error", "error": {"type": _error_type_of(exc), "message": f"mendstream: {exc.message}"}}))
+        if isinstance(exc, APIStreamError) and block is not None and _is_canonical(block) and block.startswith(
+                b"event: error\n"):
+            exc.wire_event = block  # type: ignore[attr-defined]  # the upstream's own error event, as sent
         self._report()
+        if self._raise:
+            return  # the caller decides what the client sees (the boundary may retry)
+        event = error_event(exc)
+        if event is not getattr(exc, "wire_event", None):
+            self._changed = True
+        out.append(event)
 
     def _own_repair(self, repair: Repair) -> None:
         self.repair_counts[repair.kind] += 1
