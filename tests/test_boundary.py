@@ -103,7 +103,7 @@ def test_an_http_error_before_streaming_is_retried() -> None:
     from mendstream.testing.faults import HTTPError
 
     opener = WireOpener(full, [HTTPError(529), HTTPError(503)])
-    out, run = forward(opener, Survival(Retry(max_attempts=3, backoff=0)))
+    out, _ = forward(opener, Survival(Retry(max_attempts=3, backoff=0)))
     assert sdk_outcome(out)[0] == sdk_outcome(full)[0] and len(opener.requests) == 3
 
 
