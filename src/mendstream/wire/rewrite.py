@@ -32,6 +32,7 @@ from mendstream.errors import (
     ToolInputError,
     UsageError,
 )
+from mendstream.wire.http import is_messages_path
 
 if TYPE_CHECKING:
     from mendstream.cache import CachePlanner
@@ -52,14 +53,6 @@ CACHE_MODES: tuple[str, ...] = ("default", "planner", "off")
 
 # -- requests -----------------------------------------------------------------------------------------------
 
-
-def is_messages_path(path: str, /) -> bool:
-    """True for the paths whose requests and responses are Messages API ones: ``.../v1/messages`` (first
-    party, Bedrock Mantle, gateways that keep the path under a prefix) and Vertex AI's ``:streamRawPredict``
-    / ``:rawPredict``. ``/v1/messages/count_tokens`` and ``/v1/messages/batches`` are not (their bodies and
-    answers differ). A query string is ignored."""
-    path = path.split("?", 1)[0].rstrip("/")
-    return path.endswith("/v1/messages") or path.endswith(":streamRawPredict") or path.endswith(":rawPredict")
 
 
 class RequestRewrite:
