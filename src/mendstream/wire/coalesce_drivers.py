@@ -1,0 +1,326 @@
+# The I/O drivers of DeltaCoalescer (wire/coalesce.py): they move rewritten response bytes through it and
+# honour its deadline when the upstream goes quiet, so that a held delta never waits past the window.
+#
+# Async (the proxy, AsyncRepairTransport): the next upstream read runs as a task only while something is held,
+# and is waited for with a timeout; the window never cancels a read (cancelling an HTTP library's read
+# mid-body breaks its connection), only aclose() does.
+#
+# Sync (RepairTransport): the client's thread blocks in the HTTP library's read, so nothing could flush at the
+# deadline from that thread. One reader thread per coalescing stream reads the upstream (and runs the
+# rewriter) and hands chunks over a small bounded channel that the client's thread waits on with a timeout.
+# Cost: a thread per open stream (asleep in recv most of the time), a lock handoff per chunk, and chunks that
+# queued while the client was busy are merged together (the slower the client, the fewer its events).
+# Cheaper designs were rejected: polling the socket before each read misses bytes the HTTP library already
+# buffered (with chunked transfer coding it would wait a whole window per buffered chunk), and a socket
+# timeout ends the connection. Closing the stream early shuts the socket down (HTTP/1.1 only: an HTTP/2
+# connection is shared) so the reader's blocked read returns at once and the thread ends; the reader alone
+# touches the upstream stream and releases it.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable
+from typing import Any
+
+from mendstream.wire.coalesce import DeltaCoalescer
+
+__all__ = ["AsyncCoalescing", "ThreadedCoalescing", "socket_waker"]
+
+Clock = Callable[[], float]
+
+_JOIN_TIMEOUT = 5.0
+"""Most seconds close() waits for a woken reader thread to finish."""
+
+
+class _Driver:
+    """What both drivers share: the upstream body ``chunks``, the response rewriter's ``rewrite(chunk)`` and
+    ``finish()``, the exceptions that mean the upstream cut the body (``cut``: the input then ends, and
+    ``finish()`` decides how the stream ends), the coalescer and the clock."""
+
+    def __init__(self, chunks: Any, coalescer: DeltaCoalescer, *, rewrite: Callable[[bytes], bytes],
+                 finish: Callable[[], bytes], cut: tuple[type[BaseException], ...], clock: Clock) -> None:
+        self._chunks = chunks
+        self._coalescer = coalescer
+        self._rewrite = rewrite
+        self._finish = finish
+        self._cut = cut
+        self._clock = clock
+        self._closed = False
+
+
+class AsyncCoalescing(_Driver):
+    """``async for out in driver``: the bytes to send for the async iterator ``chunks``, rewritten and
+    coalesced, held deltas included when their deadline passes with no input. At the end, a cut or a failure
+    everything held is yielded first (a failure is then re-raised). ``aclose()`` cancels an upstream read
+    in flight and closes ``chunks`` (when it has ``aclose``); idempotent. Needs an asyncio event loop."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], coalescer: DeltaCoalescer, *,
+                 rewrite: Callable[[bytes], bytes], finish: Callable[[], bytes],
+                 cut: tuple[type[BaseException], ...] = (), clock: Clock = time.monotonic) -> None:
+        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, clock=clock)
+        self._pending: asyncio.Task[bytes | None] | None = None
+
+    async def _next(self) -> bytes | None:
+        try:
+            chunk: bytes = await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+        except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
+            return None
+        return chunk
+
+    def __aiter__(self) -> AsyncGenerator[bytes, None]:
+        return self._run()
+
+    async def _run(self) -> AsyncGenerator[bytes, None]:
+        coalescer, clock, rewrite = self._coalescer, self._clock, self._rewrite
+        try:
+            while True:
+                deadline = coalescer.deadline()
+                pending = self._pending
+                if pending is None and deadline is None:  # nothing held: read without a task
+                    chunk = await self._next()
+                else:
+                    if pending is None:
+                        pending = self._pending = asyncio.ensure_future(self._next())
+                    if deadline is not None:
+                        wait = deadline - clock()
+                        if wait > 0:
+                            await asyncio.wait((pending,), timeout=wait)
+                        if not pending.done():  # the upstream is quiet: the window has ended
+                            out = coalescer.flush()
+                            if out:
+                                yield out
+                            continue
+                    else:
+                        await asyncio.wait((pending,))
+                    self._pending = None
+                    chunk = pending.result()
+                if chunk is None:
+                    break
+                out = coalescer.feed(rewrite(chunk), clock())
+                if out:
+                    yield out
+            out = coalescer.feed(self._finish(), clock()) + coalescer.end()
+        except Exception:
+            out = coalescer.end()  # nothing held back past a failure
+            if out:
+                yield out
+            raise
+        finally:
+            await self.aclose()
+        if out:
+            yield out
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            try:
+                await pending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # our own task was cancelled meanwhile
+                    raise
+            except Exception:  # the read failed as it was cancelled: the stream is being closed anyway
+                pass
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+# -- sync ----------------------------------------------------------------------------------------------------
+
+_DATA, _END, _ERROR = 0, 1, 2
+
+
+class _Channel:
+    """A bounded FIFO from one producer thread to one consumer, that either side can close."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[tuple[int, Any]] = deque()
+        self._size = size
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def put(self, kind: int, value: Any) -> bool:
+        """Append; waits while full. False when the channel was closed (the item is dropped)."""
+        with self._cond:
+            while len(self._items) >= self._size and not self.closed:
+                self._cond.wait(1.0)
+            if self.closed:
+                return False
+            self._items.append((kind, value))
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None) -> list[tuple[int, Any]]:
+        """Every item available, waiting up to ``timeout`` seconds (None: until one arrives or the channel
+        closes) for the first; ``[]`` on timeout or when closed."""
+        with self._cond:
+            if not self._items and not self.closed:
+                self._cond.wait_for(lambda: self._items or self.closed, timeout)
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return items
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+def socket_waker(extensions: Any) -> Callable[[], None] | None:
+    """A function that makes a read blocked on an HTTP/1.1 response's connection return (by shutting its
+    socket down), from the response's ``extensions`` (httpcore's ``network_stream``); None when there is no
+    socket to shut down or the connection may be shared (HTTP/2)."""
+    if not isinstance(extensions, dict) or extensions.get("http_version", b"HTTP/1.1") != b"HTTP/1.1":
+        return None
+    stream = extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:
+        return None
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def wake() -> None:
+        # The base class's shutdown: ssl.SSLSocket.shutdown would also drop its SSL object under the reader.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    return wake
+
+
+class ThreadedCoalescing(_Driver):
+    """The sync driver: ``for out in driver`` yields the bytes to send for the iterator ``chunks``, rewritten
+    and coalesced (``chunks`` is read and rewritten by a reader thread started on the first iteration), held
+    deltas included when their deadline passes with no input. At the end, a cut or a failure everything held
+    is yielded first (a failure is then re-raised in the client's thread).
+
+    Args:
+        chunks, rewrite, finish, cut: the upstream body and the response rewriter (see ``_Driver``).
+        release: closes the upstream body and anything tied to it (a capture file). Called exactly once: by the
+            reader thread when it finishes, or by :meth:`close` when no reader was started.
+        wake: makes a read blocked in ``chunks`` return (see :func:`socket_waker`); called by :meth:`close`
+            only while the reader is still reading the body. Without one, a closed stream's reader thread ends
+            when its blocked read returns (at the latest at the upstream's read timeout).
+        max_queued: rewritten chunks read ahead of the client before the reader waits (backpressure).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], coalescer: DeltaCoalescer, *, rewrite: Callable[[bytes], bytes],
+                 finish: Callable[[], bytes], cut: tuple[type[BaseException], ...] = (),
+                 release: Callable[[], None], wake: Callable[[], None] | None = None,
+                 clock: Clock = time.monotonic, max_queued: int = 64) -> None:
+        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, clock=clock)
+        self._release = release
+        self._wake = wake
+        self._channel = _Channel(max_queued)
+        self._lock = threading.Lock()
+        self._reading = False
+        self._thread: threading.Thread | None = None
+
+    def __iter__(self) -> Generator[bytes, None, None]:
+        if self._thread is not None or self._closed:
+            raise RuntimeError("a ThreadedCoalescing is iterated once")
+        self._reading = True
+        self._thread = threading.Thread(target=self._read, name="mendstream-coalesce", daemon=True)
+        self._thread.start()
+        return self._run()
+
+    def _stop_reading(self) -> None:
+        # From here on close() must not shut the socket down: the connection may go back to its pool.
+        with self._lock:
+            self._reading = False
+
+    def _read(self) -> None:
+        channel, rewrite = self._channel, self._rewrite
+        try:
+            try:
+                for chunk in self._chunks:
+                    out = rewrite(chunk)
+                    if (out and not channel.put(_DATA, out)) or channel.closed:
+                        return
+            except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
+                pass
+            self._stop_reading()
+            tail = self._finish()
+            if not tail or channel.put(_DATA, tail):
+                channel.put(_END, None)
+        except BaseException as exc:
+            channel.put(_ERROR, exc)
+        finally:
+            self._stop_reading()
+            try:
+                close = getattr(self._chunks, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._release()
+
+    def _run(self) -> Generator[bytes, None, None]:
+        coalescer, clock, channel = self._coalescer, self._clock, self._channel
+        try:
+            while True:
+                deadline = coalescer.deadline()
+                items = channel.get(None if deadline is None else max(0.0, deadline - clock()))
+                if not items:
+                    if channel.closed:
+                        return
+                    out = coalescer.flush()  # the upstream is quiet: the window has ended
+                    if out:
+                        yield out
+                    continue
+                now = clock()
+                parts: list[bytes] = []
+                failure: BaseException | None = None
+                finished = False
+                for kind, value in items:
+                    if kind == _DATA:
+                        parts.append(coalescer.feed(value, now))
+                    else:
+                        finished = True
+                        failure = value if kind == _ERROR else None
+                        parts.append(coalescer.end())  # nothing held back past the end or a failure
+                        break
+                out = b"".join(parts)
+                if out:
+                    yield out
+                if failure is not None:
+                    raise failure
+                if finished:
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: the reader thread is told to stop, woken if it is blocked reading the body, and joined
+        (unless it is blocked and cannot be woken). Idempotent; safe from any thread."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            try:
+                close = getattr(self._chunks, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._release()
+            return
+        self._channel.close()
+        with self._lock:
+            reading = self._reading
+            if reading and self._wake is not None:
+                self._wake()
+        if (not reading or self._wake is not None) and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
