@@ -15,11 +15,12 @@
 # once and byte for byte, after whatever was held.
 #
 # Merged text is exact: the JSON string bodies of the fragments are concatenated (a complete JSON string body
-# ends on a whole character and a whole escape, so the concatenation decodes to the concatenated text). The
-# API's compact form is matched by one regular expression and copied as received; any other JSON spelling of
-# a candidate is decoded and its fragment encoded once (compact, ensure_ascii=False). A fragment with a
-# surrogate escape (\uD800-\uDFFF) is never merged: two halves of a pair in separate deltas are two lone
-# surrogates to every client, and one pair once merged. Each input byte is examined a bounded number of
+# ends on a whole character and a whole escape, so the concatenation decodes to the concatenated text), and
+# canonical (what json.dumps(ensure_ascii=False) writes). The API's compact form without \u or \/ escapes is
+# matched by one regular expression and its string body copied as received (it is canonical already); any
+# other spelling of a candidate is decoded and its fragment encoded once. A fragment with a surrogate
+# (\uD800-\uDFFF escapes) is never merged: two halves of a pair in separate deltas are two lone surrogates to
+# every client, and one pair once merged. Each input byte is examined a bounded number of
 # times and each fragment copied once: linear in the input whatever the chunking.
 from __future__ import annotations
 
@@ -56,7 +57,6 @@ _FAST = re.compile(
 _FAST_FIELDS = {b"text_delta": b"text", b"thinking_delta": b"thinking", b"input_json_delta": b"partial_json"}
 # Worth decoding: a block naming one of the candidate delta types (other deltas pass without a JSON parse).
 _MAYBE = re.compile(rb'"(?:text_delta|thinking_delta|input_json_delta)"')
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PING = re.compile(rb'event: ping\ndata: \{ ?"type": ?"ping" ?\}\n\n')
 
@@ -309,10 +309,12 @@ class DeltaCoalescer:
         match = _FAST.fullmatch(block)
         if match is not None:
             dtype, field, literal = match.group(2, 3, 4)
-            if _FAST_FIELDS[dtype] != field or (b"\\u" in literal and _SURROGATE_ESCAPE.search(literal)):
+            if _FAST_FIELDS[dtype] != field:
                 return None
-            return (int(match.group(1)), dtype.decode()), literal
-        if _MAYBE.search(block) is None:
+            if b"\\u" not in literal and b"\\/" not in literal:  # already canonical: copied as received
+                return (int(match.group(1)), dtype.decode()), literal
+            # \u and \/ escapes (json.dumps writes neither for these characters): decoded and encoded below.
+        elif _MAYBE.search(block) is None:
             return None
         data = block[len(_DELTA_HEAD) : -2]
         if b"\n" in data or b"\r" in data:
