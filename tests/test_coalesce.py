@@ -107,7 +107,7 @@ def coalesce_all(chunks: list[bytes], window: float = 1.0, **options: Any) -> tu
 
 
 def test_a_run_goes_out_first_at_once_then_merged_when_its_window_ends() -> None:
-    c = DeltaCoalescer(0.010)
+    c = DeltaCoalescer(0.010, idle=0.010)  # no early release after a pause (see the next test)
     head = START + block_start(0, "text")
     assert c.feed(head + delta(0, "text", "Hel"), 100.0) == head + delta(0, "text", "Hel")
     assert c.deadline() is None
@@ -118,19 +118,54 @@ def test_a_run_goes_out_first_at_once_then_merged_when_its_window_ends() -> None
     assert c.flush_due(100.011) == b""
     assert c.flush_due(100.012) == delta(0, "text", "lo wor")
     assert c.deadline() is None and c.merged == 1
-    # The run goes on: its next delta is held (it is not the first of a run), for a new window.
-    assert c.feed(delta(0, "text", "ld"), 100.050) == b""
-    assert c.deadline() == pytest.approx(100.060)
-    assert c.feed(block_stop(0), 100.051) == delta(0, "text", "ld") + block_stop(0)
+    # The run goes on: a delta within a window of the previous one is held, for a new window.
+    assert c.feed(delta(0, "text", "ld"), 100.015) == b""
+    assert c.deadline() == pytest.approx(100.025)
+    assert c.feed(block_stop(0), 100.016) == delta(0, "text", "ld") + block_stop(0)
+
+
+def test_held_deltas_go_out_early_when_their_run_pauses() -> None:
+    # A burst that ends need not wait out the window: after `idle` (a quarter of the window by default)
+    # without a new delta, what is held goes out; a run that keeps coming is still bounded by the window.
+    c = DeltaCoalescer(0.010)
+    assert c.idle == pytest.approx(0.0025)
+    c.feed(START + block_start(0, "text") + delta(0, "text", "a"), 0.0)
+    assert c.feed(delta(0, "text", "b"), 0.001) == b""
+    assert c.deadline() == pytest.approx(0.0035)
+    assert c.feed(delta(0, "text", "c"), 0.003) == b""
+    assert c.deadline() == pytest.approx(0.0055)
+    assert c.feed(PING, 0.004) == b""
+    assert c.deadline() == pytest.approx(0.0055)  # a ping does not keep the run going
+    for i, at in enumerate((0.005, 0.007, 0.009)):
+        assert c.feed(delta(0, "text", str(i)), at) == b""
+    assert c.deadline() == pytest.approx(0.011)  # the window since "b" caps it
+    assert c.flush_due(0.011) == delta(0, "text", "bc012") + PING
+    with pytest.raises(UsageError, match="idle"):
+        DeltaCoalescer(0.010, idle=0.02)
+    with pytest.raises(UsageError, match="idle"):
+        DeltaCoalescer(0.010, idle=-1)
+
+
+def test_a_stream_slower_than_the_window_is_never_delayed() -> None:
+    # Nagle-style: a delta arriving more than a window after the previous one of its run goes out at once;
+    # only deltas that follow it quickly are held.
+    c = DeltaCoalescer(0.010, idle=0.010)
+    c.feed(START + block_start(0, "text"), 0.0)
+    for i in range(5):
+        assert c.feed(delta(0, "text", f"w{i}"), 0.020 * i) == delta(0, "text", f"w{i}")
+        assert c.deadline() is None
+    assert c.feed(delta(0, "text", "x"), 0.085) == b""  # 5 ms after the previous one: held
+    assert c.deadline() == pytest.approx(0.095)
+    assert c.feed(delta(0, "text", "y"), 0.200) == delta(0, "text", "x") + delta(0, "text", "y")
 
 
 def test_input_after_the_deadline_first_releases_what_was_due() -> None:
-    c = DeltaCoalescer(0.010)
+    c = DeltaCoalescer(0.010, idle=0.010)
     c.feed(START + block_start(0, "text") + delta(0, "text", "a") + delta(0, "text", "b"), 0.0)
-    out = c.feed(delta(0, "text", "c"), 0.5)  # the driver missed the deadline: "b" goes out first, alone
-    assert out == delta(0, "text", "b")
+    # The driver missed the deadline: "b" goes out first, alone; "c" arrives a window after it: at once.
+    assert c.feed(delta(0, "text", "c") + delta(0, "text", "d"), 0.5) == delta(0, "text", "b") + delta(0, "text", "c")
     assert c.deadline() == pytest.approx(0.51)
-    assert c.end() == delta(0, "text", "c")
+    assert c.end() == delta(0, "text", "d")
 
 
 def test_merged_bytes_are_exact_and_compact() -> None:
@@ -592,8 +627,8 @@ def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = 
 
 @pytest.mark.parametrize("kind", ["sync", "async", "proxy"])
 def test_a_quiet_upstream_does_not_hold_a_delta_past_its_window(kind: str) -> None:
-    # text_basic's first two deltas, then 2 s of silence: the first goes out at once, the second when its
-    # window ends, long before the upstream speaks again.
+    # text_basic's first two deltas, then 2 s of silence: the first goes out at once, the second is held
+    # and goes out within its window, long before the upstream speaks again.
     window = 0.05
     seen: dict[str, float] = {}
 
@@ -607,7 +642,8 @@ def test_a_quiet_upstream_does_not_hold_a_delta_past_its_window(kind: str) -> No
         body = raw_through(kind, server, window, on_chunk)
     assert message_of(body) == message_of(fixture_bytes("text_basic"))
     gap = seen['"Claud"'] - seen["Hello! I'm "]
-    assert window * 0.5 <= gap < window + 0.5, gap  # held for its window, then out
+    # Held (it followed the first at once), then out when the run paused (idle: a quarter of the window).
+    assert window / 4 * 0.5 <= gap < window + 0.5, gap
     assert seen['"Claud"'] - start < 1.5  # and not behind the 2 s silence
 
 

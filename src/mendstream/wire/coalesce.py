@@ -7,12 +7,15 @@
 # framed). A block is a merge candidate when it is a content_block_delta whose delta is exactly
 # `{"type": T, F: "..."}` with (T, F) one of text_delta/text, thinking_delta/thinking,
 # input_json_delta/partial_json. Candidates of one run (same index and delta type, only pings between them)
-# are merged: the run's first delta goes out at once (so the time to the first text of a block is not
-# delayed); the following ones are held and go out as one event when the window since the first held one
-# ends, when the held bytes reach `max_bytes`, or when anything else arrives (another delta, any other
-# event, the end). A ping arriving while deltas are held is held behind them (it carries nothing, so it
-# never breaks a merge) and goes out with them, so it too waits at most the window. Everything else passes at
-# once and byte for byte, after whatever was held.
+# are merged, much as Nagle's algorithm merges small writes: a delta goes out at once when it is the first of
+# its run or arrives more than a window after the previous one (so the first text of a block, and every delta
+# of a stream slower than the window, is not delayed at all); the deltas that follow it within the window are
+# held and go out as one event when the window since the first held one ends, or earlier when no delta came
+# for `idle` seconds (a burst that ended need not wait out the window), when the held bytes reach
+# `max_bytes`, or when anything else arrives (another delta, any other event, the end). A ping arriving while
+# deltas are held is held behind them (it carries nothing, so it never breaks a merge) and goes out with
+# them, so it too waits at most the window. Everything else passes at once and byte for byte, after whatever
+# was held.
 #
 # Merged text is exact: the JSON string bodies of the fragments are concatenated (a complete JSON string body
 # ends on a whole character and a whole escape, so the concatenation decodes to the concatenated text), and
@@ -20,8 +23,8 @@
 # matched by one regular expression and its string body copied as received (it is canonical already); any
 # other spelling of a candidate is decoded and its fragment encoded once. A fragment with a surrogate
 # (\uD800-\uDFFF escapes) is never merged: two halves of a pair in separate deltas are two lone surrogates to
-# every client, and one pair once merged. Each input byte is examined a bounded number of
-# times and each fragment copied once: linear in the input whatever the chunking.
+# every client, and one pair once merged. Each input byte is examined a bounded number of times and each
+# fragment copied once: linear in the input whatever the chunking.
 from __future__ import annotations
 
 import json
@@ -36,7 +39,7 @@ __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_WINDOW", "DeltaCoalescer", "coalesce_wi
 DEFAULT_WINDOW = 0.010
 """The proxy's default window in seconds (10 ms: below a 60 Hz frame; see docs/proxy.md for the measurements)."""
 
-DEFAULT_MAX_BYTES = 16 * 1024
+DEFAULT_MAX_BYTES = 64 * 1024
 """Held bytes at which a merged delta goes out without waiting for the window."""
 
 # The merge candidates: delta type -> the field holding its fragment.
@@ -88,6 +91,8 @@ class DeltaCoalescer:
         window: seconds a held delta may wait for more of its run. ``0`` or ``None``: a pass-through
             (``feed`` returns its input; nothing is ever held). Callers that know coalescing is off should
             not construct one at all.
+        idle: seconds without a new delta of the run after which what is held goes out before the window
+            ends; from 0 to ``window``, default a quarter of it.
         max_bytes: held bytes (raw events, pings included) at which the merged delta goes out at once.
 
     ``feed(data, now)`` returns the bytes to send now; ``deadline()`` says when, if no input arrives, the
@@ -95,9 +100,10 @@ class DeltaCoalescer:
     is any monotonic clock in seconds, the same for every call.
 
     Guarantees: the output, parsed as SSE and accumulated, gives the message the input gives (merged
-    fragments are the exact concatenation of theirs, in order; the first delta of every run and every event
+    fragments are the exact concatenation of theirs, in order; a delta that goes out alone and every event
     that is not merged pass byte for byte); no event is reordered except pings, which may follow deltas that
-    arrived after them; nothing waits longer than ``window`` after its arrival (given a driver that honours
+    arrived after them; the first delta of a run, and one arriving more than ``window`` after the previous
+    one, are never held; nothing waits longer than ``window`` after its arrival (given a driver that honours
     ``deadline()``), and nothing waits past another kind of event (an ``error`` event included) or the end.
     ``signature_delta``, ``citations_delta``, unknown delta types, deltas with keys beyond ``type`` and their
     field, and fragments with a surrogate escape are never merged. An incomplete event is kept until its
@@ -114,6 +120,7 @@ class DeltaCoalescer:
         "_ended",
         "_key",
         "_last",
+        "_last_at",
         "_literals",
         "_max",
         "_pings",
@@ -121,12 +128,20 @@ class DeltaCoalescer:
         "_size",
         "_through",
         "_through_lf",
+        "_window_end",
+        "idle",
         "merged",
         "window",
     )
 
-    def __init__(self, window: float | None, /, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, window: float | None, /, *, idle: float | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.window = coalesce_window(window, default=DEFAULT_WINDOW)
+        if idle is None:
+            idle = self.window / 4
+        if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle <= self.window:
+            raise UsageError(f"idle must be a number of seconds from 0 to the window ({self.window:g}); got {idle!r}")
+        self.idle = float(idle)
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise UsageError(f"max_bytes must be a positive int; got {max_bytes!r}")
         self._max = max_bytes
@@ -135,11 +150,13 @@ class DeltaCoalescer:
         self._through_lf = False  # ... and the last byte forwarded was a LF
         self._key: _Key | None = None  # the run of the held deltas (None: nothing held)
         self._last: _Key | None = None  # the run of the last delta sent or held, until another event
+        self._last_at = 0.0  # when that delta arrived
         self._raws: list[bytes] = []  # held delta blocks as received
         self._literals: list[bytes] = []  # their JSON string bodies
         self._pings: list[bytes] = []  # pings held behind them
         self._size = 0
-        self._deadline = 0.0
+        self._deadline = 0.0  # when the held deltas go out: the window's end, or earlier after an idle gap
+        self._window_end = 0.0
         self._ended = False
         self.merged = 0
         """Delta events merged into an earlier one so far (events the client did not have to handle)."""
@@ -275,11 +292,17 @@ class DeltaCoalescer:
                         self._raws.append(block)
                         self._literals.append(literal)
                         self._size += len(block)
+                        self._last_at = now
+                        self._deadline = min(self._window_end, now + self.idle)
                         if self._size >= self._max:
                             self._flush(out)
                         return
                     self._flush(out)
-                if key != self._last:  # the first delta of a run: at once
+                last_at, self._last_at = self._last_at, now
+                if key != self._last or now - last_at > self.window:
+                    # The first delta of a run, or the first after a pause longer than the window: nothing says
+                    # more will follow soon, so it goes out at once (a stream slower than the window is never
+                    # delayed); the deltas that follow it within the window are held.
                     self._last = key
                     out.append(block)
                     return
@@ -287,7 +310,8 @@ class DeltaCoalescer:
                 self._raws.append(block)
                 self._literals.append(literal)
                 self._size = len(block)
-                self._deadline = now + self.window
+                self._window_end = now + self.window
+                self._deadline = min(self._window_end, now + self.idle)
                 if self._size >= self._max:
                     self._flush(out)
                 return
