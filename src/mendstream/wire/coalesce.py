@@ -32,6 +32,8 @@ import math
 import re
 from typing import Any
 
+import jiter
+
 from mendstream.errors import UsageError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_WINDOW", "DeltaCoalescer", "coalesce_window"]
@@ -47,23 +49,22 @@ _FIELDS: dict[str, str] = {"text_delta": "text", "thinking_delta": "thinking", "
 
 _DELTA_HEAD = b"event: content_block_delta\ndata: "
 _PING_HEAD = b"event: ping\ndata: "
-_MERGED_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":"'
+_MERGED_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%s,"delta":{"type":"%s","%s":"'
 _SUFFIX = b'"}}\n\n'
 
-# The API's own spelling of a candidate, as one block. Group 4 is the JSON string body: runs of ordinary
-# characters and valid escapes only (unrolled, so matching is linear), so it is one complete JSON string.
-_FAST = re.compile(
+# The API's own spelling of a candidate up to its JSON string body, which runs to the block's last 5 bytes.
+_HEAD = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(0|[1-9][0-9]{0,9}),'
     rb'"delta":\{"type":"(text_delta|thinking_delta|input_json_delta)","(text|thinking|partial_json)":"'
-    rb'([^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*)"\}\}\n\n'
 )
+_TAIL = b'"}}\n\n'
 _FAST_FIELDS = {b"text_delta": b"text", b"thinking_delta": b"thinking", b"input_json_delta": b"partial_json"}
 # Worth decoding: a block naming one of the candidate delta types (other deltas pass without a JSON parse).
 _MAYBE = re.compile(rb'"(?:text_delta|thinking_delta|input_json_delta)"')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PING = re.compile(rb'event: ping\ndata: \{ ?"type": ?"ping" ?\}\n\n')
 
-_Key = tuple[int, str]
+_Key = tuple[bytes, bytes]  # (the block index as JSON writes it, the delta type)
 
 
 def coalesce_window(value: Any, /, *, default: float = DEFAULT_WINDOW) -> float:
@@ -180,18 +181,15 @@ class DeltaCoalescer:
             data = self._forward(data, out)
         if self._buf and data:
             data = self._complete(data, now, out)
-        # Whole blocks: one C-level find per block, each block sliced (copied) once.
-        start = 0
-        find = data.find
-        while True:
-            stop = find(b"\n\n", start)
-            if stop < 0:
-                break
-            self._block(data[start : stop + 2], now, out)
-            start = stop + 2
-        if start < len(data):
-            self._keep(data[start:], out)
-        return b"".join(out)
+        # Whole blocks: one C-level split, each block copied once (with its blank line put back).
+        blocks = data.split(b"\n\n")
+        tail = blocks.pop()
+        block = self._block
+        for body in blocks:
+            block(body + b"\n\n", now, out)
+        if tail:
+            self._keep(tail, out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def deadline(self) -> float | None:
         """When the held deltas must go out (``flush_due``), or None when nothing is held."""
@@ -293,7 +291,8 @@ class DeltaCoalescer:
                         self._literals.append(literal)
                         self._size += len(block)
                         self._last_at = now
-                        self._deadline = min(self._window_end, now + self.idle)
+                        due = now + self.idle
+                        self._deadline = due if due < self._window_end else self._window_end
                         if self._size >= self._max:
                             self._flush(out)
                         return
@@ -311,7 +310,7 @@ class DeltaCoalescer:
                 self._literals.append(literal)
                 self._size = len(block)
                 self._window_end = now + self.window
-                self._deadline = min(self._window_end, now + self.idle)
+                self._deadline = now + self.idle
                 if self._size >= self._max:
                     self._flush(out)
                 return
@@ -330,22 +329,36 @@ class DeltaCoalescer:
 
     def _candidate(self, block: bytes) -> tuple[_Key, bytes] | None:
         # (run, JSON string body) for a mergeable delta block, else None.
-        match = _FAST.fullmatch(block)
-        if match is not None:
-            dtype, field, literal = match.group(2, 3, 4)
-            if _FAST_FIELDS[dtype] != field:
+        match = _HEAD.match(block)
+        if match is not None and block.endswith(_TAIL):
+            index, dtype, field = match.groups()
+            start = match.end()
+            if _FAST_FIELDS[dtype] != field or start > len(block) - 5:
                 return None
-            if b"\\u" not in literal and b"\\/" not in literal:  # already canonical: copied as received
-                return (int(match.group(1)), dtype.decode()), literal
-            # \u and \/ escapes (json.dumps writes neither for these characters): decoded and encoded below.
-        elif _MAYBE.search(block) is None:
+            literal = block[start:-5]
+            # One JSON string, strictly (valid UTF-8, valid escapes, no control character, no lone surrogate; an
+            # unescaped quote would end it early), checked and decoded by jiter: linear.
+            try:
+                fragment = jiter.from_json(block[start - 1 : -4], cache_mode="keys")
+            except ValueError:
+                return None
+            if type(fragment) is not str:
+                return None
+            if b"\\" not in literal:
+                return (index, dtype), literal  # canonical already: copied as received
+            unescaped = literal.replace(b"\\\\", b"")  # what is left of a run of backslashes starts an escape
+            if b"\\u" not in unescaped and b"\\/" not in unescaped:
+                return (index, dtype), literal
+            # A \u or \/ escape (json.dumps(ensure_ascii=False) writes \u only for control characters, \/ never).
+            return self._reencoded((index, dtype), fragment)
+        if _MAYBE.search(block) is None:
             return None
         data = block[len(_DELTA_HEAD) : -2]
         if b"\n" in data or b"\r" in data:
             return None
         try:
-            payload = json.loads(data)
-        except (ValueError, RecursionError):
+            payload = jiter.from_json(data, cache_mode="keys")
+        except ValueError:
             return None
         if type(payload) is not dict or payload.keys() != {"type", "index", "delta"}:
             return None
@@ -359,10 +372,15 @@ class DeltaCoalescer:
         if field is None or delta.keys() != {"type", field}:
             return None
         fragment = delta[field]
-        if type(fragment) is not str or _SURROGATE.search(fragment) is not None:
+        if type(fragment) is not str:
             return None
-        literal = json.dumps(fragment, ensure_ascii=False)[1:-1].encode("utf-8")
-        return (index, dtype), literal
+        return self._reencoded((b"%d" % index, dtype.encode()), fragment)
+
+    @staticmethod
+    def _reencoded(key: _Key, fragment: str) -> tuple[_Key, bytes] | None:
+        if _SURROGATE.search(fragment) is not None:
+            return None
+        return key, json.dumps(fragment, ensure_ascii=False)[1:-1].encode("utf-8")
 
     def _flush(self, out: list[bytes]) -> None:
         key = self._key
@@ -373,7 +391,7 @@ class DeltaCoalescer:
             out.append(raws[0])
         else:
             index, dtype = key
-            head = _MERGED_HEAD % (index, dtype.encode(), _FIELDS[dtype].encode())
+            head = _MERGED_HEAD % (index, dtype, _FAST_FIELDS[dtype])
             out.append(head + b"".join(self._literals) + _SUFFIX)
             self.merged += len(raws) - 1
         out.extend(self._pings)

@@ -1,9 +1,10 @@
 # The I/O drivers of DeltaCoalescer (wire/coalesce.py): they move rewritten response bytes through it and
 # honour its deadline when the upstream goes quiet, so that a held delta never waits past the window.
 #
-# Async (the proxy, AsyncRepairTransport): the next upstream read runs as a task only while something is held,
-# and is waited for with a timeout; the window never cancels a read (cancelling an HTTP library's read
-# mid-body breaks its connection), only aclose() does.
+# Async (the proxy, AsyncRepairTransport): a reader task per stream moves upstream chunks into a short queue;
+# the consumer waits for them or for one timer set at the coalescer's deadline (a timer per held run, not a
+# timeout per read, which cost the proxy about 30 us per chunk). The window never cancels a read (cancelling
+# an HTTP library's read mid-body breaks its connection); only aclose() does.
 #
 # Sync (RepairTransport): the client's thread blocks in the HTTP library's read, so nothing could flush at the
 # deadline from that thread. One reader thread per coalescing stream reads the upstream (and runs the
@@ -35,6 +36,8 @@ Clock = Callable[[], float]
 _JOIN_TIMEOUT = 5.0
 """Most seconds close() waits for a woken reader thread to finish."""
 
+_DATA, _END, _ERROR = 0, 1, 2  # what a reader hands over: a chunk, the end, a failure
+
 
 class _Driver:
     """What both drivers share: the upstream body ``chunks``, the response rewriter's ``rewrite(chunk)`` and
@@ -55,57 +58,105 @@ class _Driver:
 class AsyncCoalescing(_Driver):
     """``async for out in driver``: the bytes to send for the async iterator ``chunks``, rewritten and
     coalesced, held deltas included when their deadline passes with no input. At the end, a cut or a failure
-    everything held is yielded first (a failure is then re-raised). ``aclose()`` cancels an upstream read
-    in flight and closes ``chunks`` (when it has ``aclose``); idempotent. Needs an asyncio event loop."""
+    everything held is yielded first (a failure is then re-raised). ``aclose()`` cancels the upstream read in
+    flight and closes ``chunks`` (when it has ``aclose``); idempotent. Needs an asyncio event loop, whose
+    clock it uses (``clock`` is ignored).
+
+    A reader task moves chunks into a short queue and wakes the consumer; one timer per held run (not per
+    chunk) wakes it at the coalescer's deadline. Chunks that queued while the consumer was sending are
+    coalesced together. The reader waits while ``max_queued`` chunks are queued (backpressure).
+    """
 
     def __init__(self, chunks: AsyncIterator[bytes], coalescer: DeltaCoalescer, *,
                  rewrite: Callable[[bytes], bytes], finish: Callable[[], bytes],
-                 cut: tuple[type[BaseException], ...] = (), clock: Clock = time.monotonic) -> None:
+                 cut: tuple[type[BaseException], ...] = (), clock: Clock = time.monotonic,
+                 max_queued: int = 64) -> None:
         super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, clock=clock)
-        self._pending: asyncio.Task[bytes | None] | None = None
+        self._queue: deque[tuple[int, Any]] = deque()
+        self._max_queued = max_queued
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # set for self._armed; None once it has fired
+        self._armed = 0.0
 
-    async def _next(self) -> bytes | None:
-        try:
-            chunk: bytes = await anext(self._chunks)
-        except StopAsyncIteration:
-            return None
-        except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
-            return None
-        return chunk
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake.set()
 
     def __aiter__(self) -> AsyncGenerator[bytes, None]:
         return self._run()
 
+    async def _read(self) -> None:
+        queue, wake, space = self._queue, self._wake, self._space
+        try:
+            try:
+                async for chunk in self._chunks:
+                    queue.append((_DATA, chunk))
+                    wake.set()
+                    while len(queue) >= self._max_queued:
+                        space.clear()
+                        await space.wait()
+            except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
+                pass
+            queue.append((_END, None))
+        except Exception as exc:
+            queue.append((_ERROR, exc))
+        wake.set()
+
     async def _run(self) -> AsyncGenerator[bytes, None]:
-        coalescer, clock, rewrite = self._coalescer, self._clock, self._rewrite
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        coalescer, rewrite, queue, wake = self._coalescer, self._rewrite, self._queue, self._wake
+        self._reader = loop.create_task(self._read())
         try:
             while True:
-                deadline = coalescer.deadline()
-                pending = self._pending
-                if pending is None and deadline is None:  # nothing held: read without a task
-                    chunk = await self._next()
+                if not queue:
+                    wake.clear()
+                    await wake.wait()
+                if not queue:  # the timer fired: the held deltas' deadline has come, the upstream is quiet
+                    due = coalescer.deadline()
+                    if due is not None and due <= self._armed:
+                        out = coalescer.flush()
+                        if out:
+                            yield out
                 else:
-                    if pending is None:
-                        pending = self._pending = asyncio.ensure_future(self._next())
-                    if deadline is not None:
-                        wait = deadline - clock()
-                        if wait > 0:
-                            await asyncio.wait((pending,), timeout=wait)
-                        if not pending.done():  # the upstream is quiet: the window has ended
-                            out = coalescer.flush()
-                            if out:
-                                yield out
-                            continue
-                    else:
-                        await asyncio.wait((pending,))
-                    self._pending = None
-                    chunk = pending.result()
-                if chunk is None:
-                    break
-                out = coalescer.feed(rewrite(chunk), clock())
-                if out:
-                    yield out
-            out = coalescer.feed(self._finish(), clock()) + coalescer.end()
+                    now = loop.time()
+                    parts: list[bytes] = []
+                    failure: BaseException | None = None
+                    finished = False
+                    while queue:
+                        kind, value = queue.popleft()
+                        if kind == _DATA:
+                            parts.append(coalescer.feed(rewrite(value), now))
+                        else:
+                            finished = True
+                            failure = value if kind == _ERROR else None
+                            if failure is None:
+                                parts.append(coalescer.feed(self._finish(), now))
+                            parts.append(coalescer.end())  # nothing held back past the end or a failure
+                            break
+                    self._space.set()
+                    out = b"".join(parts)
+                    if out:
+                        yield out
+                    if failure is not None:
+                        raise failure
+                    if finished:
+                        return
+                # A timer, not a timeout per read: set when something is held and no timer is set for that time
+                # or earlier; one that fires before a deadline that moved later (idle) is just set again.
+                due, timer = coalescer.deadline(), self._timer
+                if due is None:
+                    if timer is not None:
+                        timer.cancel()
+                        self._timer = None
+                elif timer is None or due < self._armed:
+                    if timer is not None:
+                        timer.cancel()
+                    self._armed = due
+                    self._timer = loop.call_at(due, self._on_timer)
         except Exception:
             out = coalescer.end()  # nothing held back past a failure
             if out:
@@ -113,32 +164,29 @@ class AsyncCoalescing(_Driver):
             raise
         finally:
             await self.aclose()
-        if out:
-            yield out
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
             try:
-                await pending
+                await reader
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # our own task was cancelled meanwhile
                     raise
-            except Exception:  # the read failed as it was cancelled: the stream is being closed anyway
-                pass
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
 
 
 # -- sync ----------------------------------------------------------------------------------------------------
-
-_DATA, _END, _ERROR = 0, 1, 2
 
 
 class _Channel:
