@@ -476,6 +476,125 @@ def test_every_corpus_stream_rewritten_then_coalesced_reads_the_same(path: Path)
     assert sdk_message(out) == sdk_message(rewritten)
 
 
+# -- the drivers, in process --------------------------------------------------------------------------------------
+
+
+class Dropped(Exception):
+    """Stands for the HTTP library's error when the upstream drops the connection."""
+
+
+def _timed_chunks() -> list[tuple[float, bytes]]:
+    """(delay before, chunk): a block start, 20 deltas 1 ms apart, then 0.6 s of silence, then the end."""
+    chunks = [(0.0, START + block_start(0, "text"))]
+    chunks += [(0.001, delta(0, "text", f"<{i}>")) for i in range(20)]
+    chunks.append((0.6, block_stop(0) + END))
+    return chunks
+
+
+def _arrivals(received: list[tuple[float, bytes]]) -> dict[str, float]:
+    """When each "<i>" marker reached the consumer."""
+    seen: dict[str, float] = {}
+    so_far = b""
+    for at, out in received:
+        so_far += out
+        for i in range(20):
+            if f"<{i}>" not in seen and f"<{i}>".encode() in so_far:
+                seen[f"<{i}>"] = at
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+def test_drivers_release_held_deltas_within_the_window_while_the_upstream_is_quiet(mode: str) -> None:
+    from mendstream.wire.coalesce_drivers import AsyncCoalescing, ThreadedCoalescing
+
+    window = 0.02
+    sent: dict[str, float] = {}
+    received: list[tuple[float, bytes]] = []
+
+    def note(chunk: bytes) -> None:
+        for i in range(20):
+            if f"<{i}>".encode() in chunk:
+                sent[f"<{i}>"] = time.monotonic()
+
+    if mode == "async":
+        async def source() -> Any:
+            for wait, chunk in _timed_chunks():
+                await asyncio.sleep(wait)
+                note(chunk)
+                yield chunk
+
+        async def run() -> None:
+            driver = AsyncCoalescing(source(), DeltaCoalescer(window), rewrite=lambda b: b, finish=lambda: b"")
+            async for out in driver:
+                received.append((time.monotonic(), out))
+
+        asyncio.run(run())
+    else:
+        def sync_source() -> Iterator[bytes]:
+            for wait, chunk in _timed_chunks():
+                time.sleep(wait)
+                note(chunk)
+                yield chunk
+
+        released: list[bool] = []
+        threaded = ThreadedCoalescing(sync_source(), DeltaCoalescer(window), rewrite=lambda b: b,
+                                      finish=lambda: b"", release=lambda: released.append(True))
+        for out in threaded:
+            received.append((time.monotonic(), out))
+        assert released == [True]
+    body = b"".join(out for _, out in received)
+    assert message_of(body) == message_of(b"".join(chunk for _, chunk in _timed_chunks()))
+    assert len(events_of(body)) < len(events_of(b"".join(c for _, c in _timed_chunks())))  # something merged
+    arrived = _arrivals(received)
+    late = {k: arrived[k] - sent[k] for k in sent if arrived[k] - sent[k] > window + 0.25}
+    assert not late, late  # within the window (plus scheduling slack), not behind the 0.6 s of silence
+
+
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+@pytest.mark.parametrize("failure", ["cut", "bug"])
+def test_drivers_deliver_everything_held_before_a_cut_or_a_failure(mode: str, failure: str) -> None:
+    from mendstream.wire.coalesce_drivers import AsyncCoalescing, ThreadedCoalescing
+
+    head = START + block_start(0, "text") + b"".join(delta(0, "text", f"<{i}>") for i in range(5))
+    tail = b"event: error\n" if failure == "cut" else b""
+
+    def finish() -> bytes:  # what the rewriter says at the end: here, a marker for "a cut was judged"
+        return tail
+
+    error = Dropped() if failure == "cut" else RuntimeError("a bug")
+    got: list[bytes] = []
+    raised: BaseException | None = None
+    if mode == "async":
+        async def source() -> Any:
+            yield head
+            raise error
+
+        async def run() -> None:
+            async for out in AsyncCoalescing(source(), DeltaCoalescer(60.0), rewrite=lambda b: b, finish=finish,
+                                             cut=(Dropped,)):
+                got.append(out)
+
+        try:
+            asyncio.run(run())
+        except RuntimeError as exc:
+            raised = exc
+    else:
+        def sync_source() -> Iterator[bytes]:
+            yield head
+            raise error
+
+        try:
+            for out in ThreadedCoalescing(sync_source(), DeltaCoalescer(60.0), rewrite=lambda b: b, finish=finish,
+                                          cut=(Dropped,), release=lambda: None):
+                got.append(out)
+        except RuntimeError as exc:
+            raised = exc
+    body = b"".join(got)
+    assert body.startswith(START) and all(f"<{i}>".encode() in body for i in range(5))  # nothing held back
+    assert body.endswith(tail)
+    assert (raised is error) == (failure == "bug")
+
+
 # -- the wired paths on real servers -----------------------------------------------------------------------------
 
 anthropic = pytest.importorskip("anthropic")
