@@ -308,8 +308,8 @@ _STAMP = re.compile(r"<(\d+\.\d+)>")
 
 
 def paced_read(base_url: str, transport: Any, pacing: str, seed: int) -> tuple[float, list[float], int]:
-    """One paced stream: (time to first text, per-delta latency from the upstream's send to the client's
-    receipt, deltas received)."""
+    """One paced stream: (time from the request to the first text, per-delta latency from the upstream's send
+    to the client's receipt in the order sent, deltas received)."""
     latencies: list[float] = []
     deltas = 0
     first_text = float("nan")
@@ -335,33 +335,39 @@ def paced_read(base_url: str, transport: Any, pacing: str, seed: int) -> tuple[f
 def latency_table(paced: str, quick: bool) -> None:
     windows = (0.002, 0.005, 0.010, 0.016)
     proxies = {0.0: start_proxy(paced, 0.0), **{w: start_proxy(paced, w) for w in windows}}
-    streams = 3 if quick else 8
+    streams = 4 if quick else 12
     try:
         paths: list[tuple[str, str, Any]] = [("direct", paced, None), ("proxy off", proxies[0.0][1], None)]
         paths += [(f"proxy {w * 1e3:g} ms", proxies[w][1], None) for w in windows]
         paths.append((f"transport {DEFAULT_WINDOW * 1e3:g} ms", paced,
                       lambda: RepairTransport(httpx.HTTPTransport(), coalesce=DEFAULT_WINDOW)))
-        print(f"\n2. Latency: 100 text deltas per stream, {streams} streams per row, paced upstream; latency is "
-              "from the upstream's send to the client's receipt")
-        print(f"{'pacing':<8}{'path':<17}{'deltas':>7}{'TTFT p50':>10}{'+p50':>7}{'lat p50':>9}{'lat p99':>9}"
-              f"{'+p50':>8}{'+p99':>8}   (ms)")
+        print(f"\n2. Latency: 100 text deltas per stream, {streams} streams per row (the paths interleaved, stream by "
+              "stream), paced upstream. TTFT: from the request to the first text; first / every delta: from the "
+              "upstream's send of a delta to the client's receipt; +: added over direct")
+        print(f"{'pacing':<8}{'path':<17}{'deltas':>7}{'TTFT':>9}{'first':>9}{'+':>7}{'every':>9}{'every':>9}"
+              f"{'+':>8}{'+':>8}")
+        print(f"{'':<32}{'p50':>9}{'p50':>9}{'p50':>7}{'p50':>9}{'p99':>9}{'p50':>8}{'p99':>8}   (ms)")
         for pacing in ("steady", "bursts", "fast"):
-            base: tuple[float, float, float] | None = None
-            for label, url, transport in paths:
-                ttft: list[float] = []
-                latency: list[float] = []
-                counts: list[int] = []
+            ttft: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+            first: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+            latency: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+            counts: dict[str, list[int]] = {label: [] for label, _, _ in paths}
+            for _, url, transport in paths:
                 paced_read(url, transport() if transport else None, pacing, 999)  # warm-up
-                for seed in range(streams):
-                    first, lat, count = paced_read(url, transport() if transport else None, pacing, seed)
-                    ttft.append(first)
-                    latency.extend(lat)
-                    counts.append(count)
-                t50, l50, l99 = pct(ttft, 0.5), pct(latency, 0.5), pct(latency, 0.99)
-                base = base or (t50, l50, l99)
-                print(f"{pacing if label == 'direct' else '':<8}{label:<17}{statistics.mean(counts):>7.1f}"
-                      f"{t50 * 1e3:>10.2f}{(t50 - base[0]) * 1e3:>7.2f}{l50 * 1e3:>9.2f}{l99 * 1e3:>9.2f}"
-                      f"{(l50 - base[1]) * 1e3:>8.2f}{(l99 - base[2]) * 1e3:>8.2f}", flush=True)
+            for seed in range(streams):
+                for label, url, transport in paths:
+                    to_text, lat, count = paced_read(url, transport() if transport else None, pacing, seed)
+                    ttft[label].append(to_text)
+                    first[label].append(lat[0])
+                    latency[label].extend(lat)
+                    counts[label].append(count)
+            base = (pct(first["direct"], 0.5), pct(latency["direct"], 0.5), pct(latency["direct"], 0.99))
+            for label, _, _ in paths:
+                f50, l50, l99 = pct(first[label], 0.5), pct(latency[label], 0.5), pct(latency[label], 0.99)
+                print(f"{pacing if label == 'direct' else '':<8}{label:<17}{statistics.mean(counts[label]):>7.1f}"
+                      f"{pct(ttft[label], 0.5) * 1e3:>9.2f}{f50 * 1e3:>9.2f}{(f50 - base[0]) * 1e3:>7.2f}"
+                      f"{l50 * 1e3:>9.2f}{l99 * 1e3:>9.2f}{(l50 - base[1]) * 1e3:>8.2f}{(l99 - base[2]) * 1e3:>8.2f}",
+                      flush=True)
     finally:
         for proc, _ in proxies.values():
             proc.kill()

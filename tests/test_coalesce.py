@@ -562,6 +562,7 @@ def test_drivers_deliver_everything_held_before_a_cut_or_a_failure(mode: str, fa
         return tail
 
     error = Dropped() if failure == "cut" else RuntimeError("a bug")
+    cuts: list[BaseException] = []
     got: list[bytes] = []
     raised: BaseException | None = None
     if mode == "async":
@@ -571,7 +572,7 @@ def test_drivers_deliver_everything_held_before_a_cut_or_a_failure(mode: str, fa
 
         async def run() -> None:
             async for out in AsyncCoalescing(source(), DeltaCoalescer(60.0), rewrite=lambda b: b, finish=finish,
-                                             cut=(Dropped,)):
+                                             cut=(Dropped,), on_cut=cuts.append):
                 got.append(out)
 
         try:
@@ -585,7 +586,7 @@ def test_drivers_deliver_everything_held_before_a_cut_or_a_failure(mode: str, fa
 
         try:
             for out in ThreadedCoalescing(sync_source(), DeltaCoalescer(60.0), rewrite=lambda b: b, finish=finish,
-                                          cut=(Dropped,), release=lambda: None):
+                                          cut=(Dropped,), on_cut=cuts.append, release=lambda: None):
                 got.append(out)
         except RuntimeError as exc:
             raised = exc
@@ -593,6 +594,7 @@ def test_drivers_deliver_everything_held_before_a_cut_or_a_failure(mode: str, fa
     assert body.startswith(START) and all(f"<{i}>".encode() in body for i in range(5))  # nothing held back
     assert body.endswith(tail)
     assert (raised is error) == (failure == "bug")
+    assert cuts == ([error] if failure == "cut" else [])
 
 
 # -- the wired paths on real servers -----------------------------------------------------------------------------

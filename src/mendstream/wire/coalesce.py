@@ -50,14 +50,13 @@ _FIELDS: dict[str, str] = {"text_delta": "text", "thinking_delta": "thinking", "
 _DELTA_HEAD = b"event: content_block_delta\ndata: "
 _PING_HEAD = b"event: ping\ndata: "
 _MERGED_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%s,"delta":{"type":"%s","%s":"'
-_SUFFIX = b'"}}\n\n'
 
 # The API's own spelling of a candidate up to its JSON string body, which runs to the block's last 5 bytes.
 _HEAD = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(0|[1-9][0-9]{0,9}),'
     rb'"delta":\{"type":"(text_delta|thinking_delta|input_json_delta)","(text|thinking|partial_json)":"'
 )
-_TAIL = b'"}}\n\n'
+_TAIL = b'"}}\n\n'  # ... and what follows it
 _FAST_FIELDS = {b"text_delta": b"text", b"thinking_delta": b"thinking", b"input_json_delta": b"partial_json"}
 # Worth decoding: a block naming one of the candidate delta types (other deltas pass without a JSON parse).
 _MAYBE = re.compile(rb'"(?:text_delta|thinking_delta|input_json_delta)"')
@@ -109,7 +108,8 @@ class DeltaCoalescer:
     ``signature_delta``, ``citations_delta``, unknown delta types, deltas with keys beyond ``type`` and their
     field, and fragments with a surrogate escape are never merged. An incomplete event is kept until its
     blank line arrives only when it may be a delta or a ping, and at most ``max_bytes``; any other bytes are
-    forwarded as soon as they arrive. Memory: at most ``max_bytes`` plus one event. Work: linear in the input.
+    forwarded as soon as they arrive. Memory: held deltas up to ``max_bytes`` plus one event, and an incomplete
+    event up to ``max_bytes``. Work: linear in the input.
 
     Raises:
         UsageError: a bad option, ``feed`` after ``end()``, or ``data`` that is not bytes-like.
@@ -392,7 +392,7 @@ class DeltaCoalescer:
         else:
             index, dtype = key
             head = _MERGED_HEAD % (index, dtype, _FAST_FIELDS[dtype])
-            out.append(head + b"".join(self._literals) + _SUFFIX)
+            out.append(head + b"".join(self._literals) + _TAIL)
             self.merged += len(raws) - 1
         out.extend(self._pings)
         self._key = None

@@ -36,23 +36,29 @@ Clock = Callable[[], float]
 _JOIN_TIMEOUT = 5.0
 """Most seconds close() waits for a woken reader thread to finish."""
 
-_DATA, _END, _ERROR = 0, 1, 2  # what a reader hands over: a chunk, the end, a failure
+_DATA, _END, _ERROR, _CUT = 0, 1, 2, 3  # what a reader hands over: a chunk, the end, a failure, a cut
 
 
 class _Driver:
     """What both drivers share: the upstream body ``chunks``, the response rewriter's ``rewrite(chunk)`` and
-    ``finish()``, the exceptions that mean the upstream cut the body (``cut``: the input then ends, and
-    ``finish()`` decides how the stream ends), the coalescer and the clock."""
+    ``finish()``, the exceptions that mean the upstream cut the body (``cut``: ``on_cut(exc)`` is told, the
+    input then ends and ``finish()`` decides how the stream ends), the coalescer and the clock."""
 
     def __init__(self, chunks: Any, coalescer: DeltaCoalescer, *, rewrite: Callable[[bytes], bytes],
-                 finish: Callable[[], bytes], cut: tuple[type[BaseException], ...], clock: Clock) -> None:
+                 finish: Callable[[], bytes], cut: tuple[type[BaseException], ...],
+                 on_cut: Callable[[BaseException], None] | None, clock: Clock) -> None:
         self._chunks = chunks
         self._coalescer = coalescer
         self._rewrite = rewrite
         self._finish = finish
         self._cut = cut
+        self._on_cut = on_cut
         self._clock = clock
         self._closed = False
+
+    def _was_cut(self, exc: BaseException) -> None:
+        if self._on_cut is not None:
+            self._on_cut(exc)
 
 
 class AsyncCoalescing(_Driver):
@@ -69,9 +75,9 @@ class AsyncCoalescing(_Driver):
 
     def __init__(self, chunks: AsyncIterator[bytes], coalescer: DeltaCoalescer, *,
                  rewrite: Callable[[bytes], bytes], finish: Callable[[], bytes],
-                 cut: tuple[type[BaseException], ...] = (), clock: Clock = time.monotonic,
-                 max_queued: int = 64) -> None:
-        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, clock=clock)
+                 cut: tuple[type[BaseException], ...] = (), on_cut: Callable[[BaseException], None] | None = None,
+                 clock: Clock = time.monotonic, max_queued: int = 64) -> None:
+        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, on_cut=on_cut, clock=clock)
         self._queue: deque[tuple[int, Any]] = deque()
         self._max_queued = max_queued
         self._wake = asyncio.Event()
@@ -97,8 +103,8 @@ class AsyncCoalescing(_Driver):
                     while len(queue) >= self._max_queued:
                         space.clear()
                         await space.wait()
-            except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
-                pass
+            except self._cut as exc:  # the upstream dropped the connection: the end of the input
+                queue.append((_CUT, exc))
             queue.append((_END, None))
         except Exception as exc:
             queue.append((_ERROR, exc))
@@ -130,6 +136,8 @@ class AsyncCoalescing(_Driver):
                         kind, value = queue.popleft()
                         if kind == _DATA:
                             parts.append(coalescer.feed(rewrite(value), now))
+                        elif kind == _CUT:
+                            self._was_cut(value)
                         else:
                             finished = True
                             failure = value if kind == _ERROR else None
@@ -256,7 +264,8 @@ class ThreadedCoalescing(_Driver):
     is yielded first (a failure is then re-raised in the client's thread).
 
     Args:
-        chunks, rewrite, finish, cut: the upstream body and the response rewriter (see ``_Driver``).
+        chunks, rewrite, finish, cut, on_cut: the upstream body and the response rewriter (see ``_Driver``);
+            here ``rewrite``, ``finish`` and ``on_cut`` run in the reader thread.
         release: closes the upstream body and anything tied to it (a capture file). Called exactly once: by the
             reader thread when it finishes, or by :meth:`close` when no reader was started.
         wake: makes a read blocked in ``chunks`` return (see :func:`socket_waker`); called by :meth:`close`
@@ -267,9 +276,10 @@ class ThreadedCoalescing(_Driver):
 
     def __init__(self, chunks: Iterable[bytes], coalescer: DeltaCoalescer, *, rewrite: Callable[[bytes], bytes],
                  finish: Callable[[], bytes], cut: tuple[type[BaseException], ...] = (),
+                 on_cut: Callable[[BaseException], None] | None = None,
                  release: Callable[[], None], wake: Callable[[], None] | None = None,
                  clock: Clock = time.monotonic, max_queued: int = 64) -> None:
-        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, clock=clock)
+        super().__init__(chunks, coalescer, rewrite=rewrite, finish=finish, cut=cut, on_cut=on_cut, clock=clock)
         self._release = release
         self._wake = wake
         self._channel = _Channel(max_queued)
@@ -298,8 +308,8 @@ class ThreadedCoalescing(_Driver):
                     out = rewrite(chunk)
                     if (out and not channel.put(_DATA, out)) or channel.closed:
                         return
-            except self._cut:  # the upstream dropped the connection: the end of the input, judged by finish()
-                pass
+            except self._cut as exc:  # the upstream dropped the connection: the end of the input
+                self._was_cut(exc)
             self._stop_reading()
             tail = self._finish()
             if not tail or channel.put(_DATA, tail):
