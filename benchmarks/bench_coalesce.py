@@ -41,8 +41,8 @@ import httpx
 
 import mendstream
 from mendstream import MessageParser, RepairTransport
-from mendstream.rewrite import encode_event
 from mendstream.wire.coalesce import DEFAULT_WINDOW
+from mendstream.wire.rewrite import encode_event
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}

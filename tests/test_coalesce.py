@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURE_NAMES, fixture_bytes
 from mendstream import MessageParser, StreamError, UsageError
-from mendstream.rewrite import ResponseRewriter, encode_event
 from mendstream.wire.coalesce import DEFAULT_WINDOW, DeltaCoalescer, coalesce_window
+from mendstream.wire.rewrite import ResponseRewriter, encode_event
 from splitting import split_at
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
@@ -604,9 +604,9 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from conftest import FIXTURES_DIR, sync_client  # noqa: E402
 from mendstream import AsyncRepairTransport, RepairTransport  # noqa: E402
-from mendstream.faults import Cut, ErrorEvent, Stall  # noqa: E402
-from mendstream.proxy import create_app  # noqa: E402
-from mendstream.server import ReplayServer  # noqa: E402
+from mendstream.testing import ReplayServer  # noqa: E402
+from mendstream.testing.faults import Cut, ErrorEvent, Stall  # noqa: E402
+from mendstream.wire.proxy import create_app  # noqa: E402
 from sdk_reference import sdk_http_module  # noqa: E402
 from test_proxy import Served  # noqa: E402
 
@@ -830,14 +830,15 @@ def test_options() -> None:
 def test_proxy_command_line_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from mendstream.proxy import _seconds, add_proxy_subcommand, app_from_env
+    from mendstream.cli.proxy import add_subcommand
+    from mendstream.wire.proxy import app_from_env, seconds
 
     parser = argparse.ArgumentParser()
-    add_proxy_subcommand(parser.add_subparsers())
-    assert _seconds(parser.parse_args(["proxy", "--upstream", "http://x"]).coalesce, "--coalesce") == DEFAULT_WINDOW
-    assert _seconds(parser.parse_args(["proxy", "--upstream", "http://x", "--coalesce", "0"]).coalesce, "x") == 0
+    add_subcommand(parser.add_subparsers())
+    assert seconds(parser.parse_args(["proxy", "--upstream", "http://x"]).coalesce, "--coalesce") == DEFAULT_WINDOW
+    assert seconds(parser.parse_args(["proxy", "--upstream", "http://x", "--coalesce", "0"]).coalesce, "x") == 0
     with pytest.raises(UsageError, match="--coalesce must be a number"):
-        _seconds("soon", "--coalesce")
+        seconds("soon", "--coalesce")
     monkeypatch.setenv("MENDSTREAM_UPSTREAM", "http://127.0.0.1:9")
     assert app_from_env().coalesce == DEFAULT_WINDOW
     monkeypatch.setenv("MENDSTREAM_COALESCE", "0.02")

@@ -348,7 +348,7 @@ class ProxyApp:
             return rewriter.feed(chunk)
 
         driver = AsyncCoalescing(response.aiter_raw(), DeltaCoalescer(self.coalesce), rewrite=feed,
-                                 finish=rewriter.end, cut=(http_library().HTTPError,))
+                                 finish=rewriter.end, cut=(http_library().HTTPError,), on_cut=cuts.append)
         try:
             async for out in driver:
                 await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -199,7 +199,8 @@ class RepairTransport:
 
             driver = ThreadedCoalescing(
                 inner_stream, DeltaCoalescer(self._options.coalesce), rewrite=rewriting.feed, finish=rewriting.end,
-                cut=(http.TransportError,), release=release, wake=socket_waker(response.extensions))
+                cut=(http.TransportError,), on_cut=rewriting.failed, release=release,
+                wake=socket_waker(response.extensions))
 
             class _Coalesced(http.SyncByteStream):  # type: ignore[misc,name-defined]
                 def __iter__(self) -> Iterator[bytes]:
@@ -265,7 +266,7 @@ class AsyncRepairTransport:
             # The window is honoured on asyncio's clock: a held delta goes out when it ends, upstream quiet or not.
             driver = AsyncCoalescing(
                 inner_stream.__aiter__(), DeltaCoalescer(self._options.coalesce), rewrite=rewriting.feed,
-                finish=rewriting.end, cut=(http.TransportError,))
+                finish=rewriting.end, cut=(http.TransportError,), on_cut=rewriting.failed)
 
             class _Coalesced(http.AsyncByteStream):  # type: ignore[misc,name-defined]
                 def __aiter__(self) -> AsyncIterator[bytes]:
