@@ -708,7 +708,7 @@ def test_every_corpus_stream_through_proxy_and_transport_gives_the_same_message(
         sdk_read(sync_client(base_url=proxied["off"].base_url), name, beta=True)[::2] == off[::2]
 
 
-def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = None) -> bytes:
+def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = None, capture: Any = None) -> bytes:
     """The response body of one streaming request through ``kind`` (sync / async transport, proxy), chunk by
     chunk (``on_chunk(bytes_so_far)`` after each)."""
     body = {**REQUEST, "stream": True}
@@ -717,7 +717,8 @@ def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = 
     if kind == "async":
         async def run() -> bytes:
             nonlocal received
-            async with http.AsyncClient(transport=AsyncRepairTransport(coalesce=window), timeout=30) as client, \
+            transport = AsyncRepairTransport(coalesce=window, capture=capture)
+            async with http.AsyncClient(transport=transport, timeout=30) as client, \
                     client.stream("POST", server.url, json=body, headers=headers) as response:
                 async for chunk in response.aiter_raw():
                     received += chunk
@@ -726,12 +727,12 @@ def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = 
             return received
         return asyncio.run(run())
     if kind == "proxy":
-        served = Served(create_app(server.base_url, coalesce=window))
+        served = Served(create_app(server.base_url, coalesce=window, capture=capture))
         client = http.Client(timeout=30)
         url = served.base_url + "/v1/messages"
     else:
         served = None
-        client = http.Client(transport=RepairTransport(coalesce=window), timeout=30)
+        client = http.Client(transport=RepairTransport(coalesce=window, capture=capture), timeout=30)
         url = server.url
     try:
         with client.stream("POST", url, json=body, headers=headers) as response:
@@ -780,6 +781,20 @@ def test_a_stream_failing_mid_block_delivers_everything_before_the_failure(kind:
     assert snapshot_on == snapshot_off and snapshot_on is not None
     assert snapshot_on["content"][0]["text"]  # some text arrived before the failure, and all of it is here
     assert on.rstrip().split(b"\n\n")[-1].startswith(b"event: error")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "proxy"])
+def test_a_cut_is_recorded_in_the_capture_as_without_coalescing(kind: str, tmp_path: Path) -> None:
+    with ReplayServer(FIXTURES_DIR, select="header", faults=Cut(after_events=9)) as server:
+        raw_through(kind, server, 0.05, capture=tmp_path)
+    deadline = time.monotonic() + 10  # the sidecar is written once the stream is closed
+    while not list(tmp_path.glob("*.capture.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (sidecar,) = tmp_path.glob("*.capture.json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["outcome"] == "error", meta
+    (body,) = tmp_path.glob("*.sse")
+    assert fixture_bytes("text_basic").startswith(body.read_bytes())  # the original bytes, up to the cut
 
 
 def _coalescing_threads() -> list[threading.Thread]:
