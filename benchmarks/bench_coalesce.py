@@ -87,7 +87,7 @@ def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def start_proxy(upstream: str, coalesce: float) -> tuple[subprocess.Popen[str], str]:
-    return spawn("import os, uvicorn; from mendstream.proxy import create_app; "
+    return spawn("import os, uvicorn; from mendstream.wire.proxy import create_app; "
                  f"uvicorn.run(create_app({upstream!r}, coalesce={coalesce!r}), host='127.0.0.1', "
                  "port=int(os.environ['PORT']), log_level='warning', access_log=False)")
 
