@@ -5,7 +5,8 @@ from typing import Any
 
 from mendstream.cli.common import port
 from mendstream.errors import UsageError
-from mendstream.wire.proxy import http_library, run_proxy
+from mendstream.wire.coalesce import DEFAULT_WINDOW
+from mendstream.wire.proxy import http_library, run_proxy, seconds
 from mendstream.wire.rewrite import CACHE_MODES
 
 __all__ = ["add_subcommand"]
@@ -19,6 +20,9 @@ def add_subcommand(subparsers: Any) -> None:
     parser.add_argument("--port", type=port, default=8787)
     parser.add_argument("--cache", choices=CACHE_MODES, default="default")
     parser.add_argument("--capture", default=None, help="directory for the original bytes of every stream")
+    parser.add_argument("--coalesce", default=str(DEFAULT_WINDOW), metavar="SECONDS",
+                        help="merge consecutive deltas of one content block arriving within SECONDS "
+                             f"(default {DEFAULT_WINDOW:g}; 0: off, every event as the upstream sent it)")
     parser.set_defaults(func=_proxy_command)
 
 
@@ -29,5 +33,7 @@ def _proxy_command(args: Any) -> int:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"needs uvicorn ({exc}): pip install 'mendstream[proxy]'") from None
-    run_proxy(args.upstream, host=args.host, port=args.port, cache=args.cache, capture=args.capture)
+    coalesce = seconds(args.coalesce, "--coalesce")
+    run_proxy(args.upstream, host=args.host, port=args.port, cache=args.cache, capture=args.capture,
+              coalesce=coalesce)
     return 0

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from mendstream.errors import UsageError
 from mendstream.recording.files import CaptureDirectory
+from mendstream.wire.coalesce import DEFAULT_WINDOW, DeltaCoalescer, coalesce_window
 from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
 
 __all__ = ["ProxyApp", "UpstreamURL", "app_from_env", "create_app", "http_library", "run_proxy"]
@@ -133,9 +134,10 @@ class ProxyApp:
 
     def __init__(self, upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
                  capture: str | os.PathLike[str] | CaptureDirectory | None = None, max_conversations: int = 1024,
-                 timeout: float = 600.0) -> None:
+                 timeout: float = 600.0, coalesce: float | bool | None = DEFAULT_WINDOW) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
+        self.coalesce = coalesce_window(coalesce)
         self.upstream = UpstreamURL(upstream)
         if max_conversations < 1:
             raise UsageError(f"max_conversations must be positive; got {max_conversations!r}")
@@ -307,6 +309,9 @@ class ProxyApp:
         rewriter = ResponseRewriter()
         outcome, failure = "closed", None  # a client that went away (send raised) leaves "closed"
         try:
+            if self.coalesce:
+                outcome, failure = await self._stream_coalesced(response, send, rewriter, capture)
+                return
             try:
                 async for chunk in response.aiter_raw():
                     if capture is not None:
@@ -329,10 +334,33 @@ class ProxyApp:
             if key is not None:
                 self._usage_for(key).add(usage)
 
+    async def _stream_coalesced(self, response: Any, send: Any, rewriter: ResponseRewriter,
+                                capture: Any) -> tuple[str, BaseException | None]:
+        # As _stream, with deltas merged within the window (see mendstream.wire.coalesce); the next upstream
+        # chunk or the held deltas' deadline, whichever comes first. Returns the capture's outcome.
+        from mendstream.wire.coalesce_drivers import AsyncCoalescing
+
+        cuts: list[BaseException] = []
+
+        def feed(chunk: bytes) -> bytes:
+            if capture is not None:
+                capture.write(chunk)
+            return rewriter.feed(chunk)
+
+        driver = AsyncCoalescing(response.aiter_raw(), DeltaCoalescer(self.coalesce), rewrite=feed,
+                                 finish=rewriter.end, cut=(http_library().HTTPError,), on_cut=cuts.append)
+        try:
+            async for out in driver:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        finally:
+            await driver.aclose()
+        await send({"type": "http.response.body", "body": b""})
+        return ("error", cuts[0]) if cuts else ("complete", None)
+
 
 def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
                capture: str | os.PathLike[str] | CaptureDirectory | None = None,
-               max_conversations: int = 1024) -> ProxyApp:
+               max_conversations: int = 1024, coalesce: float | bool | None = DEFAULT_WINDOW) -> ProxyApp:
     """The proxy as an ASGI application (``uvicorn 'mendstream.wire.proxy:create_app' --factory`` needs the
     upstream from ``MENDSTREAM_UPSTREAM``; or call it yourself).
 
@@ -345,27 +373,47 @@ def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "
             (``.sse`` body and ``.capture.json`` sidecar, credentials scrubbed, files 0600 under random names,
             64 MiB cap each; see :class:`~mendstream.recording.files.CaptureDirectory`: pass one to set
             ``max_bytes``).
+        coalesce: seconds within which consecutive deltas of one content block are merged into one event
+            (default 10 ms, below a 60 Hz frame; ``0``/``None``: off, every event passes as the upstream sent
+            it). The final message is unchanged; see :class:`mendstream.wire.coalesce.DeltaCoalescer`.
 
     Raises:
         UsageError: an invalid option.
     """
-    return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations)
+    return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations,
+                    coalesce=coalesce)
 
 
 def run_proxy(upstream: str, *, host: str = "127.0.0.1", port: int = 8787,
-              cache: Literal["default", "planner", "off"] = "default", capture: str | None = None) -> None:
+              cache: Literal["default", "planner", "off"] = "default", capture: str | None = None,
+              coalesce: float | bool | None = DEFAULT_WINDOW) -> None:
     """Serve the proxy with uvicorn until interrupted (one worker; for several, see :func:`app_from_env`)."""
     import uvicorn
 
-    app = create_app(upstream, cache=cache, capture=capture)
+    app = create_app(upstream, cache=cache, capture=capture, coalesce=coalesce)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def app_from_env() -> ProxyApp:
     """A factory for ``uvicorn --factory --workers N mendstream.wire.proxy:app_from_env``: the options come from
-    ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE`` and ``MENDSTREAM_CAPTURE``."""
+    ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE``, ``MENDSTREAM_CAPTURE`` and ``MENDSTREAM_COALESCE``
+    (seconds; ``0`` turns coalescing off)."""
     upstream = os.environ.get("MENDSTREAM_UPSTREAM")
     if not upstream:
         raise UsageError("set MENDSTREAM_UPSTREAM to the upstream base URL")
     cache = os.environ.get("MENDSTREAM_CACHE", "default")
-    return create_app(upstream, cache=cache, capture=os.environ.get("MENDSTREAM_CAPTURE"))  # type: ignore[arg-type]
+    coalesce = seconds(os.environ.get("MENDSTREAM_COALESCE", str(DEFAULT_WINDOW)), "MENDSTREAM_COALESCE")
+    return create_app(upstream, cache=cache, capture=os.environ.get("MENDSTREAM_CAPTURE"),  # type: ignore[arg-type]
+                      coalesce=coalesce)
+
+
+def seconds(text: str, name: str) -> float:
+    """A coalescing window given as text (a command-line option, an environment variable), in seconds.
+
+    Raises:
+        UsageError: not a number of seconds >= 0, naming ``name``.
+    """
+    try:
+        return coalesce_window(float(text))
+    except ValueError:
+        raise UsageError(f"{name} must be a number of seconds >= 0 (0: off); got {text!r}") from None

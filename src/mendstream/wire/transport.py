@@ -15,6 +15,8 @@ from mendstream.core.repair import Repair
 from mendstream.errors import UsageError
 from mendstream.recording.files import CaptureDirectory
 from mendstream.transports.capturing import request_json
+from mendstream.wire.coalesce import DeltaCoalescer, coalesce_window
+from mendstream.wire.coalesce_drivers import AsyncCoalescing, ThreadedCoalescing, socket_waker
 from mendstream.wire.rewrite import ResponseRewriter, is_messages_path, rewrite_request, with_content_length
 
 __all__ = ["AsyncRepairTransport", "RepairTransport"]
@@ -53,7 +55,8 @@ class _Options:
     """What both transports share: the cache mode, the capture directory and the repair callback."""
 
     def __init__(self, cache: CacheOption, capture: str | os.PathLike[str] | CaptureDirectory | None,
-                 on_repair: Callable[[Repair], None] | None) -> None:
+                 on_repair: Callable[[Repair], None] | None, coalesce: float | bool | None = None) -> None:
+        self.coalesce = coalesce_window(coalesce)
         self.planner: Any = None
         if cache is None or cache is False or cache == "off":
             self.cache: Literal["default", "planner", "off"] = "off"
@@ -156,6 +159,11 @@ class RepairTransport:
             and by value, also when streamed in pieces), files 0600 under random names, 64 MiB cap each (see
             :class:`~mendstream.recording.files.CaptureDirectory`; pass one to set ``max_bytes``).
         on_repair: called with every :class:`~mendstream.Repair`.
+        coalesce: merge consecutive deltas of one content block that arrive within this many seconds
+            (``True``: 10 ms; ``None``/``0``: off, the default), so that clients which redo work on every event
+            get fewer events; see :class:`mendstream.wire.coalesce.DeltaCoalescer`. The final message is
+            unchanged. Each coalescing stream is read by a thread of its own, so that a held delta goes out
+            when its window ends even if the upstream goes quiet; closing the stream ends that thread.
 
     Usage: ``anthropic.Anthropic(http_client=httpx2.Client(transport=RepairTransport(cache=True)))``.
     A POST to a Messages path (see :func:`mendstream.wire.rewrite.is_messages_path`) whose response is
@@ -166,10 +174,11 @@ class RepairTransport:
 
     def __init__(self, inner: Any = None, *, cache: CacheOption = None,
                  capture: str | os.PathLike[str] | CaptureDirectory | None = None,
-                 on_repair: Callable[[Repair], None] | None = None) -> None:
+                 on_repair: Callable[[Repair], None] | None = None,
+                 coalesce: float | bool | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.HTTPTransport()
-        self._options = _Options(cache, capture, on_repair)
+        self._options = _Options(cache, capture, on_repair, coalesce)
 
     def handle_request(self, request: Any) -> Any:
         if not _is_messages(request):
@@ -181,6 +190,26 @@ class RepairTransport:
             return response
         rewriting = _Rewriting(self._options, request, response)
         inner_stream = response.stream
+        if self._options.coalesce:
+            def release() -> None:
+                try:
+                    rewriting.close()
+                finally:
+                    inner_stream.close()
+
+            driver = ThreadedCoalescing(
+                inner_stream, DeltaCoalescer(self._options.coalesce), rewrite=rewriting.feed, finish=rewriting.end,
+                cut=(http.TransportError,), on_cut=rewriting.failed, release=release,
+                wake=socket_waker(response.extensions))
+
+            class _Coalesced(http.SyncByteStream):  # type: ignore[misc,name-defined]
+                def __iter__(self) -> Iterator[bytes]:
+                    return iter(driver)
+
+                def close(self) -> None:
+                    driver.close()
+
+            return self._options.response(http, response, _Coalesced())
 
         class _Stream(http.SyncByteStream):  # type: ignore[misc,name-defined]
             def __iter__(self) -> Iterator[bytes]:
@@ -217,10 +246,11 @@ class AsyncRepairTransport:
 
     def __init__(self, inner: Any = None, *, cache: CacheOption = None,
                  capture: str | os.PathLike[str] | CaptureDirectory | None = None,
-                 on_repair: Callable[[Repair], None] | None = None) -> None:
+                 on_repair: Callable[[Repair], None] | None = None,
+                 coalesce: float | bool | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.AsyncHTTPTransport()
-        self._options = _Options(cache, capture, on_repair)
+        self._options = _Options(cache, capture, on_repair, coalesce)
 
     async def handle_async_request(self, request: Any) -> Any:
         if not _is_messages(request):
@@ -232,6 +262,24 @@ class AsyncRepairTransport:
             return response
         rewriting = _Rewriting(self._options, request, response)
         inner_stream = response.stream
+        if self._options.coalesce:
+            # The window is honoured on asyncio's clock: a held delta goes out when it ends, upstream quiet or not.
+            driver = AsyncCoalescing(
+                inner_stream.__aiter__(), DeltaCoalescer(self._options.coalesce), rewrite=rewriting.feed,
+                finish=rewriting.end, cut=(http.TransportError,), on_cut=rewriting.failed)
+
+            class _Coalesced(http.AsyncByteStream):  # type: ignore[misc,name-defined]
+                def __aiter__(self) -> AsyncIterator[bytes]:
+                    return driver.__aiter__()
+
+                async def aclose(self) -> None:
+                    try:
+                        await driver.aclose()
+                    finally:
+                        rewriting.close()
+                        await inner_stream.aclose()
+
+            return self._options.response(http, response, _Coalesced())
 
         class _Stream(http.AsyncByteStream):  # type: ignore[misc,name-defined]
             async def __aiter__(self) -> AsyncIterator[bytes]:
