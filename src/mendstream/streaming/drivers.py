@@ -52,9 +52,19 @@ from mendstream.streaming.machine import (
     parser_factory,
 )
 from mendstream.streaming.retry import Attempt, Retry
-from mendstream.streaming.stall import SyncGuard, socket_of
+from mendstream.streaming.stall import SyncGuard, socket_of, socket_waker
 
-__all__ = ["AsyncMessageStream", "AsyncOpener", "AsyncRun", "MessageStream", "Opened", "Opener", "Run", "SyncRun"]
+__all__ = [
+    "AsyncMessageStream",
+    "AsyncOpener",
+    "AsyncRun",
+    "MessageStream",
+    "Opened",
+    "Opener",
+    "Run",
+    "SyncRun",
+    "watch",
+]
 
 
 @dataclass(slots=True)
@@ -98,6 +108,14 @@ class _Slot:
 
     def __init__(self) -> None:
         self.opened: Opened | None = None
+
+
+def watch(owner: object, run: Run) -> weakref.finalize[Any, Any]:
+    """A finaliser that hands ``run``'s open attempt to the reaper if ``owner`` (what the user holds: a stream,
+    a response body) is collected before it released it. Detach it once the run is over."""
+    finalizer = weakref.finalize(owner, _abandoned, run.slot)
+    finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+    return finalizer
 
 
 def _abandoned(slot: _Slot) -> None:
@@ -253,6 +271,14 @@ class SyncRun(Run):
             self.machine.close()
         else:
             self.machine.slept(time.monotonic())
+
+    def interrupt(self) -> None:
+        """Make a read blocked on the current attempt's connection return (its socket shut down: HTTP/1.1
+        only), from any thread; the machine then judges the end of the body."""
+        opened = self.slot.opened
+        wake = socket_waker(getattr(opened.response, "extensions", None)) if opened is not None else None
+        if wake is not None:
+            wake()
 
     def close(self, events: Generator[Any, None, None] | None) -> None:
         """Stop: no attempt starts after this; a backoff sleep ends at once; ``events`` (the generator of
@@ -520,8 +546,7 @@ class _Surface:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._finalizer = weakref.finalize(self, _abandoned, run.slot)
-        self._finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+        self._finalizer = watch(self, run)
 
     @property
     def message(self) -> dict[str, Any]:

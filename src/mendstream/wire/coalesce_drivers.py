@@ -19,14 +19,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
+from mendstream.streaming.stall import socket_waker
 from mendstream.wire.coalesce import DeltaCoalescer
 
 __all__ = ["AsyncCoalescing", "ThreadedCoalescing", "socket_waker"]
@@ -233,28 +232,6 @@ class _Channel:
             self.closed = True
             self._items.clear()
             self._cond.notify_all()
-
-
-def socket_waker(extensions: Any) -> Callable[[], None] | None:
-    """A function that makes a read blocked on an HTTP/1.1 response's connection return (by shutting its
-    socket down), from the response's ``extensions`` (httpcore's ``network_stream``); None when there is no
-    socket to shut down or the connection may be shared (HTTP/2)."""
-    if not isinstance(extensions, dict) or extensions.get("http_version", b"HTTP/1.1") != b"HTTP/1.1":
-        return None
-    stream = extensions.get("network_stream")
-    try:
-        sock = stream.get_extra_info("socket") if stream is not None else None
-    except Exception:
-        return None
-    if not isinstance(sock, socket.socket):
-        return None
-
-    def wake() -> None:
-        # The base class's shutdown: ssl.SSLSocket.shutdown would also drop its SSL object under the reader.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    return wake
 
 
 class ThreadedCoalescing(_Driver):
