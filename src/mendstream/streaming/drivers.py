@@ -658,11 +658,14 @@ class MessageStream(_Surface):
         sdk_events: bool = False,
         beta: bool = False,
         output_format: Any = None,
+        request_changes: tuple[Any, ...] = (),
     ) -> None:
         machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
         run = SyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
+        self.request_changes = request_changes
+        """What sanitising changed in the request before it was sent (``sanitize=True``; empty otherwise)."""
         reaper.start()
         events = run.events()
         # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
@@ -730,11 +733,14 @@ class AsyncMessageStream(_Surface):
         sdk_events: bool = False,
         beta: bool = False,
         output_format: Any = None,
+        request_changes: tuple[Any, ...] = (),
     ) -> None:
         machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
         run = AsyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
+        self.request_changes = request_changes
+        """What sanitising changed in the request before it was sent (``sanitize=True``; empty otherwise)."""
         reaper.start()
         events = run.events()
         self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, run)) if sdk_events else events

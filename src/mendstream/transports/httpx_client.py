@@ -113,16 +113,22 @@ def _endpoint(base_url: str, path: str) -> str:
     return base + "/" + path.lstrip("/")
 
 
-def _prepare_body(body: Mapping[str, Any], cache: Any) -> dict[str, Any]:
+def _prepare_body(body: Mapping[str, Any], cache: Any, sanitize: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     if not isinstance(body, Mapping):
         raise UsageError(f"body must be a mapping (the Messages API request), not {type(body).__name__}")
     params = dict(body)
     if params.get("stream", True) is not True:
         raise UsageError("mendstream.httpx always streams; drop \"stream\": false from the body")
+    changes: tuple[Any, ...] = ()
+    if sanitize is not False:  # first, so that no cache marker lands on a block that is then removed
+        from mendstream.wire.sanitize import apply_sanitize
+
+        params, changes = apply_sanitize(params, sanitize)
+        params = dict(params)
     if cache is not None:
         params = apply_cache(params, cache)
     params["stream"] = True
-    return params
+    return params, changes
 
 
 class _Request:
@@ -142,8 +148,9 @@ class _Request:
         capture: CapturePath | None,
         cache: Any,
         strict_content_type: bool,
+        sanitize: Any = False,
     ) -> None:
-        self.body = _prepare_body(body, cache)
+        self.body, self.changes = _prepare_body(body, cache, sanitize)
         self.url = _endpoint(base_url, path)
         self.headers = build_headers(
             api_key=api_key, auth_token=auth_token, headers=headers, anthropic_version=anthropic_version
@@ -297,6 +304,7 @@ def stream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sanitize: Any = False,
 ) -> MessageStream:
     """Stream a Messages API request from ``base_url`` (any Anthropic-compatible endpoint).
 
@@ -319,6 +327,8 @@ def stream(
             an ``anthropic-beta`` header, events and ``get_final_message()`` use the SDK's ``Beta`` types.
         retry, idle_timeout, progress_timeout: resilience (off by default), as for
             :func:`mendstream.stream`; see docs/resilience.md.
+        sanitize: fix the mechanical 400s in the body before sending, as for :func:`mendstream.stream`
+            (``stream.request_changes`` says what changed).
 
     Returns:
         A :class:`~mendstream.MessageStream`; close it (or use ``with``) to release the connection.
@@ -342,6 +352,7 @@ def stream(
         capture=capture,
         cache=cache,
         strict_content_type=strict_content_type,
+        sanitize=sanitize,
     )
     http = client if client is not None else shared_client()
 
@@ -350,7 +361,7 @@ def stream(
         return BodyPump(writer).opened(response, response.iter_bytes(), response.close)
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                         parser=parser, sdk_events=sdk_events, beta=req.beta)
+                         parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
 
 
 def astream(
@@ -373,6 +384,7 @@ def astream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sanitize: Any = False,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`; ``client`` is an ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
 
@@ -392,6 +404,7 @@ def astream(
         capture=capture,
         cache=cache,
         strict_content_type=strict_content_type,
+        sanitize=sanitize,
     )
     async def opener(action: Open) -> Opened:
         response, writer, release = await req.for_attempt(action).aopen(client)
@@ -399,6 +412,6 @@ def astream(
 
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                  parser=parser, sdk_events=sdk_events, beta=req.beta)
+                                  parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
 
     return AsyncStreamOpener(make)
