@@ -30,7 +30,7 @@ from mendstream.transports.capturing import (
 )
 from mendstream.transports.failures import check_content_type, content_type_error, status_error
 from mendstream.transports.pump import BodyPump
-from mendstream.wire.http import http_library
+from mendstream.wire.http import http_library, library_of
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -53,6 +53,16 @@ UNSET: Any = object()
 
 def _is_unset(value: Any) -> bool:
     return value is UNSET
+
+
+class _StallBound:
+    """The read timeout a stall timeout sets on an attempt (none was given): the wait for the response head,
+    and a backstop for the watchdog on every read."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: float) -> None:
+        self.read = read
 
 _default_client: Any = None
 _default_lock = threading.Lock()
@@ -179,12 +189,15 @@ class _Request:
             out.body = {**self.body, "messages": action.continuation.apply(self.body.get("messages"))}
             out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
         if action.timeout is not None and _is_unset(self.timeout):
-            out.timeout = http_module().Timeout(10.0, read=action.timeout)
+            out.timeout = _StallBound(action.timeout)
         return out
 
     def build(self, client: Any) -> Any:
         kwargs: dict[str, Any] = {"headers": self.headers, "content": self.content}
-        if self.timeout is not UNSET:
+        if isinstance(self.timeout, _StallBound):  # made of the client's own library (httpx or httpx2)
+            library = library_of(client) or http_module()
+            kwargs["timeout"] = library.Timeout(**{**_DEFAULT_TIMEOUT, "read": self.timeout.read})
+        elif self.timeout is not UNSET:
             kwargs["timeout"] = self.timeout
         self.started_at = time.perf_counter()
         return client.build_request("POST", self.url, **kwargs)
