@@ -17,6 +17,7 @@ from mendstream.errors import FixtureError, StreamError, UsageError
 from mendstream.recording.capture import scrub_json, sidecar_path
 
 __all__ = [
+    "FIXTURES",
     "FIXTURE_HEADER",
     "Fixture",
     "FixtureSelector",
@@ -27,6 +28,11 @@ __all__ = [
     "is_messages_path",
     "load_fixtures",
 ]
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+"""The directory of the fixtures that ship with mendstream (``*.sse`` streams, each with its
+``.expected.json`` outcome and a README listing them): clean answers of every content block type, API
+errors, and the broken streams mendstream repairs. ``mendstream serve`` without a directory serves it."""
 
 FIXTURE_HEADER = "x-mendstream-fixture"
 """Request header naming the fixture to serve (its file name, with or without ``.sse``)."""
