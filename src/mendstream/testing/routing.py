@@ -14,7 +14,7 @@ from typing import Any, Literal
 from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
 from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
-from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body
+from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body, describe_fault
 from mendstream.wire.sanitize import validate_request
 
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -106,7 +106,9 @@ def _too_deep(value: Any, limit: int) -> bool:
 @dataclass(slots=True)
 class RecordedRequest:
     """A request the server received: method, target (path and query), lowercase headers, decoded body,
-    fixture served, status answered, body bytes sent and milliseconds from request to last byte."""
+    fixture served, status answered, body bytes sent and milliseconds from request to last byte; ``fault``
+    is the fault injected into the response in the SPEC syntax (``faults.describe_fault``), None when no
+    fault plan changed it."""
 
     method: str
     path: str
@@ -116,6 +118,7 @@ class RecordedRequest:
     status: int = 200
     bytes_sent: int = 0
     ms: float = 0.0
+    fault: str | None = None
 
 
 class Router:
@@ -213,7 +216,10 @@ class Router:
             with self._lock:
                 ordinal = self._answered
                 self._answered += 1
-            planned = self.faults.apply(ordinal, planned)
+            faulted = self.faults.apply(ordinal, planned)
+            if faulted != planned:  # a plan that does not apply to this response (an error status) says nothing
+                record.fault = describe_fault(self.faults, ordinal)
+            planned = faulted
         if bedrock is not None:
             planned = _for_bedrock(planned, bedrock)
         record.status = planned.status
@@ -248,6 +254,8 @@ class Router:
             named = self.selector.named(_model_in_path(record.path.split("?", 1)[0]))
             if named is None or "x-mendstream-fixture" in record.headers:
                 named = self.selector.choose(record.headers, body)
+            else:
+                self.selector.remember(body, named)
             fixture = named
         except NoFixtureError as exc:
             return error_response(exc.status, str(exc))
@@ -266,7 +274,7 @@ class Router:
         if fixture.status == 200 and not fixture.abort and not fixture.content_type.startswith(_EVENT_STREAM):
             # A request that ends with an assistant prefill (what Retry(on_partial="continue") sends) gets the
             # rest of the recorded answer after that prefill, as the API would stream it.
-            continuation = continuation_body(body, fixture.body)
+            continuation = continuation_body(body, fixture.body, prefill=self.selector.prefill_for(body, fixture))
             if continuation is not None:
                 return PlannedResponse(200, tuple(headers), ((0.0, continuation),))
         return PlannedResponse(
