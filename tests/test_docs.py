@@ -40,7 +40,11 @@ class Snippet:
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        """``docs/x.md:LINE``, and ``-requires-MODULE`` for a snippet that needs an optional dependency (so
+        ``-k requires-anthropic`` picks the ones to run under anthropic 0.x)."""
+        requires = self.marker("requires")
+        suffix = "-requires-" + re.sub(r"[^A-Za-z0-9]+", "-", requires.split(" ", 1)[0]).strip("-") if requires else ""
+        return f"{self.path.relative_to(ROOT)}:{self.line}{suffix}"
 
     def marker(self, name: str) -> str | None:
         """The text after ``# name:`` on the block's leading comment lines, or None."""

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,63 +130,89 @@ def test_data_split_across_the_read_size_is_found(tmp_path: Path) -> None:
 # -- serve without a directory, replay by name ------------------------------------------------------------
 
 
+class Served:
+    """`mendstream serve` in its own process; its stderr read as it comes, so a test can wait for a log line
+    (a response's line is written after its last byte, which the client may read first)."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "mendstream", "serve", "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+        line = self.proc.stdout.readline()
+        assert line.startswith("base_url: http://127.0.0.1:"), line + self.log
+        self.base_url = line.split(": ", 1)[1].strip()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def requests(self, count: int, timeout: float = 30) -> list[str]:
+        """The first ``count`` request lines of the log, waiting for them at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.lines) if line.startswith(("POST ", "GET "))]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=30)
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    procs: list[subprocess.Popen[str]] = []
+    started: list[Served] = []
 
-    def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-        proc = subprocess.Popen([sys.executable, "-m", "mendstream", "serve", "--port", "0", *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("base_url: http://127.0.0.1:"), line + (proc.stderr.read() if proc.stderr else "")
-        return proc, line.split(": ", 1)[1].strip()
+    def start(*args: str) -> Served:
+        started.append(Served(*args))
+        return started[-1]
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.communicate(timeout=30)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.terminate()
-    return proc.communicate(timeout=30)[1]
+    for served in started:
+        served.stop()
 
 
 def test_serve_without_a_directory_serves_the_bundled_fixtures(serve: Any) -> None:
     anthropic = pytest.importorskip("anthropic")
-    proc, base_url = serve()
-    client = anthropic.Anthropic(base_url=base_url, api_key="test", max_retries=0)
+    served = serve()
+    client = anthropic.Anthropic(base_url=served.base_url, api_key="test", max_retries=0)
     with client, client.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}],
                                         extra_headers={"x-mendstream-fixture": "text_basic"}) as stream:
         text = stream.get_final_text()
-    log = stop(proc)
     assert text == "".join(b["text"] for b in json.loads((FIXTURES / "text_basic.expected.json").read_text())
                            ["message"]["content"])
-    assert f"serving {len(list(FIXTURES.glob('*.sse')))} fixtures from the bundled fixtures" in log
-    assert "POST /v1/messages text_basic 200" in log
+    [line] = served.requests(1)
+    assert line.startswith("POST /v1/messages text_basic 200 ")
+    assert f"serving {len(list(FIXTURES.glob('*.sse')))} fixtures from the bundled fixtures" in served.log
 
 
 def test_the_serve_log_names_the_fault_of_each_response(serve: Any) -> None:
     import httpx
 
     spec = "status(code=529,retry_after=1);error(after_events=3);ok;cut(in=tool);trickle(bytes=64,delay=0)"
-    proc, base_url = serve("--fault", spec)
+    served = serve("--fault", spec)
     body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    with httpx.Client(base_url=base_url) as client:
+    with httpx.Client(base_url=served.base_url) as client:
         for _ in range(6):
             with contextlib.suppress(httpx.RemoteProtocolError):  # the cut
                 client.post("/v1/messages", json=body, headers={"x-mendstream-fixture": "tool_use_parallel"})
-    log = stop(proc)
-    lines = [line for line in log.splitlines() if line.startswith("POST ")]
-    assert len(lines) == 6, log
+    lines = served.requests(6)
+    assert len(lines) == 6, served.log
     assert lines[0].endswith(" fault=status(code=529,retry_after=1)") and " 529 " in lines[0]
     assert lines[1].endswith(" fault=error(type=overloaded_error,after_events=3)")
     assert "fault=" not in lines[2] and "fault=" not in lines[5]  # ok, and past the schedule: unchanged
     assert lines[3].endswith(" fault=cut(in=tool)")
     assert lines[4].endswith(" fault=trickle(bytes=64,delay=0)")
-    assert f"faults: {spec}" in log
+    assert f"faults: {spec}" in served.log
 
 
 def test_a_fault_that_does_not_apply_is_not_logged() -> None:
