@@ -9,13 +9,14 @@ was shown is exactly the final answer (no character shown twice, none lost) and 
 """
 
 import anthropic, mendstream
+from mendstream.streaming.retry import Attempt
 from mendstream.testing import FIXTURES, ReplayServer, parse_fault_spec
 
 FAULTS = "mix(seed=7):0.3*error(after_events=3)+0.05*cut(in=tool)"
 TURNS = 30
 
 
-def chat_turn(client: anthropic.Anthropic, retry: mendstream.Retry) -> tuple[str, list[mendstream.Attempt]]:
+def chat_turn(client: anthropic.Anthropic, retry: mendstream.Retry) -> tuple[str, list[Attempt]]:
     """One turn as a chat UI shows it: text appended as it arrives, cleared on a restart."""
     shown = ""
     with mendstream.stream(client, model="claude-sonnet-4-5", max_tokens=1024,

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = str(Path(sys.executable).parent)
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
-       "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+       "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
+       "PYTHONWARNINGS": "error::DeprecationWarning:__main__"}  # an example using a name that moved fails
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:

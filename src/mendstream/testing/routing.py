@@ -13,14 +13,16 @@ from typing import Any, Literal
 
 from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
-from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
+from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError
 from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body, describe_fault
+from mendstream.wire.http import bedrock_path, error_body, error_type_for, is_messages_path, model_in_path
 from mendstream.wire.sanitize import validate_request
 
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 __all__ = [
     "DEFAULT_REQUEST_LOG",
+    "DEFAULT_REQUEST_LOG_BYTES",
     "MAX_JSON_DEPTH",
     "Pace",
     "RecordedRequest",
@@ -34,36 +36,17 @@ Pace = Literal["fast", "captured"]
 _PACE_VALUES = ("fast", "captured")
 DEFAULT_REQUEST_LOG = 1000
 """How many requests :attr:`Router.requests` keeps (the most recent ones)."""
+DEFAULT_REQUEST_LOG_BYTES = 32 * 1024 * 1024
+"""How much memory the requests in :attr:`Router.requests` may take, as :func:`record_weight` counts it."""
+# What a decoded JSON value costs beyond its text, per container, element or member (measured under
+# CPython 3.11: a list of empty lists takes 21 bytes per byte of JSON, an array of {"a":1} 24; every case
+# tried stays below len(text) + 80 per "[", "{", "," and ":").
+_DECODED_BYTES_PER_ITEM = 80
 MAX_JSON_DEPTH = 256
 """Request bodies nested deeper than this are answered with 400 (the API's own bodies are shallow)."""
 
 # The Messages API's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-_STATUS_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    431: "request_too_large",
-    500: "api_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 _JSON = (("content-type", "application/json"),)
-
-
-def error_type_for(status: int) -> str:
-    """The Messages API error ``type`` for an HTTP ``status`` (``api_error`` for other 5xx,
-    ``invalid_request_error`` for other 4xx)."""
-    return _STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
-def error_body(error_type: str, message: str) -> bytes:
-    """An Anthropic-style error JSON body."""
-    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
 
 
 def error_response(status: int, message: str, *, close: bool = False) -> PlannedResponse:
@@ -106,9 +89,10 @@ def _too_deep(value: Any, limit: int) -> bool:
 @dataclass(slots=True)
 class RecordedRequest:
     """A request the server received: method, target (path and query), lowercase headers, decoded body,
-    fixture served, status answered, body bytes sent and milliseconds from request to last byte; ``fault``
-    is the fault injected into the response in the SPEC syntax (``faults.describe_fault``), None when no
-    fault plan changed it."""
+    fixture served, status answered, body bytes sent and milliseconds from request to last byte;
+    ``body_bytes`` is the size of the body received (its ``body`` is None when the request log could not
+    keep it: see :attr:`Router.requests`); ``fault`` is the fault injected into the response in the SPEC
+    syntax (``faults.describe_fault``), None when no fault plan changed it."""
 
     method: str
     path: str
@@ -118,7 +102,17 @@ class RecordedRequest:
     status: int = 200
     bytes_sent: int = 0
     ms: float = 0.0
+    body_bytes: int = 0
     fault: str | None = None
+
+
+def record_weight(raw: bytes, headers: Mapping[str, str], target: str) -> int:
+    """What a request kept in the log costs in memory, at most: its target and headers, and its body
+    decoded (its bytes plus 80 per JSON container, element or member: a bound, not a measure, for any
+    JSON; 60 MB of empty arrays decode to 1.3 GB)."""
+    items = raw.count(b"[") + raw.count(b"{") + raw.count(b",") + raw.count(b":") if raw else 0
+    head = len(target) + sum(len(k) + len(v) + 64 for k, v in headers.items())
+    return 256 + head + len(raw) + _DECODED_BYTES_PER_ITEM * items
 
 
 class Router:
@@ -128,10 +122,10 @@ class Router:
     the planned chunks; ``"fast"`` sends them without waiting. ``faults`` (a
     :class:`~mendstream.testing.faults.FaultPlan`) transforms every Messages response before it is sent; its ordinal
     counts the Messages requests answered so far, from 0. :attr:`requests` keeps the last ``request_log``
-    requests. ``id_format`` makes the ``request-id`` of fixtures that have none (``{name}``: the fixture,
-    ``{count}``: the request's number). ``validate=True`` answers a Messages request that breaks a rule of
-    :func:`mendstream.wire.sanitize.validate_request` with the API's 400 and error message, before choosing a
-    fixture.
+    requests, within ``request_log_bytes`` (see :attr:`requests`). ``id_format`` makes the ``request-id`` of
+    fixtures that have none (``{name}``: the fixture, ``{count}``: the request's number). ``validate=True``
+    answers a Messages request that breaks a rule of :func:`mendstream.wire.sanitize.validate_request` with the
+    API's 400 and error message, before choosing a fixture.
 
     Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad option.
     """
@@ -146,6 +140,7 @@ class Router:
         request_log: int = DEFAULT_REQUEST_LOG,
         id_format: str = "req_replay_{name}_{count}",
         validate: bool = False,
+        request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
     ) -> None:
         if pace not in _PACE_VALUES:
             raise UsageError(f"pace must be one of {', '.join(_PACE_VALUES)}; got {pace!r}")
@@ -153,6 +148,8 @@ class Router:
             raise UsageError(f"speed must be a number > 0; got {speed!r}")
         if isinstance(request_log, bool) or not isinstance(request_log, int) or request_log < 0:
             raise UsageError(f"request_log must be an int >= 0; got {request_log!r}")
+        if isinstance(request_log_bytes, bool) or not isinstance(request_log_bytes, int) or request_log_bytes < 0:
+            raise UsageError(f"request_log_bytes must be an int >= 0; got {request_log_bytes!r}")
         if faults is not None and not callable(getattr(faults, "apply", None)):
             raise UsageError(f"faults must be a mendstream.testing.faults.FaultPlan (with .apply); got {faults!r}")
         self.selector = selector
@@ -162,6 +159,15 @@ class Router:
         self.id_format = id_format
         self.validate = bool(validate)
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log)
+        """The most recent requests, oldest first: at most ``request_log`` of them, and only as many as fit in
+        ``request_log_bytes`` (each counted by :func:`record_weight`); older ones are dropped first (counted
+        in :attr:`requests_dropped`). A request too large to fit on its own is kept without its body."""
+        self.requests_dropped = 0
+        """Requests dropped from :attr:`requests` to stay within ``request_log_bytes`` (not those beyond
+        ``request_log``: that count is the point of the log)."""
+        self.request_log_bytes = request_log_bytes
+        self._weights: deque[int] = deque(maxlen=request_log)  # the weight of each record in self.requests
+        self._logged_bytes = 0
         self._count = 0
         self._answered = 0
         self._lock = threading.Lock()
@@ -174,6 +180,27 @@ class Router:
             self.faults = faults
             self._answered = 0
             self.requests.clear()
+            self._weights.clear()
+            self._logged_bytes = 0
+            self.requests_dropped = 0
+
+    def _log(self, record: RecordedRequest, weight: int) -> None:
+        """Append ``record`` to :attr:`requests` within both bounds (the lock is held)."""
+        requests, weights = self.requests, self._weights
+        if requests.maxlen == 0:
+            return
+        if weight > self.request_log_bytes:  # alone over the budget: keep what it was, not its body
+            record.body = None
+            weight = record_weight(b"", record.headers, record.path)
+        if len(requests) == requests.maxlen:  # the deque drops its oldest on append
+            self._logged_bytes -= weights[0]
+        requests.append(record)
+        weights.append(weight)
+        self._logged_bytes += weight
+        while self._logged_bytes > self.request_log_bytes and len(requests) > 1:
+            requests.popleft()
+            self._logged_bytes -= weights.popleft()
+            self.requests_dropped += 1
 
     def answer(
         self, method: str, target: str, headers: Mapping[str, str], raw: bytes
@@ -199,9 +226,11 @@ class Router:
             else:
                 if _too_deep(body, MAX_JSON_DEPTH):
                     body, body_error = None, f"request body nests deeper than {MAX_JSON_DEPTH} levels"
-        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body)
+        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body,
+                                 body_bytes=len(raw))
+        weight = record_weight(raw, record.headers, target)
         with self._lock:
-            self.requests.append(record)
+            self._log(record, weight)
             self._count += 1
             count = self._count
         bedrock = _bedrock_path(path)
@@ -230,8 +259,9 @@ class Router:
     ) -> tuple[RecordedRequest, PlannedResponse]:
         """Record a request refused before routing (a limit was exceeded) with the answer ``planned``."""
         record = RecordedRequest(method.upper(), target, dict(headers), None, status=planned.status)
+        weight = record_weight(b"", record.headers, target)
         with self._lock:
-            self.requests.append(record)
+            self._log(record, weight)
             self._count += 1
         return record, planned
 
@@ -251,7 +281,7 @@ class Router:
         try:
             # A cloud client names the model in the path; a fixture of that name answers it (unless a header
             # names one), so AnthropicBedrock / AnthropicVertex pick fixtures with model="<fixture name>".
-            named = self.selector.named(_model_in_path(record.path.split("?", 1)[0]))
+            named = self.selector.named(model_in_path(record.path.split("?", 1)[0]))
             if named is None or "x-mendstream-fixture" in record.headers:
                 named = self.selector.choose(record.headers, body)
             else:
@@ -296,25 +326,9 @@ class Router:
 
 
 def _bedrock_path(path: str) -> str | None:
-    """``"stream"`` for Bedrock's ``/model/{id}/invoke-with-response-stream``, ``"invoke"`` for
-    ``/model/{id}/invoke``, else None."""
-    if not path.startswith("/model/"):
-        return None
-    if path.endswith("/invoke-with-response-stream"):
-        return "stream"
-    return "invoke" if path.endswith("/invoke") else None
-
-
-def _model_in_path(path: str) -> str | None:
-    """The model named by a Bedrock or Vertex path (URL-decoded), else None."""
-    from urllib.parse import unquote
-
-    from mendstream.core.bedrock import bedrock_stream_path, vertex_stream_path
-
-    if path.startswith("/model/") and path.endswith("/invoke"):
-        return unquote(path[len("/model/") : -len("/invoke")])
-    model = bedrock_stream_path(path) or vertex_stream_path(path.replace(":rawPredict", ":streamRawPredict"))
-    return unquote(model) if model is not None else None
+    """``"stream"`` or ``"invoke"`` for Bedrock's paths, else None."""
+    found = bedrock_path(path)
+    return found[1] if found is not None else None
 
 
 def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:

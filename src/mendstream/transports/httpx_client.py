@@ -30,6 +30,7 @@ from mendstream.transports.capturing import (
 )
 from mendstream.transports.failures import check_content_type, content_type_error, status_error
 from mendstream.transports.pump import BodyPump
+from mendstream.wire.http import http_library
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -58,24 +59,12 @@ _default_lock = threading.Lock()
 
 
 def http_module() -> ModuleType:
-    """The HTTP library used for default clients: ``httpx`` when installed, else ``httpx2``.
+    """The HTTP library used for default clients: the one the installed anthropic SDK runs on (httpx2 from
+    1.0 on, httpx before), else httpx2, else httpx (see :func:`mendstream.wire.http.http_library`).
 
-    Raises ``ImportError`` naming both when neither is installed.
+    Raises ``UsageError`` (an ImportError's place: it names the install) when neither is installed.
     """
-    try:
-        import httpx
-
-        return httpx
-    except ImportError:
-        pass
-    try:
-        import httpx2
-
-        return httpx2
-    except ImportError:
-        raise ImportError(
-            "mendstream.httpx needs httpx or httpx2: pip install 'mendstream[httpx]'"
-        ) from None
+    return http_library("sdk")
 
 
 def _timeout(module: ModuleType) -> Any:
@@ -319,7 +308,7 @@ def stream(
             read from the environment. headers: extra headers; they override the defaults, and ``""``
             removes one.
         client: an ``httpx.Client`` or ``httpx2.Client``; default: a shared client of whichever library
-            is installed (httpx preferred). timeout: a per-request timeout (default: the client's).
+            is installed (the SDK's: see ``http_module``). timeout: a per-request timeout (default: the client's).
         anthropic_version: the ``anthropic-version`` header (None: not sent).
         capture: tee the response bytes to this path, with a ``*.capture.json`` sidecar.
         cache: a cache plan applied with ``mendstream.cache.apply_cache`` before sending.

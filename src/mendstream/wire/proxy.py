@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections import Counter, OrderedDict
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from mendstream.errors import UsageError
+from mendstream.recording.files import CaptureDirectory
 from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
 
 __all__ = ["ProxyApp", "UpstreamURL", "app_from_env", "create_app", "http_library", "run_proxy"]
@@ -133,7 +132,7 @@ class ProxyApp:
     """The ASGI application; see :func:`create_app`."""
 
     def __init__(self, upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
-                 capture: str | os.PathLike[str] | None = None, max_conversations: int = 1024,
+                 capture: str | os.PathLike[str] | CaptureDirectory | None = None, max_conversations: int = 1024,
                  timeout: float = 600.0) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
@@ -141,9 +140,11 @@ class ProxyApp:
         if max_conversations < 1:
             raise UsageError(f"max_conversations must be positive; got {max_conversations!r}")
         self.cache = cache
-        self.capture = Path(capture) if capture is not None else None
-        if self.capture is not None:
-            self.capture.mkdir(parents=True, exist_ok=True)
+        # Captures are CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a
+        # directory resolved and pinned once (mendstream.recording.files.CaptureDirectory).
+        self._capture_dir = (capture if isinstance(capture, CaptureDirectory) or capture is None
+                             else CaptureDirectory(capture))
+        self.capture = self._capture_dir.path if self._capture_dir is not None else None
         self.max_conversations = max_conversations
         self.timeout = timeout
         self._client: Any = None
@@ -153,7 +154,6 @@ class ProxyApp:
         self.errors = 0
         self.repairs: Counter[str] = Counter()
         self.usage = _Usage()
-        self._captures = 0
 
     # -- ASGI --------------------------------------------------------------------------------------------------
 
@@ -255,6 +255,7 @@ class ProxyApp:
         messages = scope["method"] == "POST" and is_messages_path(path)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         key: str | None = None
+        sent: Any = None  # the request as sent, for a capture
         if messages:
             try:
                 payload = json.loads(body)
@@ -264,7 +265,9 @@ class ProxyApp:
                 raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
             key = conversation_key(payload)
             planner = self._planner_for(key) if self.cache == "planner" else None
-            body = rewrite_request(body, cache=self.cache, planner=planner, payload=payload).body
+            rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
+            body = rewritten.body
+            sent = rewritten.payload if rewritten.payload is not None else payload
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
         client = self._http()
@@ -289,18 +292,20 @@ class ProxyApp:
                     self.errors += 1
                 await send({"type": "http.response.body", "body": b""})
                 return
-            await self._stream(response, send, key)
+            capture = None
+            if self._capture_dir is not None:
+                capture = self._capture_dir.writer(
+                    request_body=sent, request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                    method=scope["method"], url=url, transport="proxy")
+                capture.start_response(response.status_code, response.headers.items())
+            await self._stream(response, send, key, capture)
         finally:
             await response.aclose()
 
-    async def _stream(self, response: Any, send: Any, key: str | None) -> None:
+    async def _stream(self, response: Any, send: Any, key: str | None, capture: Any = None) -> None:
         httpx = http_library()
         rewriter = ResponseRewriter()
-        capture = None
-        if self.capture is not None:
-            self._captures += 1
-            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._captures}.sse"
-            capture = open(self.capture / name, "wb")  # noqa: SIM115  # closed below
+        outcome, failure = "closed", None  # a client that went away (send raised) leaves "closed"
         try:
             try:
                 async for chunk in response.aiter_raw():
@@ -309,12 +314,13 @@ class ProxyApp:
                     out = rewriter.feed(chunk)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-            except httpx.HTTPError:  # the upstream cut the stream: the rewriter decides how it ends
-                pass
+                outcome = "complete"
+            except httpx.HTTPError as exc:  # the upstream cut the stream: the rewriter decides how it ends
+                outcome, failure = "error", exc
             await send({"type": "http.response.body", "body": rewriter.end()})
         finally:
             if capture is not None:
-                capture.close()
+                capture.finish(outcome, failure)
             self.repairs.update(rewriter.repair_counts)
             if rewriter.error is not None:
                 self.errors += 1
@@ -325,7 +331,8 @@ class ProxyApp:
 
 
 def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
-               capture: str | os.PathLike[str] | None = None, max_conversations: int = 1024) -> ProxyApp:
+               capture: str | os.PathLike[str] | CaptureDirectory | None = None,
+               max_conversations: int = 1024) -> ProxyApp:
     """The proxy as an ASGI application (``uvicorn 'mendstream.wire.proxy:create_app' --factory`` needs the
     upstream from ``MENDSTREAM_UPSTREAM``; or call it yourself).
 
@@ -334,7 +341,10 @@ def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "
         cache: ``default`` (at most 4 planned breakpoints per request), ``planner`` (one
             :class:`~mendstream.cache.CachePlanner` per conversation, at most ``max_conversations`` kept,
             least recently used dropped) or ``off``.
-        capture: a directory for the original bytes of every Messages stream (bodies only; never headers).
+        capture: a directory for the original bytes of every Messages stream, as CaptureWriter captures
+            (``.sse`` body and ``.capture.json`` sidecar, credentials scrubbed, files 0600 under random names,
+            64 MiB cap each; see :class:`~mendstream.recording.files.CaptureDirectory`: pass one to set
+            ``max_bytes``).
 
     Raises:
         UsageError: an invalid option.
