@@ -371,6 +371,16 @@ def _conversation_key(body: Any) -> bytes | None:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+@dataclass(slots=True)
+class _Answered:
+    """What a selector remembers of a request: the fixture that answered it, the prefill the request had
+    itself (a continuation adds the text received to it), and whether a fault plan broke the answer."""
+
+    name: str
+    prefill: str
+    broken: bool = False
+
+
 def _contains(whole: Any, part: Any) -> bool:
     if isinstance(part, Mapping):
         if not isinstance(whole, Mapping):
@@ -398,7 +408,10 @@ class FixtureSelector:
     as its prefill, as ``Retry(on_partial="continue")`` sends it) gets the same fixture, so the client never
     stitches two answers together; it does not advance request order. Without a remembered answer (another
     server, forgotten), the first fixture whose answer begins with the prefill is chosen, clean ones first.
-    The selector remembers the fixture chosen for the last ``remember_limit`` distinct requests.
+    The same request sent again after its answer was broken on purpose (:meth:`faulted`: a retry, a restart,
+    or a continuation sent without a prefill because nothing but a block's start had arrived) also gets the
+    same fixture; after an answer that was not broken, the same request again is a new turn. The selector
+    remembers the fixture chosen for the last ``remember_limit`` distinct requests.
 
     Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad ``select`` or no fixtures.
     """
@@ -417,8 +430,8 @@ class FixtureSelector:
         self._rotation: list[Fixture] | None = None if select == "auto" else self.fixtures
         self._next = 0
         self._lock = threading.Lock()
-        # conversation key -> (fixture name, the prefill the request had itself); see choose()
-        self._answered: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+        # conversation key -> the fixture that answered it; see choose()
+        self._answered: OrderedDict[bytes, _Answered] = OrderedDict()
         self._first_text: dict[str, str | None] = {}
 
     @property
@@ -462,11 +475,25 @@ class FixtureSelector:
         prefill = prefill_of(body) or ""
         with self._lock:
             seen = self._answered.get(key)
-            if seen is None or seen[0] != fixture.name or not prefill.startswith(seen[1]):
-                self._answered[key] = (fixture.name, prefill)  # else a continuation: keep the request's own
+            if seen is None or seen.name != fixture.name or not prefill.startswith(seen.prefill):
+                self._answered[key] = _Answered(fixture.name, prefill)
+            else:  # the same answer again, or a continuation of it: keep the request's own prefill
+                seen.broken = False
             self._answered.move_to_end(key)
             while len(self._answered) > self.remember_limit:
                 self._answered.popitem(last=False)
+
+    def faulted(self, body: Any) -> None:
+        """Note that the answer to ``body`` was broken on purpose (a fault plan kept the client from it:
+        ``faults.interrupts``), so that the same request sent again (a retry, a restart, a continuation
+        without a prefill) gets the same fixture."""
+        key = _conversation_key(body)
+        if key is None:
+            return
+        with self._lock:
+            seen = self._answered.get(key)
+            if seen is not None:
+                seen.broken = True
 
     def prefill_for(self, body: Any, fixture: Fixture) -> str | None:
         """The part of ``fixture``'s answer the client already has when ``body`` ends with a prefill: the
@@ -478,8 +505,8 @@ class FixtureSelector:
         key = _conversation_key(body)
         with self._lock:
             seen = self._answered.get(key) if key is not None else None
-        if seen is not None and seen[0] == fixture.name and seen[1] and prefill.startswith(seen[1]):
-            return prefill[len(seen[1]) :] or prefill  # the request itself again: its whole prefill
+        if seen is not None and seen.name == fixture.name and seen.prefill and prefill.startswith(seen.prefill):
+            return prefill[len(seen.prefill) :] or prefill  # the request itself again: its whole prefill
         return prefill
 
     def _answer_text(self, fixture: Fixture) -> str | None:
@@ -507,16 +534,17 @@ class FixtureSelector:
     def _continued(self, body: Any) -> Fixture | None:
         """The fixture whose answer ``body`` continues (see the class docstring), or None."""
         prefill = prefill_of(body)
-        if prefill is None or not prefill.strip():
-            return None
         key = _conversation_key(body)
         with self._lock:
             seen = self._answered.get(key) if key is not None else None
             rotation = self._rotation_locked()
-        if seen is not None and prefill.startswith(seen[1]) and prefill[len(seen[1]) :].strip():
-            fixture = self._by_name.get(seen[0])
+        if prefill is None or not prefill.strip() or (seen is not None and prefill == seen.prefill):
+            # Nothing received to continue from: the same fixture only if its answer was broken on purpose.
+            return self._by_name.get(seen.name) if seen is not None and seen.broken else None
+        if seen is not None and prefill.startswith(seen.prefill) and prefill[len(seen.prefill) :].strip():
+            fixture = self._by_name.get(seen.name)
             text = self._answer_text(fixture) if fixture is not None else None
-            if fixture is not None and text is not None and text.startswith(prefill[len(seen[1]) :]):
+            if fixture is not None and text is not None and text.startswith(prefill[len(seen.prefill) :]):
                 return fixture
         for fixture in (*rotation, *self.fixtures):
             if fixture.status != 200 or fixture.abort:

@@ -30,6 +30,7 @@ __all__ = [
     "body_of",
     "continuation_body",
     "describe_fault",
+    "interrupts",
     "parse_fault_spec",
     "split_events",
 ]
@@ -489,6 +490,39 @@ def describe_fault(plan: FaultPlan, ordinal: int) -> str | None:
         else:
             args.append(f"{key}={value}")
     return f"{name}({','.join(args)})" if args else name
+
+
+def _stop_reason_of(event: bytes) -> bool:
+    """True when ``event`` (one SSE event) is a ``message_delta`` that reports a stop reason."""
+    if b"message_delta" not in event or b"stop_reason" not in event:
+        return False
+    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("delta"), dict) and bool(obj["delta"].get("stop_reason"))
+
+
+def interrupts(original: PlannedResponse, faulted: PlannedResponse) -> bool:
+    """True when a fault plan's ``faulted`` response keeps the client from its answer, so that it will send the
+    request again (a retry, a restart, a continuation): an error status, a silence the ``original`` did not
+    have (a stall, before the headers or mid-body; a few milliseconds between chunks are not one), or a body
+    that is cut or carries an ``error`` event before the answer's stop reason. An error after the stop reason
+    leaves the answer complete. Linear in the body."""
+    if faulted.status != 200:
+        return original.status == 200
+    if faulted.head_delay > original.head_delay:
+        return True
+    longest = max((delay for delay, _ in original.chunks), default=0.0)
+    if any(delay > longest + 0.05 for delay, _ in faulted.chunks):
+        return True
+    for event in split_events(body_of(faulted)):
+        if _stop_reason_of(event):
+            return False
+        if event.startswith(b"event: error") or b'"type": "error"' in event or b'"type":"error"' in event:
+            return True
+    return faulted.end == "cut"
 
 
 # -- continuations -------------------------------------------------------------------------------------------

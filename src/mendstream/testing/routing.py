@@ -14,7 +14,7 @@ from typing import Any, Literal
 from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
 from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError
-from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body, describe_fault
+from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body, describe_fault, interrupts
 from mendstream.wire.http import bedrock_path, error_body, error_type_for, is_messages_path, model_in_path
 from mendstream.wire.sanitize import validate_request
 
@@ -248,6 +248,8 @@ class Router:
             faulted = self.faults.apply(ordinal, planned)
             if faulted != planned:  # a plan that does not apply to this response (an error status) says nothing
                 record.fault = describe_fault(self.faults, ordinal)
+                if record.fixture is not None and interrupts(planned, faulted):
+                    self.selector.faulted(body)  # the client will send it again: answer from the same fixture
             planned = faulted
         if bedrock is not None:
             planned = _for_bedrock(planned, bedrock)
