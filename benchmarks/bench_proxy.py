@@ -25,7 +25,7 @@ import httpx
 from mendstream import AsyncRepairTransport, RepairTransport
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
+FIXTURES = ROOT / "src" / "mendstream" / "fixtures"
 SHORT = "text_basic"
 PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
 HTTP2 = __import__("httpx2" if int(anthropic.__version__.split(".")[0]) >= 1 else "httpx")
