@@ -134,11 +134,28 @@ def test_a_continuation_continues_the_text_with_nothing_repeated_or_lost(
         assert message["usage"]["output_tokens"] > sdk_outcome(full)[0]["usage"]["output_tokens"] - 1  # type: ignore[index]
 
 
-def test_a_tool_call_under_way_ends_in_an_error_event_the_sdk_raises() -> None:
+def test_a_tool_call_cut_while_held_back_is_made_again_by_the_continuation() -> None:
+    # hold_tools (the default with "continue"): the tool block reaches the client only when complete, so a
+    # fault inside it leaves the client with text; the continuation goes on from the text and the model makes
+    # the call again.
+    full = tool_stream()
+    cut = next(i for i, e in enumerate(split_events(full)) if b"input_json_delta" in e) + 1
+    opener = WireOpener(full, [Cut(after_events=cut)])
+    out, run = forward(opener, CONTINUE)
+    message, error = sdk_outcome(out)
+    expected, _ = sdk_outcome(full)
+    assert error is None and message is not None and expected is not None
+    assert message["content"] == expected["content"]
+    assert [a.mode for a in run.machine.attempts] == ["first", "continue"]
+    events = wire_events(out)
+    assert events.count("content_block_start") == 2 and events.count("message_start") == 1
+
+
+def test_a_tool_call_streamed_as_written_ends_in_an_error_event_the_sdk_raises() -> None:
     full = tool_stream()
     cut = next(i for i, e in enumerate(split_events(full)) if b"input_json_delta" in e) + 1
     opener = WireOpener(full, [ErrorEvent(after_events=cut)])
-    out, run = forward(opener, CONTINUE)
+    out, run = forward(opener, Survival(Retry(on_partial="continue", backoff=0), hold_tools=False))
     assert wire_events(out)[-1] == "error" and len(opener.requests) == 1
     _, error = sdk_outcome(out)
     assert error is not None and "overloaded_error" in str(error)
@@ -159,3 +176,35 @@ def test_off_is_one_attempt_that_passes_a_clean_stream_byte_for_byte() -> None:
     opener = WireOpener(full, [], splits=[7, 100, 101])
     out, run = forward(opener, Survival())
     assert out == full and len(run.machine.attempts) == 1
+
+
+def test_a_continuation_that_goes_straight_to_a_tool_call_is_shifted_after_the_text() -> None:
+    # The model's continuation may start with a tool call instead of more text: the client's text block 0 is
+    # stopped and the continuation's blocks move one index up.
+    first = text_stream("Let me check the weather.", pieces=4)
+    tool_only = tool_stream().replace(b'"index": 1', b'"index": 9')  # a stream whose blocks we re-number below
+    import json as _json
+
+    from streams import sse
+
+    events = [_json.loads(e.split(b"data: ", 1)[1]) for e in split_events(tool_only)]
+    events = [e for e in events if e.get("index") not in (0,)]  # drop the text block: the tool call only
+    for e in events:
+        if e.get("index") == 9:
+            e["index"] = 0
+    answer = b"".join(sse(e) for e in events)
+
+    class Opener(WireOpener):
+        def __call__(self, action: Open) -> Opened:
+            if action.continuation is None:
+                return super().__call__(action)
+            self.requests.append({})
+            return Opened(None, iter([answer]), lambda: None)
+
+    cut = next(i for i, e in enumerate(split_events(first)) if b"content_block_stop" in e)
+    out, _ = forward(Opener(first, [Cut(after_events=cut)]), CONTINUE)
+    message, error = sdk_outcome(out)
+    assert error is None and message is not None
+    assert [b["type"] for b in message["content"]] == ["text", "tool_use"]
+    assert message["content"][0]["text"] == "Let me check the weather."
+    assert message["content"][1]["input"] == {"city": "Paris", "unit": "celsius"}

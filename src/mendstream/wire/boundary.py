@@ -27,6 +27,7 @@ from typing import Any
 
 from jiter import from_json
 
+from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.repair import Repair
 from mendstream.errors import StreamError, UsageError
 from mendstream.streaming.machine import Continuation, StreamMachine, check_stream_options, sum_usage
@@ -53,6 +54,10 @@ class Survival:
             cannot be shown to a client that parses the stream itself.
         idle_timeout: seconds without a byte after which an attempt has stalled (None: off).
         progress_timeout: seconds without an event other than ``ping`` after which it has stalled (None: off).
+        hold_tools: with ``on_partial="continue"``, hold each tool block back until it is complete (True, the
+            default): a fault inside a tool call then leaves the client with text it can be continued from,
+            and the model makes the call again; False streams tool input as it is written (a fault inside it
+            then ends the stream with an error).
 
     Raises:
         UsageError: a value outside what is allowed, naming it.
@@ -61,6 +66,7 @@ class Survival:
     retry: Retry | None = None
     idle_timeout: float | None = None
     progress_timeout: float | None = None
+    hold_tools: bool = True
 
     def __post_init__(self) -> None:
         check_stream_options(self.retry, self.idle_timeout, self.progress_timeout)
@@ -165,18 +171,26 @@ class WirePresenter:
     """What a client on the wire is shown of each attempt's repaired SSE (whole canonical events, as the
     rewriter emits them): one ``message_start`` per stream, and when continuing, the continuation spliced in
     (see the module comment). ``track_text``: follow the forwarded text of block 0, which a continuation
-    needs as its prefill (only when the policy may continue: it decodes every text delta)."""
+    needs as its prefill (only when the policy may continue: it decodes every text delta). ``hold_tools``:
+    hold each tool block back until its ``content_block_stop`` (then send it whole), so that a fault inside a
+    tool call leaves the client with text only, which can be continued (the model then makes the call again);
+    the cost is that a client sees a tool call's input at once when it is complete, not as it is written."""
 
     __slots__ = (
-        "_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped", "track_text", "transparent",
+        "_holding", "_offset", "_shown", "_skipping", "continuing", "hold_tools", "shown_blocks", "shown_content",
+        "shown_start", "skipped", "track_text", "transparent",
     )
 
-    def __init__(self, *, track_text: bool = False) -> None:
+    def __init__(self, *, track_text: bool = False, hold_tools: bool = False) -> None:
         self.track_text = track_text
+        self.hold_tools = hold_tools
         self.shown_start = False
         self.shown_content = False
         self.continuing = False
         self.transparent = False
+        self.shown_blocks: list[str] = []  # the types of the blocks whose start the client has
+        self._holding: list[bytes] | None = None  # a tool block's events, held until its stop
+        self._offset = 0  # added to a continuation's block indexes (1 when it does not go on with text)
         self._shown = _Shown()
         self.skipped = 0
         self._skipping = False
@@ -184,6 +198,8 @@ class WirePresenter:
     def begin(self, attempt: Attempt) -> None:
         self.skipped = 0
         self._skipping = self.continuing and bool(self._shown.held)
+        self._holding = None  # what a failed attempt held was never shown: it is dropped
+        self._offset = 0
 
     def empty(self) -> list[bytes]:
         return []
@@ -201,7 +217,8 @@ class WirePresenter:
         if not output or self.transparent:
             return output
         shown = self._show(output[0])
-        self.transparent = self.shown_content and not self.continuing and not self.track_text
+        self.transparent = (self.shown_content and not self.continuing and not self.track_text
+                            and not self.hold_tools)
         return [shown] if shown else []
 
     def _show(self, output: bytes) -> bytes:
@@ -210,24 +227,49 @@ class WirePresenter:
         for block in output.split(b"\n\n")[:-1]:
             event = block + b"\n\n"
             name = block[7 : block.find(b"\n")] if block.startswith(b"event: ") else b""
-            if name == b"message_start":
-                if self.shown_start:
-                    changed = True
-                    continue  # a retry or continuation: the client already has its message_start
-                self.shown_start = True
-            elif name != b"ping":
-                if self.continuing:
-                    rewritten = self._continued(name, event)
-                    if rewritten is not event:
-                        changed = True
-                        if rewritten is None:
-                            continue
-                        event = rewritten
-                elif self.track_text:
-                    self._track(name, event)
-                self.shown_content = True
-            kept.append(event)
+            holding = self._holding
+            if holding is not None:
+                changed = True
+                holding.append(event)
+                if name not in (b"content_block_stop", b"message_delta", b"message_stop", b"error"):
+                    continue
+                self._holding = None  # the tool block is whole (or the message ends): it goes out now
+                for held in holding:
+                    shown = self._one(held[7 : held.find(b"\n")], held)
+                    if shown is not None:
+                        kept.append(shown)
+                continue
+            if self.hold_tools and name == b"content_block_start" and self._is_tool_start(event):
+                self._holding = [event]
+                changed = True
+                continue
+            shown = self._one(name, event)
+            if shown is not event:
+                changed = True
+            if shown is not None:
+                kept.append(shown)
         return b"".join(kept) if changed else output
+
+    def _one(self, name: bytes, event: bytes) -> bytes | None:
+        """One event as the client must see it (None: not sent)."""
+        if name == b"message_start":
+            if self.shown_start:
+                return None  # a retry or continuation: the client already has its message_start
+            self.shown_start = True
+            return event
+        if name == b"ping":
+            return event
+        if self.continuing:
+            rewritten = self._continued(name, event)
+            if rewritten is None:
+                return None
+            event = rewritten
+        elif self.track_text:
+            self._track(name, event)
+        if name == b"content_block_start":
+            self.shown_blocks.append(self._block_type(event))
+        self.shown_content = True
+        return event
 
     def restart(self) -> None:  # pragma: no cover - the boundary's machine never restarts
         raise UsageError("a stream on the wire cannot restart")
@@ -237,8 +279,7 @@ class WirePresenter:
             self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
 
     def continue_from(self, message: dict[str, Any]) -> Continuation | str:
-        content = message.get("content") or []
-        kinds = [str(block.get("type")) for block in content]
+        kinds = self.shown_blocks  # what the client has: a held tool block it never saw does not count
         others = [k for k in kinds if k != "text"]
         if others:
             return f"the partial output has a {others[0]} block"
@@ -261,6 +302,18 @@ class WirePresenter:
         return sum_usage(dict(self._shown.usage), usage) if self.continuing else usage
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def _block_type(cls, event: bytes) -> str:
+        payload = cls._payload(event)
+        block = payload.get("content_block") if type(payload) is dict else None
+        return str(block.get("type")) if type(block) is dict else "?"
+
+    @classmethod
+    def _is_tool_start(cls, event: bytes) -> bool:
+        payload = cls._payload(event)
+        block = payload.get("content_block") if type(payload) is dict else None
+        return type(block) is dict and (block.get("type") in TOOL_BLOCK_TYPES or "input" in block)
 
     @staticmethod
     def _payload(event: bytes) -> Any:
@@ -285,21 +338,35 @@ class WirePresenter:
                 self._shown.text.append(delta["text"])
 
     def _continued(self, name: bytes, event: bytes) -> bytes | None:
-        """A continuation's event as the client must see it (None: dropped; the same object: unchanged)."""
-        if name not in (b"content_block_start", b"content_block_delta", b"message_delta"):
+        """A continuation's event as the client must see it (None: dropped; the same object: unchanged).
+
+        The continuation's block 0 goes on with the client's text block 0 when it is text (its start is
+        dropped, its text deltas spliced). When it is anything else (the model went straight to a tool call),
+        the client's block 0 is stopped first and every block of the continuation moves one index up."""
+        if name not in (b"content_block_start", b"content_block_delta", b"content_block_stop", b"message_delta"):
             return event
         payload = self._payload(event)
         if type(payload) is not dict:
             return event
-        if name == b"content_block_start":
-            return None if payload.get("index") == 0 else event  # block 0 goes on: the client has its start
         if name == b"message_delta":
             usage = payload.get("usage")
             if type(usage) is not dict:
                 return event
             return encode_event("message_delta", {**payload, "usage": self.stitch_usage(usage)})
+        index = payload.get("index")
+        if name == b"content_block_start" and index == 0 and self._offset == 0:
+            block = payload.get("content_block")
+            if type(block) is dict and block.get("type") == "text":
+                return None  # block 0 goes on: the client has its start
+            self._offset = 1
+            stop = encode_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            return stop + encode_event("content_block_start", {**payload, "index": 1})
+        if self._offset and type(index) is int:
+            return encode_event(name.decode(), {**payload, "index": index + self._offset})
+        if name != b"content_block_delta":
+            return event
         delta = payload.get("delta")
-        if payload.get("index") != 0 or type(delta) is not dict or delta.get("type") != "text_delta":
+        if index != 0 or type(delta) is not dict or delta.get("type") != "text_delta":
             return event
         text = delta.get("text")
         if type(text) is not str:
@@ -328,7 +395,8 @@ def boundary_machine(
 ) -> StreamMachine[list[bytes]]:
     """The machine of one Messages stream forwarded at the boundary, with ``survival``'s policy."""
     retry = survival.retry
-    presenter = WirePresenter(track_text=retry is not None and retry.on_partial == "continue")
+    continues = retry is not None and retry.on_partial == "continue"
+    presenter = WirePresenter(track_text=continues, hold_tools=continues and survival.hold_tools)
     return StreamMachine(
         retry,
         reader=lambda number: WireReader(on_repair),

@@ -63,10 +63,10 @@ class _Boundary:
     def __init__(self, http: ModuleType, *, cache: CacheOption,
                  capture: str | os.PathLike[str] | CaptureDirectory | None,
                  on_repair: Callable[[Repair], None] | None, coalesce: float | bool | None, retry: Retry | None,
-                 idle_timeout: float | None, progress_timeout: float | None,
+                 idle_timeout: float | None, progress_timeout: float | None, hold_tools: bool,
                  sanitize: bool | RequestLimits, on_request_change: Callable[[RequestChange], None] | None) -> None:
         self.http = http
-        self.survival = Survival(retry, idle_timeout, progress_timeout)
+        self.survival = Survival(retry, idle_timeout, progress_timeout, hold_tools)
         self.coalesce = coalesce_window(coalesce)
         self.cache: CacheSetting = parse_cache(cache)
         if self.cache.mode == "planner" and self.cache.planner is None:  # one planner for this transport's requests
@@ -282,6 +282,9 @@ _ARGS_DOC = """
             response, and anything else ends the stream with an ``event: error`` the client raises. A
             boundary that retried and gave up answers an HTTP error with ``x-should-retry: false``. See
             :mod:`mendstream.wire.boundary`.
+        hold_tools: with ``on_partial="continue"``, hold each tool block back until it is complete (the
+            default), so that a fault inside a tool call can be continued from the text before it (the model
+            makes the call again); False streams tool input as it is written.
         sanitize: ``True`` (or a :class:`~mendstream.wire.sanitize.RequestLimits`) fixes the mechanical 400s
             in requests before they are sent (empty text blocks, a prefill ending in whitespace, orphan
             tool_use / tool_result blocks, media over the documented limits); see docs/requests.md.
@@ -303,13 +306,13 @@ class RepairTransport:
                  capture: str | os.PathLike[str] | CaptureDirectory | None = None,
                  on_repair: Callable[[Repair], None] | None = None, coalesce: float | bool | None = None,
                  retry: Retry | None = None, idle_timeout: float | None = None, progress_timeout: float | None = None,
-                 sanitize: bool | RequestLimits = False,
+                 hold_tools: bool = True, sanitize: bool | RequestLimits = False,
                  on_request_change: Callable[[RequestChange], None] | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.HTTPTransport()
         self._boundary = _Boundary(self._http, cache=cache, capture=capture, on_repair=on_repair, coalesce=coalesce,
                                    retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                   sanitize=sanitize, on_request_change=on_request_change)
+                                   hold_tools=hold_tools, sanitize=sanitize, on_request_change=on_request_change)
 
     def handle_request(self, request: Any) -> Any:
         if not _is_messages(request):
@@ -349,13 +352,13 @@ class AsyncRepairTransport:
                  capture: str | os.PathLike[str] | CaptureDirectory | None = None,
                  on_repair: Callable[[Repair], None] | None = None, coalesce: float | bool | None = None,
                  retry: Retry | None = None, idle_timeout: float | None = None, progress_timeout: float | None = None,
-                 sanitize: bool | RequestLimits = False,
+                 hold_tools: bool = True, sanitize: bool | RequestLimits = False,
                  on_request_change: Callable[[RequestChange], None] | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.AsyncHTTPTransport()
         self._boundary = _Boundary(self._http, cache=cache, capture=capture, on_repair=on_repair, coalesce=coalesce,
                                    retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                   sanitize=sanitize, on_request_change=on_request_change)
+                                   hold_tools=hold_tools, sanitize=sanitize, on_request_change=on_request_change)
 
     async def handle_async_request(self, request: Any) -> Any:
         if not _is_messages(request):
