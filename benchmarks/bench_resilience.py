@@ -3,7 +3,9 @@
 # fault-injecting server on 127.0.0.1 under the seeded mix of issue 7, drawn independently for every request:
 # 20% overloaded_error mid-stream, 5% stall with pings that never resumes, 5% cut mid-tool-input, 5% HTTP 529
 # before streaming. Compared: the SDK's own `client.messages.stream()` with `max_retries=2`, mendstream
-# without `retry`, and mendstream with `Retry(on_partial="restart")` and `"continue"` (progress_timeout on).
+# without `retry`, and mendstream with `Retry(on_partial="restart")` and `"continue"` (progress_timeout on);
+# then the unmodified SDK (`client.messages.stream()`, max_retries=2) through `RepairTransport` and through
+# `mendstream proxy`, both surviving with `Retry(on_partial="continue")` and the same progress_timeout.
 # Reported: turns completed (final message equal to the fixture's), requests sent, duplicated characters
 # shown (characters on screen that are not the answer's text at their position, counted since the last
 # RestartEvent), characters a RestartEvent told the UI to clear, and extra latency over a clean turn.
@@ -93,7 +95,7 @@ def run_turn(config: str, client: Any) -> tuple[bool, int, int, float]:
     t0 = time.perf_counter()
     ok = False
     try:
-        if config == "sdk":
+        if config in ("sdk", "transport", "proxy"):
             with client.messages.stream(**PARAMS) as stream:
                 for event in stream:
                     if event.type == "text":
@@ -128,7 +130,48 @@ CONFIGS = {
     "mendstream": ("mendstream, no retry", 2),
     "restart": ('mendstream Retry(on_partial="restart")', 0),
     "continue": ('mendstream Retry(on_partial="continue")', 0),
+    "transport": ('SDK .stream() through RepairTransport(Retry(on_partial="continue"))', 2),
+    "proxy": ('SDK .stream() through mendstream proxy (on_partial="continue")', 2),
 }
+BOUNDARY_RETRY = mendstream.Retry(max_attempts=8, backoff=0.01, cap=0.1, on_partial="continue", seed=1)
+
+
+def make_client(key: str, base_url: str, max_retries: int) -> Any:
+    """The SDK client of a configuration: direct, or through RepairTransport."""
+    if key != "transport":
+        return anthropic.Anthropic(base_url=base_url, api_key="sk-bench", max_retries=max_retries)
+    from mendstream.testing import sdk_http_module
+
+    transport = mendstream.RepairTransport(retry=BOUNDARY_RETRY, progress_timeout=PROGRESS_TIMEOUT)
+    return anthropic.Anthropic(base_url=base_url, api_key="sk-bench", max_retries=max_retries,
+                               http_client=sdk_http_module().Client(transport=transport))
+
+
+class Proxy:
+    """`mendstream proxy`'s application on uvicorn in a thread, surviving with BOUNDARY_RETRY."""
+
+    def __init__(self, upstream: str) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        from mendstream.wire.boundary import Survival
+        from mendstream.wire.proxy import create_app
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        app = create_app(upstream, survival=Survival(BOUNDARY_RETRY, progress_timeout=PROGRESS_TIMEOUT))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -140,14 +183,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--only", help="comma-separated configurations: " + ",".join(CONFIGS))
     args = parser.parse_args()
+    chosen = set(args.only.split(",")) if args.only else set(CONFIGS)
     plan = mix(args.seed)
     rows = []
     # request_log: keep every request, so that the count below is the whole run's
     with ReplayServer({"turn": agent_turn()}, limits=ServerLimits(request_log=10**6)) as server:
         # A clean run first: the latency of a turn without faults, per configuration.
         for key, (label, max_retries) in CONFIGS.items():
-            client = anthropic.Anthropic(base_url=server.base_url, api_key="sk-bench", max_retries=max_retries)
+            if key not in chosen:
+                continue
+            proxy = Proxy(server.base_url) if key == "proxy" else None
+            client = make_client(key, proxy.base_url if proxy is not None else server.base_url, max_retries)
             server.reset(None)
             clean = statistics.median(run_turn(key, client)[3] for _ in range(50))
             server.reset(plan)
@@ -161,6 +209,8 @@ def main() -> None:
                 extra.append(max(0.0, elapsed - clean))
             requests = len(server.requests)
             client.close()
+            if proxy is not None:
+                proxy.stop()
             rows.append(
                 (label, completed, requests, duplicated, retracted, percentile(extra, 0.5), percentile(extra, 0.99))
             )
