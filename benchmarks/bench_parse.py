@@ -11,8 +11,9 @@ that chunk's cost (parsing plus handing the events to a consumer loop). Implemen
 - sdk.stream(): client.messages.stream() through an httpx2 MockTransport serving the chunks
 - sdk.create(stream=True): the SDK's raw event iteration (no accumulation)
 - bedrock mendstream / bedrock sdk .stream(): the same events as Bedrock sends them (one AWS event-stream
-  `chunk` frame per event, one frame per chunk), read by mendstream's BedrockParser and by the SDK's
-  AnthropicBedrock (bench_eventstream.py's implementations; it has the detailed event-stream comparison)
+  `chunk` frame per event, one frame per chunk), read by mendstream's MessageParser(framing="event-stream")
+  and by the SDK's AnthropicBedrock (bench_eventstream.py's implementations; it has the detailed
+  event-stream comparison)
 
 Run: python benchmarks/bench_parse.py [--sizes 1k,2k,10k,100k,1m] [--repeat N] [--no-bedrock] [--json out.json]
 """

@@ -48,8 +48,8 @@ def event_view(event: Any) -> Any:
     return (event.type, strip_content(data))
 
 
-def outcome(chunks: list[bytes], *, keep: bool, parser_class: Any = MessageParser) -> dict[str, Any]:
-    parser = parser_class(keep_content=keep)
+def outcome(chunks: list[bytes], *, keep: bool, framing: Any = "sse") -> dict[str, Any]:
+    parser = MessageParser(keep_content=keep, framing=framing)
     events, error = feed_all(parser, chunks)
     return {
         "events": [event_view(e) for e in events if e.type not in DERIVED],
@@ -77,12 +77,12 @@ def test_fixtures_whole_and_byte_by_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_bedrock_frames_without_content_agree(path: Path) -> None:
-    from mendstream.core.bedrock import BedrockParser, sse_to_event_stream
+    from mendstream.core.bedrock import sse_to_event_stream
 
     body = sse_to_event_stream(path.read_bytes())
-    full = outcome([body], keep=True, parser_class=BedrockParser)
-    assert outcome([body], keep=False, parser_class=BedrockParser) == full
-    assert outcome([body[i : i + 7] for i in range(0, len(body), 7)], keep=False, parser_class=BedrockParser) == full
+    full = outcome([body], keep=True, framing="event-stream")
+    assert outcome([body], keep=False, framing="event-stream") == full
+    assert outcome([body[i : i + 7] for i in range(0, len(body), 7)], keep=False, framing="event-stream") == full
 
 
 @pytest.mark.skipif(not CORPUS_FILES, reason="../shared/corpus is absent")

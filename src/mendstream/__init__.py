@@ -48,7 +48,6 @@ __all__ = [
     "AsyncMessageStream",
     "AsyncRepairTransport",
     "Attempt",
-    "BedrockParser",
     "BufferLimitError",
     "CachePayloadError",
     "CachePlanner",
@@ -96,7 +95,6 @@ _LAZY = {
     "CacheStats": ("mendstream.cache", "CacheStats"),
     "RepairTransport": ("mendstream.wire.transport", "RepairTransport"),
     "AsyncRepairTransport": ("mendstream.wire.transport", "AsyncRepairTransport"),
-    "BedrockParser": ("mendstream.core.bedrock", "BedrockParser"),
     "EventStreamDecoder": ("mendstream.core.eventstream", "EventStreamDecoder"),
 }
 

@@ -78,9 +78,9 @@ def whole_message(fixture: Fixture) -> bytes:
 
     Raises :class:`~mendstream.errors.StreamError` when the fixture's stream does not complete.
     """
-    from mendstream.core.bedrock import BedrockParser  # the core, imported only when a whole message is asked for
+    from mendstream.core.parser import MessageParser  # the core, imported only when a whole message is asked for
 
-    parser = BedrockParser(framing="auto")
+    parser = MessageParser(framing="auto")
     parser.feed(fixture.body)
     parser.end()
     return json.dumps(parser.message).encode()
