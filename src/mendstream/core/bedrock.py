@@ -130,11 +130,47 @@ class EventStreamFraming:
         out: list[Payload] = []
         decoder = self._frames
         try:
-            if self._chunk_block and decoder.idle:  # the usual call: whole chunk frames, walked here
-                taken = self._take_chunk_frames(data, decoder.position, out)
-                if taken:
-                    decoder.skip(taken)
-                    data = data[taken:] if taken < len(data) else b""
+            if self._chunk_block and decoder.idle:
+                # The hot path, one iteration per frame, for whole `chunk` frames with the usual header block
+                # (the usual call): it makes the decoder's checks (prelude CRC, lengths, max_frame_bytes,
+                # message CRC) and stops at the first frame it does not take, broken or cut or of another
+                # kind, which the decoder then reads (and reports) as it reads every other frame. It builds no
+                # EventStreamMessage and calls nothing per frame but C functions (and, for an event with a CR
+                # or a bad chunk payload, a helper).
+                block, block_len, payload_start, smallest, limit = self._hot
+                max_event_bytes = self._max_event_bytes
+                base = decoder.position
+                size = len(data)
+                pos = 0
+                ordinal = self._delivered
+                while size - pos >= smallest:
+                    total, headers_len, crc = _unpack_prelude(data, pos)
+                    end = pos + total
+                    if (
+                        headers_len != block_len
+                        or end > size
+                        or total < smallest
+                        or total > limit
+                        or not data.startswith(block, pos + PRELUDE_BYTES)
+                        or _crc32(data[pos : pos + 8]) != crc
+                        or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
+                    ):
+                        break  # only a frame that fails a CRC here is hashed again (by the decoder, which fails)
+                    payload = data[pos + payload_start : end - 4]
+                    try:
+                        raw = _a2b_base64(from_json(payload)["bytes"])
+                    except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+                        raw = _chunk_event(payload, base + pos)  # raises EventDecodeError with the reason
+                    if 13 in raw or len(raw) > max_event_bytes:
+                        raw = _unusual_event(raw, base + pos, max_event_bytes)
+                    name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
+                    out.append((name, raw, base + pos, ordinal))
+                    ordinal += 1
+                    pos = end
+                self._delivered = ordinal
+                if pos:
+                    decoder.skip(pos)
+                    data = data[pos:] if pos < size else b""
             if data:  # anything else (a cut frame, another kind of frame, a broken one): the decoder's
                 try:
                     frames = decoder.feed(data)
@@ -167,54 +203,10 @@ class EventStreamFraming:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _take_chunk_frames(self, data: bytes, base: int, out: list[Payload]) -> int:
-        """Give the payloads of the whole ``chunk`` frames at the start of ``data`` (whose first byte is at
-        ``base`` in the body) that carry the usual header block; return the bytes they span.
-
-        The hot path, one iteration per frame: it makes the decoder's checks (prelude CRC, lengths,
-        ``max_frame_bytes``, message CRC) and stops at the first frame it does not take, broken or cut or
-        of another kind, which the decoder then reads (and reports) as it reads every other frame. It builds
-        no EventStreamMessage and calls nothing per frame but the C functions (and, for an event with a CR or
-        a bad chunk payload, a helper)."""
-        block, block_len, payload_start, smallest, limit = self._hot
-        max_event_bytes = self._max_event_bytes
-        size = len(data)
-        pos = 0
-        ordinal = self._delivered
-        append = out.append
-        try:
-            while size - pos >= smallest:
-                total, headers_len, crc = _unpack_prelude(data, pos)
-                end = pos + total
-                if (
-                    headers_len != block_len
-                    or end > size
-                    or total < smallest
-                    or total > limit
-                    or not data.startswith(block, pos + PRELUDE_BYTES)
-                    or _crc32(data[pos : pos + 8]) != crc
-                    or _crc32(data[pos : end - 4]) != _unpack_u32(data, end - 4)[0]
-                ):
-                    break  # only a frame that fails a CRC here is hashed again (by the decoder, which fails)
-                payload = data[pos + payload_start : end - 4]
-                try:
-                    raw = _a2b_base64(from_json(payload)["bytes"])
-                except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
-                    raw = _chunk_event(payload, base + pos)  # raises EventDecodeError with the reason
-                if 13 in raw or len(raw) > max_event_bytes:
-                    raw = _unusual_event(raw, base + pos, max_event_bytes)
-                name = "content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw)
-                append((name, raw, base + pos, ordinal))
-                ordinal += 1
-                pos = end
-        finally:
-            self._delivered = ordinal
-        return pos
-
     def _convert(self, frames: list[EventStreamMessage], out: list[Payload]) -> None:
         """The payloads of the frames the decoder read (the frames cut by a chunk boundary, other kinds of
         frames; the decoder shares its cached headers dicts, so a chunk frame is recognised by identity).
-        Learns the usual chunk header block for _take_chunk_frames."""
+        Learns the usual chunk header block for the hot path."""
         chunk_headers = self._chunk_headers
         ordinal = self._delivered
         try:
@@ -235,7 +227,8 @@ class EventStreamFraming:
             self._delivered = ordinal
 
     def _chunk(self, payload: bytes, offset: int, ordinal: int) -> Payload:
-        """The payload of the Messages API event a ``chunk`` frame carries (as _take_chunk_frames makes it)."""
+        """The payload of the Messages API event a ``chunk`` frame carries (as the hot path in payloads()
+        makes it)."""
         try:
             raw = _a2b_base64(from_json(payload)["bytes"])
         except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
@@ -245,8 +238,8 @@ class EventStreamFraming:
         return ("content_block_delta" if raw.startswith(_DELTA_TYPES) else _event_name(raw), raw, offset, ordinal)
 
     def _learn_chunk_block(self, headers: dict[str, HeaderValue]) -> None:
-        # The header block of the chunk frames (from the decoder's cache) and what _take_chunk_frames
-        # needs with it, in one tuple (one attribute read per call).
+        # The header block of the chunk frames (from the decoder's cache) and what the hot path needs with
+        # it, in one tuple (one attribute read per call).
         block = self._frames.header_block(headers) or b""
         self._chunk_block = block
         payload_start = PRELUDE_BYTES + len(block)

@@ -153,13 +153,36 @@ class MessageParser:
             framing = self._framing
             if framing is None:  # "auto", still deciding
                 framing, data = self._decide(data)
-            if framing is not None:
-                self._deliver(framing, data, out)
+                if framing is None:
+                    return out
+            try:
+                payloads = framing.payloads(data)
+                fault: StreamError | None = None
+            except StreamError as exc:  # a framing fault: the events completed before it first
+                payloads, fault = exc.events, exc
+            if framing.repairs:
+                self._framing_repairs(framing)
+            # The hot loop, one iteration per event (as _handle, inlined: this runs for every chunk): JSON
+            # that jiter accepts goes straight to the accumulator, a delta to its dedicated entry (most events
+            # are deltas); anything else is mended.
+            acc = self._acc
+            for name, raw, offset, ordinal in payloads:
+                try:
+                    obj = from_json(raw)
+                except ValueError as exc:
+                    self._handle_undecodable(name, raw, offset, ordinal, exc, out)
+                    continue
+                if name == "content_block_delta" and acc.streaming and type(obj) is dict:
+                    acc.handle_delta(obj, offset, ordinal, out)
+                else:
+                    acc.handle(name, obj, offset, ordinal, out)
+            if fault is not None:
+                raise fault
             if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
                 raise MessageTooLargeError(
                     f"the stream exceeded max_message_bytes={self._max_message_bytes}",
                     limit=self._max_message_bytes or 0,
-                    offset=framing.position if framing is not None else 0,
+                    offset=framing.position,
                 )
         except Exception as exc:
             raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see there)
@@ -181,8 +204,8 @@ class MessageParser:
             framing = self._framing
             if framing is None:  # "auto", and fewer than 12 bytes came: not event-stream
                 framing = self._framing = self._new_framing("sse")
-                self._deliver(framing, self._head, out)
-                self._head = b""
+                head, self._head = self._head, b""
+                self._take(framing, head, out)
             unfinished = framing.finish()
             if unfinished is not None:
                 self._unfinished(unfinished, out)
@@ -219,24 +242,27 @@ class MessageParser:
             raise UsageError(f"feed() takes bytes, got {type(data).__name__}")
         return bytes(data)
 
-    def _deliver(self, framing: Framing, data: bytes, out: list[Event]) -> None:
-        """Hand the accumulator the events the framing makes of ``data``: the hot loop, once per event."""
+    def _take(self, framing: Framing, data: bytes, out: list[Event]) -> None:
+        # As feed() (which has this inlined), for the few bytes "auto" held until end().
         try:
             payloads = framing.payloads(data)
             fault: StreamError | None = None
-        except StreamError as exc:  # a framing fault: the events completed before it first
+        except StreamError as exc:
             payloads, fault = exc.events, exc
-        if framing.repairs:  # a framing's own repairs come before those of its events
-            for repair in framing.repairs:
-                self._acc.add_repair(repair)
-            framing.repairs.clear()
+        if framing.repairs:
+            self._framing_repairs(framing)
         self._handle(payloads, out)
         if fault is not None:
             raise fault
 
+    def _framing_repairs(self, framing: Framing) -> None:
+        # A framing's own repairs (a stripped BOM) come before those of the events it delivered with them.
+        for repair in framing.repairs:
+            self._acc.add_repair(repair)
+        framing.repairs.clear()
+
     def _handle(self, payloads: list[Payload], out: list[Event]) -> None:
-        # JSON that jiter accepts goes straight to the accumulator, a delta to its dedicated entry (most
-        # events are deltas); anything else is mended.
+        # As the hot loop in feed(), for the payloads end() completes.
         acc = self._acc
         for name, raw, offset, ordinal in payloads:
             try:

@@ -181,7 +181,7 @@ class SSEDecoder:
         start = self._boundary
         whole = self._whole(data)
         if whole is None:
-            return self._slow(data, False)  # type: ignore[return-value]
+            return self._slow(data, False)
         return self._full(whole, start)
 
     def end(self) -> list[ServerSentEvent]:
@@ -212,9 +212,19 @@ class SSEDecoder:
     def payloads(self, data: bytes, /) -> list[Payload]:
         """Decode ``data``; return ``(event, raw_data, offset, ordinal)`` of each event it completes, as
         ``feed`` would (``raw_data`` an EventBytes carrying ``stray_lines`` when the event has some)."""
+        # The commonest chunk first: one event of the ordinary form, named as the last one (servers flush
+        # each event, and most are deltas). Then whole events of the ordinary form, then anything.
+        last = self._last
+        if self._ready and data[: last[2]] == last[0] and data[-2:] == b"\n\n" and 13 not in data:
+            raw = data[last[2] : -2]
+            if 10 not in raw and len(data) - 2 < self.max_event_bytes:
+                position, count = self._position, self._count
+                self._position = self._boundary = position + len(data)
+                self._count = count + 1
+                return [(last[1], raw, position, count)]
         whole = self._whole(data)
         if whole is None:
-            return self._slow(data, True)  # type: ignore[return-value]
+            return self._slow(data, True)
         return whole
 
     def finish(self) -> Unfinished | None:
@@ -248,13 +258,6 @@ class SSEDecoder:
         if not self._ready or data[-2:] != b"\n\n" or 13 in data:
             return None
         last = self._last
-        if data[: last[2]] == last[0]:
-            raw = data[last[2] : -2]
-            if 10 not in raw and len(data) - 2 < self.max_event_bytes:  # exactly one event, like the last one
-                position, count = self._position, self._count
-                self._position = self._boundary = position + len(data)
-                self._count = count + 1
-                return [(last[1], raw, position, count)]
         # Each block is one event's lines without the LF ending its last line and without its blank line,
         # so its size is len(block) + 1. Consecutive events mostly share their name, so the last `event:`
         # line and `data: ` prefix is remembered and one slice comparison recognises it. Cost: O(len(block))
@@ -308,7 +311,8 @@ class SSEDecoder:
             start = end
         return out
 
-    def _slow(self, data: bytes, payloads: bool) -> list[ServerSentEvent] | list[Payload]:
+    def _slow(self, data: bytes, payloads: bool) -> list[Any]:
+        # The general path: ServerSentEvents for feed(), payloads for payloads().
         self._ready = False
         events: list[Any] = []
         self._decode(data, events, payloads)
