@@ -46,25 +46,31 @@ def _event_dict(event: Any, *, snapshots: bool) -> dict[str, Any]:
 
 
 def _not_sse_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be a recorded stream (SSE without any ``data:`` line, and not an AWS event-stream),
-    or None if it may be one."""
+    """Why ``path`` cannot be a recorded stream (an SSE body in which the core's decoder finds no event with
+    a ``data:`` line, and not an AWS event-stream), or None if it may be one. Reads until the first event."""
     size = path.stat().st_size
     if size == 0:
         return "it is empty"
     from mendstream.core.eventstream import looks_like_event_stream
+    from mendstream.core.sse import SSEDecoder
+    from mendstream.errors import BufferLimitError
 
     with path.open("rb") as fh:
-        if looks_like_event_stream(fh.read(12)):
+        head = fh.read(4096)
+        if looks_like_event_stream(head[:12]):
             return None  # a captured Bedrock body (AWS event-stream): replay reads it too
-    overlap = b""
-    head = b""
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            if not head:
-                head = chunk[:4096]
-            if b"data:" in overlap + chunk:
-                return None
-            overlap = chunk[-4:]
+        decoder = SSEDecoder()
+        try:
+            chunk = head
+            while chunk:
+                if decoder.feed(chunk):
+                    return None
+                chunk = fh.read(1 << 16)
+        except BufferLimitError:
+            return None  # one line longer than any event may be: replay says so itself
+        decoder.end()
+        if decoder.unfinished_event is not None:
+            return None  # a last event without its blank line: replay reads it
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] in (b"{", b"["):
         return "it looks like JSON (an SSE stream is lines of 'event: ...' and 'data: ...')"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
+from mendstream.core.sse import ServerSentEvent, SSEDecoder
 from mendstream.errors import UsageError
 
 __all__ = [
@@ -69,11 +70,11 @@ class FaultPlan(Protocol):
 
 
 # -- plans ---------------------------------------------------------------------------------------------------
-# Every plan below works on the SSE events of the body it is given (split at blank lines), so the result does
-# not depend on how the fixture happened to be chunked; each event becomes one chunk unless a plan says
-# otherwise. All plans are frozen dataclasses: deterministic, comparable, printable.
+# Every plan below works on the SSE events of the body it is given (framed by the core's SSE decoder, so a
+# plan's events are those a client reads), so the result does not depend on how the fixture happened to be
+# chunked; each event becomes one chunk unless a plan says otherwise. All plans are frozen dataclasses:
+# deterministic, comparable, printable.
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 _ERROR_TYPE_OF_STATUS = {
@@ -91,17 +92,24 @@ _ERROR_TYPE_OF_STATUS = {
 }
 
 
+def _events(body: bytes) -> tuple[list[ServerSentEvent], int]:
+    """The SSE events of ``body`` as the core's decoder reads it, and where their spans end."""
+    decoder = SSEDecoder(max_event_bytes=len(body) + 1)  # no event of the body can pass it
+    events = decoder.feed(body)
+    decoder.end()
+    return events, decoder.boundary
+
+
 def split_events(body: bytes) -> list[bytes]:
-    """``body`` split after each blank line (each piece one SSE event with its terminator; a final piece
-    without one is kept). Linear in ``len(body)``."""
-    out: list[bytes] = []
-    start = 0
-    for match in _EVENT_END.finditer(body):
-        out.append(body[start : match.end()])
-        start = match.end()
-    if start < len(body):
-        out.append(body[start:])
-    return out
+    """``body`` cut into its SSE events as a client's decoder reads them: each piece is one event's span
+    (comments and blank lines before the event, the event, the blank line that dispatched it); what follows
+    the last event (an unterminated one, trailing comments) is a last piece. Joined, the pieces are ``body``.
+    Linear in ``len(body)``."""
+    events, boundary = _events(body)
+    pieces = [body[event.start : event.end] for event in events]
+    if boundary < len(body):
+        pieces.append(body[boundary:])
+    return pieces
 
 
 def body_of(response: PlannedResponse) -> bytes:
@@ -487,15 +495,13 @@ def continuation_body(request_body: Mapping[str, Any], full_body: bytes, *, delt
 
 def _after_first_block(body: bytes) -> bytes | None:
     """The recorded events from the ``content_block_stop`` of block 0 on, or None if there is none."""
-    events = split_events(body)
-    for i, event in enumerate(events):
-        if b"content_block_stop" not in event:
+    for event in _events(body)[0]:
+        if b"content_block_stop" not in event.raw_data:
             continue
-        data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
         try:
-            obj = json.loads(data)
+            obj = json.loads(event.raw_data)
         except ValueError:
             continue
         if isinstance(obj, dict) and obj.get("type") == "content_block_stop" and obj.get("index") == 0:
-            return b"".join(events[i:])
+            return body[event.start :]
     return None
