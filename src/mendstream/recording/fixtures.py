@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mendstream.core.sse import split_events
 from mendstream.errors import FixtureError, StreamError, UsageError
 from mendstream.recording.capture import scrub_json, sidecar_path
 
@@ -38,7 +38,6 @@ _SELECT_VALUES = ("auto", "header", "body", "order")
 _HOP_HEADERS = frozenset(
     {"connection", "content-encoding", "content-length", "keep-alive", "transfer-encoding", "date", "server"}
 )
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class MissingFixtureError(FixtureError, FileNotFoundError):
@@ -167,12 +166,8 @@ class Fixture:
                 yield self.body[pos : pos + size], ms / 1000.0
                 pos += size
             return
-        pos = 0
-        for m in _EVENT_END.finditer(self.body):
-            yield self.body[pos : m.end()], 0.0
-            pos = m.end()
-        if pos < len(self.body):
-            yield self.body[pos:], 0.0
+        for piece in split_events(self.body):  # one SSE event per chunk, as the core's decoder frames them
+            yield piece, 0.0
 
     @property
     def content_type(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from mendstream.core.sse import ServerSentEvent, SSEDecoder
+from mendstream.core.sse import SSEDecoder, split_events
 from mendstream.errors import UsageError
 
 __all__ = [
@@ -90,26 +90,6 @@ _ERROR_TYPE_OF_STATUS = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-
-
-def _events(body: bytes) -> tuple[list[ServerSentEvent], int]:
-    """The SSE events of ``body`` as the core's decoder reads it, and where their spans end."""
-    decoder = SSEDecoder(max_event_bytes=len(body) + 1)  # no event of the body can pass it
-    events = decoder.feed(body)
-    decoder.end()
-    return events, decoder.boundary
-
-
-def split_events(body: bytes) -> list[bytes]:
-    """``body`` cut into its SSE events as a client's decoder reads them: each piece is one event's span
-    (comments and blank lines before the event, the event, the blank line that dispatched it); what follows
-    the last event (an unterminated one, trailing comments) is a last piece. Joined, the pieces are ``body``.
-    Linear in ``len(body)``."""
-    events, boundary = _events(body)
-    pieces = [body[event.start : event.end] for event in events]
-    if boundary < len(body):
-        pieces.append(body[boundary:])
-    return pieces
 
 
 def body_of(response: PlannedResponse) -> bytes:
@@ -495,7 +475,7 @@ def continuation_body(request_body: Mapping[str, Any], full_body: bytes, *, delt
 
 def _after_first_block(body: bytes) -> bytes | None:
     """The recorded events from the ``content_block_stop`` of block 0 on, or None if there is none."""
-    for event in _events(body)[0]:
+    for event in SSEDecoder(max_event_bytes=len(body) + 1).feed(body):
         if b"content_block_stop" not in event.raw_data:
             continue
         try:
