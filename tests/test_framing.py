@@ -116,6 +116,15 @@ def test_a_body_too_short_for_a_prelude_is_read_as_sse() -> None:
     assert len(outcome([b"data: {}\n\n"], "auto")["events"]) == 1  # an unnamed event, dispatched
 
 
+def test_max_message_bytes_holds_while_auto_decides() -> None:
+    from mendstream.errors import MessageTooLargeError
+
+    parser = MessageParser(framing="auto", max_message_bytes=5)
+    with pytest.raises(MessageTooLargeError) as info:
+        parser.feed(b"data: {")  # 7 bytes, held until the 12th: the bound is checked all the same
+    assert info.value.limit == 5 and parser.bytes_fed == 7 and parser.error is info.value
+
+
 def test_framing_is_checked() -> None:
     with pytest.raises(UsageError, match="'sse', 'event-stream', 'auto'"):
         MessageParser(framing="SSE")  # type: ignore[arg-type]

@@ -153,7 +153,9 @@ class MessageParser:
             framing = self._framing
             if framing is None:  # "auto", still deciding
                 framing, data = self._decide(data)
-                if framing is None:
+                if framing is None:  # fewer than 12 bytes so far: held
+                    if self._budget < 0:
+                        raise self._too_large(0)
                     return out
             try:
                 payloads = framing.payloads(data)
@@ -179,11 +181,7 @@ class MessageParser:
             if fault is not None:
                 raise fault
             if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
-                raise MessageTooLargeError(
-                    f"the stream exceeded max_message_bytes={self._max_message_bytes}",
-                    limit=self._max_message_bytes or 0,
-                    offset=framing.position,
-                )
+                raise self._too_large(framing.position)
         except Exception as exc:
             raise self._fail(exc, out)  # noqa: B904 - _fail keeps the cause (see there)
         return out
@@ -233,6 +231,13 @@ class MessageParser:
         self._head = b""
         framing = self._framing = self._new_framing("event-stream" if looks_like_event_stream(head) else "sse")
         return framing, head
+
+    def _too_large(self, offset: int) -> MessageTooLargeError:
+        return MessageTooLargeError(
+            f"the stream exceeded max_message_bytes={self._max_message_bytes}",
+            limit=self._max_message_bytes or 0,
+            offset=offset,
+        )
 
     def _accept(self, data: object) -> bytes:
         """The bytes of a ``feed`` argument that is not plain bytes, or the UsageError for a bad call."""

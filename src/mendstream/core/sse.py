@@ -68,19 +68,6 @@ def _event_name(head: bytes) -> Any:
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
 
 
-def split_events(body: bytes, /) -> list[bytes]:
-    """``body`` cut into its SSE events as the decoder reads them: each piece is one event's span (comments
-    and blank lines before the event, the event, the blank line that dispatched it); what follows the last
-    event (an unterminated one, trailing comments) is a last piece. Joined, the pieces are ``body``. For code
-    that sends or rewrites a body event by event; O(len(body))."""
-    decoder = SSEDecoder(max_event_bytes=len(body) + 1)  # no event of the body can pass it
-    pieces = [body[event.start : event.end] for event in decoder.feed(body)]
-    decoder.end()
-    if decoder.boundary < len(body):
-        pieces.append(body[decoder.boundary :])
-    return pieces
-
-
 class ServerSentEvent(NamedTuple):
     """One dispatched event.
 
@@ -546,3 +533,16 @@ class SSEDecoder:
                     for data_line in self._data.split(b"\n"):
                         self._stray += b"\x01" + data_line + b"\n"
             self._stray += b"\x00" + line + b"\n"
+
+
+def split_events(body: bytes, /) -> list[bytes]:
+    """``body`` cut into its SSE events as the decoder reads them: each piece is one event's span (comments
+    and blank lines before the event, the event, the blank line that dispatched it); what follows the last
+    event (an unterminated one, trailing comments) is a last piece. Joined, the pieces are ``body``. For code
+    that sends or rewrites a body event by event; O(len(body))."""
+    decoder = SSEDecoder(max_event_bytes=len(body) + 1)  # no event of the body can pass it
+    pieces = [body[event.start : event.end] for event in decoder.feed(body)]
+    decoder.end()
+    if decoder.boundary < len(body):
+        pieces.append(body[decoder.boundary :])
+    return pieces
