@@ -32,6 +32,7 @@ import mendstream
 from bench_parse import SIZES, Clock, make_stream, measure, run_mendstream, run_sdk_stream
 from mendstream.core.bedrock import chunk_frame
 from mendstream.core.eventstream import EventStreamDecoder
+from mendstream.streaming.drivers import iterable_opener
 
 _PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
 
@@ -56,7 +57,8 @@ def run_floor(clock: Clock) -> Any:
 
 
 def run_bedrock(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock, parser=mendstream.MessageParser(framing="event-stream")) as stream:
+    parser = mendstream.MessageParser(framing="event-stream")
+    with mendstream.MessageStream(iterable_opener(clock), parser=parser) as stream:
         for _ in stream:
             pass
         return stream.message

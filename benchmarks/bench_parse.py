@@ -33,6 +33,7 @@ from typing import Any
 import jiter
 
 import mendstream
+from mendstream.streaming.drivers import iterable_opener
 
 SIZES = {"1k": 1_000, "2k": 2_000, "10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 
@@ -112,14 +113,14 @@ def run_floor(clock: Clock) -> Any:
 
 
 def run_mendstream(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock) as stream:
+    with mendstream.MessageStream(iterable_opener(clock)) as stream:
         for _ in stream:
             pass
         return stream.message
 
 
 def run_mendstream_snapshots(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock) as stream:
+    with mendstream.MessageStream(iterable_opener(clock)) as stream:
         for event in stream:
             if event.type in ("input_json", "text"):
                 event.snapshot  # noqa: B018 - reading it is the point
