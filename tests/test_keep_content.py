@@ -181,6 +181,15 @@ def test_tool_input_check_agrees_with_the_full_parser(text: str, points: list[in
 @example('[null, "\\u\x01', [], "tool_use")
 @example('"[null, null\\u12]', [], "tool_use")
 @example('["ab\\u12]', [], "max_tokens")
+# ... and only then: with 4 characters after it, even after the parser failed (here at the `d` after the
+# string the `"` closed), jiter refuses the text, so the block's stop is already an error (found by this test).
+@example(
+    '{"000\\u000b\\u0007\\ud800\\udc00": {"0\\u001f\\u001f\\u001f\\u001f\\u001f": "000\\u001f", '
+    '"0\\u001f\\u001f\\u001f\\ud800\\udc00\\ud800\\udc00": "0\\u001f\\u"d8000000\\u001f"}}',
+    [5949],
+    "tool_use",
+)
+@example('["\\u"d800"]', [5], "tool_use")
 def test_tool_streams_agree(text: str, points: list[int], stop_reason: str) -> None:
     data = tool_stream(fragments_of(text, points), stop_reason)
     assert_lean_agrees([data])
