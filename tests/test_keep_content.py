@@ -190,6 +190,16 @@ def test_tool_input_check_agrees_with_the_full_parser(text: str, points: list[in
     "tool_use",
 )
 @example('["\\u"d800"]', [5], "tool_use")
+# jiter's partial mode reads `}` after a value in an array as the array's end and goes on: here it then fails
+# (at the `null` where a key must come), so the block's stop is an error on both sides (found by this test).
+@example(
+    '{"k":{"\\u001f": {"": "\\u001f\\u001f\\u001f\\u0007\\u0007\\u0007\\ud800\\udc00\\ud800\\udc00"}, "\\u0007": '
+    '[null, "\\u001f\\u001f\\u001f\\u001f\\u001f\\u001f\\u001f\\u0007\\ud800\\udc00\\ud800\\udc00", [1.03125], '
+    '{"\\u0007\\ud800\\udc00\\ud800\\udc00": null}], "0000\\u0007\\u0007": [{"\\u001f": null, "\\u000b": null}}, null]}}',
+    [],
+    "tool_use",
+)
+@example('{"k": {"a": [1}, null]}}', [], "tool_use")
 def test_tool_streams_agree(text: str, points: list[int], stop_reason: str) -> None:
     data = tool_stream(fragments_of(text, points), stop_reason)
     assert_lean_agrees([data])
