@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from jiter import from_json
 
@@ -159,9 +159,8 @@ class MessageParser:
                     return out
             try:
                 payloads = framing.payloads(data)
-                fault: StreamError | None = None
-            except StreamError as exc:  # a framing fault: the events completed before it first
-                payloads, fault = exc.events, exc
+            except StreamError as fault:
+                self._framing_fault(framing, fault, out)
             if framing.repairs:
                 self._framing_repairs(framing)
             # The hot loop, one iteration per event (as _handle, inlined: this runs for every chunk): JSON
@@ -178,8 +177,6 @@ class MessageParser:
                     acc.handle_delta(obj, offset, ordinal, out)
                 else:
                     acc.handle(name, obj, offset, ordinal, out)
-            if fault is not None:
-                raise fault
             if self._budget < 0:  # after decoding the chunk, so that the snapshot has what it brought
                 raise self._too_large(framing.position)
         except Exception as exc:
@@ -251,14 +248,18 @@ class MessageParser:
         # As feed() (which has this inlined), for the few bytes "auto" held until end().
         try:
             payloads = framing.payloads(data)
-            fault: StreamError | None = None
-        except StreamError as exc:
-            payloads, fault = exc.events, exc
+        except StreamError as fault:
+            self._framing_fault(framing, fault, out)
         if framing.repairs:
             self._framing_repairs(framing)
         self._handle(payloads, out)
-        if fault is not None:
-            raise fault
+
+    def _framing_fault(self, framing: Framing, fault: StreamError, out: list[Event]) -> NoReturn:
+        # A framing fault: the events the same call completed before it first (an error among them wins).
+        if framing.repairs:
+            self._framing_repairs(framing)
+        self._handle(fault.events, out)
+        raise fault
 
     def _framing_repairs(self, framing: Framing) -> None:
         # A framing's own repairs (a stripped BOM) come before those of the events it delivered with them.
