@@ -8,7 +8,7 @@ generator; the time between two pulls is that chunk's cost. Implementations:
 
 - floor (frames+b64+jiter): mendstream's EventStreamDecoder, then jiter and base64 on each payload; no
   accumulation (the lower bound for any event-stream reader)
-- mendstream bedrock: mendstream.MessageStream with a BedrockParser, iterating every event
+- mendstream bedrock: mendstream.MessageStream with MessageParser(framing="event-stream"), iterating every event
 - sdk bedrock .stream(): AnthropicBedrock(...).messages.stream() through an httpx2 MockTransport serving the
   frames (fake AWS credentials; SigV4 signing happens once, before the first chunk)
 - sdk bedrock create(stream=True): the SDK's raw event iteration over the frames (botocore decoding)
@@ -30,8 +30,9 @@ import jiter
 
 import mendstream
 from bench_parse import SIZES, Clock, make_stream, measure, run_mendstream, run_sdk_stream
-from mendstream.core.bedrock import BedrockParser, chunk_frame
+from mendstream.core.bedrock import chunk_frame
 from mendstream.core.eventstream import EventStreamDecoder
+from mendstream.streaming.drivers import iterable_opener
 
 _PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
 
@@ -56,7 +57,8 @@ def run_floor(clock: Clock) -> Any:
 
 
 def run_bedrock(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock, parser=BedrockParser()) as stream:
+    parser = mendstream.MessageParser(framing="event-stream")
+    with mendstream.MessageStream(iterable_opener(clock), parser=parser) as stream:
         for _ in stream:
             pass
         return stream.message

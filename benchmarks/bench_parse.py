@@ -11,8 +11,9 @@ that chunk's cost (parsing plus handing the events to a consumer loop). Implemen
 - sdk.stream(): client.messages.stream() through an httpx2 MockTransport serving the chunks
 - sdk.create(stream=True): the SDK's raw event iteration (no accumulation)
 - bedrock mendstream / bedrock sdk .stream(): the same events as Bedrock sends them (one AWS event-stream
-  `chunk` frame per event, one frame per chunk), read by mendstream's BedrockParser and by the SDK's
-  AnthropicBedrock (bench_eventstream.py's implementations; it has the detailed event-stream comparison)
+  `chunk` frame per event, one frame per chunk), read by mendstream's MessageParser(framing="event-stream")
+  and by the SDK's AnthropicBedrock (bench_eventstream.py's implementations; it has the detailed
+  event-stream comparison)
 
 Run: python benchmarks/bench_parse.py [--sizes 1k,2k,10k,100k,1m] [--repeat N] [--no-bedrock] [--json out.json]
 """
@@ -32,6 +33,7 @@ from typing import Any
 import jiter
 
 import mendstream
+from mendstream.streaming.drivers import iterable_opener
 
 SIZES = {"1k": 1_000, "2k": 2_000, "10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 
@@ -111,14 +113,14 @@ def run_floor(clock: Clock) -> Any:
 
 
 def run_mendstream(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock) as stream:
+    with mendstream.MessageStream(iterable_opener(clock)) as stream:
         for _ in stream:
             pass
         return stream.message
 
 
 def run_mendstream_snapshots(clock: Clock) -> Any:
-    with mendstream.MessageStream(clock) as stream:
+    with mendstream.MessageStream(iterable_opener(clock)) as stream:
         for event in stream:
             if event.type in ("input_json", "text"):
                 event.snapshot  # noqa: B018 - reading it is the point

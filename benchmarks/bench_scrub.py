@@ -1,6 +1,6 @@
 """What scrubbing costs a capture: mendstream.recording.scrub.BodyScrubber over bench_parse.py's streams (a
 text block, then a tool input of 1 KB to 1 MB in 10-40 character fragments), as SSE and as Bedrock
-event-stream frames, beside mendstream's own parse of the same chunks (MessageParser / BedrockParser, every
+event-stream frames, beside mendstream's own parse of the same chunks (MessageParser with SSE or event-stream framing, every
 event) in the same run. A capture runs both: the scrubber on the bytes it writes, the parser on the stream.
 
 Each implementation is fed the same chunks (one SSE event, or one frame, per chunk); the time is the whole
@@ -19,7 +19,6 @@ from typing import Any
 
 from bench_eventstream import to_frames
 from bench_parse import SIZES, make_stream
-from mendstream.core.bedrock import BedrockParser
 from mendstream.core.parser import MessageParser
 from mendstream.recording.scrub import BodyScrubber
 
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'size':>5} {'framing':>12} {'bytes':>9} {'scrub MB/s':>11} {'parse MB/s':>11} {'scrub/parse':>12}")
     for name in args.sizes.split(","):
         sse = make_stream(SIZES[name])
-        for framing, chunks, parse in (("sse", sse, MessageParser), ("event-stream", to_frames(sse), BedrockParser)):
+        for framing, chunks, parse in (("sse", sse, MessageParser), ("event-stream", to_frames(sse), lambda: MessageParser(framing="event-stream"))):
             size = sum(len(c) for c in chunks)
             assert b"".join(run_scrub(chunks)) == b"".join(chunks)  # nothing to mask in these streams
             scrub = best(run_scrub, chunks, args.repeat)

@@ -1,6 +1,6 @@
-"""Fuzz target for the event-stream decoder and the Bedrock parser: whatever the bytes and however they are
-split, the decoder returns frames or raises EventStreamError, the parser returns events or raises a
-StreamError, and nothing else escapes. `fuzz_one` is called by tests/test_eventstream.py (hypothesis);
+"""Fuzz target for the event-stream decoder and the parser over event-stream framing (explicit and "auto"):
+whatever the bytes and however they are split, the decoder returns frames or raises EventStreamError, the
+parser returns events or raises a StreamError, and nothing else escapes. `fuzz_one` is called by tests/test_eventstream.py (hypothesis);
 run it under atheris for longer campaigns:
 
     PYTHONPATH=src python fuzz/fuzz_eventstream.py -max_total_time=600
@@ -14,12 +14,14 @@ if __name__ == "__main__":  # under atheris: instrument mendstream as it is impo
     import atheris
 
     with atheris.instrument_imports(include=["mendstream"]):
-        from mendstream.core.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+        from mendstream.core.bedrock import exception_frame, sse_to_event_stream
         from mendstream.core.eventstream import EventStreamDecoder
+        from mendstream.core.parser import MessageParser
         from mendstream.errors import EventStreamError, StreamError
 else:
-    from mendstream.core.bedrock import BedrockParser, exception_frame, sse_to_event_stream
+    from mendstream.core.bedrock import exception_frame, sse_to_event_stream
     from mendstream.core.eventstream import EventStreamDecoder
+    from mendstream.core.parser import MessageParser
     from mendstream.errors import EventStreamError, StreamError
 
 _SEED_SSE = (
@@ -59,13 +61,14 @@ def fuzz_one(data: bytes) -> None:
     except EventStreamError:
         pass
 
-    parser = BedrockParser(max_frame_bytes=4096)
-    try:
-        for piece in _pieces(rest, step):
-            parser.feed(piece)
-        parser.end()
-    except StreamError:
-        pass
+    for framing in ("event-stream", "auto"):
+        parser = MessageParser(framing=framing, max_frame_bytes=4096)
+        try:
+            for piece in _pieces(rest, step):
+                parser.feed(piece)
+            parser.end()
+        except StreamError:
+            pass
 
 
 def main() -> None:  # pragma: no cover - run by hand under atheris

@@ -1,5 +1,5 @@
 """Bedrock (issue 11): every SSE fixture converted to AWS event-stream frames must give, through
-BedrockParser, exactly the events, message and error of the SSE (whole, byte by byte, hypothesis splits),
+MessageParser(framing="event-stream"), exactly the events, message and error of the SSE (whole, byte by byte, hypothesis splits),
 and the same through the real AnthropicBedrock / AsyncAnthropicBedrock clients against a uvicorn server on
 127.0.0.1 (SigV4 with fake credentials). Exception frames become APIStreamErrors that are also the SDK's
 class; broken and cut frames raise EventStreamError / IncompleteStreamError with what was received."""
@@ -32,7 +32,6 @@ from conftest import (
 )
 from mendstream import APIStreamError, IncompleteStreamError, MessageParser, UsageError
 from mendstream.core.bedrock import (
-    BedrockParser,
     chunk_frame,
     exception_frame,
     is_event_stream,
@@ -54,6 +53,10 @@ PARAMS: dict[str, Any] = {"max_tokens": 64, "messages": [{"role": "user", "conte
 
 # Repairs that only SSE framing can need (the event-stream carries the event JSON, not the SSE text).
 SSE_ONLY_REPAIRS = {"bom", "event_name_mismatch", "split_data_line", "unterminated_final_event"}
+
+
+def bedrock_parser(**options: Any) -> MessageParser:
+    return MessageParser(framing="event-stream", **options)
 
 
 def run(parser: MessageParser, chunks: list[bytes]) -> dict[str, Any]:
@@ -78,7 +81,7 @@ def sse_outcome(name: str) -> dict[str, Any]:
 def test_converted_fixture_matches_sse(name: str) -> None:
     body = sse_to_event_stream(fixture_bytes(name))
     assert is_event_stream(body[:12]) or not body
-    outcome = run(BedrockParser(), [body])
+    outcome = run(bedrock_parser(), [body])
     assert outcome == sse_outcome(name)
     exp = expected(name)
     assert outcome["message"] == exp["message"]
@@ -87,15 +90,15 @@ def test_converted_fixture_matches_sse(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in FIXTURE_NAMES if len(sse_to_event_stream(fixture_bytes(n))) < 6000])
 def test_converted_fixture_byte_by_byte(name: str) -> None:
     body = sse_to_event_stream(fixture_bytes(name))
-    whole = run(BedrockParser(), [body])
-    assert run(BedrockParser(), [body[i : i + 1] for i in range(len(body))]) == whole
+    whole = run(bedrock_parser(), [body])
+    assert run(bedrock_parser(), [body[i : i + 1] for i in range(len(body))]) == whole
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(FIXTURE_NAMES), st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12))
 def test_converted_fixture_random_splits(name: str, points: list[int]) -> None:
     body = sse_to_event_stream(fixture_bytes(name))
-    assert run(BedrockParser(), split_at(body, points)) == run(BedrockParser(), [body])
+    assert run(bedrock_parser(), split_at(body, points)) == run(bedrock_parser(), [body])
 
 
 def test_corpus_streams_match_sse() -> None:
@@ -106,7 +109,7 @@ def test_corpus_streams_match_sse() -> None:
     for path in bodies:
         sse = path.read_bytes()
         sse_result = run(MessageParser(), [sse])
-        converted = run(BedrockParser(), [sse_to_event_stream(sse)])
+        converted = run(bedrock_parser(), [sse_to_event_stream(sse)])
         assert converted == sse_result, path.name
 
 
@@ -116,11 +119,11 @@ def test_replay_reads_event_stream_bytes_files_and_chunks(tmp_path: Path) -> Non
     for source in (body, tmp_path / "bedrock.bin", [body[i : i + 5] for i in range(0, len(body), 5)]):
         with mendstream.replay(source) as stream:
             assert stream.get_final_message().to_dict() == BASIC_MESSAGE
-            assert isinstance(stream.parser, BedrockParser) and stream.parser.framing == "event-stream"
+            assert stream.parser.framing == "event-stream"
     # SSE still reads as SSE, however short its chunks
     stream = mendstream.replay([BASIC_SSE[i : i + 3] for i in range(0, len(BASIC_SSE), 3)])
     assert stream.get_final_message().to_dict() == BASIC_MESSAGE
-    assert stream.parser.framing == "sse"  # type: ignore[attr-defined]
+    assert stream.parser.framing == "sse"
 
 
 async def test_areplay_reads_event_stream() -> None:
@@ -135,7 +138,7 @@ def test_replay_of_a_short_sse_body_ends_as_sse() -> None:
     stream = mendstream.replay(b"")
     with pytest.raises(IncompleteStreamError):
         stream.until_done()
-    assert stream.parser.framing == "sse"  # type: ignore[attr-defined]
+    assert stream.parser.framing == "sse"
 
 
 # -- exception frames, broken and cut frames ------------------------------------------------------------------
@@ -155,7 +158,7 @@ def snapshot_after_hello() -> dict[str, Any]:
 def test_exception_frame_mid_stream(exception_type: str) -> None:
     frame = exception_frame(exception_type, "Too many tokens", originalStatusCode=429)
     body = HEAD_FRAMES + frame + chunk_frame(b'{"type":"message_stop"}')
-    parser = BedrockParser()
+    parser = bedrock_parser()
     events: list[Any] = []
     with pytest.raises(APIStreamError) as info:
         for i in range(len(body)):
@@ -189,7 +192,7 @@ def test_corrupted_crc_mid_stream_keeps_the_partial_message() -> None:
     frames = EventStreamDecoder().feed(bytes(body))
     target = frames[4]  # the second text delta
     body[target.offset + target.size - 1] ^= 0x01  # its message CRC
-    parser = BedrockParser()
+    parser = bedrock_parser()
     with pytest.raises(EventStreamError, match="message CRC mismatch") as info:
         parser.feed(bytes(body))
     error = info.value
@@ -204,7 +207,7 @@ def test_corrupted_crc_mid_stream_keeps_the_partial_message() -> None:
 
 def test_sse_given_to_the_bedrock_parser_fails_on_the_prelude() -> None:
     with pytest.raises(EventStreamError, match="prelude CRC mismatch") as info:
-        BedrockParser().feed(BASIC_SSE)
+        bedrock_parser().feed(BASIC_SSE)
     assert info.value.offset == 0 and info.value.raw == BASIC_SSE[:12]
 
 
@@ -213,9 +216,9 @@ def test_truncated_frames() -> None:
     frames = EventStreamDecoder().feed(body)
     last = frames[-1]
     # cut inside message_stop: message_delta had the stop reason, so the cut frame is tolerated
-    result = run(BedrockParser(), [body[: last.offset + 7]])
+    result = run(bedrock_parser(), [body[: last.offset + 7]])
     assert result["message"] == BASIC_MESSAGE
-    parser = BedrockParser()
+    parser = bedrock_parser()
     run(parser, [body[: last.offset + 7]])
     assert [r.kind for r in parser.repairs] == ["truncated_final_frame", "missing_message_stop"]
     assert parser.repairs[0].offset == last.offset
@@ -231,7 +234,7 @@ def test_truncated_frames() -> None:
 def test_chunk_without_bytes_is_an_event_decode_error() -> None:
     bad = encode_message(b'{"nobytes":1}', {":message-type": "event", ":event-type": "chunk"})
     with pytest.raises(EventDecodeError) as info:
-        BedrockParser().feed(HEAD_FRAMES + bad)
+        bedrock_parser().feed(HEAD_FRAMES + bad)
     assert info.value.raw == b'{"nobytes":1}'
     assert info.value.offset == len(HEAD_FRAMES)
     assert info.value.snapshot["content"][0]["text"] == "Hello"
@@ -241,25 +244,28 @@ def test_unknown_event_types_and_message_types_are_skipped() -> None:
     other = encode_message(b"{}", {":message-type": "event", ":event-type": "metadata"})
     odd = encode_message(b"{}", {":message-type": "mystery"})
     body = sse_to_event_stream(BASIC_SSE)
-    assert run(BedrockParser(), [other + body + odd])["message"] == BASIC_MESSAGE
+    assert run(bedrock_parser(), [other + body + odd])["message"] == BASIC_MESSAGE
 
 
 def test_repair_offsets_are_frame_offsets() -> None:
     name = "fault_control_chars_in_event_json"
     body = sse_to_event_stream(fixture_bytes(name))
-    parser = BedrockParser()
+    parser = bedrock_parser()
     run(parser, [body])
     offsets = {f.offset for f in EventStreamDecoder().feed(body)}
     assert parser.repairs and all(r.offset in offsets for r in parser.repairs)
 
 
 def test_options_are_checked() -> None:
+    with pytest.raises(UsageError, match="'sse', 'event-stream', 'auto'"):
+        MessageParser(framing="bedrock")  # type: ignore[arg-type]
+    for framing in ("sse", "event-stream", "auto"):
+        with pytest.raises(UsageError, match="max_frame_bytes"):
+            MessageParser(framing=framing, max_frame_bytes=3)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="max_event_bytes"):
+            MessageParser(framing=framing, max_event_bytes=0)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
-        BedrockParser(framing="sse")  # type: ignore[arg-type]
-    with pytest.raises(UsageError):
-        BedrockParser(max_frame_bytes=3)
-    with pytest.raises(UsageError):
-        BedrockParser().feed("text")  # type: ignore[arg-type]
+        bedrock_parser().feed("text")  # type: ignore[arg-type]
 
 
 def test_response_for_path() -> None:
@@ -457,9 +463,9 @@ def test_bedrock_full_message_stream_api(cloud: CloudServer) -> None:
 
 
 def test_bedrock_rejects_a_plain_message_parser(cloud: CloudServer) -> None:
-    with pytest.raises(UsageError, match="BedrockParser"):
+    with pytest.raises(UsageError, match='framing="event-stream"'):
         mendstream.stream(bedrock(cloud), model="text_basic", parser=MessageParser(), **PARAMS)
-    parser = BedrockParser(partial_mode="trailing-strings")
+    parser = bedrock_parser(partial_mode="trailing-strings")
     stream = mendstream.stream(bedrock(cloud), model="text_basic", parser=parser, **PARAMS)
     assert stream.parser is parser and stream.get_final_message().to_dict() == expected("text_basic")["message"]
 
@@ -481,7 +487,7 @@ def test_bedrock_mantle_streams_sse(cloud: CloudServer) -> None:
     with mendstream.stream(client, model="text_citations", **PARAMS) as stream:
         assert stream.get_final_message().to_dict() == expected("text_citations")["message"]
     assert cloud.requests[-1]["path"].endswith("/v1/messages")
-    assert isinstance(stream.parser, MessageParser) and not isinstance(stream.parser, BedrockParser)
+    assert stream.parser.framing == "sse"
 
 
 def test_bedrock_modules_stay_light() -> None:
@@ -489,9 +495,10 @@ def test_bedrock_modules_stay_light() -> None:
 
     code = (
         "import sys, mendstream, mendstream.core.bedrock, mendstream.core.eventstream, mendstream.transports.cloud\n"
-        "from mendstream.core.bedrock import BedrockParser, sse_to_event_stream\n"
+        "from mendstream.core.bedrock import sse_to_event_stream\n"
         "from conftest import BASIC_SSE\n"
-        "p = BedrockParser(); p.feed(sse_to_event_stream(BASIC_SSE)); p.end(); assert p.complete\n"
+        "p = mendstream.MessageParser(framing='event-stream'); p.feed(sse_to_event_stream(BASIC_SSE)); p.end()\n"
+        "assert p.complete\n"
         "heavy = [m for m in ('botocore', 'boto3', 'anthropic', 'httpx', 'httpx2', 'google.auth', 'uvicorn') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -510,14 +517,14 @@ def test_cli_replays_an_event_stream_capture(tmp_path: Path) -> None:
 
 def test_end_twice_and_feed_after_end() -> None:
     body = sse_to_event_stream(BASIC_SSE)
-    parser = BedrockParser()
+    parser = bedrock_parser()
     parser.feed(body[:-5])
     parser.end()
     assert parser.end() == []
     assert [r.kind for r in parser.repairs] == ["truncated_final_frame", "missing_message_stop"]
     with pytest.raises(UsageError):
         parser.feed(b"x")
-    cut = BedrockParser()
+    cut = bedrock_parser()
     cut.feed(body[:40])
     for _ in range(2):
         with pytest.raises(IncompleteStreamError):
@@ -541,14 +548,14 @@ def test_line_breaks_in_the_event_json_read_as_over_sse(breaks: list[bytes], in_
     lines = delta.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     sse = head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n" + tail
     body = sse_to_event_stream(head) + chunk_frame(delta) + sse_to_event_stream(tail)
-    assert run(BedrockParser(), [body]) == run(MessageParser(), [sse])
+    assert run(bedrock_parser(), [body]) == run(MessageParser(), [sse])
 
 
 def test_max_event_bytes_bounds_the_decoded_event() -> None:
     body = sse_to_event_stream(BASIC_SSE)
     largest = max(len(e) for e in BASIC_SSE.split(b"\n\n"))
-    assert run(BedrockParser(max_event_bytes=largest), [body])["message"] == BASIC_MESSAGE
-    parser = BedrockParser(max_event_bytes=60)
+    assert run(bedrock_parser(max_event_bytes=largest), [body])["message"] == BASIC_MESSAGE
+    parser = bedrock_parser(max_event_bytes=60)
     with pytest.raises(mendstream.errors.BufferLimitError) as info:
         parser.feed(body)
     assert info.value.limit == 60 and info.value.offset == 0  # message_start is the first, and too large
@@ -557,16 +564,20 @@ def test_max_event_bytes_bounds_the_decoded_event() -> None:
 
 def test_max_message_bytes_and_fresh_keep_the_options() -> None:
     body = sse_to_event_stream(BASIC_SSE)
-    parser = BedrockParser(max_message_bytes=len(body) - 1, partial_mode="trailing-strings", max_frame_bytes=4096)
+    parser = bedrock_parser(max_message_bytes=len(body) - 1, partial_mode="trailing-strings", max_frame_bytes=4096)
     half = len(body) // 2
     events = parser.feed(body[:half])
     with pytest.raises(mendstream.errors.MessageTooLargeError) as info:
         parser.feed(body[half:])
     assert events and info.value.snapshot["content"][0]["text"] == "Hello world"
     again = parser.fresh()
-    assert type(again) is BedrockParser and again._options == parser._options
-    assert again._max_message_bytes == len(body) - 1 and again._frames._limit == 4096
-    ok = BedrockParser(max_message_bytes=len(body))
+    assert type(again) is MessageParser and again.framing == "event-stream" and again.error is None
+    assert run(again, [body[:half]])["error"][0] == "IncompleteStreamError"  # a fresh start, same options
+    with pytest.raises(mendstream.errors.MessageTooLargeError):
+        parser.fresh().feed(body)
+    with pytest.raises(mendstream.errors.EventStreamLimitError):  # max_frame_bytes=4096 is kept
+        parser.fresh().feed(chunk_frame(b'{"type":"ping","pad":"' + b"x" * 4096 + b'"}'))
+    ok = bedrock_parser(max_message_bytes=len(body))
     assert run(ok, [body])["message"] == BASIC_MESSAGE
 
 
@@ -574,7 +585,7 @@ def test_errors_and_repairs_name_frame_offsets_and_event_ordinals() -> None:
     name = "fault_control_chars_in_event_json"
     body = sse_to_event_stream(fixture_bytes(name))
     frames = EventStreamDecoder().feed(body)
-    parser = BedrockParser()
+    parser = bedrock_parser()
     run(parser, [body])
     by_offset = {f.offset: i for i, f in enumerate(frames)}
     assert parser.repairs
@@ -623,7 +634,7 @@ async def test_async_bedrock_stream_carries_the_amazon_request_id(cloud: CloudSe
     assert info.value.request_id == "req-bedrock-1"
 
 
-# -- the hot path (whole chunk frames walked by BedrockParser itself, once the decoder has read the first) ----
+# -- the hot path (whole chunk frames walked by the framing itself, once the decoder has read the first) ------
 
 
 def frame_chunks(body: bytes, per_chunk: int = 1) -> list[bytes]:
@@ -642,7 +653,7 @@ def frame_chunks(body: bytes, per_chunk: int = 1) -> list[bytes]:
 def test_converted_fixture_frame_by_frame_matches_sse(name: str) -> None:
     body = sse_to_event_stream(fixture_bytes(name))
     for per_chunk in (1, 3):
-        assert run(BedrockParser(), frame_chunks(body, per_chunk)) == sse_outcome(name), per_chunk
+        assert run(bedrock_parser(), frame_chunks(body, per_chunk)) == sse_outcome(name), per_chunk
 
 
 def test_corpus_streams_frame_by_frame_match_sse() -> None:
@@ -652,11 +663,11 @@ def test_corpus_streams_frame_by_frame_match_sse() -> None:
     assert bodies
     for path in bodies:
         sse = path.read_bytes()
-        assert run(BedrockParser(), frame_chunks(sse_to_event_stream(sse))) == run(MessageParser(), [sse]), path.name
+        assert run(bedrock_parser(), frame_chunks(sse_to_event_stream(sse))) == run(MessageParser(), [sse]), path.name
 
 
 def outcome_with_offsets(chunks: list[bytes]) -> tuple[Any, ...]:
-    parser = BedrockParser()
+    parser = bedrock_parser()
     result = run(parser, chunks)
     error = parser.error
     repairs = [(r.kind, r.offset, r.event_index) for r in parser.repairs]
@@ -710,11 +721,11 @@ def test_hot_path_hashes_each_frame_once(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(eventstream, "_crc32", counting_crc32)
     monkeypatch.setattr(bedrock_module, "_crc32", counting_crc32)
     with pytest.raises(APIStreamError):
-        run_strict(BedrockParser(), chunks)
+        run_strict(bedrock_parser(), chunks)
     assert len(body) - 8 * frames < hashed[0] <= len(body) + 8 * frames
 
 
-def run_strict(parser: BedrockParser, chunks: list[bytes]) -> None:
+def run_strict(parser: MessageParser, chunks: list[bytes]) -> None:
     for chunk in chunks:
         parser.feed(chunk)
     parser.end()

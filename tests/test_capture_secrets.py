@@ -380,9 +380,9 @@ def capture_chunks(body: bytes, tmp: Path, name: str, sizes: list[int]) -> bytes
 
 def decoded_streams(body: bytes) -> tuple[dict[str, str], dict[str, Any] | None, BaseException | None]:
     """The joined deltas of every block (text, thinking, partial_json) and the final message of ``body``."""
-    from mendstream.core.bedrock import BedrockParser
+    from mendstream.core.parser import MessageParser
 
-    parser = BedrockParser(framing="auto")
+    parser = MessageParser(framing="auto")
     joined: dict[str, str] = {}
     error = None
     try:

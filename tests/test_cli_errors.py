@@ -89,7 +89,9 @@ def test_replay_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "is a directory" in one_line_error(capsys, ["replay", str(tmp_path)])
     for content, hint in ((b"", "it is empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20, "binary"),
                           (b'{"type": "message", "content": []}', "looks like JSON"),
-                          (b"  [1, 2, 3]\n", "looks like JSON"), (b"hello there\n", "no 'data:' line")):
+                          (b"  [1, 2, 3]\n", "looks like JSON"), (b"hello there\n", "no 'data:' line"),
+                          # "data:" that no decoder reads as a data line
+                          (b'{"note": "data: x"}\n', "looks like JSON"), (b": data: x\nid: 1\n\n", "no 'data:' line")):
         path = tmp_path / "x.sse"
         path.write_bytes(content)
         line = one_line_error(capsys, ["replay", str(path)])

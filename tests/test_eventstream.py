@@ -297,18 +297,19 @@ def test_bedrock_parser_reads_chunk_frames_with_large_header_blocks() -> None:
     import json
 
     from conftest import BASIC_SSE
-    from mendstream.core.bedrock import BedrockParser, chunk_frame
+    from mendstream.core.bedrock import chunk_frame
+    from mendstream.core.parser import MessageParser
 
     events = [block.split(b"data: ", 1)[1] for block in BASIC_SSE.split(b"\n\n") if b"data: " in block]
     body = b"".join(
         big_header_frame(i, json.dumps({"bytes": base64.b64encode(e).decode()}).encode())
         for i, e in enumerate(events)
     )
-    reference = BedrockParser()
+    reference = MessageParser(framing="event-stream")
     reference.feed(b"".join(chunk_frame(e) for e in events))
     reference.end()
     for chunks in ([body], split_at(body, list(range(0, len(body), 100_003)))):
-        parser = BedrockParser()
+        parser = MessageParser(framing="event-stream")
         for chunk in chunks:
             parser.feed(chunk)
         parser.feed(encode_message(b"{}", {}))  # no headers: skipped, never read as a chunk

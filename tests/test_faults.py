@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mendstream.core.parser import MessageParser
+from mendstream.core.sse import SSEDecoder
 from mendstream.errors import APIStreamError, IncompleteStreamError, UsageError
 from mendstream.testing.faults import (
     Cut,
@@ -49,12 +50,45 @@ def parse(body: bytes) -> tuple[list[Any], BaseException | None, MessageParser]:
     return events, None, parser
 
 
-@given(st.binary(max_size=300))
-def test_split_events_keeps_every_byte(body: bytes) -> None:
+def assert_split_as_the_decoder_reads(body: bytes) -> None:
+    """split_events(body) gives back every byte, one piece per event the decoder dispatches (in order, each
+    piece alone decoding to that event) and what follows the last event as a last piece."""
     pieces = split_events(body)
     assert b"".join(pieces) == body
-    for piece in pieces[:-1]:
-        assert piece.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+    decoder = SSEDecoder()
+    events = decoder.feed(body)
+    decoder.end()
+    assert len(pieces) == len(events) + (decoder.boundary < len(body))
+    for piece, event in zip(pieces, events, strict=False):
+        alone = SSEDecoder().feed(piece)
+        assert [(e.event, e.raw_data, e.stray_lines) for e in alone] == [(event.event, event.raw_data, event.stray_lines)]
+    if decoder.boundary < len(body):
+        assert SSEDecoder().feed(pieces[-1]) == []
+
+
+@given(st.binary(max_size=300))
+def test_split_events_keeps_every_byte(body: bytes) -> None:
+    assert_split_as_the_decoder_reads(body)
+
+
+_LINE = st.sampled_from([b"event: content_block_delta", b'data: {"a": 1}', b"data: x", b"data:", b": ping", b"id: 3",
+                         b"retry: 10", b"junk", b""])
+_TERMINATOR = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@given(st.lists(st.tuples(_LINE, _TERMINATOR), max_size=30), st.booleans(), st.binary(max_size=8))
+def test_split_events_agrees_with_the_decoder_on_every_line_ending_mix(
+    lines: list[tuple[bytes, bytes]], bom: bool, tail: bytes
+) -> None:
+    # every line ends with any of LF, CRLF, CR, blank lines included: `data: x` CRLF then a blank line ended by
+    # LF is one event's end for the decoder (the old regex split missed it)
+    body = (b"\xef\xbb\xbf" if bom else b"") + b"".join(line + end for line, end in lines) + tail
+    assert_split_as_the_decoder_reads(body)
+
+
+def test_split_events_on_a_mixed_blank_line() -> None:
+    body = b"data: 1\r\n\ndata: 2\n\r\ndata: 3\r\r\n: trailing"
+    assert split_events(body) == [b"data: 1\r\n\n", b"data: 2\n\r\n", b"data: 3\r\r\n", b": trailing"]
 
 
 def test_error_event_after_n_events_and_after_n_bytes() -> None:

@@ -49,8 +49,8 @@ def event_view(event: Any) -> Any:
     return (event.type, strip_content(data))
 
 
-def outcome(chunks: list[bytes], *, keep: bool, parser_class: Any = MessageParser) -> dict[str, Any]:
-    parser = parser_class(keep_content=keep)
+def outcome(chunks: list[bytes], *, keep: bool, framing: Any = "sse") -> dict[str, Any]:
+    parser = MessageParser(keep_content=keep, framing=framing)
     events, error = feed_all(parser, chunks)
     return {
         "events": [event_view(e) for e in events if e.type not in DERIVED],
@@ -78,12 +78,12 @@ def test_fixtures_whole_and_byte_by_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_bedrock_frames_without_content_agree(path: Path) -> None:
-    from mendstream.core.bedrock import BedrockParser, sse_to_event_stream
+    from mendstream.core.bedrock import sse_to_event_stream
 
     body = sse_to_event_stream(path.read_bytes())
-    full = outcome([body], keep=True, parser_class=BedrockParser)
-    assert outcome([body], keep=False, parser_class=BedrockParser) == full
-    assert outcome([body[i : i + 7] for i in range(0, len(body), 7)], keep=False, parser_class=BedrockParser) == full
+    full = outcome([body], keep=True, framing="event-stream")
+    assert outcome([body], keep=False, framing="event-stream") == full
+    assert outcome([body[i : i + 7] for i in range(0, len(body), 7)], keep=False, framing="event-stream") == full
 
 
 @pytest.mark.skipif(not CORPUS_FILES, reason="../shared/corpus is absent")
@@ -182,6 +182,25 @@ def test_tool_input_check_agrees_with_the_full_parser(text: str, points: list[in
 @example('[null, "\\u\x01', [], "tool_use")
 @example('"[null, null\\u12]', [], "tool_use")
 @example('["ab\\u12]', [], "max_tokens")
+# ... and only then: with 4 characters after it, even after the parser failed (here at the `d` after the
+# string the `"` closed), jiter refuses the text, so the block's stop is already an error (found by this test).
+@example(
+    '{"000\\u000b\\u0007\\ud800\\udc00": {"0\\u001f\\u001f\\u001f\\u001f\\u001f": "000\\u001f", '
+    '"0\\u001f\\u001f\\u001f\\ud800\\udc00\\ud800\\udc00": "0\\u001f\\u"d8000000\\u001f"}}',
+    [5949],
+    "tool_use",
+)
+@example('["\\u"d800"]', [5], "tool_use")
+# jiter's partial mode reads `}` after a value in an array as the array's end and goes on: here it then fails
+# (at the `null` where a key must come), so the block's stop is an error on both sides (found by this test).
+@example(
+    '{"k":{"\\u001f": {"": "\\u001f\\u001f\\u001f\\u0007\\u0007\\u0007\\ud800\\udc00\\ud800\\udc00"}, "\\u0007": '
+    '[null, "\\u001f\\u001f\\u001f\\u001f\\u001f\\u001f\\u001f\\u0007\\ud800\\udc00\\ud800\\udc00", [1.03125], '
+    '{"\\u0007\\ud800\\udc00\\ud800\\udc00": null}], "0000\\u0007\\u0007": [{"\\u001f": null, "\\u000b": null}}, null]}}',
+    [],
+    "tool_use",
+)
+@example('{"k": {"a": [1}, null]}}', [], "tool_use")
 def test_tool_streams_agree(text: str, points: list[int], stop_reason: str) -> None:
     data = tool_stream(fragments_of(text, points), stop_reason)
     assert_lean_agrees([data])

@@ -12,7 +12,7 @@ from typing import Any
 
 import jiter
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mendstream.core.partial_json import MAX_NESTING_DEPTH, MISSING, PartialJSONError, ToolInputParser
@@ -621,3 +621,49 @@ def test_work_grows_linearly_on_hostile_tool_input(shape: str, fragment: int) ->
     large = count_work(lambda: run(_hostile_tool_input(shape, 8_000)))
     assert large.operations <= 12 * max(small.operations, 50), (small, large)
     assert large.seconds <= 30 * small.seconds + 0.05, (small, large)  # loose, secondary
+
+
+# ---------------------------------------------------------------------------------------------------
+# jiter_refuses: whether jiter's partial parse of a text this parser failed on raises (what the lean check of
+# MessageParser(keep_content=False) decides without keeping the text), against jiter itself
+
+
+def jiter_raises(text: str, mode: str) -> bool:
+    try:
+        jiter.from_json(text.encode("utf-8", "surrogatepass"), partial_mode=True if mode == "on" else "trailing-strings")
+    except ValueError:
+        return True
+    return False
+
+
+def refuses(fragments: list[str], mode: str) -> bool:
+    parser = ToolInputParser(partial_mode=mode, keep_values=False)  # type: ignore[arg-type]
+    for fragment in fragments:
+        parser.feed(fragment)
+    with contextlib.suppress(PartialJSONError):
+        parser.finish()  # as the accumulator asks, after finish() failed
+    return parser.jiter_refuses()
+
+
+ASCII_MUTATED = st.builds(
+    _mutate,
+    DOC.filter(str.isascii),
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 2), st.sampled_from([*'{}[]",: 0-.eatnx1', "\\u", "\x01"])),
+        min_size=1,
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(ASCII_MUTATED, JSONISH), cuts=CUTS, mode=st.sampled_from(MODES))
+@example(text='{"k": {"a": [1}, 2}}', cuts=[], mode="on")  # jiter reads `}` as the array's end, then fails at `2`
+@example(text='{"k": {"a": [1}, "b": 2}}', cuts=[9], mode="on")  # ... and here reads on to the end
+@example(text='[[1e1e}, 2', cuts=[], mode="on")  # a number then garbage: the number, then `e` ends the array
+@example(text='["\\u"d800"]', cuts=[5], mode="on")  # 4 characters after an invalid \u: refused, however split
+@example(text='{"a": [{"b": 1], "c": "\x01"}', cuts=[], mode="on")  # a control character read on past a fault
+def test_jiter_refuses_as_jiter_does(text: str, cuts: list[int], mode: str) -> None:
+    expected = jiter_raises(text, mode)
+    for fragments in ([text], list(text), split_at(text, cuts)):
+        assert refuses(fragments, mode) == expected, fragments

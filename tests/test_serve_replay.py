@@ -108,7 +108,23 @@ def test_the_check_is_one_for_bytes_and_files(content: bytes) -> None:
             assert reason is not None and str(exc) == f"{path} is not an SSE stream: {reason}"
         else:
             assert reason is None
-    assert (reason is None) == (b"data:" in content or _event_stream(content))
+    assert (reason is None) == (_decodes_an_event(content) or _event_stream(content))
+
+
+def _decodes_an_event(content: bytes) -> bool:
+    """Whether the core's SSE decoder dispatches an event from ``content`` (a last one without its blank line
+    included): what makes a body a stream."""
+    from mendstream.core.sse import SSEDecoder
+    from mendstream.errors import BufferLimitError
+
+    decoder = SSEDecoder()
+    try:
+        if decoder.feed(content):
+            return True
+        decoder.end()
+    except BufferLimitError:
+        return True
+    return decoder.unfinished_event is not None
 
 
 def _event_stream(content: bytes) -> bool:
@@ -120,8 +136,8 @@ def _event_stream(content: bytes) -> bool:
 def test_data_split_across_the_read_size_is_found(tmp_path: Path) -> None:
     from mendstream.recording import fixtures
 
-    for cut in range(1, 5):  # "data:" straddling the 1 MiB boundary at every position
-        content = b"x" * (fixtures._READ_SIZE - cut) + b"data: {}\n\n"
+    for cut in range(1, 5):  # a "data:" line straddling the 1 MiB boundary at every position
+        content = b": " + b"x" * (fixtures._READ_SIZE - cut - 3) + b"\n" + b"data: {}\n\n"
         path = tmp_path / f"{cut}.sse"
         path.write_bytes(content)
         assert not_sse_reason(path) is None

@@ -27,6 +27,30 @@ def simple(events: list[ServerSentEvent]) -> list[tuple[str | None, str, str | N
     return [(e.event, e.data, e.id) for e in events]
 
 
+def assert_same_events(split: list[ServerSentEvent], whole: list[ServerSentEvent], data: bytes) -> None:
+    """The events of a split decode are those of the whole decode, spans included, but for the one case the
+    module's notes name: a blank line's CRLF cut between its CR and LF dispatches at the CR, so that LF opens
+    the next span instead of closing this one."""
+    assert [e[:7] for e in split] == [e[:7] for e in whole]
+    for one, other in zip(split, whole, strict=True):
+        for mine, theirs in ((one.start, other.start), (one.end, other.end)):
+            assert mine == theirs or (mine == theirs - 1 and data[mine - 1 : mine + 1] == b"\r\n"), (one, other)
+
+
+def assert_spans_tile(events: list[ServerSentEvent], decoder: SSEDecoder, data: bytes) -> None:
+    """The spans follow each other from byte 0, each holds its event, and together with what follows the
+    last one (``boundary``, where an unfinished event's span starts) they give the input back."""
+    position = 0
+    for event in events:
+        assert event.start == position and event.start <= event.offset < event.end
+        position = event.end
+    assert decoder.boundary == position
+    assert b"".join(data[e.start : e.end] for e in events) + data[decoder.boundary :] == data
+    tail = decoder.unfinished_event
+    if tail is not None:
+        assert (tail.start, tail.end) == (decoder.boundary, len(data)) and tail.ordinal == len(events)
+
+
 def reference(text: str) -> list[tuple[str | None, str, str | None]]:
     """httpx-sse's reading of the same text (it does not strip a BOM; callers strip it first)."""
     line_decoder, decoder = RefLineDecoder(), RefDecoder()
@@ -101,9 +125,39 @@ def test_field_rules() -> None:
 
 
 def test_unfinished_event_is_not_dispatched_but_kept() -> None:
-    events, decoder = decode([b"data: a\n\nevent: message_stop\ndata: {\"type\":"])
+    data = b"data: a\n\nevent: message_stop\ndata: {\"type\":"
+    events, decoder = decode([data])
     assert simple(events) == [(None, "a", None)]
     assert decoder.unfinished == b'event: message_stop\ndata: {"type":'
+    tail = decoder.unfinished_event
+    assert tail is not None and (tail.event, tail.raw_data) == ("message_stop", b'{"type":')
+    assert (tail.offset, tail.ordinal, tail.start, tail.end) == (data.index(b"event:"), 1, 9, len(data))
+    # the last line's own field counts, whichever it is; without a data line there is no event
+    assert decode([b"data: x\nevent: late"])[1].unfinished_event == ServerSentEvent(
+        "late", b"x", offset=0, ordinal=0, start=0, end=19
+    )
+    for data in (b"event: x\n", b": comment", b"data: a\n\nid: 3"):
+        assert decode([data])[1].unfinished_event is None, data
+    split = decode([b'data: {"a": "x\ny"}'])[1].unfinished_event
+    assert split is not None and split.stray_lines == ((True, b'{"a": "x'), (False, b'y"}'))
+
+
+def test_spans() -> None:
+    data = b"\xef\xbb\xbf: hi\n\nevent: a\r\ndata: 1\r\n\r\n\n\ndata: 2\n\nid: 4\n\ndata: 3"
+    events, decoder = decode([data])
+    assert [data[e.start : e.end] for e in events] == [
+        b"\xef\xbb\xbf: hi\n\nevent: a\r\ndata: 1\r\n\r\n", b"\n\ndata: 2\n\n"
+    ]
+    assert [e.offset for e in events] == [data.index(b"event: a"), data.index(b"data: 2")]
+    assert data[decoder.boundary :] == b"id: 4\n\ndata: 3"
+    assert_spans_tile(events, decoder, data)
+    # a CRLF blank line cut between CR and LF: dispatched at the CR, the LF opens the next span
+    crlf = b"data: 1\r\n\r\ndata: 2\r\n\r\n"
+    cut = crlf.index(b"\r\ndata: 2") + 1
+    split, split_decoder = decode([crlf[:cut], crlf[cut:]])
+    assert [(e.start, e.end) for e in split] == [(0, cut), (cut, len(crlf))]
+    assert [(e.start, e.end) for e in decode([crlf])[0]] == [(0, cut + 1), (cut + 1, len(crlf))]
+    assert_spans_tile(split, split_decoder, crlf)
 
 
 def test_bound_on_unfinished_event() -> None:
@@ -167,8 +221,10 @@ def test_matches_httpx_sse_however_split(blocks: list, terminators: list[str], p
     whole = decode([data])[0]
     # httpx-sse names unnamed events "message", as the WHATWG dispatch step does.
     assert [(name or "message", d, i or None) for name, d, i in simple(whole)] == reference(text)
-    assert decode(split_at(data, points))[0] == whole
-    assert decode([bytes([b]) for b in data])[0] == whole
+    for chunks in (split_at(data, points), [bytes([b]) for b in data]):
+        split, decoder = decode(chunks)
+        assert_same_events(split, whole, data)
+        assert_spans_tile(split, decoder, data)
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,11 +232,18 @@ def test_matches_httpx_sse_however_split(blocks: list, terminators: list[str], p
 def test_arbitrary_bytes_split_invariance(data: bytes, points: list[int]) -> None:
     whole, decoder = decode([data])
     split, split_decoder = decode(split_at(data, points))
-    assert split == whole
+    assert_same_events(split, whole, data)
     assert split_decoder.unfinished == decoder.unfinished
+    assert split_decoder.unfinished_event == decoder.unfinished_event
+    assert_spans_tile(whole, decoder, data)
+    assert_spans_tile(split, split_decoder, data)
+    # each span, decoded alone, is its event (the first keeps the stream's BOM)
+    for event in whole:
+        alone, _ = decode([data[event.start : event.end]])
+        assert [(e.event, e.raw_data, e.stray_lines) for e in alone] == [(event.event, event.raw_data, event.stray_lines)]
 
 
-# -- the fast entry -----------------------------------------------------------------------------------------
+# -- the framing entry: payloads() ---------------------------------------------------------------------------
 
 
 @settings(max_examples=200, deadline=None)
@@ -189,22 +252,31 @@ def test_arbitrary_bytes_split_invariance(data: bytes, points: list[int]) -> Non
     values=st.lists(_value, min_size=6, max_size=6),
     odd=st.sampled_from([b"", b"id: 7\n", b": comment\n", b"data: second line\n"]),
 )
-def test_whole_events_is_feed_or_none(names: list[str | None], values: list[str], odd: bytes) -> None:
+def test_payloads_are_feeds_events(names: list[str | None], values: list[str], odd: bytes) -> None:
     chunk = b"".join(
         (f"event: {name}\n".encode() if name is not None else b"") + b"data: " + value.encode() + b"\n\n"
         for name, value in zip(names, values, strict=False)
     )
     chunk = chunk + (odd + b"data: z\n\n" if odd else b"")
     fast, slow = SSEDecoder(), SSEDecoder()
-    for decoder in (fast, slow):
-        decoder.feed(b"data: first\n\n")
-    before = (fast.position, fast.dispatched)
-    whole = fast.whole_events(chunk)
+    fast.payloads(b"data: first\n\n")
+    slow.feed(b"data: first\n\n")
     reference = slow.feed(chunk)
-    if whole is None:  # not the ordinary form (an odd block, or nothing): nothing consumed, feed() decodes it
-        assert odd or not chunk
-        assert (fast.position, fast.dispatched) == before
-        assert fast.feed(chunk) == reference
-    else:
-        assert whole == [(e.event, e.raw_data, e.offset, e.ordinal) for e in reference]
-        assert (fast.position, fast.dispatched) == (slow.position, slow.dispatched)
+    assert fast.payloads(chunk) == [(e.event, e.raw_data, e.offset, e.ordinal) for e in reference]
+    assert (fast.position, fast.dispatched, fast.boundary) == (slow.position, slow.dispatched, slow.boundary)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), points=st.lists(st.integers(min_value=0), max_size=10))
+def test_payloads_however_split(data: bytes, points: list[int]) -> None:
+    events, decoder = decode([data])
+    framing = SSEDecoder()
+    payloads = [p for chunk in split_at(data, points) for p in framing.payloads(chunk)]
+    assert payloads == [(e.event, e.raw_data, e.offset, e.ordinal) for e in events]
+    assert [getattr(p[1], "stray_lines", None) for p in payloads] == [e.stray_lines for e in events]
+    unfinished = framing.finish()
+    assert (unfinished is None) == (decoder.unfinished_event is None)
+    if unfinished is not None and decoder.unfinished_event is not None:
+        tail = decoder.unfinished_event
+        assert unfinished.payload == (tail.event, tail.raw_data, tail.offset, tail.ordinal)
+        assert unfinished.raw == decoder.unfinished

@@ -74,7 +74,6 @@ _LAZY = {
 # never listed.
 _MOVED = {
     "Attempt": "mendstream.streaming.retry",
-    "BedrockParser": "mendstream.core.bedrock",
     "BufferLimitError": "mendstream.errors",
     "CachePayloadError": "mendstream.errors",
     "CacheStats": "mendstream.cache",

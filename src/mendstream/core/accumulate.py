@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -275,25 +274,9 @@ class _ToolCheck:
         return self._start
 
     def partial(self) -> Any:
-        # As _ToolInput.partial decides with jiter's partial parse of the raw text, from the parser's state:
-        # jiter rejects a prefix with a character a strict parser refuses (unless a cut \u escape ended its
-        # reading first), a fault other than a value not followed by ',' or a closing bracket (jiter stops
-        # there, as at the end of the text; it also ignores anything after the first top-level value), and a
-        # top-level scalar it cannot show.
-        parser = self._parser
-        verdict = parser.strict_verdict()
-        if verdict == "reject":
-            raise ValueError("a character jiter refuses")
-        if verdict == "cut":
-            return self._start
-        if not parser.value_count:
-            failed = parser.failed
-            if failed is not None and failed.reason not in _AFTER_VALUE_FAULTS and not (
-                failed.reason == "invalid number" and _number_then_garbage(parser.failed_number)
-            ):
-                raise ValueError(failed.reason)
-            if failed is None and parser.snapshot() is MISSING:
-                raise ValueError("no partial value")
+        # As _ToolInput.partial decides with jiter's partial parse of the raw text, from the parser's state.
+        if self._parser.jiter_refuses():
+            raise ValueError("jiter's partial parse refuses the text")
         return self._start
 
     def finish(self) -> tuple[Any, list[tuple[str, str]]]:
@@ -316,27 +299,6 @@ class _ToolCheck:
 def _replaces_start(start: Any) -> bool:
     """Whether deltas replacing ``start`` (a tool block's start input) discard something: a non-empty value."""
     return start is not MISSING and start not in ({}, None)
-
-
-_AFTER_VALUE_FAULTS = ("expected ',' or '}'", "expected ',' or ']'")
-_NUMBER_PREFIX = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-
-
-def _number_then_garbage(token: str) -> bool:
-    """Whether jiter reads an invalid number token as a whole number followed by something else (which its
-    partial mode stops at, as at the end of the text) rather than as an invalid number: ``1e1e``, ``1-2``
-    and ``1.5.5`` are the first kind; ``01``, ``1.x``, ``1ex`` and ``-x`` the second."""
-    match = _NUMBER_PREFIX.match(token)
-    if match is None:
-        return False
-    rest = token[match.end() :]
-    if not rest or rest[0].isdigit():  # (a digit can only follow a leading 0)
-        return False
-    if rest[0] == ".":
-        return match.group(1) is not None or match.group(2) is not None
-    if rest[0] in "eE":
-        return match.group(2) is not None
-    return True
 
 
 def _parser_repairs(parser: ToolInputParser) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 # The AWS event-stream codec (`application/vnd.amazon.eventstream`, what Bedrock's
 # InvokeModelWithResponseStream answers), sans-IO: bytes split anywhere in, whole frames out, and the encoder
 # that tests and the replay server use to build frames. It knows nothing about Bedrock or the Messages API
-# (mendstream.core.bedrock reads the frames) and imports neither botocore nor the SDK.
+# (mendstream.core.bedrock's EventStreamFraming reads the frames) and imports neither botocore nor the SDK.
 #
 # Theory of operation. A frame is
 #
@@ -32,6 +32,7 @@ __all__ = [
     "EventStreamMessage",
     "HeaderType",
     "HeaderValue",
+    "check_max_frame_bytes",
     "encode_message",
     "looks_like_event_stream",
 ]
@@ -104,6 +105,12 @@ class EventStreamMessage(NamedTuple):
         return value if type(value) is str else None
 
 
+def check_max_frame_bytes(value: object, /) -> None:
+    """Raise UsageError unless ``value`` is a usable ``max_frame_bytes`` (an int of at least 16)."""
+    if type(value) is not int or value < _MIN_FRAME:
+        raise UsageError(f"max_frame_bytes must be an int >= {_MIN_FRAME}, got {value!r}")
+
+
 def looks_like_event_stream(head: bytes, /) -> bool:
     """True when ``head`` (at least the first 12 bytes of a body) starts with a valid event-stream prelude.
 
@@ -123,7 +130,7 @@ class EventStreamDecoder:
         max_frame_bytes: the longest frame accepted (default: AWS's own maximum, 16 MiB of payload plus
             128 KiB of headers). A longer frame is refused from its prelude, before it is buffered.
         share_headers: give every message the decoded headers dict of its header block itself rather than a
-            copy (saves a copy per frame), for a reader that never changes them (mendstream.core.bedrock).
+            copy (saves a copy per frame), for a reader that never changes them (mendstream.core.bedrock's framing).
 
     ``feed(data)`` returns the frames that ``data`` completes, in order; ``end()`` must be called at end of
     input. Both raise :class:`~mendstream.errors.EventStreamError` (``EventStreamLimitError`` for an
@@ -134,8 +141,7 @@ class EventStreamDecoder:
     """
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, share_headers: bool = False) -> None:
-        if type(max_frame_bytes) is not int or max_frame_bytes < _MIN_FRAME:
-            raise UsageError(f"max_frame_bytes must be an int >= {_MIN_FRAME}, got {max_frame_bytes!r}")
+        check_max_frame_bytes(max_frame_bytes)
         self._limit = max_frame_bytes
         self._buffer = bytearray()  # the start of a frame cut by a chunk boundary (never more than one frame)
         self._offset = 0  # stream offset of the first byte not yet consumed (the buffer's first byte)
@@ -157,7 +163,7 @@ class EventStreamDecoder:
         """Bytes held for an unfinished frame."""
         return len(self._buffer)
 
-    # -- for a reader that walks the usual frames itself (mendstream.core.bedrock's hot path) ------------------
+    # -- for a reader that walks the usual frames itself (mendstream.core.bedrock's framing) ------------------
 
     @property
     def idle(self) -> bool:

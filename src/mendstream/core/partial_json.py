@@ -29,6 +29,19 @@
 # from compatible servers); completed values collect in `values` and the snapshot keeps showing the first,
 # as jiter does. Anything that cannot continue as JSON sets `failed` for good; later fragments are ignored.
 #
+# jiter's verdict on a broken text
+# --------------------------------
+# A parse that keeps no text (MessageParser(keep_content=False)) must still decide, as the full parse does by
+# running jiter's partial mode over the raw text, whether a tool input that failed is merely cut (jiter gives
+# a partial value) or broken (jiter raises). `strict_verdict()` covers what jiter's string scanner refuses
+# (control characters, invalid escapes, lone surrogates; an invalid \u escape with fewer than 4 characters
+# after it in the whole text reads as its end). `jiter_refuses()` adds the structure: jiter's partial mode
+# reads past two faults inside the first value (a character after a value that is neither ',' nor the
+# container's closer ends that container and is read again by the one around it; a number followed by
+# garbage is that number), so at such a fault the parser hands the rest of the text to a second parser that
+# reads on as jiter does. Readers whose verdict is settled are dropped as they go, so the chain stays one
+# reader long and memory stays bounded by the nesting depth.
+#
 # Nesting limit
 # -------------
 # JSON nested deeper than MAX_NESTING_DEPTH open containers is refused as an input error, on every path:
@@ -161,6 +174,11 @@ _WHOLE_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?
 
 _PARTIAL_MODES: Final = ("on", "trailing-strings")
 
+# Faults jiter's partial mode reads past (see ToolInputParser.jiter_refuses): a character after a value that is
+# neither ',' nor the container's closer, and a number token that is a number followed by something else.
+_AFTER_VALUE_FAULTS: Final = ("expected ',' or '}'", "expected ',' or ']'")
+_NUMBER_PREFIX: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
 MAX_NESTING_DEPTH: Final = 201
 """Most containers that may be open at once in tool input or event JSON; see "Nesting limit" above."""
 
@@ -263,6 +281,21 @@ def _number_value(text: str) -> Any:
         return MISSING
 
 
+def _number_then_garbage(token: str, prefix: re.Match[str]) -> bool:
+    """Whether jiter reads an invalid number token as the whole number ``prefix`` (its match of
+    _NUMBER_PREFIX) followed by something else (which ends the number, as any character after a value does)
+    rather than as an invalid number: ``1e1e``, ``1-2`` and ``1.5.5`` are the first kind; ``01``, ``1.x``,
+    ``1ex`` and ``-x`` the second."""
+    rest = token[prefix.end() :]
+    if not rest or rest[0].isdigit():  # (a digit can only follow a leading 0)
+        return False
+    if rest[0] == ".":
+        return prefix.group(1) is not None or prefix.group(2) is not None
+    if rest[0] in "eE":
+        return prefix.group(2) is not None
+    return True
+
+
 class ToolInputParser:
     """Incremental, resumable parser for the JSON text of a tool call's input.
 
@@ -324,7 +357,10 @@ class ToolInputParser:
         self._u_escape_at: int | None = None
         self._u_escape_top = False  # that escape is in a top-level string
         self._failed: PartialJSONError | None = None
-        self._offset = 0  # characters fed before the current fragment
+        # Past a fault that jiter's partial mode reads past, the parser that reads on as jiter does (see
+        # jiter_refuses); it gets every later fragment.
+        self._jiter: ToolInputParser | None = None
+        self._offset = 0  # characters fed before the current fragment (all of them, once failed)
         self._token_start = 0  # position of the current token's first character
         # string token
         self._str_parts: list[str] = []
@@ -363,13 +399,21 @@ class ToolInputParser:
         A fragment that makes the text impossible to complete as JSON sets `failed`; it and every later
         fragment are ignored, and `snapshot()` keeps the state reached just before the fault.
         """
-        if self._failed is not None or not fragment:
+        if self._failed is not None:
+            # Ignored, but counted: strict_verdict() answers for the whole text, as jiter reads it (an invalid
+            # \u escape is the end of the text only when fewer than 4 characters follow it in all the text).
+            self._offset += len(fragment)
+            if self._jiter is not None:
+                self._feed_jiter(fragment)
+            return
+        if not fragment:
             return
         self._snapshot_valid = False
         try:
             self._consume(fragment)
         except PartialJSONError as exc:
             self._failed = exc
+            self._jiter = self._read_on(exc, fragment)
         self._offset += len(fragment)
 
     def snapshot(self) -> Any:
@@ -407,6 +451,7 @@ class ToolInputParser:
                 self._end_number("")
             except PartialJSONError as exc:
                 self._failed = exc
+                self._jiter = self._read_on(exc, "")
                 raise
             self._snapshot_valid = False
         end = self._offset
@@ -692,6 +737,86 @@ class ToolInputParser:
     def _strict(self, position: int) -> None:
         if not self.value_count and self._strict_at is None:
             self._strict_at = position
+
+    def jiter_refuses(self) -> bool:
+        """Whether ``jiter.from_json(text_so_far, partial_mode=...)`` raises, rather than giving a (partial)
+        value: what the SDK's partial parse makes of a text that failed here (an approximation where
+        strict_verdict() is one).
+
+        jiter refuses a character a strict parser refuses before a cut ``\\u`` escape (strict_verdict), a
+        top-level value it cannot show yet (a partial literal or number, a string in mode ``"on"``) and most
+        faults, but reads past two kinds of fault inside the first value: a character after a value that is
+        neither ',' nor the container's own closer ends that container and is read again by the one around it
+        (so ``[1}`` is ``[1]``, and ``{"a": [1}, 2}`` fails only at the ``2``), and a number followed by
+        something else (``1e1e``) is that number followed by that something. Past such a fault this parser has
+        a second one read on as jiter does (see _read_on), so the verdict holds however the text was split.
+        It ignores everything after the first top-level value.
+        """
+        parser = self
+        while True:
+            verdict = parser.strict_verdict()
+            if verdict != "ok":
+                return verdict == "reject"  # "cut": jiter reads the text as ending there
+            if parser.value_count:
+                return False
+            if parser._failed is None:
+                return parser is self and self.snapshot() is MISSING  # (a reader reading on is in a container)
+            if parser._jiter is None:
+                return True
+            parser = parser._jiter
+
+    def _read_on(self, fault: PartialJSONError, fragment: str) -> ToolInputParser | None:
+        """The parser that reads on past ``fault`` (met in ``fragment``, whose first character is at
+        ``self._offset``) as jiter's partial mode does, or None when jiter stops or raises there."""
+        if self.value_count or self.strict_verdict() != "ok":
+            return None  # jiter returned the first value, or stopped or raised before this fault
+        if fault.reason in _AFTER_VALUE_FAULTS:
+            # The character ended the innermost container; the one around it reads it again.
+            stack = self._stack[:-1]
+            start = fault.position
+            rest = fragment[start - self._offset :]
+        elif fault.reason == "invalid number":
+            token = self.failed_number
+            match = _NUMBER_PREFIX.match(token)
+            if match is None or not _number_then_garbage(token, match):
+                return None
+            # The number's prefix is a value of the innermost container (or the top-level value); what
+            # follows it is read as the next character after a value.
+            stack = self._stack
+            start = fault.position + match.end()
+            rest = token[match.end() :] + fragment[fault.position + len(token) - self._offset :]
+        else:
+            return None
+        reader = ToolInputParser(
+            partial_mode="trailing-strings" if self._trailing_strings else "on", max_depth=self._max_depth,
+            keep_values=False,
+        )
+        reader._offset = start
+        if not stack:
+            reader.value_count = 1  # the first top-level value ended here: jiter reads nothing more
+            return reader
+        reader._stack = [_Frame({} if frame.is_object else [], frame.is_object) for frame in stack]
+        reader._state = _AFTER_VALUE
+        reader.feed(rest)
+        reader._drop_read_ons()
+        return reader
+
+    def _feed_jiter(self, fragment: str) -> None:
+        jiter = self._jiter
+        assert jiter is not None
+        jiter.feed(fragment)
+        jiter._drop_read_ons()
+
+    def _drop_read_ons(self) -> None:
+        # Past its own fault, a reader's verdict is either decided (a strict character: jiter raises; a cut
+        # \u escape: jiter stops there, or raises once 4 characters follow it) or that of the reader past
+        # it: the chain is kept one reader long, so that its memory is bounded by the nesting depth.
+        jiter = self._jiter
+        if jiter is not None and jiter._jiter is not None:
+            if jiter.strict_verdict() == "ok" and not jiter.value_count:
+                self._jiter = jiter._jiter
+            else:
+                jiter._jiter = None
 
     def strict_verdict(self) -> Literal["reject", "cut", "ok"]:
         """How jiter's partial mode would take the text fed so far, as to the characters a strict parser

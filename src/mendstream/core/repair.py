@@ -8,11 +8,13 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mendstream.core.partial_json import MAX_NESTING_DEPTH, nesting_exceeded
-from mendstream.core.sse import ServerSentEvent
 from mendstream.errors import EventDecodeError
+
+if TYPE_CHECKING:  # the SSE decoder records repairs (a stripped BOM): it imports this module
+    from mendstream.core.sse import ServerSentEvent
 
 __all__ = ["MendedStrings", "Repair", "decode_event_json", "mend_json_strings"]
 

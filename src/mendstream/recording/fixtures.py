@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mendstream.core.sse import split_events
 from mendstream.errors import FixtureError, StreamError, UsageError
 from mendstream.recording.capture import scrub_json, sidecar_path
 from mendstream.wire.http import is_messages_path
@@ -49,7 +49,6 @@ _SELECT_VALUES = ("auto", "header", "body", "order")
 _HOP_HEADERS = frozenset(
     {"connection", "content-encoding", "content-length", "keep-alive", "transfer-encoding", "date", "server"}
 )
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class MissingFixtureError(FixtureError, FileNotFoundError):
@@ -186,12 +185,8 @@ class Fixture:
                 yield self.body[pos : pos + size], ms / 1000.0
                 pos += size
             return
-        pos = 0
-        for m in _EVENT_END.finditer(self.body):
-            yield self.body[pos : m.end()], 0.0
-            pos = m.end()
-        if pos < len(self.body):
-            yield self.body[pos:], 0.0
+        for piece in split_events(self.body):  # one SSE event per chunk, as the core's decoder frames them
+            yield piece, 0.0
 
     @property
     def content_type(self) -> str:
@@ -243,27 +238,36 @@ def _pieces(source: bytes | str | os.PathLike[str]) -> Iterator[bytes]:
 
 def not_sse_reason(source: bytes | str | os.PathLike[str]) -> str | None:
     """Why ``source`` (a recorded response body, or the path of a file holding one) cannot be a recorded
-    stream, or None if it may be one: an SSE stream has at least one ``data:`` line, and an AWS event-stream
-    body (a captured Bedrock answer) starts with a valid prelude. The reasons: ``"it is empty"``, ``"it
-    looks like JSON (...)"``, ``"it looks like a binary file"``, ``"it has no 'data:' line"``.
+    stream, or None if it may be one: in an SSE stream the core's decoder finds at least one event with a
+    ``data:`` line, and an AWS event-stream body (a captured Bedrock answer) starts with a valid prelude.
+    The reasons: ``"it is empty"``, ``"it looks like JSON (...)"``, ``"it looks like a binary file"``,
+    ``"it has no 'data:' line"``.
 
     One check for every reader of fixtures: ``mendstream replay`` refuses such a file and
     :meth:`Fixture.from_path` (so ``mendstream serve`` and ``ReplayServer``) refuses it as a stream. A file is
-    read in 1 MiB pieces, stopping at the first ``data:`` (O(size) time, O(1 MiB) memory). Raises
+    read in 1 MiB pieces, stopping at the first event (O(size) time; memory bounded by the decoder's event
+    limit). Raises
     ``OSError`` when the file cannot be read.
     """
     from mendstream.core.eventstream import looks_like_event_stream
+    from mendstream.core.sse import SSEDecoder
+    from mendstream.errors import BufferLimitError
 
-    overlap = b""
     head = b""
-    for piece in _pieces(source):
-        if not head:
-            head = piece[:4096]
-            if looks_like_event_stream(piece[:12]):
-                return None  # a captured Bedrock body (AWS event-stream): replay reads it too
-        if b"data:" in overlap + piece[:8] or b"data:" in piece:
-            return None
-        overlap = piece[-4:]
+    decoder = SSEDecoder()
+    try:
+        for piece in _pieces(source):
+            if not head:
+                head = piece[:4096]
+                if looks_like_event_stream(piece[:12]):
+                    return None  # a captured Bedrock body (AWS event-stream): replay reads it too
+            if decoder.feed(piece):
+                return None  # the core's decoder dispatches an event: a stream
+        decoder.end()
+    except BufferLimitError:
+        return None  # a line longer than any event may be: the reader says so itself
+    if decoder.unfinished_event is not None:
+        return None  # a last event without its blank line: the reader completes it
     if not head:
         return "it is empty"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -515,10 +519,10 @@ class FixtureSelector:
             return self._first_text[fixture.name]
         except KeyError:
             pass
-        from mendstream.core.bedrock import BedrockParser  # the core, imported only when a prefill is seen
+        from mendstream.core.parser import MessageParser  # the core, imported only when a prefill is seen
 
         text: str | None = None
-        parser = BedrockParser(framing="auto")
+        parser = MessageParser(framing="auto")
         try:
             parser.feed(fixture.body)
             parser.end()

@@ -92,6 +92,9 @@ class Opened:
     it; None (or returning None): nothing watches."""
     parser: MessageParser | None = None
     """The parser for this attempt when the transport chose it (None: the stream's own)."""
+    complete: Callable[[], object] | None = None
+    """Told that the attempt read a whole message (before ``release``), when the machine stopped reading at
+    its end rather than at the end of the body (a capture then records the outcome "complete")."""
 
 
 Opener = Callable[[Open], Opened]
@@ -209,7 +212,11 @@ class Run:
         reaper.hold(opened)
 
     def attempt_over(self) -> None:
-        """The current attempt ended: tell its watcher how (before its response is released)."""
+        """The current attempt ended: tell its watcher how (before its response is released), and the
+        transport when it read a whole message."""
+        opened = self.slot.opened
+        if opened is not None and opened.complete is not None and self.machine.state == "done":
+            opened.complete()
         watcher, self.watcher = self.watcher, None
         attempt = self.machine.attempt
         if watcher is not None and attempt is not None and attempt.error is not None:

@@ -40,9 +40,7 @@ def _chunks_of(source: Source) -> Iterable[bytes]:
 
 def _parser(parser_options: dict[str, Any]) -> MessageParser:
     # SSE or AWS event-stream (Bedrock), told apart by the first bytes.
-    from mendstream.core.bedrock import BedrockParser
-
-    return BedrockParser(framing="auto", **parser_options)
+    return MessageParser(**{"framing": "auto", **parser_options})
 
 
 def replay(

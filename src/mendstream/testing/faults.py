@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Protocol
 
+from mendstream.core.sse import SSEDecoder, split_events
 from mendstream.errors import UsageError
 from mendstream.recording.fixtures import prefill_of
 
@@ -72,11 +73,11 @@ class FaultPlan(Protocol):
 
 
 # -- plans ---------------------------------------------------------------------------------------------------
-# Every plan below works on the SSE events of the body it is given (split at blank lines), so the result does
-# not depend on how the fixture happened to be chunked; each event becomes one chunk unless a plan says
-# otherwise. All plans are frozen dataclasses: deterministic, comparable, printable.
+# Every plan below works on the SSE events of the body it is given (framed by the core's SSE decoder, so a
+# plan's events are those a client reads), so the result does not depend on how the fixture happened to be
+# chunked; each event becomes one chunk unless a plan says otherwise. All plans are frozen dataclasses:
+# deterministic, comparable, printable.
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 MAX_STALL_PINGS = 10_000
 """Most ``ping`` events one :class:`Stall` may plan (``seconds / ping_every``): each is a planned chunk."""
@@ -96,19 +97,6 @@ _ERROR_TYPE_OF_STATUS = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-
-
-def split_events(body: bytes) -> list[bytes]:
-    """``body`` split after each blank line (each piece one SSE event with its terminator; a final piece
-    without one is kept). Linear in ``len(body)``."""
-    out: list[bytes] = []
-    start = 0
-    for match in _EVENT_END.finditer(body):
-        out.append(body[start : match.end()])
-        start = match.end()
-    if start < len(body):
-        out.append(body[start:])
-    return out
 
 
 def body_of(response: PlannedResponse) -> bytes:
@@ -589,15 +577,13 @@ def continuation_body(
 
 def _after_first_block(body: bytes) -> bytes | None:
     """The recorded events from the ``content_block_stop`` of block 0 on, or None if there is none."""
-    events = split_events(body)
-    for i, event in enumerate(events):
-        if b"content_block_stop" not in event:
+    for event in SSEDecoder(max_event_bytes=len(body) + 1).feed(body):
+        if b"content_block_stop" not in event.raw_data:
             continue
-        data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
         try:
-            obj = json.loads(data)
+            obj = json.loads(event.raw_data)
         except ValueError:
             continue
         if isinstance(obj, dict) and obj.get("type") == "content_block_stop" and obj.get("index") == 0:
-            return b"".join(events[i:])
+            return body[event.start :]
     return None

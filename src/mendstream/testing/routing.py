@@ -61,9 +61,9 @@ def whole_message(fixture: Fixture) -> bytes:
 
     Raises :class:`~mendstream.errors.StreamError` when the fixture's stream does not complete.
     """
-    from mendstream.core.bedrock import BedrockParser  # the core, imported only when a whole message is asked for
+    from mendstream.core.parser import MessageParser  # the core, imported only when a whole message is asked for
 
-    parser = BedrockParser(framing="auto")
+    parser = MessageParser(framing="auto")
     parser.feed(fixture.body)
     parser.end()
     return json.dumps(parser.message).encode()
@@ -351,6 +351,7 @@ def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
     cut frame. A body that already is event-stream (a captured Bedrock answer) is sent as it is, with the
     event-stream content type."""
     from mendstream.core.bedrock import EVENT_STREAM_CONTENT_TYPE, is_event_stream, sse_to_event_stream
+    from mendstream.core.sse import SSEDecoder
 
     headers = tuple((k, EVENT_STREAM_CONTENT_TYPE if k == "content-type" else v) for k, v in planned.headers)
     head = b""
@@ -362,14 +363,18 @@ def _as_event_stream(planned: PlannedResponse) -> PlannedResponse:
         return replace(planned, headers=headers)
     chunks: list[tuple[float, bytes]] = []
     pending = b""
+    sent = 0  # body offset of pending's first byte
+    decoder = SSEDecoder(max_event_bytes=sum(len(chunk) for _, chunk in planned.chunks) + 1)  # (never passed)
     delay = 0.0
     for wait, chunk in planned.chunks:
         delay += wait
         pending += chunk
-        end = max(pending.rfind(b"\n\n") + 2, pending.rfind(b"\r\n\r\n") + 4, pending.rfind(b"\r\r") + 2)
-        if end < 4:
+        decoder.feed(chunk)
+        end = decoder.boundary - sent  # whole events end there: the decoder's spans
+        if end <= 0:
             continue  # no whole event yet
         whole, pending = pending[:end], pending[end:]
+        sent += end
         frames = sse_to_event_stream(whole)
         if frames:
             chunks.append((delay, frames))

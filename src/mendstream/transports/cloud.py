@@ -1,15 +1,15 @@
 # What the SDK transport needs to read the cloud clients: which clients answer AWS event-stream (Bedrock's
-# InvokeModelWithResponseStream) and get a BedrockParser, the content types they may answer with, the SDK
-# error classes for Bedrock's exception types, and a clear UsageError when the extra a client needs for its
-# authentication (botocore for SigV4, google-auth for Vertex) is missing. transports/sdk.py calls in here;
-# nothing here imports botocore, google-auth or the SDK.
+# InvokeModelWithResponseStream) and get a MessageParser(framing="event-stream"), the content types they may
+# answer with, the SDK error classes for Bedrock's exception types, and a clear UsageError when the extra a
+# client needs for its authentication (botocore for SigV4, google-auth for Vertex) is missing.
+# transports/sdk.py calls in here; nothing here imports botocore, google-auth or the SDK.
 from __future__ import annotations
 
 import importlib.util
 import sys
 from typing import Any
 
-from mendstream.core.bedrock import EVENT_STREAM_CONTENT_TYPE, BedrockParser
+from mendstream.core.bedrock import EVENT_STREAM_CONTENT_TYPE
 from mendstream.core.parser import MessageParser
 from mendstream.errors import UsageError
 from mendstream.transports.failures import HeadersLike, check_content_type
@@ -84,29 +84,32 @@ def check_client(client: Any) -> None:
 
 
 def parser_for(client: Any, parser: MessageParser | None) -> MessageParser | None:
-    """The parser for ``client``'s stream: a :class:`~mendstream.core.bedrock.BedrockParser` for event-stream
-    clients (``parser`` itself if it is one), else ``parser`` unchanged. A plain MessageParser given for an
-    event-stream client is a UsageError (it cannot read the frames)."""
+    """The parser for ``client``'s stream: ``MessageParser(framing="event-stream")`` for event-stream clients
+    (``parser`` itself if it reads event-stream: ``framing="event-stream"`` or ``"auto"``), else ``parser``
+    unchanged. An SSE parser given for an event-stream client is a UsageError (it cannot read the frames)."""
     if not is_event_stream_client(client):
         return parser
     if parser is None:
-        return BedrockParser()
-    if isinstance(parser, BedrockParser):
+        return MessageParser(framing="event-stream")
+    if parser.framing != "sse":
         return parser
     raise UsageError(
-        f"{type(client).__name__} answers AWS event-stream: pass parser=mendstream.core.bedrock.BedrockParser(...) "
-        "(it takes the same options as MessageParser)"
+        f"{type(client).__name__} answers AWS event-stream: pass parser=MessageParser(framing=\"event-stream\", ...)"
     )
 
 
 def content_type_problem(parser: MessageParser | None, headers: HeadersLike) -> str | None:
     """``None`` when a 2xx response with ``headers`` can be read by ``parser``, else its content type.
 
-    A BedrockParser reads ``application/vnd.amazon.eventstream`` (and a response without a content type);
-    every other parser is checked as SSE.
+    A parser with ``framing="event-stream"`` reads ``application/vnd.amazon.eventstream`` (and a response
+    without a content type); ``framing="auto"`` that or SSE; an SSE parser (or None) is checked as SSE.
     """
-    if isinstance(parser, BedrockParser):
+    framing = "sse" if parser is None else parser.framing
+    if framing != "sse":
         content_type = str(headers.get("content-type") or "")
         media = content_type.split(";", 1)[0].strip().lower()
-        return None if media in ("", EVENT_STREAM_CONTENT_TYPE) else content_type
+        if media in ("", EVENT_STREAM_CONTENT_TYPE):
+            return None
+        if framing == "event-stream":
+            return content_type
     return check_content_type(headers, strict=False)

@@ -160,7 +160,10 @@ class BodyPump:
                 finally:
                     release()
 
-        return Opened(response, chunks, close, abandoned, self.error_for)
+        return Opened(response, chunks, close, abandoned, self.error_for, complete=self._completed)
+
+    def _completed(self) -> None:
+        self._finish("complete")
 
     def aopened(self, response: Any, body: AsyncIterable[bytes], release: Callable[[], Awaitable[object]]) -> Opened:
         """The async twin of :meth:`opened`; must be called with the stream's event loop running. Dropped
@@ -197,4 +200,4 @@ class BodyPump:
             except RuntimeError:  # the loop closed meanwhile
                 coroutine.close()
 
-        return Opened(response, chunks, close, abandoned, self.error_for)
+        return Opened(response, chunks, close, abandoned, self.error_for, complete=self._completed)

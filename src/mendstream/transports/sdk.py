@@ -267,7 +267,8 @@ def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
 
 def _reject_non_sse_client(client: Any) -> None:
     """Fail before sending when the client needs an extra that is missing (Bedrock: botocore; Vertex:
-    google-auth). AnthropicBedrock's event-stream frames are read by a BedrockParser (see transports/bedrock)."""
+    google-auth). AnthropicBedrock's event-stream frames are read by ``MessageParser(framing="event-stream")``
+    (see transports/cloud)."""
     _cloud.check_client(client)
 
 
