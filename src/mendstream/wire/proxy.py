@@ -67,11 +67,14 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself: never forwarded, either way.
+# Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, either way. A request also loses those the proxy
+# sets itself (host, content-length: the body may be re-encoded); a response keeps its content-length
+# wherever its body passes unmodified.
 _HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-authorization", b"proxy-authenticate", b"proxy-connection", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"host", b"content-length",
+    b"trailer", b"transfer-encoding", b"upgrade", b"expect",
 })
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {b"host", b"content-length"}
 _STATS_PATH: Final = "/mendstream/stats"
 _METRICS_PATH: Final = "/metrics"
 # After message_stop, what the upstream still sends is read for this long (and this much) so its connection
@@ -483,11 +486,12 @@ async def _decoded(chunks: AsyncIterator[bytes], encoding: str) -> AsyncGenerato
         yield tail
 
 
-def _forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``headers`` without the hop-by-hop ones: the fixed set and every header ``Connection`` names."""
+def _forwardable(headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes] = _HOP_BY_HOP,
+                 ) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop ones: ``dropped`` and every header ``Connection`` names."""
     named = {token.strip().lower() for name, value in headers if name.lower() == b"connection"
              for token in value.split(b",")}
-    return [(k, v) for k, v in headers if (low := k.lower()) not in _HOP_BY_HOP and low not in named]
+    return [(k, v) for k, v in headers if (low := k.lower()) not in dropped and low not in named]
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
@@ -851,7 +855,7 @@ class ProxyApp:
         exchange.watch(receive)
         received = len(body)
         messages = method == "POST" and is_messages_path(path)
-        headers = _forwardable(scope["headers"])
+        headers = _forwardable(scope["headers"], _NOT_FORWARDED)
         key: str | None = None
         if messages:
             key, body = await self._prepare_messages(body)
@@ -879,8 +883,10 @@ class ProxyApp:
             out_headers = _forwardable(upstream.headers)
             if (messages and upstream.status == 200 and content_type == "text/event-stream"
                     and encoding in ("", "identity", *_GZIP_ENCODINGS)):
-                if encoding in _GZIP_ENCODINGS:  # asked for identity, got gzip anyway: decoded, then repaired
-                    out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-encoding"]
+                # the body is rewritten (and decoded when the upstream sent gzip despite identity): its
+                # length is not known up front
+                out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"
+                               and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
                 await exchange.send({"type": "http.response.start", "status": 200, "headers": out_headers})
                 await self._stream_messages(upstream, exchange, key, started, encoding)
             else:

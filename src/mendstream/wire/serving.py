@@ -9,9 +9,10 @@
 #   header byte at a time, would hold its connection for ever. 408 if part of a head came, else a close.
 # - 431 once a head grows past max_header_bytes (counted before the parser sees it: httptools has no bound).
 # - a cap on open connections (ProxyLimits.connection_cap(), below the file limit): a connection over it
-#   first takes the place of the connection idle longest between two requests (as nginx reuses keep-alive
-#   connections when it runs short), else it is answered 503 and closed. So idle connections can never
-#   exhaust the file descriptors that upstream connections need.
+#   takes the place of the connection idle longest between two requests (as nginx reuses keep-alive
+#   connections when it runs short), else of the one that has waited longest for its first request head,
+#   else it is answered 503 and closed. So idle connections can never exhaust the file descriptors that
+#   upstream connections need, and a flood of silent or trickling connections only displaces itself.
 # - idle keep-alive connections close after idle_timeout (uvicorn's timer).
 # The body limits and the header count are the application's (wire/proxy.py).
 #
@@ -97,6 +98,7 @@ class _Limited:
         self._pending = 0  # bytes received towards the current request head
         self._rejected = False
         self._idle_since: float | None = None  # set while waiting between two requests
+        self._head_since: float | None = None  # set while a connection's first request head is awaited
 
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
@@ -111,12 +113,19 @@ class _Limited:
             self._header_timer = None
 
     def _make_room(self) -> bool:
-        """Close the connection idle longest between two requests; False if none is."""
+        """Close one connection to make room for a new one: the one idle longest between two requests, else
+        the one that has waited longest for its request head (silent, or trickling it: a client that means
+        it sends its head at once, so a flood of such connections only displaces itself). False if every
+        connection is busy with a request."""
         idle = [c for c in self.connections if getattr(c, "_idle_since", None) is not None]
+        key = "_idle_since"
+        if not idle:
+            idle = [c for c in self.connections if getattr(c, "_head_since", None) is not None]
+            key = "_head_since"
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c._idle_since)
-        oldest._idle_since = None
+        oldest = min(idle, key=lambda c: getattr(c, key))
+        oldest._idle_since = oldest._head_since = None
         oldest.transport.close()
         self.connections.discard(oldest)
         return True
@@ -151,11 +160,12 @@ def _protocol_class() -> type[asyncio.Protocol]:
                 LOGGER.warning("connection refused: %d connections open (the cap)", self.cap)
                 return
             super().connection_made(transport)
+            self._head_since = self.loop.time()
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            self._idle_since = None
+            self._idle_since = self._head_since = None
             if self._rejected:
                 return
             super().connection_lost(exc)
@@ -165,7 +175,9 @@ def _protocol_class() -> type[asyncio.Protocol]:
                 return
             self._idle_since = None
             if self._waiting_for_head():
-                self._pending += len(data)
+                # the head's bytes only (a body may follow in the same read): up to its blank line, if here
+                end = data.find(b"\r\n\r\n")
+                self._pending += end + 4 if end >= 0 else len(data)
                 if self._pending > self.limits.max_header_bytes:
                     self._disarm()
                     self.transport.write(_raw_error(
@@ -177,6 +189,7 @@ def _protocol_class() -> type[asyncio.Protocol]:
                 return
             if not self._waiting_for_head():
                 self._pending = 0
+                self._head_since = None
                 self._disarm()
                 return
             if self._pending:
