@@ -333,10 +333,10 @@ def serve(
     limits: ProxyLimits = options.get("limits") or ProxyLimits()
     metrics_dir: str | None = None
     made_dir = False
-    if workers > 1:
-        metrics_dir, made_dir = _metrics_directory()
     app = create_app(upstream, **options)  # every option checked here, in this process, before serving
     sock = bind(host, port)
+    if workers > 1:  # (after the checks: nothing to clean up when they fail)
+        metrics_dir, made_dir = _metrics_directory()
     common = _config_options(limits, log_level=log_level, access_log=access_log)
     bound = sock.getsockname()
     shown = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
@@ -392,9 +392,9 @@ def uvicorn_config(app: ProxyApp, *, log_level: str = "info", access_log: bool =
 def _metrics_directory() -> tuple[str | None, bool]:
     """The multiprocess metrics directory for the workers: ``PROMETHEUS_MULTIPROC_DIR`` emptied of old
     values, or a fresh private one (``made`` True: removed at the end). None without prometheus-client."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
         return None, False
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
