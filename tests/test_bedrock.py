@@ -431,7 +431,7 @@ def test_bedrock_wrong_content_type_is_refused(cloud: CloudServer) -> None:
     cloud.bodies["json"] = ("application/json", b'{"type":"message"}')
     cloud.bodies["untyped"] = (None, sse_to_event_stream(BASIC_SSE))
     client = bedrock(cloud)
-    with pytest.raises(mendstream.ContentTypeError, match="application/json"):
+    with pytest.raises(mendstream.errors.ContentTypeError, match="application/json"):
         mendstream.stream(client, model="json", **PARAMS)
     assert mendstream.stream(client, model="untyped", **PARAMS).get_final_message().to_dict() == BASIC_MESSAGE
 

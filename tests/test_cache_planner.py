@@ -18,6 +18,7 @@ from mendstream.cache import (
     place_cache_breakpoints,
     plan_cache_breakpoints,
 )
+from mendstream.errors import UsageError
 from test_cache_payloads import agent_turn_payload, all_markers, payloads, without_markers
 
 OPTIONS = st.fixed_dictionaries(
@@ -308,6 +309,9 @@ def test_apply_cache() -> None:
     planner = CachePlanner()
     assert len(all_markers(apply_cache(payload, planner))) >= 1
     assert planner.last_report is not None
-    for bad in ("nope", 3, {"colour": "red"}):
-        with pytest.raises(ValueError, match="allowed"):
+    assert apply_cache(payload, "off") is payload
+    assert apply_cache(payload, "default") == apply_cache(payload, True)
+    for bad in ("nope", 3, {"colour": "red"}, {"strategy": "nope"}, "planner", {"ttl": "2h"}):
+        with pytest.raises(UsageError, match=r"cache|ttl") as info:  # a UsageError is also a ValueError
             apply_cache(payload, bad)
+        assert isinstance(info.value, ValueError)

@@ -318,3 +318,19 @@ def test_serve_rejects_an_unknown_fault_spec(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "mendstream serve: --fault 'bogus(x=1)': unknown fault" in result.stderr
     assert "SPEC" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("mix(seed=" + "9" * 5000 + "):0.5*error", "mix seed takes at most 19 digits"),
+        ("stall(seconds=5,ping=0.000001)", "at most 10000"),
+    ],
+)
+def test_serve_names_the_limit_of_a_fault_spec(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, spec: str, named: str
+) -> None:
+    """Issue 18: a 5,000-digit seed was "internal error", ping=0 an endless loop: now one line naming the limit."""
+    monkeypatch.setattr(ReplayServer, "serve_forever", never_serve)
+    line = one_line_error(capsys, ["serve", str(FIXTURES_DIR), "--fault", spec])
+    assert named in line and "internal error" not in line

@@ -249,3 +249,68 @@ def test_fuzz_target_random_and_mutated_bytes(data: bytes) -> None:
     fuzz_one(data)
     fuzz_one(b"\x80" + data)
     fuzz_one(bytes([0x81 | (len(data) & 0x3F)]) + data)
+
+
+def big_header_frame(i: int, payload: bytes = b"{}", *, kind: str = "event") -> bytes:
+    """A frame whose header block is about 256 KiB and differs from every other frame's (issue 18)."""
+    headers: dict[str, Any] = {":message-type": kind, ":event-type": "chunk", ":content-type": "application/json"}
+    for h in range(4):
+        headers[f"x-pad-{h}"] = (HeaderType.BYTES, bytes([i % 256, h]) * 32_000)
+    return encode_message(payload, headers)
+
+
+def test_large_header_blocks_are_not_remembered() -> None:
+    """64 frames with distinct 256 KiB header blocks: the decoder must not keep them (it used to remember up
+    to 64 header blocks of any size, 2 GB with 16 MB blocks). Measured with tracemalloc while the frames are
+    decoded and dropped one at a time, as a reader does."""
+    import gc
+    import tracemalloc
+
+    frames = [big_header_frame(i) for i in range(64)]
+    frame_size = len(frames[0])
+    decoder = EventStreamDecoder(share_headers=True)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for frame in frames:
+            for message in decoder.feed(frame):
+                assert len(message.headers) == 7
+            del message
+        retained = tracemalloc.get_traced_memory()[0] - base
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert retained < 64 * 1024, retained  # nothing of the big blocks is kept between frames
+    assert peak < 4 * frame_size, (peak, frame_size)  # about one frame (its block, decoded headers, payload)
+    # Small header blocks are still remembered and shared (what Bedrock sends: the hot path relies on it).
+    small = EventStreamDecoder(share_headers=True)
+    one, two = small.feed(encode_message(b"a", {":message-type": "event"}) * 2)
+    assert one.headers is two.headers and small.header_block(one.headers) is not None
+
+
+def test_bedrock_parser_reads_chunk_frames_with_large_header_blocks() -> None:
+    """A header block the decoder does not remember leaves the Bedrock parser's hot path (which matches
+    frames by their remembered header block) off: every chunk frame is still read, by the decoder, and a
+    header-less frame after them is not taken for a chunk."""
+    import base64
+    import json
+
+    from conftest import BASIC_SSE
+    from mendstream.core.bedrock import BedrockParser, chunk_frame
+
+    events = [block.split(b"data: ", 1)[1] for block in BASIC_SSE.split(b"\n\n") if b"data: " in block]
+    body = b"".join(
+        big_header_frame(i, json.dumps({"bytes": base64.b64encode(e).decode()}).encode())
+        for i, e in enumerate(events)
+    )
+    reference = BedrockParser()
+    reference.feed(b"".join(chunk_frame(e) for e in events))
+    reference.end()
+    for chunks in ([body], split_at(body, list(range(0, len(body), 100_003)))):
+        parser = BedrockParser()
+        for chunk in chunks:
+            parser.feed(chunk)
+        parser.feed(encode_message(b"{}", {}))  # no headers: skipped, never read as a chunk
+        parser.end()
+        assert parser.message == reference.message and parser.message["content"]

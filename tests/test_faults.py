@@ -98,6 +98,40 @@ def test_stall_silent_and_with_pings() -> None:
     assert error is None and parser.message["content"][0]["text"] == TEXT
 
 
+def test_stall_with_ping_zero_is_a_silent_stall() -> None:
+    """``ping=0`` used to plan pings for ever (2 GB in 9 s): it is a stall without pings."""
+    for plan in (parse_fault_spec("stall(seconds=5,ping=0)"), Stall(seconds=5.0, ping_every=0)):
+        out = plan.apply(0, planned(FULL))
+        assert body_of(out) == FULL and len(out.chunks) == len(split_events(FULL))  # nothing added
+        assert sum(d for d, _ in out.chunks) == pytest.approx(5.0)
+    assert parse_fault_spec("stall(seconds=5,ping=0)") == Stall(seconds=5.0, ping_every=0.0)
+    most = Stall(seconds=10_000.0, ping_every=1.0).apply(0, planned(FULL))  # exactly at the limit
+    assert len(most.chunks) == len(split_events(FULL)) + 9_999
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"seconds": -1.0}, "seconds must be a finite number >= 0"),
+        ({"seconds": float("nan")}, "seconds must be a finite number"),
+        ({"seconds": 1.0, "ping_every": float("inf")}, "ping_every must be a finite number"),
+        ({"seconds": 1.0, "ping_every": -0.5}, "ping_every must be a finite number"),
+        ({"seconds": 100.0, "ping_every": 0.001}, "100000 pings; at most 10000"),
+    ],
+)
+def test_stall_arguments_are_checked(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(UsageError, match=named):
+        Stall(**kwargs)
+
+
+def test_random_mix_seed_is_bounded() -> None:
+    with pytest.raises(UsageError, match=r"int within \[-2\*\*63, 2\*\*63\); got an int of 16610 bits"):
+        RandomMix(((0.5, ErrorEvent()),), seed=10**5000)
+    with pytest.raises(UsageError, match="got '7'"):
+        RandomMix(((0.5, ErrorEvent()),), seed="7")  # type: ignore[arg-type]
+    assert RandomMix((), seed=-(2**63)).pick(3) is None
+
+
 def test_stall_that_never_resumes_ends_with_a_cut() -> None:
     out = Stall(seconds=1.0, after_events=3, ping_every=0.4, cut=True).apply(0, planned(FULL))
     assert out.end == "cut" and sum(d for d, _ in out.chunks) == pytest.approx(1.0)
@@ -199,6 +233,14 @@ def test_spec_syntax(spec: str, plan: Any) -> None:
         ("mix(seed=1):error", "RATE\\*FAULT"),
         ("mix(seed=1):0.8*error+0.8*cut", "more than 1"),
         ("", "non-empty"),
+        # issue 18: these were "internal error" (int() refuses 5,000 digits) or an endless loop (ping=0 once
+        # planned pings for ever; a tiny interval plans millions)
+        ("mix(seed=" + "9" * 5000 + "):0.5*error", "mix seed takes at most 19 digits"),
+        ("mix(seed=" + "9" * 20 + "):0.5*error", "at most 19 digits"),
+        ("error(after_events=" + "9" * 5000 + ")", "after_events takes at most 40 characters"),
+        ("stall(seconds=" + "9" * 5000 + ")", "seconds takes at most 40 characters"),
+        ("stall(seconds=5,ping=0.0000001)", "plans 50000000 pings; at most 10000"),
+        ("stall(seconds=1e308,ping=1)", "at most 10000"),
     ],
 )
 def test_bad_specs_raise_usage_error_naming_the_problem(spec: str, named: str) -> None:

@@ -181,7 +181,11 @@ def test_secret_never_in_captures_or_logs(proxy: Served, caplog: pytest.LogCaptu
     with sdk(proxy).messages.stream(**REQUEST, extra_headers={"x-mendstream-fixture": "text_basic"}) as s:
         s.get_final_message()
     capture_dir = Path(proxy.app.capture)
-    files = list(capture_dir.iterdir())
+    deadline = time.monotonic() + 5  # the proxy writes a capture's sidecar after the client has the stream
+    while not list(capture_dir.glob("*.capture.json")) or list(capture_dir.glob(".*.tmp")):
+        assert time.monotonic() < deadline, sorted(p.name for p in capture_dir.iterdir())
+        time.sleep(0.02)
+    files = list(capture_dir.glob("*.sse")) + list(capture_dir.glob("*.capture.json"))
     assert files and all(SECRET.encode() not in f.read_bytes() for f in files)
     assert SECRET not in caplog.text
     assert SECRET not in json.dumps(proxy.app.stats())

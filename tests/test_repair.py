@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mendstream.core.parser as parser_module
-from mendstream import EventDecodeError, MessageParser, StreamError
+from mendstream import MessageParser, StreamError
 from mendstream.core.partial_json import MAX_NESTING_DEPTH, nesting_exceeded
 from mendstream.core.repair import Repair, decode_event_json, mend_json_strings
 from mendstream.core.sse import ServerSentEvent
+from mendstream.errors import EventDecodeError
 from workcount import count_work, peak_memory
 
 # ---------------------------------------------------------------------------------------------------

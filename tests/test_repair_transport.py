@@ -100,9 +100,11 @@ def test_other_paths_are_untouched(replay_server: ReplayServer) -> None:
 def test_capture_writes_original_bytes_and_no_secret(replay_server: ReplayServer, tmp_path: Path) -> None:
     client = client_for(replay_server, RepairTransport(capture=tmp_path))
     sdk_stream(client, "fault_leading_bom")
-    files = list(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].read_bytes() == fixture_bytes("fault_leading_bom")
-    assert b"sk-ant-secret-key" not in files[0].read_bytes()
+    files = sorted(tmp_path.iterdir())
+    bodies = [f for f in files if f.suffix == ".sse"]
+    assert len(bodies) == 1 and bodies[0].read_bytes() == fixture_bytes("fault_leading_bom")
+    assert [f.name for f in files] == [bodies[0].name.removesuffix(".sse") + ".capture.json", bodies[0].name]
+    assert all(b"sk-ant-secret-key" not in f.read_bytes() for f in files)
 
 
 def test_upstream_http_error_reaches_the_sdk_as_sent() -> None:

@@ -234,7 +234,8 @@ def test_continue_stitches_without_duplicated_or_missing_characters(
     final = stream.get_final_message()
     assert [b.type for b in final.content] == ["text"]
     assert final.content[0].text == text
-    if not restarted and len(stream.attempts) == 2 and stream.attempts[1].mode == "continue":
+    prefilled = opener.requests[-1]["messages"][-1]["role"] == "assistant"
+    if not restarted and len(stream.attempts) == 2 and stream.attempts[1].mode == "continue" and prefilled:
         prefill = opener.requests[1]["messages"][-1]["content"]
         assert prefill == prefill.rstrip() and text.startswith(prefill)
         assert final.usage.input_tokens == 20

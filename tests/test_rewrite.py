@@ -310,14 +310,16 @@ def test_fixer_concatenation_is_valid_and_partial_parses_succeed(
             from_json(buf.encode(), partial_mode=True)
 
 
-def tool_stream(fragments: list[str], stop_reason: str = "tool_use") -> bytes:
-    """A complete stream with one tool block whose input arrives as ``fragments``."""
+def tool_stream(fragments: list[str], stop_reason: str = "tool_use", start_input: Any = None) -> bytes:
+    """A complete stream with one tool block whose input arrives as ``fragments`` (its start carrying
+    ``start_input``, ``{}`` by default)."""
     events: list[dict[str, Any]] = [
         {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
                                               "content": [], "stop_reason": None, "stop_sequence": None,
                                               "usage": {"input_tokens": 1, "output_tokens": 1}}},
         {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+         "content_block": {"type": "tool_use", "id": "t", "name": "f",
+                           "input": {} if start_input is None else start_input}},
         *({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}}
           for f in fragments),
         {"type": "content_block_stop", "index": 0},
@@ -431,3 +433,67 @@ def test_content_length_is_replaced() -> None:
 )
 def test_messages_paths(path: str, expected_result: bool) -> None:
     assert is_messages_path(path) is expected_result
+
+
+# -- one form of tool input for every client ------------------------------------------------------------------
+
+
+def _starts(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in SSEDecoder().feed(out) if e.event == "content_block_start"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    start=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=8), min_size=1, max_size=3),
+    value=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=8), max_size=3),
+    pieces=st.integers(1, 6),
+    empties=st.integers(0, 3),
+    splits=st.lists(st.integers(0, 3000), max_size=5),
+)
+def test_a_start_input_followed_by_deltas_is_sent_in_the_one_form_every_client_reads(
+    start: dict[str, Any], value: dict[str, Any], pieces: int, empties: int, splits: list[int]
+) -> None:
+    # The input in the start AND as deltas (gateways): the SDK concatenates, langchain keeps the start,
+    # pydantic-ai refuses. The output's start has an empty input, so the deltas are the input for all of them.
+    text = json.dumps(value)
+    step = max(1, len(text) // pieces)
+    fragments = [""] * empties + [text[i : i + step] for i in range(0, len(text), step)]
+    data = tool_stream(fragments, start_input=start)
+    out, _ = rewrite(split_at(data, splits))
+    assert [b["content_block"]["input"] for b in _starts(out)] == [{}]
+    assert rewrite([data])[0] == out == rewrite([bytes([b]) for b in data])[0]
+    theirs, error = sdk_outcome(out)
+    assert error is None and theirs is not None
+    assert theirs["content"][0]["input"] == value == mendstream_outcome(data)[0]["content"][0]["input"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("fragments", [[], [""], ["", ""]])
+def test_a_start_input_without_deltas_passes_as_sent(fragments: list[str]) -> None:
+    # What the API itself sends for server tools (web_fetch: the input in the start, no deltas).
+    data = tool_stream(fragments, start_input={"url": "https://example.com"})
+    out, rewriter = rewrite([data])
+    assert out == data and not rewriter.rewritten
+    assert sdk_outcome(out)[0]["content"][0]["input"] == {"url": "https://example.com"}  # type: ignore[index]
+
+
+def test_a_start_input_followed_only_by_blanks_is_restated_after_them() -> None:
+    # The SDK would parse the blanks as the input (and fail); the core keeps the start's input.
+    data = tool_stream(["", "  ", "\n"], start_input={"url": "https://example.com"})
+    assert sdk_outcome(data)[1] is not None
+    out, _ = rewrite([data])
+    assert [b["content_block"]["input"] for b in _starts(out)] == [{}]
+    assert sdk_outcome(out)[0]["content"][0]["input"] == {"url": "https://example.com"}  # type: ignore[index]
+    assert mendstream_outcome(out)[0] == mendstream_outcome(data)[0]
+
+
+@pytest.mark.parametrize("fragments", [["'code'", '": 1}'], ["{", "]"], ['{"a": 1', ', "b": tru', "x}"]])
+def test_a_fragment_that_can_never_parse_is_replaced_by_the_error(fragments: list[str]) -> None:
+    # Clients that parse every fragment (the SDKs) would fail on it with their own error first.
+    data = tool_stream(fragments)
+    out, rewriter = rewrite([data])
+    sent = [json.loads(e.data)["delta"]["partial_json"] for e in SSEDecoder().feed(out) if e.event == "content_block_delta"]
+    assert len(sent) < len(fragments) and out.rstrip().endswith(b"}}") and b"event: error" in out
+    assert rewriter.error is not None and "invalid_tool_input_error" in out.decode()
+    assert "of " + str(len("".join(fragments[: len(sent) + 1]))) in str(rewriter.error)
+    _, error = sdk_outcome(out)
+    assert error is not None and "invalid_tool_input_error" in str(error)

@@ -78,7 +78,7 @@ def test_to_sdk_event_beta_and_unknown() -> None:
     assert start.message.id == "msg_t1"
     text = to_sdk_event(next(e for e in events if e.type == "text"), beta=True)
     assert text.type == "text" and text.text == "Hello" and text.snapshot == "Hello"
-    unknown = mendstream.core.events.UnknownEvent("vendor_thing", mendstream.Data({"type": "vendor_thing"}))
+    unknown = mendstream.core.events.UnknownEvent("vendor_thing", mendstream.core.events.Data({"type": "vendor_thing"}))
     assert to_sdk_event(unknown) is unknown
 
 

@@ -290,3 +290,190 @@ def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+# -- issue 18: limits the audit found short -------------------------------------------------------------------
+
+
+def test_oversized_head_in_a_single_read_gives_431() -> None:
+    """A 100 KB head sent in one piece arrived in one or two reads, which h11 parsed whole before the size
+    check ran: it was served despite the 64 KiB limit. The head is now measured before h11 sees it."""
+    with ReplayServer({"basic": BASIC_SSE}) as server:  # the default limits: 64 KiB
+        for size in (100_000, 70_000, 65_536):
+            with connect(server) as sock:
+                sock.sendall(request(extra=b"x-mendstream-fixture: basic\r\nx-big: " + b"a" * size + b"\r\n"))
+                answer = read_until_closed(sock)
+                assert answer.startswith(b"HTTP/1.1 431 "), (size, answer[:80])
+                assert b"request head over 65536 bytes" in answer
+        # a head just under the limit is served, however many body bytes come in the same read
+        body = json.dumps({**BODY, "pad": "p" * 200_000}).encode()
+        extra = b"x-mendstream-fixture: basic\r\nx-big: " + b"a" * 64_000 + b"\r\n"
+        with connect(server) as sock:
+            sock.sendall(request(body, extra))
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+        # a head whose end straddles two reads is measured across them: 65,537 bytes, the first read 65,535
+        pad = b"a" * 65_400
+        head = request(b"", b"x-mendstream-fixture: basic\r\nx-big: " + pad + b"\r\n")
+        head = head.replace(pad, b"a" * (65_400 + 65_537 - len(head)))
+        assert len(head) == 65_537
+        for cut in (len(head) - 2, len(head) - 1, len(head) - 3):
+            with connect(server) as sock:
+                sock.sendall(head[:cut])
+                time.sleep(0.2)
+                sock.sendall(head[cut:])
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 431 "), cut
+
+
+def test_oversized_head_gets_431_from_the_app_under_any_server() -> None:
+    """The ASGI app checks the head's size itself too (for a server without the protocol's check)."""
+    import asyncio
+
+    from mendstream.recording.fixtures import FixtureSelector
+    from mendstream.testing import ReplayApp, Router
+
+    router = Router(FixtureSelector(load_fixtures({"basic": BASIC_SSE})))
+    app = ReplayApp(router, ServerLimits(max_header_bytes=2048))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": PAYLOAD, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages", "raw_path": b"/v1/messages",
+             "query_string": b"", "headers": [(b"host", b"x"), (b"x-big", b"a" * 3000)]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 431 and b"request head of" in sent[1]["body"]  # type: ignore[operator]
+    assert router.requests[-1].status == 431 and router.requests[-1].headers == {}
+
+
+def test_request_log_is_bounded_in_bytes() -> None:
+    """500 requests of 195 KB grew the server by 96 MiB (every body kept): the log now keeps the newest
+    within ``request_log_bytes`` and counts what it dropped. Measured with tracemalloc on the router (what
+    the server keeps), then checked through a real server."""
+    import gc
+    import tracemalloc
+
+    from mendstream.recording.fixtures import FixtureSelector
+    from mendstream.testing import Router
+    from mendstream.testing.routing import record_weight
+
+    budget = 4 * 1024 * 1024
+    router = Router(FixtureSelector(load_fixtures({"basic": BASIC_SSE})), request_log_bytes=budget)
+    bodies = [json.dumps({**BODY, "n": i, "pad": [f"word {j}" for j in range(12_000)]}).encode() for i in range(4)]
+    assert len(bodies[0]) > 150_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            router.answer("POST", "/v1/messages", {"x-mendstream-fixture": "basic"}, bodies[i % 4])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < budget + 512 * 1024, grown  # 200 x 195 KB decoded would be about 60 MB
+    kept = len(router.requests)
+    assert 0 < kept < 200 and router.requests_dropped == 200 - kept
+    assert router.requests[-1].body["n"] == 199 % 4 and router.requests[-1].body_bytes == len(bodies[3])
+    assert sum(record_weight(bodies[r.body["n"]], r.headers, r.path) for r in router.requests) <= budget
+    # one request larger than the whole budget is kept, without its body
+    huge = json.dumps({**BODY, "pad": "x" * (budget + 1)}).encode()
+    router.answer("POST", "/v1/messages", {}, huge)
+    assert router.requests[-1].body is None and router.requests[-1].body_bytes == len(huge)
+    assert len(router.requests) >= 1
+    # the same through a server: newest kept, drops counted, reset forgets both
+    limits = ServerLimits(request_log_bytes=int(2.5 * record_weight(bodies[0], {"x": "y" * 300}, "/v1/messages")))
+    with ReplayServer({"basic": BASIC_SSE}, limits=limits) as server, httpx.Client(timeout=10) as client:
+        for i in range(12):
+            client.post(server.url, content=bodies[i % 4], headers={"x-mendstream-fixture": "basic"})
+        assert len(server.requests) == 2 and server.requests_dropped == 10
+        assert server.requests[-1].body["n"] == 11 % 4
+        server.reset()
+        assert len(server.requests) == 0 and server.requests_dropped == 0
+
+
+def test_connection_cap_follows_the_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    resource = pytest.importorskip("resource")
+    from mendstream.testing import app
+
+    monkeypatch.setattr(app, "_open_descriptors", lambda: 6)
+    # (soft limit, cap, backlog): backlog min(128, max(16, left // 8)), cap (left - 3 * backlog) // 2
+    for soft, cap, backlog in ((256, 78, 31), (1024, 318, 127), (4096, 512, 128), (20_000, 512, 128),
+                               (100, 23, 16), (10, 1, 16)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _which, soft=soft: (soft, 1 << 20))
+        assert app.descriptor_plan(ServerLimits()) == (cap, backlog), soft
+        assert app.connection_cap(ServerLimits()) == cap
+    assert app.descriptor_plan(ServerLimits(max_connections=900, backlog=7)) == (900, 7)  # explicit wins
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert app.descriptor_plan(ServerLimits()) == (512, 128)
+
+
+_SERVE_WITH_FEW_FILES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from mendstream.testing import ReplayServer, ServerLimits
+server = ReplayServer({"basic": sys.stdin.buffer.read()}, limits=ServerLimits(header_timeout=60.0))
+server.serve_forever(on_ready=lambda s: print(s.port, flush=True))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs RLIMIT_NOFILE and /proc")
+def test_idle_connections_cannot_take_a_server_with_few_files_offline() -> None:
+    """With a file limit below the old fixed cap of 512, idle connections made the server run out of
+    descriptors (accept failed with EMFILE, logged a traceback a second, nothing was answered: the client's
+    connect timed out). By default the cap now stays below the limit: connections over it get a 503, and
+    the server serves again once the idle ones are gone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE_WITH_FEW_FILES], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    socks: list[socket.socket] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(BASIC_SSE)
+        proc.stdin.close()
+        port = int(proc.stdout.readline())
+        server = types_namespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}/v1/messages")
+        for _ in range(300):  # more than the 256 files the server may open
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        last = socks[-1]
+        last.settimeout(5)
+        answer = read_until_closed(last)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"open connections" in answer
+        cap = int(answer.split(b"more than ")[1].split(b" open")[0])
+        assert cap <= 256 // 3
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while not post_ok(server):  # type: ignore[arg-type]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert b"Too many open files" not in err and b"Traceback" not in err, err[-2000:]
+
+
+def types_namespace(**fields: object) -> object:
+    import types
+
+    return types.SimpleNamespace(**fields)
+
+
+def test_stall_with_ping_zero_is_served_as_a_silent_stall() -> None:
+    """``--fault 'stall(seconds=5,ping=0)'`` planned pings for ever (2 GB in 9 s): now a plain stall."""
+    from mendstream.testing.faults import parse_fault_spec
+
+    plan = parse_fault_spec("stall(seconds=0.3,ping=0,after_events=1)")
+    with ReplayServer({"basic": BASIC_SSE}, faults=plan) as server, httpx.Client(timeout=10) as client:
+        start = time.monotonic()
+        response = client.post(server.url, json=BODY)
+        assert response.status_code == 200 and response.content == BASIC_SSE
+        assert 0.3 <= time.monotonic() - start < 5

@@ -9,8 +9,8 @@ from httpx_sse._decoders import SSELineDecoder as RefLineDecoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mendstream import BufferLimitError, SSEDecoder
-from mendstream.core.sse import ServerSentEvent
+from mendstream.core.sse import ServerSentEvent, SSEDecoder
+from mendstream.errors import BufferLimitError
 from splitting import split_at
 
 

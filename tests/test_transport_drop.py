@@ -266,7 +266,7 @@ def test_deep_request_body_with_capture(server: ReplayServer, module_name: str, 
     out = tmp_path / "deep.sse"
     # The body is scrubbed and captured without recursion; the replay server itself refuses JSON nested
     # deeper than 256 levels with a 400, which arrives as the documented HTTPStatusError, recorded too.
-    with pytest.raises(mendstream.HTTPStatusError) as refused:
+    with pytest.raises(mendstream.errors.HTTPStatusError) as refused:
         mh.stream(body, base_url=server.base_url, client=client, capture=out)
     assert refused.value.status_code == 400
     assert "deeper than 256" in str(refused.value)

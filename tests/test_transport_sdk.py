@@ -249,9 +249,9 @@ def test_cache_plan_is_applied_before_sending(small_server: ReplayServer, monkey
         calls.append(cache)
         return {**params, "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}
 
-    fake = types.ModuleType("mendstream.cache")
+    fake = types.ModuleType("mendstream.cache.options")
     fake.apply_cache = apply_cache  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mendstream.cache", fake)
+    monkeypatch.setitem(sys.modules, "mendstream.cache.options", fake)
     client = sync_client(small_server)
     stream(client, **PARAMS, **pick("basic"), cache="auto").until_done()
     assert calls == ["auto"]

@@ -5,6 +5,7 @@
 # anthropic or matplotlib).
 from __future__ import annotations
 
+from mendstream.cache.options import CacheSetting, apply_cache, parse_cache
 from mendstream.cache.planner import (
     MAX_BREAKPOINTS,
     Breakpoint,
@@ -12,7 +13,6 @@ from mendstream.cache.planner import (
     CachePlanner,
     DroppedMarker,
     PlacementReport,
-    apply_cache,
     place_cache_breakpoints,
     plan_cache_breakpoints,
 )
@@ -26,6 +26,7 @@ __all__ = [
     "MIN_CACHEABLE_TOKENS",
     "STRATEGIES",
     "Breakpoint",
+    "CacheSetting",
     "CacheStats",
     "CacheMarkerWarning",
     "CachePlanner",
@@ -39,6 +40,7 @@ __all__ = [
     "estimate_block_tokens",
     "load_session",
     "min_cacheable_tokens",
+    "parse_cache",
     "place_cache_breakpoints",
     "plan_cache_breakpoints",
     "simulate",

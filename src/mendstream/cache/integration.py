@@ -11,10 +11,10 @@ __all__ = ["apply_cache"]
 def apply_cache(params: dict[str, Any], cache: Any) -> dict[str, Any]:
     """``params`` with the plan ``cache`` applied by ``mendstream.cache.apply_cache``; ``None``: unchanged.
 
-    ``mendstream.cache.apply_cache`` is looked up when called (not bound at import), so the package's
-    public function is the single definition of what a plan does.
+    The cache package is imported only when a plan is given (it is the heavier part of the package), and
+    ``mendstream.cache.options`` is the single definition of what a ``cache=`` value means.
     """
     if cache is None:
         return params
-    package = importlib.import_module("mendstream.cache")
-    return dict(package.apply_cache(params, cache))
+    options = importlib.import_module("mendstream.cache.options")
+    return dict(options.apply_cache(params, cache))

@@ -68,7 +68,6 @@ __all__ = [
     "Provider",
     "Region",
     "TTL",
-    "apply_cache",
     "place_cache_breakpoints",
     "plan_cache_breakpoints",
 ]
@@ -958,35 +957,3 @@ def _common_prefix(chain: list[bytes], previous: list[bytes] | SparseChain) -> i
     return lo - 1 if lo > 0 else None
 
 
-_APPLY_OPTIONS: Final = ("strategy", "model", "ttl", "min_tokens", "automatic", "provider", "lookback")
-
-
-def apply_cache(payload: dict[str, Any], cache: object) -> dict[str, Any]:
-    """Apply the ``cache=`` argument of ``mendstream.stream`` to a request body.
-
-    ``None`` / ``False``: ``payload`` itself, unchanged. ``True``: the default stateless strategy. A strategy
-    name: that strategy. A :class:`CachePlanner`: ``planner.place(payload)``. A dict: keyword options for
-    :func:`place_cache_breakpoints`.
-
-    Raises:
-        ValueError: any other value, an unknown strategy name or an unknown option key.
-    """
-    if cache is None or cache is False:
-        return payload
-    if cache is True:
-        return place_cache_breakpoints(payload)
-    if isinstance(cache, CachePlanner):
-        return cache.place(payload)
-    if isinstance(cache, str):
-        if cache not in STRATEGIES:
-            raise ValueError(f"unknown cache strategy {cache!r}; allowed: {', '.join(STRATEGIES)}")
-        return place_cache_breakpoints(payload, strategy=cache)  # type: ignore[arg-type]
-    if isinstance(cache, Mapping):
-        unknown = set(cache) - set(_APPLY_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown cache option(s) {sorted(unknown)}; allowed: {', '.join(_APPLY_OPTIONS)}")
-        return place_cache_breakpoints(payload, **cache)
-    raise ValueError(
-        "cache must be one of the allowed values: None, False, True, a strategy name "
-        f"({', '.join(STRATEGIES)}), a CachePlanner or a dict of options; got {type(cache).__name__}"
-    )

@@ -143,6 +143,10 @@ class _ToolInput:
     def raw(self) -> str:
         return "".join(self.fragments)
 
+    def size(self) -> int:
+        """Characters of input received."""
+        return sum(map(len, self.fragments))
+
     def current(self) -> Any:
         """The input as far as it has arrived (a partial snapshot)."""
         return self.snapshot_at(len(self.fragments))
@@ -242,20 +246,30 @@ class _ToolCheck:
     arrives by a ToolInputParser that builds no value, so a broken input is still found (the same errors
     and repair kinds as _ToolInput) in memory bounded by the nesting depth. The value is the start value."""
 
-    __slots__ = ("_parser", "_seen", "_start")
+    __slots__ = ("_parser", "_seen", "_size", "_start")
 
     def __init__(self, start: Any, mode: PartialMode) -> None:
         self._start = start
         self._parser = ToolInputParser(partial_mode=mode, keep_values=False)
         self._seen = False  # a fragment with more than whitespace arrived
+        self._size = 0
 
     def append(self, fragment: str, /) -> None:
         if not self._seen and fragment.strip():
             self._seen = True
+        self._size += len(fragment)
         self._parser.feed(fragment)
 
     def raw(self) -> str:
         return ""  # not kept
+
+    def size(self) -> int:
+        """Characters of input received (counted, not kept)."""
+        return self._size
+
+    @property
+    def failed(self) -> PartialJSONError | None:
+        return self._parser.failed
 
     def current(self) -> Any:
         return self._start
@@ -351,11 +365,14 @@ _START_CHECKS = TOOL_BLOCK_TYPES | {"fallback"} | _TEXT_LIKE.keys()
 
 
 class _Block:
-    __slots__ = ("append", "block", "citations", "field", "index", "kind", "parts", "source", "text", "tool")
+    __slots__ = (
+        "append", "block", "citations", "field", "index", "kind", "orphan", "parts", "source", "text", "tool",
+    )
 
     def __init__(self, index: int, block: dict[str, Any], mode: PartialMode, keep: bool = True) -> None:
         self.index = index
         self.block = block
+        self.orphan = False  # tool input for a block that never started: an error at its stop
         self.text: _Joined | None = None
         self.field: str | None = None  # the text-like field that deltas grow ("text", "thinking")
         self.tool: _ToolInput | _ToolCheck | None = None
@@ -529,6 +546,29 @@ class MessageAccumulator:
 
     def raw_tool_inputs(self) -> dict[int, str]:
         return {i: b.tool.raw() for i, b in self._blocks.items() if b.tool is not None and not b.closed}
+
+    def broken_tool_input(self, index: int, /) -> ToolInputError | None:
+        """The error block ``index``'s tool input will end with whatever follows, once the text received can
+        no longer become JSON that a repair or a stop reason saves (the same judgement as at its stop); else
+        None. Known only to a parser that checks input as it arrives (``keep_content=False``); O(1) unless
+        the input has just failed."""
+        block = self._blocks.get(index)
+        tool = block.tool if block is not None else None
+        if not isinstance(tool, _ToolCheck) or tool.failed is None:
+            return None
+        assert block is not None
+        try:
+            tool.partial()
+        except ValueError:
+            return ToolInputError(
+                f"tool input of block {index} is not JSON even after repair: {tool.failed.reason} "
+                f"at char {tool.failed.position} of {tool.size()}",
+                raw=tool.raw(),
+                index=index,
+                snapshot=self.message(),
+                offset=self._offset,
+            )
+        return None
 
     # -- driving -----------------------------------------------------------------------------------------
 
@@ -785,6 +825,18 @@ class MessageAccumulator:
 
     def _close(self, block: _Block, out: list[Event]) -> None:
         tool = block.tool
+        if block.orphan and tool is not None:
+            # A tool call whose content_block_start never came has no id and no name: no agent can run it, and
+            # handing it over as if it were whole would be worse than failing. The input is kept in .raw.
+            raw = tool.raw()
+            raise ToolInputError(
+                f"block {block.index} received tool input ({tool.size()} chars) but never started: without its "
+                "content_block_start the tool call has no id or name and cannot be run",
+                raw=raw,
+                index=block.index,
+                snapshot=self.message(),
+                offset=self._offset,
+            )
         if tool is not None:
             try:
                 value, repairs = tool.finish()
@@ -818,7 +870,7 @@ class MessageAccumulator:
             "maximum depth exceeded") else ""
         error = ToolInputError(
             f"tool input of block {block.index} is not JSON even after repair: {exc.reason} "
-            f"at char {exc.position} of {len(raw)}{limit}",
+            f"at char {exc.position} of {tool.size()}{limit}",
             raw=raw,
             index=block.index,
             snapshot=self.message(),
@@ -863,10 +915,13 @@ class MessageAccumulator:
         if template is None:
             self._repair("block_not_started", f"{dtype!r} delta for index {index}, which never started", index)
             return None
+        block = self._blocks[index] = _Block(index, template(), self.partial_mode, self.keep_content)
+        if block.kind == _TOOL:
+            block.orphan = True  # its input is gathered, then refused at its stop (see _close)
+            return block
         self._repair(
             "block_not_started", f"{dtype} for index {index}, which never started; synthesized a block", index
         )
-        block = self._blocks[index] = _Block(index, template(), self.partial_mode, self.keep_content)
         return block
 
     def incomplete(self, detail: str) -> IncompleteStreamError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -21,6 +22,7 @@ __all__ = [
     "MessageDeltaEvent",
     "MessageStartEvent",
     "MessageStopEvent",
+    "RestartEvent",
     "SignatureEvent",
     "TextEvent",
     "ThinkingEvent",
@@ -506,6 +508,20 @@ class UnknownEvent:
         return to_sdk_event(self)
 
 
+@dataclass(frozen=True, slots=True)
+class RestartEvent:
+    """Delivered before the events of a restarted attempt (``on_partial="restart"``): what was shown so far
+    is void, the stream starts again from ``message_start``. ``attempt`` is the attempt about to start,
+    ``error`` what ended the previous one."""
+
+    type: ClassVar[Literal["restart"]] = "restart"
+    attempt: int
+    error: BaseException
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "attempt": self.attempt, "error": f"{type(self.error).__name__}: {self.error}"}
+
+
 Event = (
     MessageStartEvent
     | ContentBlockStartEvent
@@ -520,4 +536,5 @@ Event = (
     | CompactionEvent
     | InputJsonEvent
     | UnknownEvent
+    | RestartEvent
 )

@@ -10,9 +10,10 @@
 #
 # The 12-byte prelude is checked as soon as it is complete: a bad CRC, an impossible length or a frame longer
 # than `max_frame_bytes` fails before any of the frame is buffered, so memory stays bounded by one frame plus
-# the chunk being fed. Once the prelude is good the decoder only waits (one length compare per chunk) until
-# the whole frame is there. Whole frames are decoded straight from the caller's chunk when nothing is
-# buffered (the usual case); only a frame cut by a chunk boundary is copied into the buffer. Every byte is
+# the chunk being fed (and at most 64 remembered header blocks of up to 1 KiB each). Once the prelude is good
+# the decoder only waits (one length compare per chunk) until the whole frame is there. Whole frames are
+# decoded straight from the caller's chunk when nothing is buffered (the usual case); only a frame cut by a
+# chunk boundary is copied into the buffer. Every byte is
 # therefore looked at a bounded number of times: worst case O(n), however the input is split.
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ _PRELUDE = struct.Struct(">III")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _HEADERS_CACHE_SIZE = 64  # distinct header blocks remembered per decoder (Bedrock uses two or three)
+# Only small header blocks are remembered (Bedrock's are about 100 bytes), so the cache holds at most
+# 64 x 1 KiB of blocks plus their decoded dicts, however large the header blocks a sender makes.
+_HEADERS_CACHE_BLOCK_BYTES = 1024
 _crc32 = zlib.crc32
 _unpack_prelude = _PRELUDE.unpack_from
 _unpack_u32 = _U32.unpack_from
@@ -163,7 +167,8 @@ class EventStreamDecoder:
 
     def header_block(self, headers: dict[str, HeaderValue], /) -> bytes | None:
         """The encoded header block that decoded to ``headers``, the very dict a message of this decoder
-        carried (with ``share_headers``, messages share the decoded dict of each block); else None."""
+        carried (with ``share_headers``, messages share the decoded dict of each block); else None (also
+        for a block the decoder did not remember: only blocks of at most 1 KiB are, 64 of them at most)."""
         for block, decoded in self._headers_cache.items():
             if decoded is headers:
                 return block
@@ -277,7 +282,7 @@ class EventStreamDecoder:
             headers = headers_cache.get(block)
             if headers is None:
                 headers = _decode_headers(block, base + pos, data[pos:end])
-                if len(headers_cache) < _HEADERS_CACHE_SIZE:
+                if len(headers_cache) < _HEADERS_CACHE_SIZE and headers_len <= _HEADERS_CACHE_BLOCK_BYTES:
                     headers_cache[block] = headers
             # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per frame
             out.append(

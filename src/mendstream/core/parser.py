@@ -111,6 +111,13 @@ class MessageParser:
         """The error that stopped the parser, if any."""
         return self._error
 
+    def broken_tool_input(self, index: int, /) -> StreamError | None:
+        """The :class:`~mendstream.ToolInputError` the tool input of open block ``index`` will end with, as
+        soon as the text received can no longer become JSON that a repair or a stop reason would save; else
+        None. Only a ``keep_content=False`` parser checks input as it arrives (the full one decides at the
+        block's stop). For a boundary that must not pass on a fragment no client can parse."""
+        return self._acc.broken_tool_input(index)
+
     def feed(self, data: bytes, /) -> list[Event]:
         """Feed the next bytes of the stream; return the events they complete."""
         if self._error is not None:

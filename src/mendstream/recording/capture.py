@@ -1,33 +1,45 @@
 # Recording real traffic as fixtures. A CaptureWriter tees the response bytes to `NAME.sse` as they arrive
 # and, when the stream ends, writes a JSON sidecar `NAME.capture.json` (chunk sizes and arrival times,
-# status, response headers, request body). Secrets never reach the disk, scrubbed by name and by value
-# everywhere a capture writes: headers, query parameters and JSON fields named like a secret are removed,
-# and values that look like credentials (see SECRET_VALUE_PATTERNS) are masked in the URL, every header,
-# the request body, the response body (error bodies included) and error descriptions. In the body the mask
-# has the secret's length, so chunk sizes and byte offsets stay true. `add_secret_pattern` adds rules.
+# status, response headers, request body). Secrets never reach the disk: the scrubbing (by name and by value,
+# in the URL, headers, request body, response body and error descriptions, and across the events of a
+# stream) is mendstream.recording.scrub's, re-exported here; the body goes through its BodyScrubber, whose
+# masks keep the body's length, so chunk sizes and byte offsets stay true. Files are created 0600 without
+# following symlinks (mendstream.recording.files), and a capture stops at a size cap with a note.
 # No HTTP library is imported here; transports hand over plain bytes, mappings and numbers.
 from __future__ import annotations
 
-import base64
-import binascii
+import contextlib
 import json
 import os
-import re
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from mendstream.recording.files import create_private, write_private
+from mendstream.recording.scrub import (
+    SECRET_VALUE_PATTERNS,
+    BodyScrubber,
+    add_secret_pattern,
+    is_secret_name,
+    is_secret_query_name,
+    redact_secret_bytes,
+    redact_secret_values,
+    scrub_headers,
+    scrub_json,
+    scrub_url,
+)
 
 __all__ = [
     "CAPTURE_FORMAT",
+    "DEFAULT_MAX_CAPTURE_BYTES",
     "SECRET_VALUE_PATTERNS",
     "CaptureWriter",
     "add_secret_pattern",
     "is_secret_name",
     "is_secret_query_name",
+    "redact_secret_bytes",
     "redact_secret_values",
     "scrub_headers",
     "scrub_json",
@@ -37,203 +49,11 @@ __all__ = [
 
 CAPTURE_FORMAT = "mendstream-capture/1"
 """Value of the sidecar's ``format`` field; bumped when the sidecar layout changes incompatibly."""
+DEFAULT_MAX_CAPTURE_BYTES = 64 * 1024 * 1024
+"""The default size cap of one capture's body (see :class:`CaptureWriter`)."""
+_MAX_CHUNK_RECORDS = 200_000  # chunk entries a sidecar keeps; later chunks are merged into the last one
 
 Outcome = Literal["complete", "closed", "error"]
-
-# Words that make a header or field name a secret. Names are split into lowercase words on any
-# non-alphanumeric character and on camelCase humps, so `x-api-key`, `apiKey`, `AWS_SECRET_ACCESS_KEY`,
-# `Proxy-Authorization` and `set-cookie` all match while `max_tokens` or `input_tokens` do not ("tokens",
-# plural, is how the Messages API counts usage; a credential is "token").
-_SECRET_WORDS = frozenset(
-    {
-        "apikey",
-        "auth",
-        "authorization",
-        "cookie",
-        "cookies",
-        "credential",
-        "credentials",
-        "passphrase",
-        "passwd",
-        "password",
-        "secret",
-        "secrets",
-        "session",
-        "token",
-    }
-)
-# Query parameters carry credentials under short names that are harmless as JSON field names (a tool
-# schema's "key", a thinking block's "signature"), so the URL has its own, wider list.
-_SECRET_QUERY_NAMES = frozenset(
-    {
-        "key",
-        "sig",
-        "signature",
-        "token",
-        "code",
-        "secret",
-        "password",
-        "pass",
-        "pwd",
-        "auth",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "x-goog-signature",
-        "x-goog-credential",
-    }
-)
-# "<something> key" is a secret (api_key, access-key, private_key); a bare field named "key" is not, so a
-# tool schema with a "key" property survives.
-_KEY_SUFFIX_WORDS = frozenset({"key", "keys"})
-_WORD_SPLIT = re.compile(r"[^0-9A-Za-z]+|(?<=[a-z0-9])(?=[A-Z])")
-# Credentials recognised by their value, whatever field, header or text they appear in. Every quantifier
-# is bounded and every pattern starts with a literal, so a scan is linear in the text's length.
-SECRET_VALUE_PATTERNS: tuple[str, ...] = (
-    r"sk-ant-[A-Za-z0-9_\-]{8,400}",  # Anthropic API / admin keys
-    r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",  # AWS access key ids
-    r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}",  # Google API keys
-    r"(?<![A-Za-z0-9])gh[pousr]_[A-Za-z0-9]{36,255}",  # GitHub tokens
-    r"github_pat_[A-Za-z0-9_]{22,255}",  # GitHub fine-grained tokens
-    r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{4,4096}\.[A-Za-z0-9_\-]{4,8192}\.[A-Za-z0-9_\-]{0,4096}",  # JWTs
-    r"(?i:bearer)[ \t]{1,8}(?=[A-Za-z0-9._~+/=\-]{0,2047}[0-9._~+/=\-])[A-Za-z0-9._~+/=\-]{8,2048}",
-)
-# `Basic` credentials are base64("user:password"); they are masked only when they decode to that shape,
-# so prose ("Basic understanding") survives.
-_BASIC = re.compile(r"(?<![A-Za-z0-9])Basic[ \t]{1,8}([A-Za-z0-9+/]{8,2048}={0,2})")
-_REDACTED = "[REDACTED]"
-_rules_lock = threading.Lock()
-_extra_patterns: list[str] = []
-
-
-def _compile(patterns: list[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
-    text = "|".join(f"(?:{p})" for p in patterns)
-    return re.compile(text), re.compile(text.encode("ascii"))
-
-
-_SECRET_VALUE, _SECRET_VALUE_BYTES = _compile(list(SECRET_VALUE_PATTERNS))
-_BASIC_BYTES = re.compile(_BASIC.pattern.encode("ascii"))
-
-
-def add_secret_pattern(pattern: str) -> None:
-    """Also scrub every value matching ``pattern`` (an ASCII regular expression) from every later capture.
-
-    The hook for custom credential formats (an internal gateway's keys, a tenant id). Keep the pattern
-    linear: start it with a literal and bound its quantifiers. Raises ``re.error`` for an invalid pattern.
-    """
-    global _SECRET_VALUE, _SECRET_VALUE_BYTES
-    re.compile(pattern)
-    with _rules_lock:
-        _extra_patterns.append(pattern)
-        _SECRET_VALUE, _SECRET_VALUE_BYTES = _compile([*SECRET_VALUE_PATTERNS, *_extra_patterns])
-
-
-def _is_basic_credential(token: bytes) -> bool:
-    try:
-        return b":" in base64.b64decode(token, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-
-
-def _mask(length: int) -> bytes:
-    """A mask of exactly ``length`` bytes (``[REDACTED]`` padded or cut), so offsets stay true."""
-    if length >= len(_REDACTED):
-        return (b"[REDACTED" + b"*" * (length - len(_REDACTED)) + b"]")
-    return b"*" * length
-
-
-def redact_secret_bytes(data: bytes) -> bytes:
-    """``data`` with every credential-looking value masked by a mask of the same length."""
-    data = _SECRET_VALUE_BYTES.sub(lambda m: _mask(len(m.group(0))), data)
-    return _BASIC_BYTES.sub(
-        lambda m: m.group(0)[: m.start(1) - m.start(0)] + _mask(len(m.group(1)))
-        if _is_basic_credential(m.group(1)) else m.group(0),
-        data,
-    )
-
-
-def is_secret_name(name: str) -> bool:
-    """True if a header, query parameter or JSON field called ``name`` probably holds a secret.
-
-    Words such as ``token``, ``secret``, ``password``, ``auth``, ``cookie``, ``session``, and
-    ``<something> key`` (``api_key``, ``access-key``), split on punctuation and camelCase humps.
-    """
-    words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
-    if not words:
-        return False
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    return len(words) >= 2 and words[-1] in _KEY_SUFFIX_WORDS
-
-
-def is_secret_query_name(name: str) -> bool:
-    """True if a URL query parameter called ``name`` probably holds a credential (``key``, ``sig``, ...)."""
-    return name.lower() in _SECRET_QUERY_NAMES or is_secret_name(name)
-
-
-def redact_secret_values(text: str) -> str:
-    """Replace substrings that look like credentials (see ``SECRET_VALUE_PATTERNS``, ``Basic`` values and
-    patterns added with :func:`add_secret_pattern`) with ``[REDACTED]``."""
-    text = _SECRET_VALUE.sub(_REDACTED, text)
-    return _BASIC.sub(
-        lambda m: m.group(0)[: m.start(1) - m.start(0)] + _REDACTED
-        if _is_basic_credential(m.group(1).encode("ascii")) else m.group(0),
-        text,
-    )
-
-
-def scrub_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
-    """Headers without secrets, names lowercased; repeated headers are joined with ``", "``."""
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        if is_secret_name(key):
-            continue
-        value = redact_secret_values(value)
-        out[key] = f"{out[key]}, {value}" if key in out else value
-    return out
-
-
-def scrub_url(url: str) -> str:
-    """``url`` without userinfo, without query parameters named like credentials (``key``, ``sig``,
-    ``token``, ``signature``, ``X-Amz-Signature``, ...), and with credential-looking values masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = urlencode([(k, redact_secret_values(v)) for k, v in pairs if not is_secret_query_name(k)])
-    return urlunsplit((parts.scheme, netloc, redact_secret_values(parts.path), query, parts.fragment))
-
-
-def scrub_json(value: Any) -> Any:
-    """A deep copy of a JSON-like value with secret-named object fields removed and key-like strings redacted.
-
-    Runs in O(size of ``value``) with an explicit stack, so any nesting depth works (no RecursionError).
-    Non-JSON leaves (e.g. SDK sentinels) are turned into their ``repr``.
-    """
-    root: list[Any] = [None]
-    # Each entry: (container to fill, slot in it, value to copy into that slot).
-    todo: list[tuple[Any, Any, Any]] = [(root, 0, value)]
-    while todo:
-        target, slot, item = todo.pop()
-        if isinstance(item, Mapping):
-            copy: dict[str, Any] = {}
-            target[slot] = copy
-            for k, v in item.items():
-                if not is_secret_name(str(k)):
-                    copy[str(k)] = None  # keep the original field order
-                    todo.append((copy, str(k), v))
-        elif isinstance(item, list | tuple):
-            items: list[Any] = [None] * len(item)
-            target[slot] = items
-            todo.extend((items, i, v) for i, v in enumerate(item))
-        elif isinstance(item, str):
-            target[slot] = redact_secret_values(item)
-        elif item is None or isinstance(item, bool | int | float):
-            target[slot] = item
-        else:
-            target[slot] = redact_secret_values(repr(item))
-    return root[0]
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -253,15 +73,27 @@ class CaptureWriter:
     :meth:`start_response`; ``headers_ms`` is the time from ``started_at`` (a ``time.perf_counter()``
     value taken when the request was sent; default: construction) to the headers.
 
-    Body bytes are written with credential-looking values masked (same length, so the sidecar's chunk
-    sizes still add up to the file's size). Complete lines are written and flushed as they arrive, so a
-    capture interrupted by a crash keeps its bytes; the unfinished last line is held back (at most
-    ``HOLD_LIMIT`` bytes) until its end arrives, so a secret split across chunks is still caught.
+    Body bytes go through a :class:`~mendstream.recording.scrub.BodyScrubber`: credentials are masked
+    (same length, so the sidecar's chunk sizes still add up to the file's size), also when the model streams
+    one in pieces. Bytes are written and flushed as soon as the scrubber releases them, so a capture
+    interrupted by a crash keeps them; it holds back only what may still be part of a secret (at most its
+    ``hold_limit``, 4 MiB, plus one line of up to 1 MiB; past that it masks, fail closed). The sidecar's
+    ``scrub`` field counts the bytes masked (``forced_bytes``: masked that way).
+
+    Files: created with mode 0600, never through a symlink (see :mod:`mendstream.recording.files`): a file,
+    symlink or hard link already at ``path`` is replaced, not followed or written into. With ``dir_fd`` (an
+    open directory) the files are created relative to it under ``path``'s name, and with ``exclusive`` an
+    existing name is a ``FileExistsError`` (:class:`~mendstream.recording.files.CaptureDirectory` uses both).
+
+    ``max_bytes`` (default :data:`DEFAULT_MAX_CAPTURE_BYTES`, 64 MiB; None: no cap) caps the body written:
+    past it the capture stops (the stream itself is not affected) and the sidecar's ``truncated`` field says
+    at how many bytes and how many more arrived. The sidecar keeps at most 200,000 chunk entries; later
+    chunks are added to the last entry. A failure to write the body (a full disk) stops the capture, not
+    the stream: the sidecar's ``capture_error`` says why.
     """
 
-    HOLD_LIMIT = 1 << 20
-    """Most bytes of an unfinished line held back before they are scrubbed and written anyway."""
-    _OVERLAP = 8192  # kept back when a held line is flushed early: longer than any pattern's match
+    HOLD_LIMIT = 4 * 1024 * 1024
+    """Most body bytes held back by the scrubber before it masks rather than waits (plus one line)."""
 
     def __init__(
         self,
@@ -273,25 +105,37 @@ class CaptureWriter:
         url: str | None = None,
         transport: str | None = None,
         started_at: float | None = None,
+        max_bytes: int | None = DEFAULT_MAX_CAPTURE_BYTES,
+        dir_fd: int | None = None,
+        exclusive: bool = False,
     ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            from mendstream.errors import UsageError
+
+            raise UsageError(f"max_bytes must be None or an int >= 0; got {max_bytes!r}")
         self.path = Path(path)
         self.sidecar = sidecar_path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] | None = self.path.open("wb")
+        self._dir_fd = dir_fd
+        if dir_fd is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._request: dict[str, Any] = {
             "method": method,
             "url": scrub_url(url) if url else None,
             "headers": scrub_headers(request_headers) if request_headers is not None else {},
             "body": scrub_json(request_body),
         }
+        self._file: IO[bytes] | None = create_private(self.path, dir_fd=dir_fd, exclusive=exclusive)
+        self._scrubber = BodyScrubber(hold_limit=self.HOLD_LIMIT)
+        self._max_bytes = max_bytes
         self._transport = transport
         self._t_request = started_at if started_at is not None else time.perf_counter()
         self._t_response: float | None = None
         self._status: int | None = None
         self._response_headers: dict[str, str] = {}
         self._chunks: list[list[float]] = []
-        self._total = 0
-        self._held = bytearray()
+        self._total = 0  # body bytes captured
+        self._dropped = 0  # body bytes that arrived past max_bytes
+        self._failure: str | None = None  # why writing the body stopped, if it failed
         self.finished = False
 
     def start_response(self, status: int, headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
@@ -301,31 +145,57 @@ class CaptureWriter:
         self._response_headers = scrub_headers(headers)
 
     def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` to the fixture file exactly as received and note its size and arrival time."""
-        if self._file is None or not chunk:
+        """Append ``chunk`` (scrubbed) to the fixture file and note its size and arrival time."""
+        if not chunk or self.finished:
+            return
+        if self._file is None:  # stopped at max_bytes (or by a write error)
+            self._dropped += len(chunk)
             return
         now = time.perf_counter()
         if self._t_response is None:
             self._t_response = now
-        self._held += chunk
-        cut = self._held.rfind(b"\n") + 1
-        if cut == 0 and len(self._held) > self.HOLD_LIMIT:
-            cut = self._safe_cut(len(self._held) - self._OVERLAP)
-        if cut:
-            self._file.write(redact_secret_bytes(bytes(self._held[:cut])))
-            del self._held[:cut]
-            self._file.flush()
-        self._total += len(chunk)
-        self._chunks.append([len(chunk), round((now - self._t_response) * 1000.0, 3)])
+        capped = self._max_bytes is not None and self._total + len(chunk) > self._max_bytes
+        if capped:
+            assert self._max_bytes is not None
+            keep = self._max_bytes - self._total
+            self._dropped += len(chunk) - keep
+            chunk = chunk[:keep]
+        if chunk:
+            self._emit(self._scrubber.feed(chunk))
+            self._total += len(chunk)
+            ms = round((now - self._t_response) * 1000.0, 3)
+            if len(self._chunks) < _MAX_CHUNK_RECORDS:
+                self._chunks.append([len(chunk), ms])
+            else:
+                self._chunks[-1][0] += len(chunk)
+        if capped:
+            self._close_body(cut=True)
 
-    def _safe_cut(self, cut: int) -> int:
-        """``cut``, moved back to the start of any secret that spans it (so no match is split)."""
-        start = max(0, cut - self._OVERLAP)
-        window = bytes(self._held[start : cut + self._OVERLAP])
-        for match in _SECRET_VALUE_BYTES.finditer(window):
-            if start + match.start() < cut < start + match.end():
-                return start + match.start()
-        return cut
+    def _emit(self, data: bytes) -> None:
+        if data and self._file is not None:
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except OSError as exc:  # a full disk stops the capture, not the stream it tees
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self._failure = self._failure or redact_secret_values(f"{type(exc).__name__}: {exc}")
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+    def _close_body(self, *, cut: bool) -> None:
+        if self._file is None:
+            return
+        self._emit(self._scrubber.end(cut=cut))
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._fail(exc)
+            self._file = None
 
     def finish(self, outcome: Outcome = "complete", error: BaseException | None = None) -> None:
         """Close the fixture file and write the sidecar. Idempotent.
@@ -337,12 +207,7 @@ class CaptureWriter:
         if self.finished:
             return
         self.finished = True
-        if self._file is not None:
-            if self._held:
-                self._file.write(redact_secret_bytes(bytes(self._held)))
-                self._held.clear()
-            self._file.close()
-            self._file = None
+        self._close_body(cut=outcome != "complete")
         t_resp = self._t_response if self._t_response is not None else time.perf_counter()
         sidecar: dict[str, Any] = {
             "format": CAPTURE_FORMAT,
@@ -357,14 +222,21 @@ class CaptureWriter:
             },
             "body_bytes": self._total,
             "chunks": self._chunks,
+            "scrub": {"masked_bytes": self._scrubber.masked_bytes, "forced_bytes": self._scrubber.forced_bytes},
         }
+        if self._max_bytes is not None and self._total >= self._max_bytes and (self._dropped or outcome != "complete"):
+            sidecar["truncated"] = {
+                "max_bytes": self._max_bytes,
+                "bytes_not_captured": self._dropped,
+                "note": "the capture stopped at its size cap; the stream went on",
+            }
         if error is not None:
             sidecar["error"] = redact_secret_values(f"{type(error).__name__}: {error}")
+        if self._failure is not None:
+            sidecar["capture_error"] = self._failure
         try:
             text = json.dumps(sidecar, indent=1, ensure_ascii=False)
         except RecursionError:  # a request body nested deeper than json can write: record that instead
             self._request["body"] = "[request body nested too deeply to record]"
             text = json.dumps(sidecar, indent=1, ensure_ascii=False)
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(self.sidecar)
+        write_private(self.sidecar, (text + "\n").encode("utf-8"), dir_fd=self._dir_fd)

@@ -40,6 +40,7 @@ from mendstream.core.sdk_events import to_sdk_event, to_sdk_message
 from mendstream.errors import StreamError, StreamStalledError, UsageError, request_id_of
 from mendstream.streaming import reaper
 from mendstream.streaming.machine import (
+    Action,
     EventPresenter,
     Fail,
     Finish,
@@ -53,7 +54,7 @@ from mendstream.streaming.machine import (
 from mendstream.streaming.retry import Attempt, Retry
 from mendstream.streaming.stall import SyncGuard, socket_of
 
-__all__ = ["AsyncMessageStream", "AsyncOpener", "MessageStream", "Opened", "Opener"]
+__all__ = ["AsyncMessageStream", "AsyncOpener", "AsyncRun", "MessageStream", "Opened", "Opener", "Run", "SyncRun"]
 
 
 @dataclass(slots=True)
@@ -126,35 +127,25 @@ def _abandoned(slot: _Slot) -> None:
     reaper.submit(job)
 
 
-class _Run:
+class Run:
     """What both drivers share: the machine and the attempt held open. The public stream objects hold a run
     and iterate its generator; nothing here refers back to them, so a stream dropped by its owner is freed at
     once by reference counting (no cycle waits for the garbage collector) and its finaliser runs then."""
 
     def __init__(
         self,
+        machine: StreamMachine[Any],
         *,
-        retry: Retry | None,
-        idle_timeout: float | None,
-        progress_timeout: float | None,
-        parser: MessageParser | None,
-        convert_stall: Callable[[StreamStalledError], BaseException] | None,
-        beta: bool,
+        first_parser: MessageParser | None = None,
+        beta: bool = False,
+        fail_as: Callable[[BaseException], Any] | None = None,
     ) -> None:
-        check_stream_options(retry, idle_timeout, progress_timeout)
-        if parser is not None and not isinstance(parser, MessageParser):
-            raise UsageError(f"parser must be a mendstream.MessageParser, not {type(parser).__name__}")
-        self.presenter = EventPresenter()
-        self.machine: StreamMachine[list[Event]] = StreamMachine(
-            retry,
-            reader=parser_factory(parser),
-            presenter=self.presenter,
-            now=time.monotonic(),
-            idle_timeout=idle_timeout,
-            progress_timeout=progress_timeout,
-            convert_stall=convert_stall,
-        )
-        self.first_parser = parser
+        self.machine = machine
+        self.fail_as = fail_as
+        """Set: a failure after the first attempt opened is delivered as ``fail_as(error)``, the last item,
+        instead of raised (a boundary ends the client's stream with an ``error`` event)."""
+        self.presenter: Any = machine.presenter
+        self.first_parser = first_parser
         self.beta = beta
         self.slot = _Slot()
         self.response: Any = None
@@ -222,11 +213,11 @@ class _Run:
         raise error from error.__cause__
 
 
-class _SyncRun(_Run):
+class SyncRun(Run):
     """The sync driver: blocking reads bounded by the watchdog thread, backoff on a ``threading.Event``."""
 
-    def __init__(self, opener: Opener, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, opener: Opener, machine: StreamMachine[Any], **options: Any) -> None:
+        super().__init__(machine, **options)
         self.opener = opener
         self.body: Iterator[bytes] | None = None
         self.guard: SyncGuard | None = None
@@ -241,6 +232,37 @@ class _SyncRun(_Run):
             action = machine.next_action()
         if isinstance(action, Fail):
             self.fail(action)
+
+    def open_until_streaming(self) -> Action:
+        """Open attempts (sleeping between them) until one streams, or the stream fails or is closed: the
+        action then due (Read, Fail or Finish). For a boundary that must know before it answers."""
+        machine = self.machine
+        while True:
+            action = machine.next_action()
+            if isinstance(action, Open):
+                self.open(action)
+            elif isinstance(action, Sleep):
+                self.sleep(action.seconds)
+            else:
+                return action
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.wake.wait(seconds)
+        if self.closing:
+            self.machine.close()
+        else:
+            self.machine.slept(time.monotonic())
+
+    def close(self, events: Generator[Any, None, None] | None) -> None:
+        """Stop: no attempt starts after this; a backoff sleep ends at once; ``events`` (the generator of
+        :meth:`events`) is closed unless another thread runs it; the current attempt is released."""
+        self.closing = True
+        self.wake.set()
+        if events is not None:
+            with contextlib.suppress(ValueError):  # running in another thread: it returns when the sleep wakes
+                events.close()
+        self.release()
 
     def open(self, action: Open) -> None:
         machine = self.machine
@@ -270,13 +292,11 @@ class _SyncRun(_Run):
                         yield action.restart
                     self.open(action)
                 elif isinstance(action, Sleep):
-                    if action.seconds > 0:
-                        self.wake.wait(action.seconds)
-                    if self.closing:
-                        machine.close()
-                    else:
-                        machine.slept(time.monotonic())
+                    self.sleep(action.seconds)
                 elif isinstance(action, Finish):
+                    return
+                elif self.fail_as is not None:
+                    yield self.fail_as(action.error)
                     return
                 else:
                     self.fail(action)
@@ -334,11 +354,11 @@ class _SyncRun(_Run):
             reaper.release(opened)
 
 
-class _AsyncRun(_Run):
+class AsyncRun(Run):
     """The async driver: reads under ``asyncio.timeout_at``, backoff on an ``asyncio.Event``."""
 
-    def __init__(self, opener: AsyncOpener, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, opener: AsyncOpener, machine: StreamMachine[Any], **options: Any) -> None:
+        super().__init__(machine, **options)
         self.opener = opener
         self.body: AsyncIterator[bytes] | None = None
         self.wake: asyncio.Event | None = None
@@ -351,6 +371,35 @@ class _AsyncRun(_Run):
             action = machine.next_action()
         if isinstance(action, Fail):
             self.fail(action)
+
+    async def open_until_streaming(self) -> Action:
+        """The async twin of :meth:`SyncRun.open_until_streaming`."""
+        machine = self.machine
+        while True:
+            action = machine.next_action()
+            if isinstance(action, Open):
+                await self.open(action)
+            elif isinstance(action, Sleep):
+                await self.sleep(action.seconds)
+            else:
+                return action
+
+    async def sleep(self, seconds: float) -> None:
+        await self.pause(seconds)
+        if self.closing:
+            self.machine.close()
+        else:
+            self.machine.slept(time.monotonic())
+
+    async def close(self, events: AsyncGenerator[Any, None] | None) -> None:
+        """The async twin of :meth:`SyncRun.close`."""
+        self.closing = True
+        if self.wake is not None:
+            self.wake.set()
+        if events is not None:
+            with contextlib.suppress(RuntimeError):  # iterated by another task now: it returns when the sleep wakes
+                await events.aclose()
+        await self.release()
 
     async def open(self, action: Open) -> None:
         machine = self.machine
@@ -384,17 +433,16 @@ class _AsyncRun(_Run):
                         yield action.restart
                     await self.open(action)
                 elif isinstance(action, Sleep):
-                    await self.pause(action.seconds)
-                    if self.closing:
-                        machine.close()
-                    else:
-                        machine.slept(time.monotonic())
+                    await self.sleep(action.seconds)
                 elif isinstance(action, Finish):
+                    return
+                elif self.fail_as is not None:
+                    yield self.fail_as(action.error)
                     return
                 else:
                     self.fail(action)
         except GeneratorExit:
-            raise  # see _SyncRun.events
+            raise  # see SyncRun.events
         except BaseException:
             await self.release()
             raise
@@ -468,9 +516,9 @@ class _AsyncRun(_Run):
 class _Surface:
     """The SDK MessageStream surface, shared by both stream classes, read from their run."""
 
-    _run: _Run
+    _run: Run
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self._run = run
         self._finalizer = weakref.finalize(self, _abandoned, run.slot)
         self._finalizer.atexit = False  # at interpreter exit the process takes its connections with it
@@ -492,7 +540,7 @@ class _Surface:
 
     @property
     def attempts(self) -> list[Attempt]:
-        """One record per attempt so far (see :class:`~mendstream.Attempt`)."""
+        """One record per attempt so far (see :class:`~mendstream.streaming.retry.Attempt`)."""
         return self._run.machine.attempts
 
     @property
@@ -571,7 +619,7 @@ class MessageStream(_Surface):
     after every event decoded before them has been yielded, ``from`` their ``__cause__``.
     """
 
-    _run: _SyncRun
+    _run: SyncRun
 
     def __init__(
         self,
@@ -586,8 +634,8 @@ class MessageStream(_Surface):
         beta: bool = False,
         output_format: Any = None,
     ) -> None:
-        run = _SyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                       parser=parser, convert_stall=convert_stall, beta=beta)
+        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
+        run = SyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
         reaper.start()
@@ -617,12 +665,7 @@ class MessageStream(_Surface):
 
     def close(self) -> None:
         """Stop reading, release the connection, cut a backoff sleep short (idempotent, any thread)."""
-        run = self._run
-        run.closing = True
-        run.wake.set()
-        with contextlib.suppress(ValueError):  # running in another thread: it returns when the sleep wakes
-            self._iterator.close()
-        run.release()
+        self._run.close(self._iterator)
         self._finalizer.detach()
 
     def until_done(self) -> None:
@@ -648,7 +691,7 @@ class AsyncMessageStream(_Surface):
     (:class:`~mendstream.streaming.opener.AsyncStreamOpener`), which sends the first attempt with
     :meth:`start`."""
 
-    _run: _AsyncRun
+    _run: AsyncRun
 
     def __init__(
         self,
@@ -663,8 +706,8 @@ class AsyncMessageStream(_Surface):
         beta: bool = False,
         output_format: Any = None,
     ) -> None:
-        run = _AsyncRun(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                        parser=parser, convert_stall=convert_stall, beta=beta)
+        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
+        run = AsyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
         reaper.start()
@@ -698,13 +741,7 @@ class AsyncMessageStream(_Surface):
 
     async def close(self) -> None:
         """Stop reading, release the connection, cut a backoff sleep short (idempotent)."""
-        run = self._run
-        run.closing = True
-        if run.wake is not None:
-            run.wake.set()
-        with contextlib.suppress(RuntimeError):  # iterated by another task now: it returns when the sleep wakes
-            await self._iterator.aclose()
-        await run.release()
+        await self._run.close(self._iterator)
         self._finalizer.detach()
 
     async def until_done(self) -> None:
@@ -718,6 +755,28 @@ class AsyncMessageStream(_Surface):
     async def get_final_text(self) -> str:
         await self.until_done()
         return self._final_text()
+
+
+def _event_machine(
+    retry: Retry | None,
+    idle_timeout: float | None,
+    progress_timeout: float | None,
+    parser: MessageParser | None,
+    convert_stall: Callable[[StreamStalledError], BaseException] | None,
+) -> StreamMachine[list[Event]]:
+    """The machine of a stream read as events (options checked: a bad one is a UsageError)."""
+    check_stream_options(retry, idle_timeout, progress_timeout)
+    if parser is not None and not isinstance(parser, MessageParser):
+        raise UsageError(f"parser must be a mendstream.MessageParser, not {type(parser).__name__}")
+    return StreamMachine(
+        retry,
+        reader=parser_factory(parser),
+        presenter=EventPresenter(),
+        now=time.monotonic(),
+        idle_timeout=idle_timeout,
+        progress_timeout=progress_timeout,
+        convert_stall=convert_stall,
+    )
 
 
 def _structured(output_format: Any, beta: bool) -> Any:
@@ -742,12 +801,12 @@ async def _atext(events: AsyncIterator[Any]) -> AsyncIterator[str]:
             yield event.text
 
 
-def _sdk_events(events: Iterator[Event], run: _Run) -> Generator[Any, None, None]:
+def _sdk_events(events: Iterator[Event], run: Run) -> Generator[Any, None, None]:
     for event in events:
         yield run.sdk_event(event)
 
 
-async def _asdk_events(events: AsyncIterator[Event], run: _Run) -> AsyncGenerator[Any, None]:
+async def _asdk_events(events: AsyncIterator[Event], run: Run) -> AsyncGenerator[Any, None]:
     async for event in events:
         yield run.sdk_event(event)
 

@@ -106,8 +106,11 @@ class Continuation:
 
     def apply(self, messages: Sequence[Any] | None) -> list[Any]:
         """``messages`` with this content as the final assistant turn (appended to a final assistant turn
-        already there: a string content grows by the text, a list by the blocks). Never mutates its input."""
+        already there: a string content grows by the text, a list by the blocks). Never mutates its input.
+        An empty continuation (nothing was shown yet but a block's start) leaves the messages as they are."""
         out = list(messages or [])
+        if not self.content:
+            return out
         if out and isinstance(out[-1], dict) and out[-1].get("role") == "assistant":
             last = out[-1]
             existing = last.get("content")
@@ -297,6 +300,8 @@ class StreamMachine(Generic[Out]):
         presenter: what the consumer is shown (an :class:`EventPresenter` for event consumers).
         now: the monotonic time the stream starts (for ``Retry.deadline``).
         convert_stall: maps a stall error to what is raised (the SDK transport mixes in its class).
+        restarts: whether a restart can be shown (False at the HTTP boundary, where a client cannot be told
+            to forget what it received: where a restart would be the answer, the stream fails instead).
 
     The inputs ``opened``, ``open_failed``, ``received``, ``ended``, ``timed_out`` and ``slept`` must be
     called in the state whose action asked for them; anything else is a :class:`UsageError` (a driver bug).
@@ -312,8 +317,10 @@ class StreamMachine(Generic[Out]):
         idle_timeout: float | None = None,
         progress_timeout: float | None = None,
         convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
+        restarts: bool = True,
     ) -> None:
         self.retry = retry if retry is not None else NO_RETRY
+        self.restarts = restarts
         self.idle = idle_timeout
         self.progress = progress_timeout
         self.stall_enabled = idle_timeout is not None or progress_timeout is not None
@@ -336,6 +343,8 @@ class StreamMachine(Generic[Out]):
         self._repairs: list[Repair] = []
         self._action: Action | None = None
         self._continuation: Continuation | None = None
+        self.note: str | None = None
+        """Why the stream failed when it might have continued (``restarts=False``), for the error shown."""
 
     # -- what to do next ---------------------------------------------------------------------------------------
 
@@ -581,6 +590,8 @@ class StreamMachine(Generic[Out]):
             return None
         epoch = _Epoch(delay=delay)
         if refused_prefill:
+            if not self.restarts:
+                return None
             epoch.note = f"continue not possible: the API refused the assistant prefill ({error}); restarted"
             self._restart(epoch, number, error)
         elif not presenter.shown_content:
@@ -591,10 +602,15 @@ class StreamMachine(Generic[Out]):
         elif retry.on_partial == "raise":
             return None
         elif retry.on_partial == "restart":
+            if not self.restarts:
+                return None
             self._restart(epoch, number, error)
         else:
             outcome = presenter.continue_from(message or {})
             if isinstance(outcome, str):
+                if not self.restarts:
+                    self.note = f"continue not possible: {outcome}"
+                    return None
                 epoch.note = f"continue not possible: {outcome}; restarted"
                 self._restart(epoch, number, error)
             else:
@@ -734,13 +750,13 @@ class EventPresenter:
         text = str(content[0].get("text", "")) if content else ""
         shown = (self._shown.text + text[self.skipped :]) if self.continuing else text
         prefill = shown.rstrip()
-        if not prefill:
-            return "no text to prefill"
         self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
         self._shown.text = shown
         self._shown.held = shown[len(prefill) :]
         self.continuing = True
-        return Continuation.prefill(prefill)
+        # Nothing but a block's start (or blanks) was shown: the request is sent again as it was, and its
+        # answer spliced in as a continuation's is (the client already has message_start and block 0's start).
+        return Continuation.prefill(prefill) if prefill else Continuation(())
 
     def stitch(self, message: dict[str, Any]) -> dict[str, Any]:
         """The message as the consumer must see it: when continuing, text block 0 holds all the text shown

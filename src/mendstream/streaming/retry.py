@@ -9,8 +9,9 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
+from mendstream.core.events import RestartEvent
 from mendstream.errors import APIStreamError, IncompleteStreamError, StreamStalledError, UsageError
 
 __all__ = [
@@ -274,17 +275,3 @@ class Attempt:
     bytes_received: int = 0
     events_delivered: int = 0
     note: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RestartEvent:
-    """Delivered before the events of a restarted attempt (``on_partial="restart"``): what was shown so far
-    is void, the stream starts again from ``message_start``. ``attempt`` is the attempt about to start,
-    ``error`` what ended the previous one."""
-
-    type: ClassVar[Literal["restart"]] = "restart"
-    attempt: int
-    error: BaseException
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "attempt": self.attempt, "error": f"{type(self.error).__name__}: {self.error}"}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
@@ -13,12 +14,13 @@ from typing import Any, ClassVar, cast
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mendstream.testing.app import LOGGER, ReplayApp, ServerLimits
+from mendstream.testing.app import LOGGER, ReplayApp, ServerLimits, descriptor_plan
 from mendstream.testing.routing import error_body, error_type_for
 
 __all__ = ["bind", "run"]
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a request head (it accepts bare LF line ends too)
 
 
 def _raw_error(status: int, message: str) -> bytes:
@@ -32,12 +34,14 @@ class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus a header deadline, a connection cap and 431 (see the module comment)."""
 
     limits: ClassVar[ServerLimits]
+    max_connections: ClassVar[int]  # connection_cap(limits), resolved when the server starts
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = LOGGER
         self._header_timer: asyncio.TimerHandle | None = None
         self._pending = 0  # bytes received towards the current request head
+        self._tail = b""  # the last 2 bytes of those (a head's end, LF [CR] LF, may straddle two reads)
         self._rejected = False
 
     def _waiting_for_head(self) -> bool:
@@ -53,10 +57,10 @@ class LimitedH11Protocol(H11Protocol):
             self._header_timer = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) >= self.max_connections:
             self._rejected = True
             self.transport = transport
-            transport.write(_raw_error(503, f"more than {self.limits.max_connections} open connections"))
+            transport.write(_raw_error(503, f"more than {self.max_connections} open connections"))
             transport.close()
             return
         super().connection_made(transport)
@@ -70,20 +74,31 @@ class LimitedH11Protocol(H11Protocol):
         if self._rejected or self.transport.is_closing():
             return
         if self._waiting_for_head():
+            # Checked before h11 sees the bytes: a whole oversized head can arrive in one read, and h11
+            # would parse it (up to its own, larger bound) before the check after the call could see it.
+            # Only the head counts, not the body bytes that came in the same read.
+            window = self._tail + data
+            end = _HEAD_END.search(window)
+            head = self._pending + (end.end() - len(self._tail) if end is not None else len(data))
+            if head > self.limits.max_header_bytes:
+                self._too_large()
+                return
             self._pending += len(data)
+            self._tail = window[-2:]
         super().data_received(data)
         if self.transport.is_closing():
             return
         if not self._waiting_for_head():
             self._pending = 0
+            self._tail = b""
             self._disarm()
-            return
-        if self._pending > self.limits.max_header_bytes:
-            self._disarm()
-            self.transport.write(_raw_error(431, f"request head over {self.limits.max_header_bytes} bytes"))
-            self.transport.close()
             return
         self._arm()
+
+    def _too_large(self) -> None:
+        self._disarm()
+        self.transport.write(_raw_error(431, f"request head over {self.limits.max_header_bytes} bytes"))
+        self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._header_timer = None
@@ -115,7 +130,9 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
 async def run(app: ReplayApp, sock: socket.socket, stop: asyncio.Event, on_started: Callable[[], None]) -> None:
     """Serve ``app`` on the bound ``sock`` until ``stop`` is set; then close every connection at once."""
     limits = app.limits
-    protocol = type("BoundLimitedH11Protocol", (LimitedH11Protocol,), {"limits": limits})
+    max_connections, backlog = descriptor_plan(limits)
+    protocol = type("BoundLimitedH11Protocol", (LimitedH11Protocol,),
+                    {"limits": limits, "max_connections": max_connections})
     config = uvicorn.Config(
         app,
         http=protocol,
@@ -127,7 +144,7 @@ async def run(app: ReplayApp, sock: socket.socket, stop: asyncio.Event, on_start
         server_header=False,
         # uvicorn types it as int but hands it to loop.call_later, which takes seconds as a float
         timeout_keep_alive=cast(int, limits.idle_timeout),
-        backlog=limits.backlog,
+        backlog=backlog,  # also how many connections asyncio accepts at once (see descriptor_plan)
         # h11's own bound on a buffered head; ours (431) is checked first, after each read (<= 256 KiB)
         h11_max_incomplete_event_size=limits.max_header_bytes + 256 * 1024,
     )

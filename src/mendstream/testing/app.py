@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from mendstream.errors import UsageError
 from mendstream.testing.faults import PlannedResponse
 from mendstream.testing.routing import RecordedRequest, Router, error_response
 
-__all__ = ["LOGGER", "ReplayApp", "ServerLimits"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "LOGGER", "ReplayApp", "ServerLimits", "connection_cap", "descriptor_plan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,9 +44,13 @@ class ServerLimits:
         max_header_bytes: request heads larger than this get 431.
         max_headers: requests with more header fields than this get 431.
         max_connections: connections beyond this are answered 503 and closed at once, so idle connections
-            cannot exhaust file descriptors.
-        backlog: the listening socket's accept queue.
+            cannot exhaust file descriptors. None (the default): 512, or fewer when the process's file
+            limit (RLIMIT_NOFILE) leaves less room when the server starts (see :func:`connection_cap`).
+        backlog: the listening socket's accept queue (lowered with a small file limit, as
+            ``max_connections``: see :func:`descriptor_plan`).
         request_log: how many requests :attr:`ReplayServer.requests` keeps (the most recent).
+        request_log_bytes: how much memory those requests may take (bodies decoded, as
+            :func:`~mendstream.server.routing.record_weight` bounds it); older ones are dropped first.
     """
 
     header_timeout: float = 10.0
@@ -54,9 +59,10 @@ class ServerLimits:
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
-    max_connections: int = 512
+    max_connections: int | None = None
     backlog: int = 128
     request_log: int = 1000
+    request_log_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "idle_timeout", "body_timeout"):
@@ -65,10 +71,61 @@ class ServerLimits:
                 raise UsageError(f"ServerLimits.{name} must be a number > 0; got {value!r}")
         for name in ("max_body_bytes", "max_header_bytes", "max_headers", "max_connections", "backlog"):
             value = getattr(self, name)
+            if value is None and name == "max_connections":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"ServerLimits.{name} must be an int >= 1; got {value!r}")
-        if isinstance(self.request_log, bool) or not isinstance(self.request_log, int) or self.request_log < 0:
-            raise UsageError(f"ServerLimits.request_log must be an int >= 0; got {self.request_log!r}")
+        for name in ("request_log", "request_log_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"ServerLimits.{name} must be an int >= 0; got {value!r}")
+
+
+DEFAULT_MAX_CONNECTIONS = 512
+"""The connection cap when :attr:`ServerLimits.max_connections` is None and descriptors are plentiful."""
+
+
+def connection_cap(limits: ServerLimits) -> int:
+    """The connection cap a server with ``limits`` enforces: ``limits.max_connections`` if set, else 512 or
+    fewer when the process's file limit (RLIMIT_NOFILE) leaves less room: see :func:`descriptor_plan`."""
+    return descriptor_plan(limits)[0]
+
+
+def descriptor_plan(limits: ServerLimits) -> tuple[int, int]:
+    """``(connection cap, listen backlog)`` for a server with ``limits`` started now.
+
+    Every connection takes a file descriptor, and asyncio accepts up to ``backlog`` connections at a time,
+    before any of them can be turned away with a 503; in a flood about two such batches are in flight (three
+    are allowed for). So with ``left`` = the RLIMIT_NOFILE soft limit minus the descriptors open now, the
+    backlog is at most ``left / 8`` (at least 16, at most ``limits.backlog``) and the cap at most
+    ``(left - 3 * backlog) / 2`` (at least 1, at most 512): half of what remains stays free for the process
+    (fixtures, logging, clients sharing it in a test). A flood of idle connections then meets 503s, never
+    "too many open files" (with 256 files: a cap of 78 and a backlog of 31; with 1,024: 318 and 127; from
+    about 4,000 on: 512 and 128). An explicit ``limits.max_connections`` is used as given, with
+    ``limits.backlog``; so is everything where the limit cannot be read or is unlimited."""
+    if limits.max_connections is not None:
+        return limits.max_connections, limits.backlog
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # not POSIX
+        return DEFAULT_MAX_CONNECTIONS, limits.backlog
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return DEFAULT_MAX_CONNECTIONS, limits.backlog
+    left = soft - _open_descriptors()
+    backlog = min(limits.backlog, max(16, left // 8))
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, (left - 3 * backlog) // 2)), backlog
+
+
+def _open_descriptors() -> int:
+    """How many file descriptors the process has open (0 where that cannot be listed)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(directory))
+        except OSError:
+            continue
+    return 0
 
 
 class CutConnection(Exception):
@@ -118,6 +175,13 @@ class ReplayApp:
         if len(scope["headers"]) > limits.max_headers:
             msg = f"{len(scope['headers'])} header fields; the limit is {limits.max_headers}"
             await self._finish(*self.router.reject(method, target, headers, error_response(431, msg, close=True)),
+                               send, started)
+            return
+        # The head as sent (request line, "name: value" CRLF lines, blank line), whichever server parsed it.
+        head = len(method) + len(target) + 12 + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 2
+        if head > limits.max_header_bytes:
+            msg = f"request head of {head} bytes; the limit is {limits.max_header_bytes}"
+            await self._finish(*self.router.reject(method, target, {}, error_response(431, msg, close=True)),
                                send, started)
             return
         raw = await self._read_body(headers, receive)

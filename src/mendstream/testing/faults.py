@@ -75,6 +75,10 @@ class FaultPlan(Protocol):
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+MAX_STALL_PINGS = 10_000
+"""Most ``ping`` events one :class:`Stall` may plan (``seconds / ping_every``): each is a planned chunk."""
+MAX_SEED = 2**63
+"""A :class:`RandomMix` seed must lie within ``[-MAX_SEED, MAX_SEED)`` (19 digits)."""
 
 _ERROR_TYPE_OF_STATUS = {
     400: "invalid_request_error",
@@ -188,13 +192,31 @@ class Stall:
     only ``ping`` events that often), then sends the rest; with ``cut`` it drops the connection instead (a
     generation that never resumes, ended by some proxy's timeout). With ``headers`` the silence comes before
     anything at all, status line included (a request accepted and never answered, whatever its status);
-    then the response follows, or with ``cut`` its headers and a dropped connection."""
+    then the response follows, or with ``cut`` its headers and a dropped connection.
+
+    ``ping_every`` None or 0 means no pings; otherwise at most :data:`MAX_STALL_PINGS` pings may fit in
+    ``seconds``. Raises :class:`~mendstream.errors.UsageError` for a negative or non-finite number or more
+    pings than that."""
 
     seconds: float
     after_events: int = 3
     ping_every: float | None = None
     cut: bool = False
     headers: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("seconds", "ping_every"):
+            value = getattr(self, name)
+            if value is None and name == "ping_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise UsageError(f"Stall.{name} must be a finite number >= 0; got {value!r}")
+        if self.ping_every and self.seconds / self.ping_every > MAX_STALL_PINGS:
+            raise UsageError(
+                f"a stall of {self.seconds:g} s with a ping every {self.ping_every:g} s plans "
+                f"{self.seconds / self.ping_every:.0f} pings; at most {MAX_STALL_PINGS} (use a longer ping "
+                "interval, or ping=0 for none)"
+            )
 
     def apply(self, ordinal: int, response: PlannedResponse, /) -> PlannedResponse:
         if self.headers:
@@ -207,7 +229,7 @@ class Stall:
         head, tail = events[: self.after_events], events[self.after_events :]
         chunks: list[tuple[float, bytes]] = [(0.0, e) for e in head]
         waited = 0.0
-        if self.ping_every is not None:
+        if self.ping_every:  # None or 0: silence; bounded by MAX_STALL_PINGS (checked at construction)
             while waited + self.ping_every < self.seconds:
                 chunks.append((self.ping_every, _PING))
                 waited += self.ping_every
@@ -283,6 +305,9 @@ class RandomMix:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -MAX_SEED <= self.seed < MAX_SEED:
+            shown = f"an int of {self.seed.bit_length()} bits" if isinstance(self.seed, int) else repr(self.seed)
+            raise UsageError(f"a fault mix seed must be an int within [-2**63, 2**63); got {shown}")
         total = 0.0
         for rate, _ in self.choices:
             if not 0.0 <= rate <= 1.0:
@@ -315,14 +340,20 @@ FAULT   := NAME ["(" KEY "=" VALUE ["," KEY "=" VALUE ...] ")"]
   ok                                              unchanged
   error(type=overloaded_error,after_events=4,after_bytes=N,message=TEXT)
   cut(after_bytes=N | after_events=N | in=tool)  connection dropped mid-event / mid-tool-input
-  stall(seconds=T,after_events=3,ping=P,cut=false) T s silent (or pings every P s), then the rest (or a cut)
+  stall(seconds=T,after_events=3,ping=P,cut=false) T s silent (or pings every P s, ping=0: none), then the
+                                                  rest (or a cut); at most 10000 pings
   stall(seconds=T,headers=true,cut=false)         T s without even a status line, then the response (or a cut)
   trickle(bytes=8,delay=0.01)                     the body a few bytes at a time
   status(code=529,retry_after=S,retry_after_ms=MS,should_retry=true|false,type=ERROR_TYPE)
 Example: mix(seed=7):0.2*error+0.05*stall(seconds=2,ping=0.5)+0.05*cut(in=tool)+0.05*status(code=529)"""
 
 
+_MAX_NUMBER_CHARS = 40  # more than any useful count or duration; int() of 5,000 digits raises its own error
+
+
 def _number(name: str, key: str, value: str, kind: type[float] | type[int]) -> Any:
+    if len(value) > _MAX_NUMBER_CHARS:
+        raise UsageError(f"fault {name}: {key} takes at most {_MAX_NUMBER_CHARS} characters; got {len(value)}")
     try:
         number = kind(value)
     except ValueError:
@@ -407,7 +438,10 @@ def parse_fault_spec(spec: str) -> FaultPlan:
             if not star:
                 raise UsageError(f"mix term {term.strip()!r} must be RATE*FAULT\n{SPEC_HELP}")
             choices.append((_number("mix", "rate", rate.strip(), float), _parse_fault(fault)))
-        return RandomMix(tuple(choices), seed=int(mix.group(1)))
+        seed = mix.group(1)
+        if len(seed.lstrip("-")) > 19:
+            raise UsageError(f"mix seed takes at most 19 digits (within [-2**63, 2**63)); got {len(seed)} characters")
+        return RandomMix(tuple(choices), seed=int(seed))
     parts = spec.split(";")
     if len(parts) == 1:
         return _parse_fault(parts[0])

@@ -21,6 +21,7 @@ _EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 __all__ = [
     "DEFAULT_REQUEST_LOG",
+    "DEFAULT_REQUEST_LOG_BYTES",
     "MAX_JSON_DEPTH",
     "Pace",
     "RecordedRequest",
@@ -34,6 +35,12 @@ Pace = Literal["fast", "captured"]
 _PACE_VALUES = ("fast", "captured")
 DEFAULT_REQUEST_LOG = 1000
 """How many requests :attr:`Router.requests` keeps (the most recent ones)."""
+DEFAULT_REQUEST_LOG_BYTES = 32 * 1024 * 1024
+"""How much memory the requests in :attr:`Router.requests` may take, as :func:`record_weight` counts it."""
+# What a decoded JSON value costs beyond its text, per container, element or member (measured under
+# CPython 3.11: a list of empty lists takes 21 bytes per byte of JSON, an array of {"a":1} 24; every case
+# tried stays below len(text) + 80 per "[", "{", "," and ":").
+_DECODED_BYTES_PER_ITEM = 80
 MAX_JSON_DEPTH = 256
 """Request bodies nested deeper than this are answered with 400 (the API's own bodies are shallow)."""
 
@@ -106,7 +113,9 @@ def _too_deep(value: Any, limit: int) -> bool:
 @dataclass(slots=True)
 class RecordedRequest:
     """A request the server received: method, target (path and query), lowercase headers, decoded body,
-    fixture served, status answered, body bytes sent and milliseconds from request to last byte."""
+    fixture served, status answered, body bytes sent and milliseconds from request to last byte;
+    ``body_bytes`` is the size of the body received (its ``body`` is None when the request log could not
+    keep it: see :attr:`Router.requests`)."""
 
     method: str
     path: str
@@ -116,6 +125,16 @@ class RecordedRequest:
     status: int = 200
     bytes_sent: int = 0
     ms: float = 0.0
+    body_bytes: int = 0
+
+
+def record_weight(raw: bytes, headers: Mapping[str, str], target: str) -> int:
+    """What a request kept in the log costs in memory, at most: its target and headers, and its body
+    decoded (its bytes plus 80 per JSON container, element or member: a bound, not a measure, for any
+    JSON; 60 MB of empty arrays decode to 1.3 GB)."""
+    items = raw.count(b"[") + raw.count(b"{") + raw.count(b",") + raw.count(b":") if raw else 0
+    head = len(target) + sum(len(k) + len(v) + 64 for k, v in headers.items())
+    return 256 + head + len(raw) + _DECODED_BYTES_PER_ITEM * items
 
 
 class Router:
@@ -125,10 +144,10 @@ class Router:
     the planned chunks; ``"fast"`` sends them without waiting. ``faults`` (a
     :class:`~mendstream.testing.faults.FaultPlan`) transforms every Messages response before it is sent; its ordinal
     counts the Messages requests answered so far, from 0. :attr:`requests` keeps the last ``request_log``
-    requests. ``id_format`` makes the ``request-id`` of fixtures that have none (``{name}``: the fixture,
-    ``{count}``: the request's number). ``validate=True`` answers a Messages request that breaks a rule of
-    :func:`mendstream.wire.sanitize.validate_request` with the API's 400 and error message, before choosing a
-    fixture.
+    requests, within ``request_log_bytes`` (see :attr:`requests`). ``id_format`` makes the ``request-id`` of
+    fixtures that have none (``{name}``: the fixture, ``{count}``: the request's number). ``validate=True``
+    answers a Messages request that breaks a rule of :func:`mendstream.wire.sanitize.validate_request` with the
+    API's 400 and error message, before choosing a fixture.
 
     Raises :class:`~mendstream.errors.UsageError` (a ``ValueError``) for a bad option.
     """
@@ -143,6 +162,7 @@ class Router:
         request_log: int = DEFAULT_REQUEST_LOG,
         id_format: str = "req_replay_{name}_{count}",
         validate: bool = False,
+        request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
     ) -> None:
         if pace not in _PACE_VALUES:
             raise UsageError(f"pace must be one of {', '.join(_PACE_VALUES)}; got {pace!r}")
@@ -150,6 +170,8 @@ class Router:
             raise UsageError(f"speed must be a number > 0; got {speed!r}")
         if isinstance(request_log, bool) or not isinstance(request_log, int) or request_log < 0:
             raise UsageError(f"request_log must be an int >= 0; got {request_log!r}")
+        if isinstance(request_log_bytes, bool) or not isinstance(request_log_bytes, int) or request_log_bytes < 0:
+            raise UsageError(f"request_log_bytes must be an int >= 0; got {request_log_bytes!r}")
         if faults is not None and not callable(getattr(faults, "apply", None)):
             raise UsageError(f"faults must be a mendstream.testing.faults.FaultPlan (with .apply); got {faults!r}")
         self.selector = selector
@@ -159,6 +181,15 @@ class Router:
         self.id_format = id_format
         self.validate = bool(validate)
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log)
+        """The most recent requests, oldest first: at most ``request_log`` of them, and only as many as fit in
+        ``request_log_bytes`` (each counted by :func:`record_weight`); older ones are dropped first (counted
+        in :attr:`requests_dropped`). A request too large to fit on its own is kept without its body."""
+        self.requests_dropped = 0
+        """Requests dropped from :attr:`requests` to stay within ``request_log_bytes`` (not those beyond
+        ``request_log``: that count is the point of the log)."""
+        self.request_log_bytes = request_log_bytes
+        self._weights: deque[int] = deque(maxlen=request_log)  # the weight of each record in self.requests
+        self._logged_bytes = 0
         self._count = 0
         self._answered = 0
         self._lock = threading.Lock()
@@ -171,6 +202,27 @@ class Router:
             self.faults = faults
             self._answered = 0
             self.requests.clear()
+            self._weights.clear()
+            self._logged_bytes = 0
+            self.requests_dropped = 0
+
+    def _log(self, record: RecordedRequest, weight: int) -> None:
+        """Append ``record`` to :attr:`requests` within both bounds (the lock is held)."""
+        requests, weights = self.requests, self._weights
+        if requests.maxlen == 0:
+            return
+        if weight > self.request_log_bytes:  # alone over the budget: keep what it was, not its body
+            record.body = None
+            weight = record_weight(b"", record.headers, record.path)
+        if len(requests) == requests.maxlen:  # the deque drops its oldest on append
+            self._logged_bytes -= weights[0]
+        requests.append(record)
+        weights.append(weight)
+        self._logged_bytes += weight
+        while self._logged_bytes > self.request_log_bytes and len(requests) > 1:
+            requests.popleft()
+            self._logged_bytes -= weights.popleft()
+            self.requests_dropped += 1
 
     def answer(
         self, method: str, target: str, headers: Mapping[str, str], raw: bytes
@@ -196,9 +248,11 @@ class Router:
             else:
                 if _too_deep(body, MAX_JSON_DEPTH):
                     body, body_error = None, f"request body nests deeper than {MAX_JSON_DEPTH} levels"
-        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body)
+        record = RecordedRequest(method=method.upper(), path=target, headers=dict(headers), body=body,
+                                 body_bytes=len(raw))
+        weight = record_weight(raw, record.headers, target)
         with self._lock:
-            self.requests.append(record)
+            self._log(record, weight)
             self._count += 1
             count = self._count
         bedrock = _bedrock_path(path)
@@ -224,8 +278,9 @@ class Router:
     ) -> tuple[RecordedRequest, PlannedResponse]:
         """Record a request refused before routing (a limit was exceeded) with the answer ``planned``."""
         record = RecordedRequest(method.upper(), target, dict(headers), None, status=planned.status)
+        weight = record_weight(b"", record.headers, target)
         with self._lock:
-            self.requests.append(record)
+            self._log(record, weight)
             self._count += 1
         return record, planned
 

@@ -77,7 +77,8 @@ class ReplayServer:
             self.skipped = fixture_paths(source)[1]
         self.selector = FixtureSelector(self.fixtures, select=select, cycle=cycle)
         self.router = Router(self.selector, pace=pace, speed=speed, faults=faults,
-                             request_log=self.limits.request_log, validate=validate)
+                             request_log=self.limits.request_log, validate=validate,
+                             request_log_bytes=self.limits.request_log_bytes)
         self.app = ReplayApp(self.router, self.limits, on_request)
         """The ASGI application (usable under any ASGI server)."""
         self.host = host
@@ -95,8 +96,14 @@ class ReplayServer:
 
     @property
     def requests(self) -> deque[RecordedRequest]:
-        """The most recent requests received (at most ``limits.request_log``), oldest first."""
+        """The most recent requests received, oldest first: at most ``limits.request_log`` of them, within
+        ``limits.request_log_bytes`` (older ones dropped first, counted in :attr:`requests_dropped`)."""
         return self.router.requests
+
+    @property
+    def requests_dropped(self) -> int:
+        """Requests dropped from :attr:`requests` to stay within ``limits.request_log_bytes``."""
+        return self.router.requests_dropped
 
     @property
     def base_url(self) -> str:

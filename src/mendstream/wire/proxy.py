@@ -40,11 +40,11 @@ import zlib
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from mendstream.errors import UsageError
+from mendstream.recording.files import CaptureDirectory
 from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
 
 __all__ = [
@@ -564,7 +564,7 @@ class ProxyApp:
         upstream: str,
         *,
         cache: Literal["default", "planner", "off"] = "default",
-        capture: str | os.PathLike[str] | None = None,
+        capture: str | os.PathLike[str] | CaptureDirectory | None = None,
         max_conversations: int = 1024,
         timeout: float | None = None,
         limits: ProxyLimits | None = None,
@@ -592,7 +592,11 @@ class ProxyApp:
             raise UsageError("a planner state store (--state) is only used with --cache planner")
         self.cache = cache
         self.limits = limits
-        self.capture = _capture_directory(capture)
+        # Captures are CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a
+        # directory resolved and pinned once (mendstream.recording.files.CaptureDirectory).
+        self._capture_dir = (capture if isinstance(capture, CaptureDirectory) or capture is None
+                             else CaptureDirectory(capture))
+        self.capture = self._capture_dir.path if self._capture_dir is not None else None
         self.max_conversations = max_conversations
         self.timeout = limits.upstream_read_timeout
         self.stats_enabled = bool(stats)
@@ -620,7 +624,6 @@ class ProxyApp:
         self.errors = 0
         self.repairs: Counter[str] = Counter()
         self.usage = _Usage()
-        self._captures = 0
         install_log_filters()
 
     # -- ASGI --------------------------------------------------------------------------------------------------
@@ -825,15 +828,17 @@ class ProxyApp:
             raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
         return payload
 
-    def _plan(self, body: bytes, planner: Any) -> tuple[bytes, str]:
-        """Decode and plan a Messages request: ``(body to send, conversation key)``."""
-        payload = self._decode(body)
+    def _plan(self, body: bytes, planner: Any, payload: dict[str, Any] | None = None) -> tuple[bytes, str, Any]:
+        """Decode (unless ``payload`` is given) and plan a Messages request: ``(body to send, conversation
+        key, the request as sent)``."""
+        if payload is None:
+            payload = self._decode(body)
         try:
             key = conversation_key(payload)
-            out = rewrite_request(body, cache=self.cache, planner=planner, payload=payload).body
+            rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
         except RecursionError:
             raise UsageError("the request body's JSON is nested too deeply") from None
-        return out, key
+        return rewritten.body, key, rewritten.payload if rewritten.payload is not None else payload
 
     def _usage_for(self, key: str) -> _Usage:
         shown = hashlib.blake2b(key.encode(), key=self._salt, digest_size=8).hexdigest()
@@ -857,8 +862,9 @@ class ProxyApp:
         messages = method == "POST" and is_messages_path(path)
         headers = _forwardable(scope["headers"], _NOT_FORWARDED)
         key: str | None = None
+        sent: Any = None  # the request as sent, for a capture
         if messages:
-            key, body = await self._prepare_messages(body)
+            key, body, sent = await self._prepare_messages(body)
             headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
         metrics = self.metrics
@@ -887,38 +893,39 @@ class ProxyApp:
                 # length is not known up front
                 out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"
                                and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
+                capture = None
+                if self._capture_dir is not None:
+                    capture = self._capture_dir.writer(
+                        request_body=sent, method=method, url=self.upstream.origin + target, transport="proxy",
+                        request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+                    capture.start_response(upstream.status, [(k.decode("latin-1"), v.decode("latin-1"))
+                                                             for k, v in upstream.headers])
                 await exchange.send({"type": "http.response.start", "status": 200, "headers": out_headers})
-                await self._stream_messages(upstream, exchange, key, started, encoding)
+                await self._stream_messages(upstream, exchange, key, started, encoding, capture)
             else:
                 await self._pass_through(upstream, exchange, out_headers)
         finally:
             await upstream.aclose()
 
-    async def _prepare_messages(self, body: bytes) -> tuple[str, bytes]:
+    async def _prepare_messages(self, body: bytes) -> tuple[str, bytes, Any]:
         """Decode and plan a Messages request (in a worker thread when it is large); with ``--cache planner``
         the conversation's planner is checked out of the store first and committed back in the background."""
+        small = len(body) < _THREAD_BODY_BYTES
         if self.store is None:
-            if len(body) < _THREAD_BODY_BYTES:
-                body, key = self._plan(body, None)
-            else:
-                body, key = await asyncio.to_thread(self._plan, body, None)
-            return key, body
-        payload = self._decode(body) if len(body) < _THREAD_BODY_BYTES else await asyncio.to_thread(self._decode, body)
+            planned, key, sent = self._plan(body, None) if small else await asyncio.to_thread(self._plan, body, None)
+            return key, planned, sent
+        payload = self._decode(body) if small else await asyncio.to_thread(self._decode, body)
         key = conversation_key(payload)
         lease = await self.store.checkout(key)
-
-        def plan() -> bytes:
-            try:
-                return rewrite_request(body, cache="planner", planner=lease.planner, payload=payload).body
-            except RecursionError:
-                raise UsageError("the request body's JSON is nested too deeply") from None
-
-        planned = plan() if len(body) < _THREAD_BODY_BYTES else await asyncio.to_thread(plan)
+        if small:
+            planned, _, sent = self._plan(body, lease.planner, payload)
+        else:
+            planned, _, sent = await asyncio.to_thread(self._plan, body, lease.planner, payload)
         # committed in the background (the request need not wait for the store), awaited at shutdown
         commit = asyncio.ensure_future(self.store.commit(lease, retained=len(body)))
         self._background.add(commit)
         commit.add_done_callback(self._background.discard)
-        return key, planned
+        return key, planned, sent
 
     async def _pass_through(self, upstream: Any, exchange: _Exchange, headers: list[tuple[bytes, bytes]]) -> None:
         """Relay a response byte for byte (Content-Length kept). If the upstream cuts it, the client's
@@ -939,14 +946,14 @@ class ProxyApp:
             self.metrics.transferred(upstream_response=received, client_response=received)
 
     async def _stream_messages(self, upstream: Any, exchange: _Exchange, key: str | None, started: float,
-                               encoding: str = "") -> None:
+                               encoding: str = "", capture: Any = None) -> None:
         """Relay one Messages SSE response (status 200, its head already sent) through the rewriter: the
         one place a Messages stream is forwarded. ``upstream.chunks()`` gives the body; ``exchange.send``
         sends to the client; ``exchange.gone`` resolves when the client leaves (the task is then cancelled).
         Ends the client's response after ``message_stop`` or a terminal error whatever the upstream does
         next; a cut stream ends as the rewriter decides (completed, or an ``error`` event)."""
         rewriter = ResponseRewriter()
-        capture = self._open_capture()
+        outcome, failure = "closed", None  # a client that went away (cancelled) leaves "closed"
         metrics = self.metrics
         if metrics is not None:
             metrics.stream_started()
@@ -964,8 +971,9 @@ class ProxyApp:
                         await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
                     if rewriter.complete or rewriter.error is not None:
                         break
-            except UpstreamError:  # the upstream cut the stream: the rewriter decides how it ends
-                pass
+                outcome = "complete"
+            except UpstreamError as exc:  # the upstream cut the stream: the rewriter decides how it ends
+                outcome, failure = "error", exc
             await exchange.send({"type": "http.response.body", "body": rewriter.end()})
             if rewriter.complete or rewriter.error is not None:
                 await _drain(body)
@@ -974,7 +982,7 @@ class ProxyApp:
             if body is not chunks:
                 await chunks.aclose()
             if capture is not None:
-                capture.close()
+                capture.finish(outcome, failure)
             self.repairs.update(rewriter.repair_counts)
             if rewriter.error is not None:
                 self._failed("stream_error", None)
@@ -986,14 +994,6 @@ class ProxyApp:
                 metrics.stream_finished(time.monotonic() - started, repairs=rewriter.repair_counts, usage=usage,
                                         failed=rewriter.error is not None)
                 metrics.transferred(upstream_response=received, client_response=exchange.sent_bytes)
-
-    def _open_capture(self) -> Any:
-        if self.capture is None:
-            return None
-        self._captures += 1
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._captures}-{secrets.token_hex(4)}.sse"
-        fd = os.open(self.capture / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        return os.fdopen(fd, "wb")
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -1010,26 +1010,11 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         return
 
 
-def _capture_directory(capture: str | os.PathLike[str] | None) -> Path | None:
-    if capture is None:
-        return None
-    path = Path(capture)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--capture {path}: exists and is not a directory; give a directory for the captures")
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise UsageError(f"--capture {path}: cannot create the directory ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"--capture {path}: the directory is not writable")
-    return path
-
-
 def create_app(
     upstream: str,
     *,
     cache: Literal["default", "planner", "off"] = "default",
-    capture: str | os.PathLike[str] | None = None,
+    capture: str | os.PathLike[str] | CaptureDirectory | None = None,
     max_conversations: int = 1024,
     limits: ProxyLimits | None = None,
     state: str | None = None,
@@ -1046,7 +1031,10 @@ def create_app(
         upstream: base URL requests are forwarded to, e.g. ``https://api.anthropic.com``.
         cache: ``default`` (at most 4 planned breakpoints per request), ``planner`` (one
             :class:`~mendstream.cache.CachePlanner` per conversation, kept in ``state``) or ``off``.
-        capture: a directory for the original bytes of every Messages stream (bodies only; never headers).
+        capture: a directory for the original bytes of every Messages stream, as CaptureWriter captures
+            (``.sse`` body and ``.capture.json`` sidecar, credentials scrubbed, files 0600 under random names,
+            64 MiB cap each; see :class:`~mendstream.recording.files.CaptureDirectory`: pass one to set
+            ``max_bytes``).
         max_conversations: per-conversation usage kept for the stats (least recently used dropped).
         limits: request, body, JSON and upstream bounds (:class:`ProxyLimits`).
         state: where ``cache="planner"`` keeps planner state: ``None``/``"memory"`` (this process, bounded

@@ -18,7 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.parser import MessageParser
+from mendstream.core.partial_json import MISSING
 from mendstream.core.repair import Repair
 from mendstream.core.sse import DEFAULT_MAX_EVENT_BYTES
 from mendstream.errors import (
@@ -39,6 +41,7 @@ __all__ = [
     "RequestRewrite",
     "ResponseRewriter",
     "ToolInputFixer",
+    "error_event",
     "is_messages_path",
     "rewrite_request",
     "with_content_length",
@@ -375,7 +378,6 @@ _SYNTHESIZED_BLOCKS: dict[str, dict[str, Any]] = {
     "citations_delta": {"type": "text", "text": ""},
     "thinking_delta": {"type": "thinking", "thinking": "", "signature": ""},
     "signature_delta": {"type": "thinking", "thinking": "", "signature": ""},
-    "input_json_delta": {"type": "tool_use", "id": "", "name": "", "input": {}},
 }
 
 #: The ``error.type`` of the ``error`` event ending a stream that mendstream could not complete, by cause.
@@ -414,11 +416,70 @@ def _double_backslash_at(distance: int) -> Callable[[list[str]], list[str]]:
     return patch
 
 
+def _start_decision(index: int, events: Sequence[Any], padded: bool) -> str | None:
+    """For a held tool start of block ``index``: ``"replace"`` when ``events`` bring input fragments with
+    content (the start's input is replaced by them), None while they are only empty or blank fragments of it
+    (``padded`` says a blank one was held), ``"restate"`` when the block stops after blank fragments (clients
+    that concatenate would parse the blanks: the start's input is sent as a delta after them), ``"keep"`` for
+    anything else (the start stands as sent)."""
+    undecided = False
+    for event in events:
+        if event.type == "content_block_delta" and event.index == index:
+            delta = event.delta
+            if delta.get("type") == "input_json_delta":
+                fragment = delta.get("partial_json")
+                if type(fragment) is str and fragment.strip():
+                    return "replace"
+                undecided = True
+                continue
+            return "keep"
+        if event.type == "input_json":
+            continue
+        if event.type == "content_block_stop" and event.index == index and padded:
+            return "restate"
+        return "keep"
+    return None if undecided or not events else "keep"
+
+
+def _blank(encoded: tuple[str, dict[str, Any]]) -> bool:
+    """Whether a held wire event is an input fragment of blanks (not empty)."""
+    name, payload = encoded
+    fragment = payload.get("delta", {}).get("partial_json") if name == "content_block_delta" else None
+    return type(fragment) is str and fragment != "" and not fragment.strip()
+
+
+def _is_tool_block(block: Mapping[str, Any]) -> bool:
+    btype = block.get("type")
+    return "input" in block or (type(btype) is str and btype in TOOL_BLOCK_TYPES)
+
+
 def _error_type_of(exc: StreamError) -> str:
     for cls in type(exc).__mro__:
         if cls in ERROR_TYPES:
             return ERROR_TYPES[cls]
     return "invalid_stream_error"
+
+
+def error_event(exc: BaseException, /) -> bytes:
+    """The ``error`` event that ends a stream with ``exc``: the upstream's own event as it was sent when the
+    error is one (``wire_event``), an APIStreamError's body, or mendstream's error (:data:`ERROR_TYPES`) for
+    what mendstream found; for anything else (the boundary gave up on a transport failure), an ``api_error``
+    naming it."""
+    event = getattr(exc, "wire_event", None)
+    if type(event) is bytes:
+        return event
+    if isinstance(exc, APIStreamError):
+        sent: Any = exc.body
+        return encode_event("error", sent if type(sent) is dict and sent.get("type") == "error" else {
+            "type": "error", "error": {"type": exc.error_type, "message": exc.message}})
+    if isinstance(exc, StreamError):
+        return encode_event("error", {
+            "type": "error", "error": {"type": _error_type_of(exc), "message": f"mendstream: {exc.message}"}})
+    answered: Any = getattr(exc, "body", None)
+    if isinstance(answered, dict) and answered.get("type") == "error" and isinstance(answered.get("error"), dict):
+        return encode_event("error", answered)  # an HTTP error answered to a retry, in the API's own shape
+    return encode_event("error", {
+        "type": "error", "error": {"type": "api_error", "message": f"mendstream: {type(exc).__name__}: {exc}"}})
 
 
 def encode_event(name: str, payload: Mapping[str, Any], /) -> bytes:
@@ -452,6 +513,9 @@ class ResponseRewriter:
             ``sse_framing`` for an event re-encoded only because its framing was not canonical). Exceptions
             it raises propagate to the caller of ``feed``/``end``.
         max_event_bytes: bound on one unfinished event (as :class:`~mendstream.MessageParser`).
+        errors: ``"event"`` ends a stream that cannot complete with an ``error`` event (see below);
+            ``"raise"`` raises the StreamError from ``feed``/``end`` instead, with the bytes to send before it
+            in its ``output`` attribute (for a caller that may retry rather than give up: the HTTP boundary).
 
     ``feed(data)`` returns the bytes to send on for ``data`` (possibly ``b""`` while an event is
     incomplete); ``end()`` returns the last bytes. The concatenated output is the same however the input was
@@ -465,8 +529,8 @@ class ResponseRewriter:
       the upstream is passed on as such); a stream cut after its stop reason gets the missing
       ``content_block_stop``/``message_stop``. Nothing is sent after the end of the message.
 
-    Never raises a StreamError for bad input (that becomes the ``error`` event; see :attr:`error`); raises
-    UsageError for ``feed`` after ``end``.
+    With ``errors="event"`` never raises a StreamError for bad input (that becomes the ``error`` event; see
+    :attr:`error`); raises UsageError for ``feed`` after ``end``.
     """
 
     def __init__(
@@ -474,7 +538,11 @@ class ResponseRewriter:
         *,
         on_repair: Callable[[Repair], None] | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        errors: Literal["event", "raise"] = "event",
     ) -> None:
+        if errors not in ("event", "raise"):
+            raise UsageError(f"errors must be 'event' or 'raise', not {errors!r}")
+        self._raise = errors == "raise"
         # The core reads the stream without keeping its content: the rewriter needs the stream's structure,
         # stop reason, usage, repairs and errors, and its memory must not grow with the stream.
         self._parser = MessageParser(max_event_bytes=max_event_bytes, keep_content=False)
@@ -488,11 +556,20 @@ class ResponseRewriter:
         self._message_started = False
         self._blocks: set[int] = set()
         self._tools: dict[int, ToolInputFixer] = {}
+        # A tool block whose start carries an input is held back (with any empty fragments after it) until its
+        # first fragment with content or its stop: the API sends such a start for server tools with no deltas
+        # (passed as received), but some gateways send the input in the start AND as deltas, which clients
+        # read differently (one keeps the start, one concatenates, one refuses); then the start goes out with
+        # `"input": {}`, the one form every client reads alike: the input is the deltas' (as in the core).
+        self._start_input: int | None = None  # set by _track when the event it read is such a start
+        self._start_hold: tuple[int, list[tuple[bytes | None, list[tuple[str, dict[str, Any]]]]]] | None = None
+        self._fed_tool: int | None = None  # the tool block a fragment was fed to in the last event
         self._changed = False
         self._finished = False  # message_stop or error sent: drop everything after
         # An event kept back for one event (see _block): (raw block if forwardable, wire events, block index).
         self._held: tuple[bytes | None, list[tuple[str, dict[str, Any]]], int] | None = None
         self._ended = False
+        self._raised = False
         self.error: StreamError | None = None
         """The error the stream ended with (then sent as an ``error`` event), if any."""
         self.repair_counts: Counter[str] = Counter()
@@ -523,6 +600,26 @@ class ResponseRewriter:
 
     def feed(self, data: bytes, /) -> bytes:
         """The output bytes for the next input bytes."""
+        out = self._feed(data)
+        if self._raise and self.error is not None and not self._raised:
+            raise self._raised_error(out)
+        return out
+
+    def end(self) -> bytes:
+        """The last output bytes: what completes the stream, or its ``error`` event."""
+        out = self._end()
+        if self._raise and self.error is not None and not self._raised:
+            raise self._raised_error(out)
+        return out
+
+    def _raised_error(self, output: bytes) -> StreamError:
+        error = self.error
+        assert error is not None
+        self._raised = True
+        error.output = output  # type: ignore[attr-defined]
+        return error
+
+    def _feed(self, data: bytes, /) -> bytes:
         if self._ended:
             raise UsageError("feed() called after end()")
         if type(data) is not bytes:
@@ -584,8 +681,7 @@ class ResponseRewriter:
                 buf.clear()
         return b"".join(out)
 
-    def end(self) -> bytes:
-        """The last output bytes: what completes the stream, or its ``error`` event."""
+    def _end(self) -> bytes:
         if self._ended:
             return b""
         self._ended = True
@@ -622,7 +718,42 @@ class ResponseRewriter:
             self._fail(exc, out, block)
             return
         clean = _is_canonical(block) and len(parser.repairs) == before
+        self._fed_tool = None
+        self._start_input = None
         unchanged, encoded, closed = self._track(events)
+        if self._fed_tool is not None:
+            broken = parser.broken_tool_input(self._fed_tool)
+            if broken is not None:
+                # This fragment makes the input impossible to parse: clients that parse each fragment (the
+                # SDKs) would fail on it with their own error; they get the error event instead.
+                self._flush_held(out)
+                self._fail(broken, out)
+                return
+        part = (block if clean and unchanged else None, encoded)
+        if self._start_hold is not None:
+            index, parts = self._start_hold
+            decision = _start_decision(index, events, padded=any(_blank(e) for _, p in parts[1:] for e in p))
+            if decision is None:  # an empty fragment of the held block: keep holding
+                parts.append(part)
+                return
+            self._start_hold = None
+            if decision != "keep":
+                self._changed = True
+            if decision == "restate":  # the blanks carry nothing, and clients that parse each fragment fail on them
+                self._emit_start_hold(parts[:1], replace=True, out=out)
+                start = parts[0][1][-1][1]["content_block"]["input"]
+                out.append(encode_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": json.dumps(start, ensure_ascii=False)}}))
+            else:
+                self._emit_start_hold(parts, replace=decision == "replace", out=out)
+        if self._start_input is not None and closed is None:
+            self._flush_held(out)
+            self._start_hold = (self._start_input, [part])
+            if not clean:
+                self._changed = True
+                self._report()
+            return
         held = self._held
         if held is not None and closed == held[2] and self._tools[closed].continued:
             # This fragment only continued an escape cut in the held one: hold both until it is judged.
@@ -649,7 +780,25 @@ class ResponseRewriter:
         else:
             out.extend(encode_event(name, payload) for name, payload in encoded)
 
+    def _emit_start_hold(self, parts: list[tuple[bytes | None, list[tuple[str, dict[str, Any]]]]], *,
+                         replace: bool, out: list[bytes]) -> None:
+        """Send the held tool start (with ``"input": {}`` when ``replace``) and the events held after it."""
+        for k, (raw, encoded) in enumerate(parts):
+            if k == 0 and replace:
+                for name, payload in encoded:
+                    if name == "content_block_start":
+                        payload = {**payload, "content_block": {**payload["content_block"], "input": {}}}
+                    out.append(encode_event(name, payload))
+            elif raw is not None:
+                out.append(raw)
+            else:
+                out.extend(encode_event(name, payload) for name, payload in encoded)
+
     def _flush_held(self, out: list[bytes]) -> None:
+        if self._start_hold is not None:
+            _, parts = self._start_hold
+            self._start_hold = None
+            self._emit_start_hold(parts, replace=False, out=out)
         held = self._held
         if held is None:
             return
@@ -699,14 +848,21 @@ class ResponseRewriter:
                 self._start_message(encoded)
                 self._blocks.add(event.index)
                 block = event.content_block.to_dict()
+                if _is_tool_block(block) and block.get("input", MISSING) not in (MISSING, {}):
+                    self._start_input = event.index  # held back until its deltas show what it is (see _block)
                 encoded.append((kind, {"type": kind, "index": event.index, "content_block": block}))
             elif kind == "content_block_delta":
                 self._start_message(encoded)
                 index = event.index
                 delta: dict[str, Any] = event.delta.to_dict()
                 if index not in self._blocks:
-                    self._blocks.add(index)
                     dtype = delta.get("type")
+                    if dtype == "input_json_delta":
+                        # Tool input for a block that never started: the core refuses it at the block's stop (a
+                        # tool call without id and name cannot be run); nothing of it is sent before the error.
+                        unchanged = False
+                        continue
+                    self._blocks.add(index)
                     template = _SYNTHESIZED_BLOCKS.get(dtype) if type(dtype) is str else None
                     if template is not None:
                         unchanged = False
@@ -717,6 +873,7 @@ class ResponseRewriter:
                     if fixer is None:
                         fixer = self._tools[index] = ToolInputFixer()
                     fragment = delta["partial_json"]
+                    self._fed_tool = index
                     fixed = fixer.feed(fragment)
                     if fixer.unclose_previous:
                         self._patch_held(index, _remove_last_brace)
@@ -767,19 +924,16 @@ class ResponseRewriter:
         if exc.events:
             self._changed = True
             self._reencode(exc.events, out)
-        if isinstance(exc, APIStreamError):
-            if block is not None and _is_canonical(block) and block.startswith(b"event: error\n"):
-                out.append(block)  # the upstream's own error event, as sent
-            else:
-                self._changed = True
-                body = exc.body if type(exc.body) is dict and exc.body.get("type") == "error" else {
-                    "type": "error", "error": {"type": exc.error_type, "message": exc.message}}
-                out.append(encode_event("error", body))
-        else:
-            self._changed = True
-            out.append(encode_event("error", {
-                "type": "error", "error": {"type": _error_type_of(exc), "message": f"mendstream: {exc.message}"}}))
+        if isinstance(exc, APIStreamError) and block is not None and _is_canonical(block) and block.startswith(
+                b"event: error\n"):
+            exc.wire_event = block  # type: ignore[attr-defined]  # the upstream's own error event, as sent
         self._report()
+        if self._raise:
+            return  # the caller decides what the client sees (the boundary may retry)
+        event = error_event(exc)
+        if event is not getattr(exc, "wire_event", None):
+            self._changed = True
+        out.append(event)
 
     def _own_repair(self, repair: Repair) -> None:
         self.repair_counts[repair.kind] += 1

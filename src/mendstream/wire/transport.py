@@ -6,22 +6,20 @@
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
 from mendstream.core.repair import Repair
 from mendstream.errors import UsageError
+from mendstream.recording.files import CaptureDirectory
+from mendstream.transports.capturing import request_json
 from mendstream.wire.rewrite import ResponseRewriter, is_messages_path, rewrite_request, with_content_length
 
 __all__ = ["AsyncRepairTransport", "RepairTransport"]
 
 CacheOption = bool | Literal["default", "planner", "off"] | Any | None
-_counter = itertools.count()
 
 
 def _family_of(inner: object | None) -> ModuleType:
@@ -54,7 +52,7 @@ def _family_of(inner: object | None) -> ModuleType:
 class _Options:
     """What both transports share: the cache mode, the capture directory and the repair callback."""
 
-    def __init__(self, cache: CacheOption, capture: str | os.PathLike[str] | None,
+    def __init__(self, cache: CacheOption, capture: str | os.PathLike[str] | CaptureDirectory | None,
                  on_repair: Callable[[Repair], None] | None) -> None:
         self.planner: Any = None
         if cache is None or cache is False or cache == "off":
@@ -71,9 +69,11 @@ class _Options:
             raise UsageError(
                 f"cache must be None, a bool, 'default', 'planner', 'off' or a CachePlanner; got {cache!r}"
             )
-        self.capture = Path(capture) if capture is not None else None
-        if self.capture is not None:
-            self.capture.mkdir(parents=True, exist_ok=True)
+        # CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a directory
+        # resolved and pinned once (mendstream.recording.files.CaptureDirectory).
+        self._capture_dir = (capture if isinstance(capture, CaptureDirectory) or capture is None
+                             else CaptureDirectory(capture))
+        self.capture = self._capture_dir.path if self._capture_dir is not None else None
         self.on_repair = on_repair
 
     def request(self, http: ModuleType, request: Any, body: bytes) -> Any:
@@ -97,33 +97,43 @@ class _Options:
         return http.Response(response.status_code, headers=headers, stream=stream,
                              extensions=response.extensions)
 
-    def capture_file(self) -> Any:
-        """An open file for the original response bytes (the body only: no header, so no credential), or
+    def capture_writer(self, request: Any, response: Any) -> Any:
+        """A CaptureWriter for the original response bytes of ``request`` (scrubbed, with a sidecar), or
         None."""
-        if self.capture is None:
+        if self._capture_dir is None:
             return None
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_counter)}.sse"
-        return open(self.capture / name, "wb")  # closed when the stream closes
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        writer = self._capture_dir.writer(request_body=request_json(request.content, None), request_headers=headers,
+                                          method=request.method, url=str(request.url), transport="repair")
+        writer.start_response(response.status_code, response.headers.items())
+        return writer
 
 
 class _Rewriting:
-    """Feeds a response body through a ResponseRewriter; tees the original bytes to a capture file."""
+    """Feeds a response body through a ResponseRewriter; tees the original bytes to a capture."""
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: _Options, request: Any, response: Any) -> None:
         self.rewriter = ResponseRewriter(on_repair=options.on_repair)
-        self.capture = options.capture_file()
+        self.capture = options.capture_writer(request, response)
+        self.outcome = "closed"
+        self.failure: BaseException | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if self.capture is not None:
             self.capture.write(chunk)
         return self.rewriter.feed(chunk)
 
+    def failed(self, exc: BaseException) -> None:
+        self.outcome, self.failure = "error", exc
+
     def end(self) -> bytes:
+        if self.outcome != "error":
+            self.outcome = "complete"
         return self.rewriter.end()
 
     def close(self) -> None:
         if self.capture is not None:
-            self.capture.close()
+            self.capture.finish(self.outcome, self.failure)
             self.capture = None
 
 
@@ -141,8 +151,10 @@ class RepairTransport:
         cache: ``None``/``False``/``"off"`` leaves requests alone; ``True``/``"default"`` plans at most 4
             cache breakpoints per request; ``"planner"`` (or a :class:`~mendstream.cache.CachePlanner`) plans
             with one planner shared by this transport's requests: use one transport per conversation.
-        capture: a directory; the original bytes of every Messages stream are written there as ``.sse``
-            files (bodies only: headers, and so credentials, are never written).
+        capture: a directory; the original bytes of every Messages stream are written there as
+            CaptureWriter captures: ``.sse`` body and ``.capture.json`` sidecar, credentials scrubbed (by name
+            and by value, also when streamed in pieces), files 0600 under random names, 64 MiB cap each (see
+            :class:`~mendstream.recording.files.CaptureDirectory`; pass one to set ``max_bytes``).
         on_repair: called with every :class:`~mendstream.Repair`.
 
     Usage: ``anthropic.Anthropic(http_client=httpx2.Client(transport=RepairTransport(cache=True)))``.
@@ -153,7 +165,7 @@ class RepairTransport:
     """
 
     def __init__(self, inner: Any = None, *, cache: CacheOption = None,
-                 capture: str | os.PathLike[str] | None = None,
+                 capture: str | os.PathLike[str] | CaptureDirectory | None = None,
                  on_repair: Callable[[Repair], None] | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.HTTPTransport()
@@ -167,7 +179,7 @@ class RepairTransport:
         response = self._inner.handle_request(request)
         if not self._options.rewrites(response):
             return response
-        rewriting = _Rewriting(self._options)
+        rewriting = _Rewriting(self._options, request, response)
         inner_stream = response.stream
 
         class _Stream(http.SyncByteStream):  # type: ignore[misc,name-defined]
@@ -177,8 +189,8 @@ class RepairTransport:
                         out = rewriting.feed(chunk)
                         if out:
                             yield out
-                except http.TransportError:  # the upstream dropped the connection: end of input, judged below
-                    pass
+                except http.TransportError as exc:  # the upstream dropped the connection: end of input
+                    rewriting.failed(exc)
                 tail = rewriting.end()
                 if tail:
                     yield tail
@@ -204,7 +216,7 @@ class AsyncRepairTransport:
     ``AsyncHTTPTransport``), for ``httpx.AsyncClient`` / ``httpx2.AsyncClient`` and ``AsyncAnthropic``."""
 
     def __init__(self, inner: Any = None, *, cache: CacheOption = None,
-                 capture: str | os.PathLike[str] | None = None,
+                 capture: str | os.PathLike[str] | CaptureDirectory | None = None,
                  on_repair: Callable[[Repair], None] | None = None) -> None:
         self._http = _family_of(inner)
         self._inner = inner if inner is not None else self._http.AsyncHTTPTransport()
@@ -218,7 +230,7 @@ class AsyncRepairTransport:
         response = await self._inner.handle_async_request(request)
         if not self._options.rewrites(response):
             return response
-        rewriting = _Rewriting(self._options)
+        rewriting = _Rewriting(self._options, request, response)
         inner_stream = response.stream
 
         class _Stream(http.AsyncByteStream):  # type: ignore[misc,name-defined]
@@ -228,8 +240,8 @@ class AsyncRepairTransport:
                         out = rewriting.feed(chunk)
                         if out:
                             yield out
-                except http.TransportError:  # the upstream dropped the connection: end of input, judged below
-                    pass
+                except http.TransportError as exc:  # the upstream dropped the connection: end of input
+                    rewriting.failed(exc)
                 tail = rewriting.end()
                 if tail:
                     yield tail

@@ -1,0 +1,352 @@
+# Survival at the HTTP boundary: a Messages stream forwarded to a client that parses SSE itself (code behind
+# RepairTransport, any agent behind the proxy), driven through its attempts by the same stream machine as
+# mendstream.stream (streaming/machine.py). Here an attempt's reader is the response rewriter (bytes in,
+# repaired SSE bytes out) and the presenter works on those bytes:
+#
+#   - before anything the client could act on was forwarded (nothing past message_start and ping), a fault
+#     (an `error` event, a cut, a stall, a 429/5xx answer) is retried invisibly: the retry's own
+#     message_start is not sent again;
+#   - after content, with on_partial="continue", a text-only partial is resumed with an assistant prefill and
+#     the continuation spliced into the same response: the text goes on in the same block with no character
+#     missing or repeated, indexes stay as the client knows them, usage is summed over the attempts;
+#   - otherwise (tool input or thinking under way, on_partial="raise", the budget spent) the client gets an
+#     `event: error` saying what happened, so its own error handling runs. A client cannot be told to forget
+#     what it received, so nothing here restarts.
+#
+# What the client is answered when the first attempt never streams (an HTTP error, a connection failure) is
+# the caller's business (BoundaryFailure); a boundary that gave up on a retriable answer says so with
+# `x-should-retry: false`, so that the client's SDK does not multiply the attempts.
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jiter import from_json
+
+from mendstream.core.repair import Repair
+from mendstream.errors import StreamError, UsageError
+from mendstream.streaming.machine import Continuation, StreamMachine, check_stream_options, sum_usage
+from mendstream.streaming.retry import Attempt, Retry
+from mendstream.wire.rewrite import ResponseRewriter, encode_event
+
+__all__ = [
+    "PROXY_SURVIVAL",
+    "NotAStream",
+    "Survival",
+    "UpstreamStatusError",
+    "WirePresenter",
+    "WireReader",
+    "boundary_machine",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Survival:
+    """What the boundary does about faults.
+
+    Args:
+        retry: the policy (None: one attempt). ``on_partial`` may be ``"raise"`` or ``"continue"``; a restart
+            cannot be shown to a client that parses the stream itself.
+        idle_timeout: seconds without a byte after which an attempt has stalled (None: off).
+        progress_timeout: seconds without an event other than ``ping`` after which it has stalled (None: off).
+
+    Raises:
+        UsageError: a value outside what is allowed, naming it.
+    """
+
+    retry: Retry | None = None
+    idle_timeout: float | None = None
+    progress_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        check_stream_options(self.retry, self.idle_timeout, self.progress_timeout)
+        if self.retry is not None and self.retry.on_partial == "restart":
+            raise UsageError(
+                "on_partial='restart' cannot be done at the HTTP boundary: the client has already parsed what it "
+                "received and cannot be told to forget it; use 'continue' (text is resumed, else an error event) "
+                "or 'raise'"
+            )
+
+    @property
+    def off(self) -> bool:
+        return self.retry is None and self.idle_timeout is None and self.progress_timeout is None
+
+
+PROXY_SURVIVAL = Survival(Retry(max_attempts=3, on_partial="continue"), idle_timeout=120.0, progress_timeout=600.0)
+"""The proxy's defaults: up to 3 attempts, text continued after a fault, and stall timeouts no healthy stream
+trips (the API sends bytes at least every few seconds while a response is in progress, pings included, so
+120 s of silence is a dead connection; 10 minutes of nothing but pings is longer than any server-side tool
+run the API allows)."""
+
+
+class UpstreamStatusError(Exception):
+    """The upstream answered an attempt with an HTTP error before streaming (its body read and kept).
+
+    ``status_code``, ``headers`` (a list of raw pairs), ``body`` (bytes), ``response`` (the HTTP library's
+    response: the retry policy reads ``retry-after`` / ``x-should-retry`` from it).
+    """
+
+    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes, response: Any) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = body
+        self.response = response
+        try:
+            decoded: Any = json.loads(body) if body else None
+        except (ValueError, RecursionError):
+            decoded = None
+        self.body = decoded if isinstance(decoded, dict) else None
+        error = self.body.get("error") if self.body is not None else None
+        self.error_type = error.get("type") if isinstance(error, dict) else None
+        super().__init__(f"HTTP {status_code} from the upstream" + (f" ({self.error_type})" if self.error_type else ""))
+
+
+class NotAStream(Exception):
+    """The upstream answered with something other than an SSE stream (JSON, HTML...): passed on as it is.
+    ``response`` is the HTTP library's response, still open."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("the upstream's answer is not an SSE stream")
+        self.response = response
+
+
+class WireReader:
+    """One attempt's reader at the boundary: its ResponseRewriter (repairs as the core finds them; faults
+    raised, not sent, so the machine may retry them)."""
+
+    __slots__ = ("_on_repair", "rewriter")
+
+    def __init__(self, on_repair: Callable[[Repair], None] | None = None) -> None:
+        self._on_repair = on_repair
+        self.rewriter = ResponseRewriter(on_repair=on_repair, errors="raise")
+
+    def feed(self, data: bytes, /) -> list[bytes]:
+        out = self.rewriter.feed(data)
+        return [out] if out else []
+
+    def end(self) -> list[bytes]:
+        out = self.rewriter.end()
+        return [out] if out else []
+
+    @property
+    def message(self) -> dict[str, Any]:
+        return self.rewriter.message
+
+    @property
+    def repairs(self) -> list[Repair]:
+        return self.rewriter.repairs
+
+    @property
+    def complete(self) -> bool:
+        return self.rewriter.complete
+
+
+@dataclass(slots=True)
+class _Shown:
+    text: list[str] = field(default_factory=list)  # text block 0 as forwarded (for a continuation's prefill)
+    held: str = ""  # the whitespace the prefill had to leave out, to drop from the continuation's start
+    usage: dict[str, Any] = field(default_factory=dict)  # the usage of the attempts before the current one
+
+
+class WirePresenter:
+    """What a client on the wire is shown of each attempt's repaired SSE (whole canonical events, as the
+    rewriter emits them): one ``message_start`` per stream, and when continuing, the continuation spliced in
+    (see the module comment). ``track_text``: follow the forwarded text of block 0, which a continuation
+    needs as its prefill (only when the policy may continue: it decodes every text delta)."""
+
+    __slots__ = ("_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped", "track_text")
+
+    def __init__(self, *, track_text: bool = False) -> None:
+        self.track_text = track_text
+        self.shown_start = False
+        self.shown_content = False
+        self.continuing = False
+        self._shown = _Shown()
+        self.skipped = 0
+        self._skipping = False
+
+    def begin(self, attempt: Attempt) -> None:
+        self.skipped = 0
+        self._skipping = self.continuing and bool(self._shown.held)
+
+    def empty(self) -> list[bytes]:
+        return []
+
+    def partial(self, error: StreamError) -> list[bytes]:
+        output = getattr(error, "output", b"")
+        return [output] if type(output) is bytes and output else []
+
+    def progressed(self, output: list[bytes]) -> bool:
+        # Whole canonical events: one blank line each; pings are the only events that are not progress.
+        return any(chunk.count(b"\n\n") > chunk.count(b"event: ping\n") for chunk in output)
+
+    def show(self, output: list[bytes], attempt: Attempt) -> list[bytes]:
+        """The bytes (one item, or none) the client is sent for an attempt's output (the same: one item)."""
+        if not output or (self.shown_content and not self.continuing and not self.track_text):
+            return output
+        shown = self._show(output[0])
+        return [shown] if shown else []
+
+    def _show(self, output: bytes) -> bytes:
+        kept: list[bytes] = []
+        changed = False
+        for block in output.split(b"\n\n")[:-1]:
+            event = block + b"\n\n"
+            name = block[7 : block.find(b"\n")] if block.startswith(b"event: ") else b""
+            if name == b"message_start":
+                if self.shown_start:
+                    changed = True
+                    continue  # a retry or continuation: the client already has its message_start
+                self.shown_start = True
+            elif name != b"ping":
+                if self.continuing:
+                    rewritten = self._continued(name, event)
+                    if rewritten is not event:
+                        changed = True
+                        if rewritten is None:
+                            continue
+                        event = rewritten
+                elif self.track_text:
+                    self._track(name, event)
+                self.shown_content = True
+            kept.append(event)
+        return b"".join(kept) if changed else output
+
+    def restart(self) -> None:  # pragma: no cover - the boundary's machine never restarts
+        raise UsageError("a stream on the wire cannot restart")
+
+    def keep(self, message: dict[str, Any]) -> None:
+        if self.continuing:
+            self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
+
+    def continue_from(self, message: dict[str, Any]) -> Continuation | str:
+        content = message.get("content") or []
+        kinds = [str(block.get("type")) for block in content]
+        others = [k for k in kinds if k != "text"]
+        if others:
+            return f"the partial output has a {others[0]} block"
+        if len(kinds) > 1:
+            return "the partial output has more than one text block"
+        if not self.track_text:
+            return "the boundary did not follow the text (on_partial is not 'continue')"
+        shown = "".join(self._shown.text)
+        prefill = shown.rstrip()
+        self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
+        self._shown.held = shown[len(prefill) :]
+        self.continuing = True
+        # Nothing but a block's start (or blanks) was shown: the request is sent again as it was and its answer
+        # spliced in as a continuation's (the client already has message_start and block 0's start).
+        return Continuation.prefill(prefill) if prefill else Continuation(())
+
+    def stitch_usage(self, usage: Any) -> Any:
+        """``usage`` of the current attempt, summed with the attempts before it (when continuing)."""
+        return sum_usage(dict(self._shown.usage), usage) if self.continuing else usage
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _payload(event: bytes) -> Any:
+        start = event.find(b"\ndata: ")
+        try:
+            return from_json(event[start + 7 : -2]) if start >= 0 else None
+        except ValueError:
+            return None
+
+    def _track(self, name: bytes, event: bytes) -> None:
+        """Follow the text of block 0 as it is forwarded (for a later continuation's prefill)."""
+        if name != b"content_block_delta":
+            if name == b"content_block_start" and b'"type":"text"' not in event.replace(b" ", b""):
+                self.track_text = False  # another kind of block: no continuation is possible any more
+            return
+        if b"text_delta" not in event:  # cheap: most events need no decoding
+            return
+        payload = self._payload(event)
+        if type(payload) is dict and payload.get("index") == 0:
+            delta = payload.get("delta")
+            if type(delta) is dict and delta.get("type") == "text_delta" and type(delta.get("text")) is str:
+                self._shown.text.append(delta["text"])
+
+    def _continued(self, name: bytes, event: bytes) -> bytes | None:
+        """A continuation's event as the client must see it (None: dropped; the same object: unchanged)."""
+        if name not in (b"content_block_start", b"content_block_delta", b"message_delta"):
+            return event
+        payload = self._payload(event)
+        if type(payload) is not dict:
+            return event
+        if name == b"content_block_start":
+            return None if payload.get("index") == 0 else event  # block 0 goes on: the client has its start
+        if name == b"message_delta":
+            usage = payload.get("usage")
+            if type(usage) is not dict:
+                return event
+            return encode_event("message_delta", {**payload, "usage": self.stitch_usage(usage)})
+        delta = payload.get("delta")
+        if payload.get("index") != 0 or type(delta) is not dict or delta.get("type") != "text_delta":
+            return event
+        text = delta.get("text")
+        if type(text) is not str:
+            return event
+        if self._skipping:
+            text = self._skip(text)
+            if not text:
+                return None
+            event = encode_event("content_block_delta", {**payload, "delta": {**delta, "text": text}})
+        self._shown.text.append(text)
+        return event
+
+    def _skip(self, text: str) -> str:
+        held = self._shown.held
+        i = 0
+        while i < len(text) and self.skipped < len(held) and text[i] == held[self.skipped]:
+            i += 1
+            self.skipped += 1
+        if i < len(text) or self.skipped >= len(held):
+            self._skipping = False
+        return text[i:]
+
+
+def boundary_machine(
+    survival: Survival, *, on_repair: Callable[[Repair], None] | None = None, now: float
+) -> StreamMachine[list[bytes]]:
+    """The machine of one Messages stream forwarded at the boundary, with ``survival``'s policy."""
+    retry = survival.retry
+    presenter = WirePresenter(track_text=retry is not None and retry.on_partial == "continue")
+    return StreamMachine(
+        retry,
+        reader=lambda number: WireReader(on_repair),
+        presenter=presenter,
+        now=now,
+        idle_timeout=survival.idle_timeout,
+        progress_timeout=survival.progress_timeout,
+        restarts=False,
+    )
+
+
+def repair_counts(machine: StreamMachine[list[bytes]]) -> Counter[str]:
+    """Repairs by kind over every attempt of a boundary stream."""
+    counts: Counter[str] = Counter()
+    for repair in machine.repairs:
+        counts[repair.kind] += 1
+    return counts
+
+
+def attempts_summary(attempts: list[Attempt]) -> dict[str, int]:
+    """How a boundary stream's attempts went: ``attempts``, ``retries`` (invisible), ``continuations``,
+    ``stalls``."""
+    from mendstream.errors import StreamStalledError
+
+    return {
+        "attempts": len(attempts),
+        "retries": sum(1 for a in attempts if a.mode == "retry"),
+        "continuations": sum(1 for a in attempts if a.mode == "continue"),
+        "stalls": sum(1 for a in attempts if isinstance(a.error, StreamStalledError)),
+    }
+
+
+def timeout_seconds(value: float | None) -> float:
+    """A timeout for an HTTP library (None: none): ``math.inf`` is not accepted by every library."""
+    return value if value is not None and math.isfinite(value) else 3600.0
