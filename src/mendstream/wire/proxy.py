@@ -556,6 +556,27 @@ class _Exchange:
             self.gone = None
 
 
+class _Forwarded:
+    """A request as the proxy forwards it: enough to send it again (a retry, a continuation).
+
+    ``headers`` are the client's without the hop-by-hop ones (for Messages requests, asking for identity
+    coding); ``body`` is what is sent (planned, for Messages requests); ``payload`` the planned request as
+    decoded JSON (None for other requests); ``key`` its conversation key (unsalted: never shown); ``started``
+    when the proxy began forwarding it (``time.monotonic()``).
+    """
+
+    __slots__ = ("body", "headers", "key", "method", "payload", "started", "url")
+
+    def __init__(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.payload: Any = None
+        self.key: str | None = None
+        self.started = time.monotonic()
+
+
 class ProxyApp:
     """The ASGI application; see :func:`create_app`."""
 
@@ -859,53 +880,52 @@ class ProxyApp:
         body = await self._read_body(scope, receive)
         exchange.watch(receive)
         received = len(body)
-        messages = method == "POST" and is_messages_path(path)
         headers = _forwardable(scope["headers"], _NOT_FORWARDED)
-        key: str | None = None
-        sent: Any = None  # the request as sent, for a capture
-        if messages:
-            key, body, sent = await self._prepare_messages(body)
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
-            headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
+        request = _Forwarded(method, self.upstream.origin + target, headers, body)
+        if method == "POST" and is_messages_path(path):
+            request.key, request.body, request.payload = await self._prepare_messages(body)
+            request.headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+            request.headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes
+            if self.metrics is not None:
+                self.metrics.transferred(client_request=received)
+            await self._stream_messages(request, exchange)
+            return
+        if self.metrics is not None:
+            self.metrics.transferred(client_request=received)
+        upstream = await self._open_upstream(request, exchange)
+        if upstream is None:
+            return
+        try:
+            await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
+        finally:
+            await upstream.aclose()
+
+    async def _open_upstream(self, request: _Forwarded, exchange: _Exchange | None = None,
+                             body: bytes | None = None) -> Any:
+        """Send ``request`` upstream (with ``body`` instead of its own, e.g. a continuation) and return the
+        answer once its head arrived: ``status``, raw ``headers``, ``chunks()`` (the body, content coding
+        kept), ``aclose()``. When it cannot be reached and ``exchange`` is given, the client is answered 502
+        (in the API's shape) and None is returned; without ``exchange``, UpstreamError is raised."""
+        body = request.body if body is None else body
         metrics = self.metrics
         if metrics is not None:
-            metrics.transferred(client_request=received, upstream_request=len(body))
+            metrics.transferred(upstream_request=len(body))
         started = time.monotonic()
         try:
-            upstream = await self._http().request(method, self.upstream.origin + target, headers, body)
+            upstream = await self._http().request(request.method, request.url, request.headers, body)
         except UpstreamError as exc:
             if metrics is not None:
                 metrics.upstream(None)
             self._failed("upstream_unreachable", f"upstream {self.upstream} unreachable: {exc.kind} ({exc})")
+            if exchange is None:
+                raise
             await self._respond(exchange.send, 502, _error_body(
                 "api_error", f"mendstream proxy: upstream unreachable ({exc})"))
-            return
-        try:
-            if metrics is not None:
-                metrics.upstream(upstream.status)
-                metrics.first_byte(time.monotonic() - started)
-            content_type = _header(upstream.headers, b"content-type").split(";")[0].strip().lower()
-            encoding = _header(upstream.headers, b"content-encoding").strip().lower()
-            out_headers = _forwardable(upstream.headers)
-            if (messages and upstream.status == 200 and content_type == "text/event-stream"
-                    and encoding in ("", "identity", *_GZIP_ENCODINGS)):
-                # the body is rewritten (and decoded when the upstream sent gzip despite identity): its
-                # length is not known up front
-                out_headers = [(k, v) for k, v in out_headers if k.lower() != b"content-length"
-                               and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
-                capture = None
-                if self._capture_dir is not None:
-                    capture = self._capture_dir.writer(
-                        request_body=sent, method=method, url=self.upstream.origin + target, transport="proxy",
-                        request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
-                    capture.start_response(upstream.status, [(k.decode("latin-1"), v.decode("latin-1"))
-                                                             for k, v in upstream.headers])
-                await exchange.send({"type": "http.response.start", "status": 200, "headers": out_headers})
-                await self._stream_messages(upstream, exchange, key, started, encoding, capture)
-            else:
-                await self._pass_through(upstream, exchange, out_headers)
-        finally:
-            await upstream.aclose()
+            return None
+        if metrics is not None:
+            metrics.upstream(upstream.status)
+            metrics.first_byte(time.monotonic() - started)
+        return upstream
 
     async def _prepare_messages(self, body: bytes) -> tuple[str, bytes, Any]:
         """Decode and plan a Messages request (in a worker thread when it is large); with ``--cache planner``
@@ -945,13 +965,51 @@ class ProxyApp:
         if self.metrics is not None:
             self.metrics.transferred(upstream_response=received, client_response=received)
 
-    async def _stream_messages(self, upstream: Any, exchange: _Exchange, key: str | None, started: float,
-                               encoding: str = "", capture: Any = None) -> None:
-        """Relay one Messages SSE response (status 200, its head already sent) through the rewriter: the
-        one place a Messages stream is forwarded. ``upstream.chunks()`` gives the body; ``exchange.send``
-        sends to the client; ``exchange.gone`` resolves when the client leaves (the task is then cancelled).
-        Ends the client's response after ``message_stop`` or a terminal error whatever the upstream does
-        next; a cut stream ends as the rewriter decides (completed, or an ``error`` event)."""
+    async def _stream_messages(self, request: _Forwarded, exchange: _Exchange) -> None:
+        """Forward one Messages request, planned, from its first attempt to the end of its response: the one
+        place a Messages exchange is handled after planning, so that a driver adding retries, stall timeouts
+        and continuations replaces this body only. Opens attempts with :meth:`_open_upstream` (which may be
+        called again with another body), sends to the client with ``exchange.send``; ``exchange.gone``
+        resolves when the client leaves, and the task is then cancelled (every await here stops at once).
+
+        As it is: one attempt. An unreachable upstream is a 502; an answer that is not a 200 event stream in
+        identity or gzip/deflate coding passes byte for byte; a stream is repaired chunk by chunk (decoded
+        first if the upstream sent gzip despite identity) and the client's response ends after
+        ``message_stop`` or a terminal error whatever the upstream does next; a cut stream ends as the
+        rewriter decides (completed, or an ``error`` event)."""
+        upstream = await self._open_upstream(request, exchange)
+        if upstream is None:
+            return
+        try:
+            content_type = _header(upstream.headers, b"content-type").split(";")[0].strip().lower()
+            encoding = _header(upstream.headers, b"content-encoding").strip().lower()
+            if (upstream.status != 200 or content_type != "text/event-stream"
+                    or encoding not in ("", "identity", *_GZIP_ENCODINGS)):
+                await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
+                return
+            # the body is rewritten (and decoded when the upstream sent gzip despite identity): its length is
+            # not known up front
+            head = [(k, v) for k, v in _forwardable(upstream.headers) if k.lower() != b"content-length"
+                    and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
+            capture = self._capture(request, upstream)
+            await exchange.send({"type": "http.response.start", "status": 200, "headers": head})
+            await self._relay_stream(upstream, exchange, request, encoding, capture)
+        finally:
+            await upstream.aclose()
+
+    def _capture(self, request: _Forwarded, upstream: Any) -> Any:
+        if self._capture_dir is None:
+            return None
+        capture = self._capture_dir.writer(
+            request_body=request.payload, method=request.method, url=request.url, transport="proxy",
+            request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
+        capture.start_response(upstream.status, [(k.decode("latin-1"), v.decode("latin-1"))
+                                                 for k, v in upstream.headers])
+        return capture
+
+    async def _relay_stream(self, upstream: Any, exchange: _Exchange, request: _Forwarded, encoding: str,
+                            capture: Any) -> None:
+        """Relay one upstream event stream through a ResponseRewriter (its head already sent)."""
         rewriter = ResponseRewriter()
         outcome, failure = "closed", None  # a client that went away (cancelled) leaves "closed"
         metrics = self.metrics
@@ -988,11 +1046,11 @@ class ProxyApp:
                 self._failed("stream_error", None)
             usage = rewriter.message.get("usage")
             self.usage.add(usage)
-            if key is not None:
-                self._usage_for(key).add(usage)
+            if request.key is not None:
+                self._usage_for(request.key).add(usage)
             if metrics is not None:
-                metrics.stream_finished(time.monotonic() - started, repairs=rewriter.repair_counts, usage=usage,
-                                        failed=rewriter.error is not None)
+                metrics.stream_finished(time.monotonic() - request.started, repairs=rewriter.repair_counts,
+                                        usage=usage, failed=rewriter.error is not None)
                 metrics.transferred(upstream_response=received, client_response=exchange.sent_bytes)
 
 
