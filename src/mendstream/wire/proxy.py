@@ -427,9 +427,11 @@ class _HttpxUpstream:
 
 
 class _HttpxClient:
-    """The upstream client on httpx2 (or httpx)."""
+    """The upstream client on httpx2 (or httpx): used when httptools is missing or an HTTP(S)_PROXY applies
+    to the upstream (wire/upstream.py speaks to the origin directly)."""
 
-    def __init__(self, limits: ProxyLimits) -> None:
+    def __init__(self, origin: str, limits: ProxyLimits) -> None:
+        self._origin = origin
         httpx = http_library()
         # asyncio already sets TCP_NODELAY on its sockets. No connection limit: every client stream holds one
         # upstream connection for its whole length (the client connection cap bounds them).
@@ -440,9 +442,10 @@ class _HttpxClient:
             transport=transport)
         self._httpx = httpx
 
-    async def request(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> _HttpxUpstream:
+    async def request(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> _HttpxUpstream:
         httpx = self._httpx
-        request = self._client.build_request(method, url, headers=headers, content=body)
+        request = self._client.build_request(method, self._origin + target, headers=headers, content=body)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -559,17 +562,18 @@ class _Exchange:
 class _Forwarded:
     """A request as the proxy forwards it: enough to send it again (a retry, a continuation).
 
-    ``headers`` are the client's without the hop-by-hop ones (for Messages requests, asking for identity
-    coding); ``body`` is what is sent (planned, for Messages requests); ``payload`` the planned request as
+    ``target`` is the path and query sent upstream (under the upstream's base path); ``headers`` are the
+    client's without the hop-by-hop ones (for Messages requests, asking for identity coding); ``body`` is
+    what is sent (planned, for Messages requests); ``payload`` the planned request as
     decoded JSON (None for other requests); ``key`` its conversation key (unsalted: never shown); ``started``
     when the proxy began forwarding it (``time.monotonic()``).
     """
 
-    __slots__ = ("body", "headers", "key", "method", "payload", "started", "url")
+    __slots__ = ("body", "headers", "key", "method", "payload", "started", "target")
 
-    def __init__(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.method = method
-        self.url = url
+        self.target = target
         self.headers = headers
         self.body = body
         self.payload: Any = None
@@ -762,8 +766,22 @@ class ProxyApp:
 
     def _http(self) -> Any:
         if self._client is None:
-            self._client = _HttpxClient(self.limits)
+            self._client = self._make_client()
         return self._client
+
+    def _make_client(self) -> Any:
+        """The upstream client: wire/upstream.py's pool (httptools), or httpx2/httpx when httptools is not
+        installed or an HTTP(S)_PROXY / ALL_PROXY applies to the upstream (httpx honours them)."""
+        upstream, limits = self.upstream, self.limits
+        try:
+            from mendstream.wire.upstream import UpstreamPool, env_proxy_for
+        except ImportError:
+            return _HttpxClient(upstream.origin, limits)
+        if env_proxy_for(upstream.scheme, upstream.host) is not None:
+            return _HttpxClient(upstream.origin, limits)
+        return UpstreamPool(upstream.scheme, upstream.host, upstream.port,
+                            connect_timeout=limits.upstream_connect_timeout,
+                            read_timeout=limits.upstream_read_timeout, keepalive=limits.upstream_keepalive)
 
     @staticmethod
     async def _respond(send: Send, status: int, body: bytes, *, content_type: bytes = b"application/json",
@@ -881,7 +899,7 @@ class ProxyApp:
         exchange.watch(receive)
         received = len(body)
         headers = _forwardable(scope["headers"], _NOT_FORWARDED)
-        request = _Forwarded(method, self.upstream.origin + target, headers, body)
+        request = _Forwarded(method, target, headers, body)
         if method == "POST" and is_messages_path(path):
             request.key, request.body, request.payload = await self._prepare_messages(body)
             request.headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
@@ -912,7 +930,7 @@ class ProxyApp:
             metrics.transferred(upstream_request=len(body))
         started = time.monotonic()
         try:
-            upstream = await self._http().request(request.method, request.url, request.headers, body)
+            upstream = await self._http().request(request.method, request.target, request.headers, body)
         except UpstreamError as exc:
             if metrics is not None:
                 metrics.upstream(None)
@@ -1001,7 +1019,8 @@ class ProxyApp:
         if self._capture_dir is None:
             return None
         capture = self._capture_dir.writer(
-            request_body=request.payload, method=request.method, url=request.url, transport="proxy",
+            request_body=request.payload, method=request.method, url=self.upstream.origin + request.target,
+            transport="proxy",
             request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
         capture.start_response(upstream.status, [(k.decode("latin-1"), v.decode("latin-1"))
                                                  for k, v in upstream.headers])
