@@ -260,3 +260,43 @@ def test_every_clean_fixture_byte_for_byte_on_either_client(client: str, monkeyp
             response = http.post(proxy.base_url + "/v1/messages", json={**REQUEST, "stream": True},
                                  headers={"x-mendstream-fixture": name})
             assert response.content == fixture_bytes(name), name
+
+
+def test_https_upstream_verified_with_ssl_cert_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS to the upstream, verified against the CA that SSL_CERT_FILE names (as httpx honours it)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+
+    async def handler(path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok(b"over tls"))
+        return True
+
+    async def main() -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        scripted = Scripted(handler)
+        server = await asyncio.start_server(scripted.serve, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            pool = UpstreamPool("https", "127.0.0.1", port, read_timeout=5)
+            assert await read(await pool.request("GET", "/", [], b"")) == b"over tls"
+            assert await read(await pool.request("GET", "/", [], b"")) == b"over tls"
+            assert scripted.connections == 1
+            await pool.aclose()
+            monkeypatch.delenv("SSL_CERT_FILE")  # an unknown CA is refused
+            with pytest.raises(UpstreamError) as info:
+                await UpstreamPool("https", "127.0.0.1", port, read_timeout=5).request("GET", "/", [], b"")
+            assert info.value.kind == "connect" and "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+        finally:
+            server.close()
+
+    run(main())
