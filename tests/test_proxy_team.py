@@ -129,10 +129,13 @@ def test_workers_share_one_port_and_their_metrics_and_stats_add_up(upstream: Rep
         for _ in range(30):  # a new connection each: the kernel spreads them over the workers
             response = httpx.post(proxy.base_url + "/v1/messages", json={**next(session(1))}, headers=FIXTURE)
             assert response.status_code == 200
-        for _ in range(6):  # whichever worker answers, it reports every worker's counts
+        workers = set()
+        for _ in range(20):  # whichever worker answers, it reports every worker's counts
             assert total(scrape(proxy.base_url), "mendstream_requests_total", path="messages") == 30
             stats = httpx.get(proxy.base_url + "/mendstream/stats").json()
             assert stats["requests"] == 30 and stats["workers"] == "all"
+            workers.add(stats["answered_by"])
+        assert len(workers) == 2  # connections are spread over both workers
         assert proxy.stop() in (0, 130)
         log = proxy.log()
     assert "Traceback" not in log

@@ -723,6 +723,7 @@ class ProxyApp:
         else:
             out = {"requests": self.requests, "errors": self.errors, "repairs": dict(self.repairs),
                    "cache": self.usage.to_dict(), "workers": "this one"}
+        out["answered_by"] = os.getpid()  # which worker (the totals are every worker's)
         if conversations:
             out["conversations"] = {key: usage.to_dict() for key, usage in self._conversations.items()}
             out["conversations_from"] = "this worker"

@@ -224,8 +224,8 @@ def _protocol_class() -> type[asyncio.Protocol]:
 ProxyProtocol: type[asyncio.Protocol] = _protocol_class()
 
 
-def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket on ``host:port``.
+def bind(host: str, port: int, backlog: int = 2048, *, listen: bool = True) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``listen=False``: only bound, to hold or check the address).
 
     Raises:
         UsageError: the address cannot be used (taken, not this machine's, no permission), in one line.
@@ -236,8 +236,9 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
+        if listen:
+            sock.listen(backlog)
+            sock.setblocking(False)
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
@@ -281,16 +282,47 @@ def _loop() -> str:
     return "uvloop"
 
 
-class _Supervisor:
-    """uvicorn's worker supervisor plus the multiprocess metrics directory's upkeep (dead workers' live
-    gauges marked dead, so ``streams_in_progress`` and ``state_store_up`` count only live workers)."""
+def _reuse_port_socket(host: str, port: int, backlog: int, *, listen: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, config: uvicorn.Config, sock: socket.socket, metrics_dir: str | None) -> None:
-        from uvicorn.supervisors.multiprocess import Multiprocess
+
+def _balanced() -> bool:
+    """Whether each worker can listen on its own socket with the kernel spreading connections over them:
+    SO_REUSEPORT on Linux (elsewhere it exists without the balancing, or not at all)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+class _Supervisor:
+    """uvicorn's worker supervisor, plus:
+
+    - on Linux each worker listens on its own SO_REUSEPORT socket, and the kernel spreads new connections
+      over them. With one shared socket, a worker that wakes first accepts every connection waiting (an
+      asyncio server accepts up to its backlog in one go): a burst of 200 agents' keep-alive connections
+      landed on one worker and stayed there while the other idled. The parent holds a bound, not listening,
+      socket in the same group meanwhile, so that the port stays ours;
+    - the multiprocess metrics directory's upkeep: dead workers' live gauges are marked dead, so
+      ``streams_in_progress`` and ``state_store_up`` count only live workers.
+    """
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket | None, metrics_dir: str | None) -> None:
+        from uvicorn.supervisors import multiprocess as supervisor_module
 
         directory = metrics_dir
+        base_process = supervisor_module.Process
 
-        class Supervisor(Multiprocess):
+        class Supervisor(supervisor_module.Multiprocess):
             def keep_subprocess_alive(self) -> None:
                 before = {p.pid for p in self.processes}
                 super().keep_subprocess_alive()
@@ -302,10 +334,41 @@ class _Supervisor:
                         if pid is not None:
                             multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
-        self.supervisor = Supervisor(config, sockets=[sock])
+        self._module = supervisor_module
+        self._base_process = base_process
+        self.supervisor = Supervisor(config, sockets=[sock] if sock is not None else [])
 
     def run(self) -> None:
-        self.supervisor.run()
+        if not self.supervisor.sockets:  # each worker binds its own SO_REUSEPORT socket
+            self._module.Process = _ReusePortProcess  # type: ignore[misc]
+        try:
+            self.supervisor.run()
+        finally:
+            self._module.Process = self._base_process  # type: ignore[misc]
+
+
+def _worker_process_class() -> type[Any]:
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors.multiprocess import Process
+
+    class ReusePortProcess(Process):
+        """A worker that listens on its own SO_REUSEPORT socket (see _Supervisor)."""
+
+        def target(self, sockets: list[socket.socket] | None = None) -> None:  # in the worker
+            config = self.config
+            try:
+                sock = _reuse_port_socket(config.host, config.port, config.backlog, listen=True)
+            except OSError as exc:
+                LOGGER.error("worker cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+                sys.exit(STARTUP_FAILURE)
+            super().target([sock])
+
+    ReusePortProcess.__qualname__ = "_ReusePortProcess"  # pickled by reference when a worker is spawned
+    ReusePortProcess.__module__ = __name__
+    return ReusePortProcess
+
+
+_ReusePortProcess = _worker_process_class()
 
 
 def serve(
@@ -334,11 +397,16 @@ def serve(
     metrics_dir: str | None = None
     made_dir = False
     app = create_app(upstream, **options)  # every option checked here, in this process, before serving
-    sock = bind(host, port)
+    balanced = workers > 1 and _balanced()
+    sock = bind(host, port, listen=not balanced)  # balanced: the workers listen, each on its own socket
+    bound = sock.getsockname()
     if workers > 1:  # (after the checks: nothing to clean up when they fail)
         metrics_dir, made_dir = _metrics_directory()
     common = _config_options(limits, log_level=log_level, access_log=access_log)
-    bound = sock.getsockname()
+    if workers > 1 and app.cache == "planner" and not options.get("state"):
+        print("mendstream proxy: note: each worker keeps its own planners; share them with --state "
+              "redis://HOST:PORT/DB, or a conversation is planned from the part of it each worker saw",
+              file=sys.stderr, flush=True)
     shown = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
     print(f"mendstream proxy: {shown} -> {app.upstream} (cache {app.cache}, {workers} worker"
           f"{'s' if workers > 1 else ''}, up to {limits.connection_cap()} connections each"
@@ -350,13 +418,21 @@ def serve(
             if on_started is not None:
                 on_started(bound)
             server.run(sockets=[sock])
-        else:
-            asyncio.run(app.aclose())  # the workers build their own
-            _export(upstream, options)
-            config = uvicorn.Config("mendstream.wire.proxy:app_from_env", factory=True, workers=workers, **common)
-            if on_started is not None:
-                on_started(bound)
-            _Supervisor(config, sock, metrics_dir).run()
+            return 0
+        asyncio.run(app.aclose())  # the workers build their own
+        _export(upstream, options)
+        config = uvicorn.Config("mendstream.wire.proxy:app_from_env", factory=True, workers=workers,
+                                host=host, port=bound[1], **common)
+        shared: socket.socket | None = sock
+        if balanced:
+            # the port was free (bind() above); it stays ours through a bound, not listening, member of the
+            # SO_REUSEPORT group the workers join
+            sock.close()
+            sock = _reuse_port_socket(host, bound[1], 0, listen=False)
+            shared = None
+        if on_started is not None:
+            on_started(bound)
+        _Supervisor(config, shared, metrics_dir).run()
     finally:
         sock.close()
         if made_dir and metrics_dir is not None:
