@@ -868,13 +868,15 @@ class ProxyApp:
             raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
         return payload
 
-    def _plan(self, body: bytes, planner: Any, payload: dict[str, Any] | None = None) -> tuple[bytes, str, Any]:
+    def _plan(self, body: bytes, planner: Any, payload: dict[str, Any] | None = None,
+              ) -> tuple[bytes, str | None, Any]:
         """Decode (unless ``payload`` is given) and plan a Messages request: ``(body to send, conversation
-        key, the request as sent)``."""
+        key, the request as sent)``. The key is computed only when it is used: per-conversation usage is
+        shown to the holder of the stats token only."""
         if payload is None:
             payload = self._decode(body)
         try:
-            key = conversation_key(payload)
+            key = conversation_key(payload) if self._stats_token is not None else None
             rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
         except RecursionError:
             raise UsageError("the request body's JSON is nested too deeply") from None
@@ -946,7 +948,7 @@ class ProxyApp:
             metrics.first_byte(time.monotonic() - started)
         return upstream
 
-    async def _prepare_messages(self, body: bytes) -> tuple[str, bytes, Any]:
+    async def _prepare_messages(self, body: bytes) -> tuple[str | None, bytes, Any]:
         """Decode and plan a Messages request (in a worker thread when it is large); with ``--cache planner``
         the conversation's planner is checked out of the store first and committed back in the background."""
         small = len(body) < _THREAD_BODY_BYTES
@@ -954,8 +956,8 @@ class ProxyApp:
             planned, key, sent = self._plan(body, None) if small else await asyncio.to_thread(self._plan, body, None)
             return key, planned, sent
         payload = self._decode(body) if small else await asyncio.to_thread(self._decode, body)
-        key = conversation_key(payload)
-        lease = await self.store.checkout(key)
+        conversation = conversation_key(payload)
+        lease = await self.store.checkout(conversation)
         if small:
             planned, _, sent = self._plan(body, lease.planner, payload)
         else:
@@ -964,7 +966,7 @@ class ProxyApp:
         commit = asyncio.ensure_future(self.store.commit(lease, retained=len(body)))
         self._background.add(commit)
         commit.add_done_callback(self._background.discard)
-        return key, planned, sent
+        return (conversation if self._stats_token is not None else None), planned, sent
 
     async def _pass_through(self, upstream: Any, exchange: _Exchange, headers: list[tuple[bytes, bytes]]) -> None:
         """Relay a response byte for byte (Content-Length kept). If the upstream cuts it, the client's
