@@ -116,6 +116,32 @@ def test_an_upstream_closing_idle_connections_never_fails_a_request() -> None:
     run(main())
 
 
+def test_when_every_pooled_connection_went_stale_the_retry_takes_a_new_one() -> None:
+    """Two connections pooled; the upstream then drops a request on any connection it has answered before
+    (as when its idle timer closes connections whose answers it finished sending long before a busy reader
+    finished reading them: several at once). The retry must not take the other stale pooled connection."""
+    async def handler(path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        served = getattr(writer, "served", 0)
+        if served:
+            return False  # closes without answering
+        writer.served = 1  # type: ignore[attr-defined]
+        if path == "/slow":
+            await asyncio.sleep(0.1)
+        writer.write(ok(b"ok"))
+        return True
+
+    async def main() -> None:
+        async with Scripted(handler) as (server, pool):
+            first = await asyncio.gather(*(pool.request("GET", "/slow", [], b"") for _ in range(2)))
+            for response in first:
+                assert await read(response) == b"ok"
+            assert len(pool._idle_conns) == 2
+            assert await read(await pool.request("GET", "/x", [], b"")) == b"ok"
+            assert pool.stale_retries == 1 and server.connections == 3
+
+    run(main())
+
+
 def test_keep_alive_hint_is_honoured() -> None:
     async def handler(path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(ok(b"ok", b"keep-alive: timeout=1\r\n"))  # kept 0 s by us: the upstream closes first

@@ -733,7 +733,7 @@ class ProxyApp:
 
     async def _own_endpoint(self, scope: Scope, send: Send) -> None:
         path = scope["path"]
-        if not self.stats_enabled:
+        if path == _STATS_PATH and not self.stats_enabled:
             await self._respond(send, 404, _error_body("not_found_error", f"{path} is turned off on this proxy"))
             return
         authorized = False

@@ -14,6 +14,8 @@
 # - The remaining race (the upstream closes an idle connection while our request is on its way) is told
 #   apart by its signature: a reused connection that closes before a single byte of the response arrived.
 #   Such a request is sent once more on a new connection (as browsers do); never after any response byte.
+#   (The upstream's idle clock starts when it finished sending, ours when we finished reading: a reader that
+#   lags, e.g. a busy worker, hands back connections the upstream is about to close, several at once.)
 # - A response's body is queued by the protocol (chunked and content-length framing undone by llhttp) and
 #   read by `chunks()`; past 1 MiB queued, the connection stops reading until the reader catches up.
 # - A response goes back to the pool only when its body was read to the end, llhttp says keep-alive, and it
@@ -411,7 +413,7 @@ class UpstreamPool:
         head = b"".join(lines)
         head_only = method == "HEAD"
         for attempt in range(2):
-            conn = self._reusable()
+            conn = self._reusable() if attempt == 0 else None  # the second try: always a new connection
             reused = conn is not None
             if conn is None:
                 conn = await self._connect()
