@@ -6,7 +6,9 @@
 # streams per second at 1/50/200 concurrent SDK streams (direct, proxy with 1 and 2 workers, transport;
 # interleaved rounds, medians), the same for a proxy-bound load (64 KB tool inputs read as raw bytes, where
 # the proxy's work, not the client's, sets the pace), and the proxy's peak RSS after streams of growing
-# length. Reproduce: `PYTHONPATH=src python benchmarks/bench_proxy.py [--quick]`.
+# length. The servers run in sessions of their own, as services do (Linux's autogroup scheduling gives every
+# session one share of the CPU: in the bench's session two workers would share one worker's time).
+# Reproduce: `PYTHONPATH=src python benchmarks/bench_proxy.py [--quick]`.
 from __future__ import annotations
 
 import argparse
@@ -78,7 +80,7 @@ def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mendstream", "serve", str(directory), "--port", str(port),
                              "--select", "header"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+                            text=True, env=env, start_new_session=True)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -88,7 +90,8 @@ def start_proxy(upstream: str, workers: int = 1) -> tuple[subprocess.Popen[str],
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mendstream", "proxy", "--upstream", upstream, "--port", str(port),
                              "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
     wait_port(port)
     if workers > 1:  # every worker up: a few requests land on each
         with httpx.Client() as client:

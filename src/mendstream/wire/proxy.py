@@ -613,7 +613,7 @@ class ProxyApp:
         if stats_token is not None and (not isinstance(stats_token, str) or len(stats_token) < 16):
             raise UsageError("stats_token must be a string of at least 16 characters (e.g. from "
                              "`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
-        if state is not None and cache != "planner":
+        if state not in (None, "memory") and cache != "planner":
             raise UsageError("a planner state store (--state) is only used with --cache planner")
         self.cache = cache
         self.limits = limits
