@@ -660,3 +660,57 @@ def test_recorded_tool_turns_interrupted_are_fixed_without_touching_them(path: P
     added = [b["tool_use_id"] for b in out[2]["content"] if b.get("type") == "tool_result"]
     assert added == list(dict.fromkeys(ids))
     assert MISSING_TOOL_RESULT not in kinds(validate_request(result.payload))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("entry", ["stream", "astream", "httpx", "RepairTransport", "AsyncRepairTransport"])
+def test_sanitize_on_every_entry_point_turns_the_400_into_an_answer(
+    case: str, entry: str, validating_server: ReplayServer
+) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    import asyncio
+
+    import mendstream.httpx as mhttpx
+    from mendstream.testing import sdk_http_module
+
+    payload, _ = CASES[case]
+    before = copy.deepcopy(payload)
+    base_url = validating_server.base_url
+    http = sdk_http_module()
+    if entry == "stream":
+        client = sync_client(base_url=base_url)
+        with pytest.raises(anthropic.BadRequestError):
+            mendstream.stream(client, **payload)
+        with mendstream.stream(client, **payload, sanitize=True) as s:
+            assert s.get_final_text() == "Hello world" and s.request_changes
+    elif entry == "astream":
+        async def main() -> None:
+            client = anthropic.AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0)
+            async with mendstream.astream(client, **payload, sanitize=True) as s:
+                assert await s.get_final_text() == "Hello world" and s.request_changes
+            await client.close()
+
+        asyncio.run(main())
+    elif entry == "httpx":
+        with mhttpx.stream(payload, base_url=base_url, sanitize=True) as s:
+            assert s.get_final_text() == "Hello world" and s.request_changes
+    else:
+        changes: list[Any] = []
+        if entry == "RepairTransport":
+            transport = mendstream.RepairTransport(sanitize=True, on_request_change=changes.append)
+            client = anthropic.Anthropic(base_url=base_url, api_key="k", max_retries=0,
+                                         http_client=http.Client(transport=transport))
+            with client.messages.stream(**payload) as s:
+                assert s.get_final_text() == "Hello world"
+        else:
+            async def amain() -> None:
+                transport = mendstream.AsyncRepairTransport(sanitize=True, on_request_change=changes.append)
+                client = anthropic.AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0,
+                                                  http_client=http.AsyncClient(transport=transport))
+                async with client.messages.stream(**payload) as s:
+                    assert await s.get_final_text() == "Hello world"
+                await client.close()
+
+            asyncio.run(amain())
+        assert changes
+    assert payload == before  # never the caller's objects

@@ -9,7 +9,8 @@ from typing import Any
 
 from mendstream.cli.common import port
 from mendstream.errors import UsageError
-from mendstream.wire.proxy import ProxyLimits, http_library, run_proxy
+from mendstream.wire.coalesce import DEFAULT_WINDOW
+from mendstream.wire.proxy import ProxyLimits, http_library, run_proxy, seconds
 from mendstream.wire.rewrite import CACHE_MODES
 
 __all__ = ["add_subcommand"]
@@ -74,6 +75,9 @@ def add_subcommand(subparsers: Any) -> None:
                         help="where --cache planner keeps each conversation's planner: memory (each worker, "
                              "bounded in bytes; the default) or a Redis/Valkey URL shared by every worker and "
                              "replica (the proxy keeps serving, planning without shared state, when it is down)")
+    parser.add_argument("--coalesce", default=str(DEFAULT_WINDOW), metavar="SECONDS",
+                        help="merge consecutive deltas of one content block arriving within SECONDS "
+                             f"(default {DEFAULT_WINDOW:g}; 0: off, every event as the upstream sent it)")
     parser.add_argument("--metrics", action="store_true",
                         help="serve Prometheus metrics on GET /metrics (summed over the workers)")
     parser.add_argument("--no-stats", dest="stats", action="store_false",
@@ -139,4 +143,5 @@ def _proxy_command(args: Any) -> int:
         stats_token=os.environ.get("MENDSTREAM_STATS_TOKEN") or None,
         log_level=args.log_level,
         access_log=args.access_log,
+        coalesce=seconds(args.coalesce, "--coalesce"),
     )

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from mendstream.errors import FixtureError, StreamError, UsageError
 from mendstream.recording.capture import scrub_json, sidecar_path
+from mendstream.wire.http import is_messages_path
 
 __all__ = [
     "FIXTURE_HEADER",
@@ -251,11 +252,6 @@ class NoFixtureError(StreamError, LookupError):
         super().__init__(message)
         self.status = status
 
-
-def is_messages_path(path: str) -> bool:
-    """True for a Messages endpoint path: ``.../v1/messages`` or Vertex AI's ``...:streamRawPredict`` /
-    ``...:rawPredict`` (the query string must already be removed)."""
-    return path.endswith(("/v1/messages", ":streamRawPredict", ":rawPredict"))
 
 
 def _normalize_body(body: Any) -> Any:

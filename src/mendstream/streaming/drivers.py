@@ -52,9 +52,19 @@ from mendstream.streaming.machine import (
     parser_factory,
 )
 from mendstream.streaming.retry import Attempt, Retry
-from mendstream.streaming.stall import SyncGuard, socket_of
+from mendstream.streaming.stall import SyncGuard, socket_of, socket_waker
 
-__all__ = ["AsyncMessageStream", "AsyncOpener", "AsyncRun", "MessageStream", "Opened", "Opener", "Run", "SyncRun"]
+__all__ = [
+    "AsyncMessageStream",
+    "AsyncOpener",
+    "AsyncRun",
+    "MessageStream",
+    "Opened",
+    "Opener",
+    "Run",
+    "SyncRun",
+    "watch",
+]
 
 
 @dataclass(slots=True)
@@ -98,6 +108,14 @@ class _Slot:
 
     def __init__(self) -> None:
         self.opened: Opened | None = None
+
+
+def watch(owner: object, run: Run) -> weakref.finalize[Any, Any]:
+    """A finaliser that hands ``run``'s open attempt to the reaper if ``owner`` (what the user holds: a stream,
+    a response body) is collected before it released it. Detach it once the run is over."""
+    finalizer = weakref.finalize(owner, _abandoned, run.slot)
+    finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+    return finalizer
 
 
 def _abandoned(slot: _Slot) -> None:
@@ -254,6 +272,14 @@ class SyncRun(Run):
         else:
             self.machine.slept(time.monotonic())
 
+    def interrupt(self) -> None:
+        """Make a read blocked on the current attempt's connection return (its socket shut down: HTTP/1.1
+        only), from any thread; the machine then judges the end of the body."""
+        opened = self.slot.opened
+        wake = socket_waker(getattr(opened.response, "extensions", None)) if opened is not None else None
+        if wake is not None:
+            wake()
+
     def close(self, events: Generator[Any, None, None] | None) -> None:
         """Stop: no attempt starts after this; a backoff sleep ends at once; ``events`` (the generator of
         :meth:`events`) is closed unless another thread runs it; the current attempt is released."""
@@ -286,7 +312,24 @@ class SyncRun(Run):
             while True:
                 action = machine.next_action()
                 if isinstance(action, Read):
-                    yield from self.read()
+                    if machine.clock is None and self.watcher is None:
+                        # The hot loop, inline (a generator less per event): one machine call per chunk.
+                        received = machine.received
+                        body = self.body
+                        assert body is not None
+                        for chunk in body:
+                            events = received(chunk, 0.0)
+                            if events:
+                                yield from events
+                            if machine.state != "read":
+                                break
+                        else:
+                            events = machine.ended(0.0)
+                            if events:
+                                yield from events
+                        self.attempt_done()
+                    else:
+                        yield from self.read()
                 elif isinstance(action, Open):
                     if action.restart is not None:
                         yield action.restart
@@ -307,18 +350,19 @@ class SyncRun(Run):
             raise
 
     def read(self) -> Generator[Any, None, None]:
-        """The current attempt's events until it ends (the hot loop: one machine call per chunk)."""
+        """The current attempt's events until it ends, when a stall timeout or a watcher is set (see events()
+        for the loop without them)."""
         machine = self.machine
         body = self.body
         guard = self.guard
         assert body is not None
+        received = machine.received
+        watcher = self.watcher
+        observe = watcher.events if watcher is not None else None
+        monotonic = time.monotonic
         if guard is not None:
             guard.arm()
         try:
-            received = machine.received
-            monotonic = time.monotonic
-            watcher = self.watcher
-            observe = watcher.events if watcher is not None else None
             for chunk in body:
                 events = received(chunk, monotonic())
                 if events:
@@ -330,7 +374,7 @@ class SyncRun(Run):
                 if guard is not None:
                     guard.arm()
             else:
-                events = machine.ended(time.monotonic())
+                events = machine.ended(monotonic())
                 if events:
                     if observe is not None:
                         observe(events)
@@ -338,8 +382,11 @@ class SyncRun(Run):
         finally:
             if guard is not None:
                 guard.disarm()
+        self.attempt_done()
+
+    def attempt_done(self) -> None:
         if self.closing:
-            machine.close()
+            self.machine.close()
         self.attempt_over()
         self.release()
 
@@ -520,8 +567,7 @@ class _Surface:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._finalizer = weakref.finalize(self, _abandoned, run.slot)
-        self._finalizer.atexit = False  # at interpreter exit the process takes its connections with it
+        self._finalizer = watch(self, run)
 
     @property
     def message(self) -> dict[str, Any]:
@@ -633,11 +679,14 @@ class MessageStream(_Surface):
         sdk_events: bool = False,
         beta: bool = False,
         output_format: Any = None,
+        request_changes: tuple[Any, ...] = (),
     ) -> None:
         machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
         run = SyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
+        self.request_changes = request_changes
+        """What sanitising changed in the request before it was sent (``sanitize=True``; empty otherwise)."""
         reaper.start()
         events = run.events()
         # With sdk_events the items are the SDK's objects; statically they stay typed as Event (documented).
@@ -705,11 +754,14 @@ class AsyncMessageStream(_Surface):
         sdk_events: bool = False,
         beta: bool = False,
         output_format: Any = None,
+        request_changes: tuple[Any, ...] = (),
     ) -> None:
         machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
         run = AsyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
+        self.request_changes = request_changes
+        """What sanitising changed in the request before it was sent (``sanitize=True``; empty otherwise)."""
         reaper.start()
         events = run.events()
         self._iterator = cast("AsyncGenerator[Event, None]", _asdk_events(events, run)) if sdk_events else events

@@ -246,6 +246,9 @@ class Presenter(Protocol[Out]):
     shown_content: bool
     """Whether anything the consumer could act on has been shown in this epoch (past message_start)."""
 
+    transparent: bool
+    """True while :meth:`show` would return its input unchanged (the machine then skips the call)."""
+
     def begin(self, attempt: Attempt) -> None: ...
 
     def show(self, output: Out, attempt: Attempt) -> Out: ...
@@ -343,6 +346,8 @@ class StreamMachine(Generic[Out]):
         self._repairs: list[Repair] = []
         self._action: Action | None = None
         self._continuation: Continuation | None = None
+        self._feed: Callable[[bytes], Out] = _not_reading
+        self._show: Callable[[Out, Attempt], Out] = presenter.show
         self.note: str | None = None
         """Why the stream failed when it might have continued (``restarts=False``), for the error shown."""
 
@@ -403,6 +408,8 @@ class StreamMachine(Generic[Out]):
         self.attempts.append(attempt)
         self._epoch = _Epoch()
         self.reader = reader if reader is not None else self._make_reader(attempt.number)
+        self._feed = self.reader.feed  # bound once: received() is the hot path
+        self._show = self.presenter.show
         self.presenter.begin(attempt)
         self.clock = StallClock(self.idle, self.progress, now) if self.stall_enabled else None
         self._convert = convert
@@ -426,34 +433,38 @@ class StreamMachine(Generic[Out]):
 
     def received(self, data: bytes, now: float) -> Out:
         """Body bytes arrived: the output to deliver to the consumer (the machine may leave READ: a fault
-        found in them, or a stall deadline that passed while they trickled in)."""
-        reader = self.reader
+        found in them, or a stall deadline that passed while they trickled in). ``now`` is read only when a
+        stall timeout is set (a driver may pass 0.0 otherwise)."""
         attempt = self._attempt
-        if self.state != "read" or reader is None or attempt is None:
+        if self.state != "read" or attempt is None:
             self._expect("read")
-        assert reader is not None and attempt is not None
+        assert attempt is not None
         attempt.bytes_received += len(data)
-        presenter = self.presenter
         try:
-            output = reader.feed(data)
+            output = self._feed(data)
         except StreamError as error:
+            presenter = self.presenter
             output = presenter.show(presenter.partial(error), attempt)
             self._attempt_failed(error, now)
             return output
         clock = self.clock
-        if clock is not None:
-            clock.last_byte = now
-            if presenter.progressed(output):
-                clock.last_progress = now
-                clock.saw_bytes_since_progress = False
-            else:
-                clock.saw_bytes_since_progress = True
-            output = presenter.show(output, attempt)
-            kind = clock.expired(now)
-            if kind is not None:
-                self._stalled(kind, now)
-            return output
-        return presenter.show(output, attempt)
+        if clock is None:  # the common case: one feed, and the presenter only while it may change things
+            if self.presenter.transparent:
+                attempt.events_delivered += len(output)  # type: ignore[arg-type]
+                return output
+            return self._show(output, attempt)
+        presenter = self.presenter
+        clock.last_byte = now
+        if presenter.progressed(output):
+            clock.last_progress = now
+            clock.saw_bytes_since_progress = False
+        else:
+            clock.saw_bytes_since_progress = True
+        output = presenter.show(output, attempt)
+        kind = clock.expired(now)
+        if kind is not None:
+            self._stalled(kind, now)
+        return output
 
     def ended(self, now: float) -> Out:
         """The body ended (EOF, or the transport's error ended it): the last output; the machine moves to
@@ -631,6 +642,10 @@ class StreamMachine(Generic[Out]):
         self.presenter.restart()
 
 
+def _not_reading(data: bytes, /) -> Any:
+    raise UsageError("stream machine: body bytes received with no attempt open")
+
+
 # -- the presenter for event consumers -----------------------------------------------------------------------
 
 
@@ -682,12 +697,16 @@ class EventPresenter:
     Invariant: the consumer sees every character of text at most once per epoch.
     """
 
-    __slots__ = ("_drop_text_event", "_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped")
+    __slots__ = (
+        "_drop_text_event", "_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped",
+        "transparent",
+    )
 
     def __init__(self) -> None:
         self.shown_start = False
         self.shown_content = False
         self.continuing = False
+        self.transparent = False
         self._shown = _Shown()
         self.skipped = 0
         self._skipping = False
@@ -709,7 +728,7 @@ class EventPresenter:
     def show(self, output: list[Event], attempt: Attempt) -> list[Event]:
         if not output:
             return output
-        if self.shown_content and not self.continuing:
+        if self.transparent:
             attempt.events_delivered += len(output)
             return output
         out: list[Event] = []
@@ -728,11 +747,13 @@ class EventPresenter:
                 self.shown_content = True
             out.append(event)
         attempt.events_delivered += len(out)
+        self.transparent = self.shown_content and not self.continuing
         return out
 
     def restart(self) -> None:
         self.shown_start = self.shown_content = False
         self.continuing = False
+        self.transparent = False
         self._shown = _Shown()
 
     def keep(self, message: dict[str, Any]) -> None:
@@ -754,6 +775,7 @@ class EventPresenter:
         self._shown.text = shown
         self._shown.held = shown[len(prefill) :]
         self.continuing = True
+        self.transparent = False
         # Nothing but a block's start (or blanks) was shown: the request is sent again as it was, and its
         # answer spliced in as a continuation's is (the client already has message_start and block 0's start).
         return Continuation.prefill(prefill) if prefill else Continuation(())

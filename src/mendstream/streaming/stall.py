@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WATCHDOG", "SyncGuard", "Watchdog", "socket_of"]
+__all__ = ["WATCHDOG", "SyncGuard", "Watchdog", "socket_of", "socket_waker"]
 
 
 class Watchdog:
@@ -117,3 +117,25 @@ class SyncGuard:
         self.fired = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def socket_waker(extensions: Any) -> Callable[[], None] | None:
+    """A function that makes a read blocked on an HTTP/1.1 response's connection return (by shutting its
+    socket down), from the response's ``extensions`` (httpcore's ``network_stream``); None when there is no
+    socket to shut down or the connection may be shared (HTTP/2)."""
+    if not isinstance(extensions, dict) or extensions.get("http_version", b"HTTP/1.1") != b"HTTP/1.1":
+        return None
+    stream = extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:
+        return None
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def wake() -> None:
+        # The base class's shutdown: ssl.SSLSocket.shutdown would also drop its SSL object under the reader.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    return wake

@@ -18,6 +18,7 @@ from mendstream.recording.fixtures import FixtureSelector, Select, load_fixtures
 from mendstream.testing.faults import FaultPlan, PlannedResponse
 from mendstream.testing.routing import Router
 from mendstream.testing.server import ReplayServer
+from mendstream.wire.http import http_library
 
 __all__ = [
     "anthropic_client",
@@ -34,20 +35,9 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep
 
 
 def sdk_http_module() -> ModuleType:
-    """The HTTP library the installed ``anthropic`` SDK runs on: ``httpx2`` (>= 1.0) or ``httpx`` (0.x).
-
-    Without the SDK: ``httpx`` if installed, else ``httpx2``.
-    """
-    try:
-        from anthropic import _base_client
-    except ImportError:
-        from mendstream.httpx import http_module
-
-        return http_module()
-    found = getattr(_base_client, "httpx2", None) or getattr(_base_client, "httpx", None)
-    if not isinstance(found, ModuleType):  # pragma: no cover - an SDK layout we do not know
-        raise ImportError("cannot tell which HTTP library the installed anthropic SDK uses")
-    return found
+    """The HTTP library the installed ``anthropic`` SDK runs on: ``httpx2`` (>= 1.0) or ``httpx`` (0.x); without
+    the SDK, httpx2, else httpx (see :func:`mendstream.wire.http.http_library`)."""
+    return http_library("sdk")
 
 
 def _module(library: Library) -> ModuleType:

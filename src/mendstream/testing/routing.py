@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
-from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, is_messages_path
+from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError
 from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body
+from mendstream.wire.http import bedrock_path, error_body, error_type_for, is_messages_path, model_in_path
 from mendstream.wire.sanitize import validate_request
 
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -45,32 +46,7 @@ MAX_JSON_DEPTH = 256
 """Request bodies nested deeper than this are answered with 400 (the API's own bodies are shallow)."""
 
 # The Messages API's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-_STATUS_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    431: "request_too_large",
-    500: "api_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 _JSON = (("content-type", "application/json"),)
-
-
-def error_type_for(status: int) -> str:
-    """The Messages API error ``type`` for an HTTP ``status`` (``api_error`` for other 5xx,
-    ``invalid_request_error`` for other 4xx)."""
-    return _STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
-def error_body(error_type: str, message: str) -> bytes:
-    """An Anthropic-style error JSON body."""
-    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
 
 
 def error_response(status: int, message: str, *, close: bool = False) -> PlannedResponse:
@@ -300,7 +276,7 @@ class Router:
         try:
             # A cloud client names the model in the path; a fixture of that name answers it (unless a header
             # names one), so AnthropicBedrock / AnthropicVertex pick fixtures with model="<fixture name>".
-            named = self.selector.named(_model_in_path(record.path.split("?", 1)[0]))
+            named = self.selector.named(model_in_path(record.path.split("?", 1)[0]))
             if named is None or "x-mendstream-fixture" in record.headers:
                 named = self.selector.choose(record.headers, body)
             fixture = named
@@ -343,25 +319,9 @@ class Router:
 
 
 def _bedrock_path(path: str) -> str | None:
-    """``"stream"`` for Bedrock's ``/model/{id}/invoke-with-response-stream``, ``"invoke"`` for
-    ``/model/{id}/invoke``, else None."""
-    if not path.startswith("/model/"):
-        return None
-    if path.endswith("/invoke-with-response-stream"):
-        return "stream"
-    return "invoke" if path.endswith("/invoke") else None
-
-
-def _model_in_path(path: str) -> str | None:
-    """The model named by a Bedrock or Vertex path (URL-decoded), else None."""
-    from urllib.parse import unquote
-
-    from mendstream.core.bedrock import bedrock_stream_path, vertex_stream_path
-
-    if path.startswith("/model/") and path.endswith("/invoke"):
-        return unquote(path[len("/model/") : -len("/invoke")])
-    model = bedrock_stream_path(path) or vertex_stream_path(path.replace(":rawPredict", ":streamRawPredict"))
-    return unquote(model) if model is not None else None
+    """``"stream"`` or ``"invoke"`` for Bedrock's paths, else None."""
+    found = bedrock_path(path)
+    return found[1] if found is not None else None
 
 
 def _for_bedrock(planned: PlannedResponse, kind: str) -> PlannedResponse:

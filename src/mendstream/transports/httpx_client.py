@@ -30,6 +30,7 @@ from mendstream.transports.capturing import (
 )
 from mendstream.transports.failures import check_content_type, content_type_error, status_error
 from mendstream.transports.pump import BodyPump
+from mendstream.wire.http import http_library, library_of
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -53,29 +54,27 @@ UNSET: Any = object()
 def _is_unset(value: Any) -> bool:
     return value is UNSET
 
+
+class _StallBound:
+    """The read timeout a stall timeout sets on an attempt (none was given): the wait for the response head,
+    and a backstop for the watchdog on every read."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: float) -> None:
+        self.read = read
+
 _default_client: Any = None
 _default_lock = threading.Lock()
 
 
 def http_module() -> ModuleType:
-    """The HTTP library used for default clients: ``httpx`` when installed, else ``httpx2``.
+    """The HTTP library used for default clients: the one the installed anthropic SDK runs on (httpx2 from
+    1.0 on, httpx before), else httpx2, else httpx (see :func:`mendstream.wire.http.http_library`).
 
-    Raises ``ImportError`` naming both when neither is installed.
+    Raises ``UsageError`` (an ImportError's place: it names the install) when neither is installed.
     """
-    try:
-        import httpx
-
-        return httpx
-    except ImportError:
-        pass
-    try:
-        import httpx2
-
-        return httpx2
-    except ImportError:
-        raise ImportError(
-            "mendstream.httpx needs httpx or httpx2: pip install 'mendstream[httpx]'"
-        ) from None
+    return http_library("sdk")
 
 
 def _timeout(module: ModuleType) -> Any:
@@ -124,16 +123,22 @@ def _endpoint(base_url: str, path: str) -> str:
     return base + "/" + path.lstrip("/")
 
 
-def _prepare_body(body: Mapping[str, Any], cache: Any) -> dict[str, Any]:
+def _prepare_body(body: Mapping[str, Any], cache: Any, sanitize: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     if not isinstance(body, Mapping):
         raise UsageError(f"body must be a mapping (the Messages API request), not {type(body).__name__}")
     params = dict(body)
     if params.get("stream", True) is not True:
         raise UsageError("mendstream.httpx always streams; drop \"stream\": false from the body")
+    changes: tuple[Any, ...] = ()
+    if sanitize is not False:  # first, so that no cache marker lands on a block that is then removed
+        from mendstream.wire.sanitize import apply_sanitize
+
+        params, changes = apply_sanitize(params, sanitize)
+        params = dict(params)
     if cache is not None:
         params = apply_cache(params, cache)
     params["stream"] = True
-    return params
+    return params, changes
 
 
 class _Request:
@@ -153,8 +158,9 @@ class _Request:
         capture: CapturePath | None,
         cache: Any,
         strict_content_type: bool,
+        sanitize: Any = False,
     ) -> None:
-        self.body = _prepare_body(body, cache)
+        self.body, self.changes = _prepare_body(body, cache, sanitize)
         self.url = _endpoint(base_url, path)
         self.headers = build_headers(
             api_key=api_key, auth_token=auth_token, headers=headers, anthropic_version=anthropic_version
@@ -183,12 +189,15 @@ class _Request:
             out.body = {**self.body, "messages": action.continuation.apply(self.body.get("messages"))}
             out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
         if action.timeout is not None and _is_unset(self.timeout):
-            out.timeout = http_module().Timeout(10.0, read=action.timeout)
+            out.timeout = _StallBound(action.timeout)
         return out
 
     def build(self, client: Any) -> Any:
         kwargs: dict[str, Any] = {"headers": self.headers, "content": self.content}
-        if self.timeout is not UNSET:
+        if isinstance(self.timeout, _StallBound):  # made of the client's own library (httpx or httpx2)
+            library = library_of(client) or http_module()
+            kwargs["timeout"] = library.Timeout(**{**_DEFAULT_TIMEOUT, "read": self.timeout.read})
+        elif self.timeout is not UNSET:
             kwargs["timeout"] = self.timeout
         self.started_at = time.perf_counter()
         return client.build_request("POST", self.url, **kwargs)
@@ -308,6 +317,7 @@ def stream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sanitize: Any = False,
 ) -> MessageStream:
     """Stream a Messages API request from ``base_url`` (any Anthropic-compatible endpoint).
 
@@ -319,7 +329,7 @@ def stream(
             read from the environment. headers: extra headers; they override the defaults, and ``""``
             removes one.
         client: an ``httpx.Client`` or ``httpx2.Client``; default: a shared client of whichever library
-            is installed (httpx preferred). timeout: a per-request timeout (default: the client's).
+            is installed (the SDK's: see ``http_module``). timeout: a per-request timeout (default: the client's).
         anthropic_version: the ``anthropic-version`` header (None: not sent).
         capture: tee the response bytes to this path, with a ``*.capture.json`` sidecar.
         cache: a cache plan applied with ``mendstream.cache.apply_cache`` before sending.
@@ -330,6 +340,8 @@ def stream(
             an ``anthropic-beta`` header, events and ``get_final_message()`` use the SDK's ``Beta`` types.
         retry, idle_timeout, progress_timeout: resilience (off by default), as for
             :func:`mendstream.stream`; see docs/resilience.md.
+        sanitize: fix the mechanical 400s in the body before sending, as for :func:`mendstream.stream`
+            (``stream.request_changes`` says what changed).
 
     Returns:
         A :class:`~mendstream.MessageStream`; close it (or use ``with``) to release the connection.
@@ -353,6 +365,7 @@ def stream(
         capture=capture,
         cache=cache,
         strict_content_type=strict_content_type,
+        sanitize=sanitize,
     )
     http = client if client is not None else shared_client()
 
@@ -361,7 +374,7 @@ def stream(
         return BodyPump(writer).opened(response, response.iter_bytes(), response.close)
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                         parser=parser, sdk_events=sdk_events, beta=req.beta)
+                         parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
 
 
 def astream(
@@ -384,6 +397,7 @@ def astream(
     retry: Retry | None = None,
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
+    sanitize: Any = False,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`; ``client`` is an ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
 
@@ -403,6 +417,7 @@ def astream(
         capture=capture,
         cache=cache,
         strict_content_type=strict_content_type,
+        sanitize=sanitize,
     )
     async def opener(action: Open) -> Opened:
         response, writer, release = await req.for_attempt(action).aopen(client)
@@ -410,6 +425,6 @@ def astream(
 
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                  parser=parser, sdk_events=sdk_events, beta=req.beta)
+                                  parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
 
     return AsyncStreamOpener(make)

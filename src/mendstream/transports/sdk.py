@@ -230,11 +230,18 @@ def _sdk_connection_message(client: Any, request: Any, cause: BaseException, tim
     return "Request timed out." if timeout else "Connection error."
 
 
-def _prepare(params: dict[str, Any], cache: Any) -> dict[str, Any]:
+def _prepare(params: dict[str, Any], cache: Any, sanitize: Any = False) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The request's parameters as sent, and what sanitising changed: sanitised first (so that no cache marker
+    lands on a block that is then removed), then cache-planned."""
     if "stream" in params and params["stream"] is not None and params["stream"] is not True:
         raise UsageError("mendstream.stream always streams; drop the 'stream' argument")
     params.pop("stream", None)
-    return apply_cache(params, cache)
+    changes: tuple[Any, ...] = ()
+    if sanitize is not False:
+        from mendstream.wire.sanitize import apply_sanitize
+
+        params, changes = apply_sanitize(params, sanitize)
+    return apply_cache(params, cache), changes
 
 
 def _output_format(params: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -431,6 +438,7 @@ def stream(
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
     sdk_events: bool = False,
+    sanitize: Any = False,
     **params: Any,
 ) -> MessageStream:
     """Send a streaming Messages request through ``client`` and read it with mendstream.
@@ -449,6 +457,10 @@ def stream(
             event-stream for AnthropicBedrock).
         retry, idle_timeout, progress_timeout: resilience (off by default: one attempt, no stall timeout);
             see docs/resilience.md. ``stream.attempts`` records every attempt.
+        sanitize: ``True`` (or a :class:`~mendstream.wire.sanitize.RequestLimits`) fixes the mechanical 400s in the
+            request before it is sent (empty text blocks, a prefill ending in whitespace, orphan tool_use /
+            tool_result blocks, media over the documented limits; never a thinking block), copy-on-write; what
+            changed is ``stream.request_changes``. See docs/requests.md.
         sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
             ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
             mendstream's, for code that checks event classes. Costs one SDK model per event.
@@ -470,7 +482,8 @@ def stream(
         complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
         ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
     """
-    params, structured = _output_format(_prepare(params, cache))
+    prepared, changes = _prepare(params, cache, sanitize)
+    params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
     given = parser
     parser = _cloud.parser_for(client, parser)  # an event-stream parser for AnthropicBedrock
@@ -484,7 +497,7 @@ def stream(
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                          parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
-                         output_format=structured)
+                         output_format=structured, request_changes=changes)
 
 
 def _for_sdk(opened: Opened, given: MessageParser | None, parser: MessageParser | None, params: Any,
@@ -523,6 +536,7 @@ def astream(
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
     sdk_events: bool = False,
+    sanitize: Any = False,
     **params: Any,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
@@ -531,7 +545,8 @@ def astream(
     ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The first attempt
     is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
     """
-    params, structured = _output_format(_prepare(params, cache))
+    prepared, changes = _prepare(params, cache, sanitize)
+    params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
     given = parser
     parser = _cloud.parser_for(client, parser)
@@ -546,6 +561,6 @@ def astream(
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                                   parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
-                                  output_format=structured)
+                                  output_format=structured, request_changes=changes)
 
     return AsyncStreamOpener(make)

@@ -158,13 +158,16 @@ class WirePresenter:
     (see the module comment). ``track_text``: follow the forwarded text of block 0, which a continuation
     needs as its prefill (only when the policy may continue: it decodes every text delta)."""
 
-    __slots__ = ("_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped", "track_text")
+    __slots__ = (
+        "_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped", "track_text", "transparent",
+    )
 
     def __init__(self, *, track_text: bool = False) -> None:
         self.track_text = track_text
         self.shown_start = False
         self.shown_content = False
         self.continuing = False
+        self.transparent = False
         self._shown = _Shown()
         self.skipped = 0
         self._skipping = False
@@ -186,9 +189,10 @@ class WirePresenter:
 
     def show(self, output: list[bytes], attempt: Attempt) -> list[bytes]:
         """The bytes (one item, or none) the client is sent for an attempt's output (the same: one item)."""
-        if not output or (self.shown_content and not self.continuing and not self.track_text):
+        if not output or self.transparent:
             return output
         shown = self._show(output[0])
+        self.transparent = self.shown_content and not self.continuing and not self.track_text
         return [shown] if shown else []
 
     def _show(self, output: bytes) -> bytes:
@@ -238,6 +242,7 @@ class WirePresenter:
         self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
         self._shown.held = shown[len(prefill) :]
         self.continuing = True
+        self.transparent = False
         # Nothing but a block's start (or blanks) was shown: the request is sent again as it was and its answer
         # spliced in as a continuation's (the client already has message_start and block 0's start).
         return Continuation.prefill(prefill) if prefill else Continuation(())

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -45,6 +46,7 @@ from urllib.parse import urlsplit
 
 from mendstream.errors import UsageError
 from mendstream.recording.files import CaptureDirectory
+from mendstream.wire.coalesce import DEFAULT_WINDOW, DeltaCoalescer, coalesce_window
 from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "create_app",
     "http_library",
     "run_proxy",
+    "seconds",
 ]
 
 LOGGER = logging.getLogger("mendstream.proxy")
@@ -598,6 +601,7 @@ class ProxyApp:
         metrics: bool = False,
         stats: bool = True,
         stats_token: str | None = None,
+        coalesce: float | bool | None = DEFAULT_WINDOW,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
@@ -616,6 +620,7 @@ class ProxyApp:
         if state not in (None, "memory") and cache != "planner":
             raise UsageError("a planner state store (--state) is only used with --cache planner")
         self.cache = cache
+        self.coalesce = coalesce_window(coalesce)
         self.limits = limits
         # Captures are CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a
         # directory resolved and pinned once (mendstream.recording.files.CaptureDirectory).
@@ -1018,6 +1023,40 @@ class ProxyApp:
         finally:
             await upstream.aclose()
 
+    async def _relay_coalesced(self, body: AsyncGenerator[bytes, None], exchange: _Exchange,
+                               rewriter: ResponseRewriter, feed: Callable[[bytes], bytes],
+                               ) -> tuple[str, BaseException | None]:
+        """As the plain relay, with consecutive deltas of one block merged within ``self.coalesce`` seconds
+        (see mendstream.wire.coalesce): the next upstream chunk or the held deltas' deadline, whichever comes
+        first. Returns the capture's outcome."""
+        from mendstream.wire.coalesce_drivers import AsyncCoalescing
+
+        cuts: list[BaseException] = []
+        coalescer = DeltaCoalescer(self.coalesce)
+        driver = AsyncCoalescing(body, coalescer, rewrite=feed, finish=rewriter.end, cut=(UpstreamError,),
+                                 on_cut=cuts.append)
+        run = driver.__aiter__()
+        try:
+            ended = False
+            async for out in run:
+                if out:
+                    await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+                if rewriter.complete or rewriter.error is not None:
+                    break
+            else:
+                ended = True
+            # the end of the message (or of the input): what is still held, then the end of the response
+            await exchange.send({"type": "http.response.body", "body": coalescer.end() + rewriter.end()})
+            if not ended:  # what the upstream still sends is read for a moment, so its connection is reused
+                with contextlib.suppress(TimeoutError, UpstreamError):
+                    async with asyncio.timeout(_DRAIN_SECONDS):
+                        async for _ in run:
+                            pass
+        finally:
+            await run.aclose()
+            await driver.aclose()
+        return ("error", cuts[0]) if cuts else ("complete", None)
+
     def _capture(self, request: _Forwarded, upstream: Any) -> Any:
         if self._capture_dir is None:
             return None
@@ -1040,23 +1079,31 @@ class ProxyApp:
         received = 0
         chunks: AsyncGenerator[bytes, None] = upstream.chunks()
         body = _decoded(chunks, encoding) if encoding in _GZIP_ENCODINGS else chunks
+
+        def feed(chunk: bytes) -> bytes:
+            nonlocal received
+            received += len(chunk)
+            if capture is not None:
+                capture.write(chunk)
+            return rewriter.feed(chunk)
+
         try:
-            try:
-                async for chunk in body:
-                    received += len(chunk)
-                    if capture is not None:
-                        capture.write(chunk)
-                    out = rewriter.feed(chunk)
-                    if out:
-                        await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
-                    if rewriter.complete or rewriter.error is not None:
-                        break
-                outcome = "complete"
-            except UpstreamError as exc:  # the upstream cut the stream: the rewriter decides how it ends
-                outcome, failure = "error", exc
-            await exchange.send({"type": "http.response.body", "body": rewriter.end()})
-            if rewriter.complete or rewriter.error is not None:
-                await _drain(body)
+            if self.coalesce:
+                outcome, failure = await self._relay_coalesced(body, exchange, rewriter, feed)
+            else:
+                try:
+                    async for chunk in body:
+                        out = feed(chunk)
+                        if out:
+                            await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+                        if rewriter.complete or rewriter.error is not None:
+                            break
+                    outcome = "complete"
+                except UpstreamError as exc:  # the upstream cut the stream: the rewriter decides how it ends
+                    outcome, failure = "error", exc
+                await exchange.send({"type": "http.response.body", "body": rewriter.end()})
+                if rewriter.complete or rewriter.error is not None:
+                    await _drain(body)
         finally:
             await body.aclose()
             if body is not chunks:
@@ -1102,6 +1149,7 @@ def create_app(
     metrics: bool = False,
     stats: bool = True,
     stats_token: str | None = None,
+    coalesce: float | bool | None = DEFAULT_WINDOW,
 ) -> ProxyApp:
     """The proxy as an ASGI application (``uvicorn --factory mendstream.wire.proxy:app_from_env`` reads the
     options from the environment; or call it yourself). ``mendstream proxy`` serves it with the connection
@@ -1123,13 +1171,16 @@ def create_app(
         metrics: serve Prometheus metrics on ``GET /metrics`` (needs prometheus-client).
         stats: serve ``GET /mendstream/stats`` (totals; with ``stats_token``, per-conversation usage too).
         stats_token: when set, ``/mendstream/stats`` and ``/metrics`` need ``Authorization: Bearer TOKEN``.
+        coalesce: seconds within which consecutive deltas of one content block are merged into one event
+            (default 10 ms, below a 60 Hz frame; ``0``/``None``: off, every event passes as the upstream sent
+            it). The final message is unchanged; see :class:`mendstream.wire.coalesce.DeltaCoalescer`.
 
     Raises:
         UsageError: an invalid option.
     """
     return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations, limits=limits,
                     state=state, state_options=state_options, metrics=metrics, stats=stats,
-                    stats_token=stats_token)
+                    stats_token=stats_token, coalesce=coalesce)
 
 
 def run_proxy(upstream: str, *, host: str = "127.0.0.1", port: int = 8787,
@@ -1160,8 +1211,9 @@ def app_from_env() -> ProxyApp:
     """A factory for ``uvicorn --factory mendstream.wire.proxy:app_from_env`` (and each worker of
     ``mendstream proxy --workers N``): the options come from ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE``,
     ``MENDSTREAM_CAPTURE``, ``MENDSTREAM_STATE``, ``MENDSTREAM_STATE_SALT`` (read by the store),
-    ``MENDSTREAM_METRICS`` (1/0), ``MENDSTREAM_STATS`` (1/0), ``MENDSTREAM_STATS_TOKEN`` and
-    ``MENDSTREAM_LIMITS`` (a JSON object of :class:`ProxyLimits` fields)."""
+    ``MENDSTREAM_METRICS`` (1/0), ``MENDSTREAM_STATS`` (1/0), ``MENDSTREAM_STATS_TOKEN``,
+    ``MENDSTREAM_COALESCE`` (seconds; ``0`` turns coalescing off) and ``MENDSTREAM_LIMITS`` (a JSON object of
+    :class:`ProxyLimits` fields)."""
     upstream = os.environ.get("MENDSTREAM_UPSTREAM")
     if not upstream:
         raise UsageError("set MENDSTREAM_UPSTREAM to the upstream base URL")
@@ -1176,4 +1228,17 @@ def app_from_env() -> ProxyApp:
         metrics=_env_flag("MENDSTREAM_METRICS", False),
         stats=_env_flag("MENDSTREAM_STATS", True),
         stats_token=os.environ.get("MENDSTREAM_STATS_TOKEN") or None,
+        coalesce=seconds(os.environ.get("MENDSTREAM_COALESCE", str(DEFAULT_WINDOW)), "MENDSTREAM_COALESCE"),
     )
+
+
+def seconds(text: str, name: str) -> float:
+    """A coalescing window given as text (a command-line option, an environment variable), in seconds.
+
+    Raises:
+        UsageError: not a number of seconds >= 0, naming ``name``.
+    """
+    try:
+        return coalesce_window(float(text))
+    except ValueError:
+        raise UsageError(f"{name} must be a number of seconds >= 0 (0: off); got {text!r}") from None

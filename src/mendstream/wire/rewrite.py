@@ -32,9 +32,11 @@ from mendstream.errors import (
     ToolInputError,
     UsageError,
 )
+from mendstream.wire.http import is_messages_path
 
 if TYPE_CHECKING:
     from mendstream.cache import CachePlanner
+    from mendstream.cache.options import CacheSetting
 
 __all__ = [
     "CacheMode",
@@ -52,14 +54,6 @@ CACHE_MODES: tuple[str, ...] = ("default", "planner", "off")
 
 # -- requests -----------------------------------------------------------------------------------------------
 
-
-def is_messages_path(path: str, /) -> bool:
-    """True for the paths whose requests and responses are Messages API ones: ``.../v1/messages`` (first
-    party, Bedrock Mantle, gateways that keep the path under a prefix) and Vertex AI's ``:streamRawPredict``
-    / ``:rawPredict``. ``/v1/messages/count_tokens`` and ``/v1/messages/batches`` are not (their bodies and
-    answers differ). A query string is ignored."""
-    path = path.split("?", 1)[0].rstrip("/")
-    return path.endswith("/v1/messages") or path.endswith(":streamRawPredict") or path.endswith(":rawPredict")
 
 
 class RequestRewrite:
@@ -103,7 +97,7 @@ def rewrite_request(
     body: bytes,
     /,
     *,
-    cache: CacheMode = "default",
+    cache: CacheSetting | str | bool | None = "default",
     planner: CachePlanner | None = None,
     payload: dict[str, Any] | None = None,
 ) -> RequestRewrite:
@@ -111,10 +105,11 @@ def rewrite_request(
 
     Args:
         body: the request body as sent (JSON).
-        cache: ``"default"`` places at most 4 breakpoints with
-            :func:`mendstream.cache.plan_cache_breakpoints`; ``"planner"`` uses ``planner`` (a
-            :class:`~mendstream.cache.CachePlanner` for this conversation, required); ``"off"`` returns the
-            body untouched without decoding it.
+        cache: a ``cache=`` value (see :mod:`mendstream.cache.options`: ``"default"``, ``"off"``, a strategy
+            name, ``"planner"``...) or the :class:`~mendstream.cache.CacheSetting` parsed from one. Off returns
+            the body untouched without decoding it.
+        planner: the conversation's :class:`~mendstream.cache.CachePlanner`, for ``"planner"`` (required then,
+            unless the setting holds its own).
         payload: ``body`` already decoded, when the caller has it (saves a second parse).
 
     Returns a :class:`RequestRewrite`; its ``body`` is the original bytes when planning changed nothing,
@@ -122,30 +117,30 @@ def rewrite_request(
     :func:`with_content_length`).
 
     Raises:
-        UsageError: ``cache`` is not a known mode, ``"planner"`` without a planner, or the body is not a
+        UsageError: ``cache`` is not a known value, ``"planner"`` without a planner, or the body is not a
             JSON object.
     """
-    if cache not in CACHE_MODES:
-        raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
-    if cache == "off":
+    from mendstream.cache.options import CacheSetting, parse_cache
+
+    setting = cache if isinstance(cache, CacheSetting) else parse_cache(cache)
+    if setting.off:
         return RequestRewrite(body, False, None, 0, 0)
-    if cache == "planner" and planner is None:
+    if setting.mode == "planner" and setting.planner is None and planner is None:
         raise UsageError("cache='planner' needs a CachePlanner (planner=...)")
     if payload is None:
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"the request body is not JSON ({exc}); {len(body)} bytes received") from None
+        except RecursionError:
+            raise UsageError(f"the request body nests JSON too deeply; {len(body)} bytes received") from None
     if type(payload) is not dict:
         raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
     before = count_markers(payload)
     try:
-        if planner is not None and cache == "planner":
-            planned, _ = planner.plan(payload)
-        else:
-            from mendstream.cache import plan_cache_breakpoints
-
-            planned, _ = plan_cache_breakpoints(payload)
+        planned = setting.apply(payload, planner)
+    except UsageError:
+        raise
     except (TypeError, ValueError) as exc:  # a payload the planner cannot read (e.g. messages not a list)
         raise UsageError(f"cannot plan cache breakpoints for this request: {exc}") from None
     if planned == payload:

@@ -497,6 +497,8 @@ def _export(upstream: str, options: dict[str, Any]) -> None:
         else:
             env.pop(name, None)
     env["MENDSTREAM_METRICS"] = "1" if options.get("metrics") else "0"
+    if options.get("coalesce") is not None:
+        env["MENDSTREAM_COALESCE"] = repr(float(options["coalesce"]))
     env["MENDSTREAM_STATS"] = "1" if options.get("stats", True) else "0"
     limits = options.get("limits")
     if limits is not None:
