@@ -24,7 +24,7 @@ import anthropic
 import mendstream.transports.sdk as ms
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
+FIXTURES = ROOT / "src" / "mendstream" / "fixtures"
 CASES = [
     "text_basic",
     "text_multiple_blocks",

@@ -31,7 +31,7 @@ from mendstream import AsyncRepairTransport, RepairTransport
 from mendstream.recording.capture import sidecar_path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
+FIXTURES = ROOT / "src" / "mendstream" / "fixtures"
 SHORT = "text_basic"
 HEAVY = "tool_input_64kb_in_16kb_chunks"
 PARAMS: dict[str, Any] = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}

@@ -100,10 +100,10 @@ def check(data: bytes, *, time_budget: bool = True) -> None:
 
 
 def seed_inputs(root: Path = _ROOT) -> dict[str, bytes]:
-    """Seed corpus: every fixtures/*.sse stream up to 64 KiB fed whole, in three chunks, and byte by byte
+    """Seed corpus: every bundled fixture (src/mendstream/fixtures/*.sse) stream up to 64 KiB fed whole, in three chunks, and byte by byte
     (up to 4 KiB)."""
     seeds: dict[str, bytes] = {}
-    for path in sorted((root / "fixtures").glob("*.sse")):
+    for path in sorted((root / "src" / "mendstream" / "fixtures").glob("*.sse")):
         body = path.read_bytes()
         if len(body) > 65536:
             continue

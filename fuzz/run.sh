@@ -3,7 +3,7 @@
 # AWS event-stream decoder, from a random seed (exploration). With FUZZ_RUNS=N each target instead runs N
 # inputs from seed 1 (FUZZ_RUNS_EVENTSTREAM for the second target, default 5N): the same inputs every time for
 # a given commit, so that CI's verdict is reproducible; new finds come from the timed runs.
-# Builds the seed corpus from fixtures/*.sse into a temporary directory (nothing is written to the
+# Builds the seed corpus from the bundled fixtures (src/mendstream/fixtures/*.sse) into a temporary directory (nothing is written to the
 # checkout), fuzzes for SECONDS, and exits non-zero with the crashing input saved if the contract breaks.
 # Skips with a message when atheris (the `fuzz` extra) is not installed.
 set -eu

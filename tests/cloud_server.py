@@ -1,7 +1,7 @@
 """A uvicorn server on 127.0.0.1 that answers the cloud clients as Bedrock and Vertex do, for tests.
 
 The model id in the path picks the body: ``/model/{name}/invoke-with-response-stream`` (AnthropicBedrock) is
-answered with ``fixtures/{name}.sse`` converted to AWS event-stream frames, ``...models/{name}:streamRawPredict``
+answered with the bundled fixture ``{name}.sse`` converted to AWS event-stream frames, ``...models/{name}:streamRawPredict``
 (AnthropicVertex) and ``/v1/messages`` (AnthropicBedrockMantle; name in the ``model`` body field) with the SSE.
 Bodies registered with ``server.bodies[name] = (content_type, bytes)`` override fixtures. The body is sent in
 pieces of ``x-chunk-size`` bytes (request header) to exercise frames cut by chunk boundaries. ``/token`` is an
@@ -17,15 +17,15 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
 
 from mendstream.core.bedrock import bedrock_stream_path, response_for_path, vertex_stream_path
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = BUNDLED_FIXTURES
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

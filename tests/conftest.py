@@ -1,4 +1,4 @@
-# Shared test fixtures: the repository's stream fixtures (fixtures/*.sse with their expectations), a
+# Shared test fixtures: the bundled stream fixtures (mendstream.testing.FIXTURES: *.sse with their expectations), a
 # session-wide replay server on 127.0.0.1 serving them (chosen by the x-mendstream-fixture header), and
 # helpers to compare a stream's outcome with a fixture's `.expected.json`. Nothing here imports anthropic
 # or httpx at module level, so suites that need neither still collect without them.
@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
-from mendstream.testing import ReplayServer
+from mendstream.testing import FIXTURES, ReplayServer
 
 # CI runs the property tests on the same examples every time for a given commit (HYPOTHESIS_PROFILE=ci), so
 # its verdict is reproducible; a plain `pytest` explores new examples on every run.
@@ -21,7 +20,7 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES_DIR = FIXTURES
 FIXTURE_NAMES = sorted(p.name[: -len(".sse")] for p in FIXTURES_DIR.glob("*.sse"))
 
 # Small hand-written streams, so transport tests do not depend on the fixture set's details.
@@ -66,7 +65,7 @@ def error_sse(error_type: str, message: str = "boom", request_id: str | None = "
 
 
 def expected(name: str) -> dict[str, Any]:
-    """The parsed ``fixtures/<name>.expected.json``."""
+    """The parsed ``<name>.expected.json`` of the bundled fixtures."""
     result: dict[str, Any] = json.loads((FIXTURES_DIR / f"{name}.expected.json").read_text(encoding="utf-8"))
     return result
 
@@ -119,7 +118,7 @@ def check_outcome(name: str, message: dict[str, Any] | None, error: BaseExceptio
 
 @pytest.fixture(scope="session")
 def replay_server() -> Iterator[ReplayServer]:
-    """A ReplayServer over fixtures/ (select by header) for the whole session."""
+    """A ReplayServer over the bundled fixtures (select by header) for the whole session."""
     with ReplayServer(FIXTURES_DIR, select="header") as server:
         yield server
 

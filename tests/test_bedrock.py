@@ -24,7 +24,6 @@ from conftest import (
     BASIC_MESSAGE,
     BASIC_SSE,
     FIXTURE_NAMES,
-    FIXTURES_DIR,
     check_outcome,
     closed_after_test,
     error_sse,
@@ -330,7 +329,7 @@ async def test_async_bedrock_client_every_fixture(cloud: CloudServer, name: str)
 
 
 def _load_check_sdk() -> Any:
-    spec = importlib.util.spec_from_file_location("check_sdk", FIXTURES_DIR / "check_sdk.py")
+    spec = importlib.util.spec_from_file_location("check_sdk", Path(__file__).resolve().parent.parent / "tools" / "check_fixtures_sdk.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("check_sdk", module)  # dataclasses look their module up there

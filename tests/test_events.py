@@ -5,7 +5,6 @@ copies, and delta kinds are dispatched by one table."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from mendstream.core.events import (
     content_block_delta_event,
     text_event,
 )
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = BUNDLED_FIXTURES
 
 
 def events_of(name: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Every fixture in fixtures/ replayed whole, byte by byte and at hypothesis-chosen split points must give
+"""Every bundled fixture (mendstream.testing.FIXTURES) replayed whole, byte by byte and at hypothesis-chosen split points must give
 its expected message (or error) and repairs, and identical events; fixtures the SDK can read must give the
 SDK's own final message and event sequence."""
 
@@ -17,15 +17,16 @@ from hypothesis import strategies as st
 
 import mendstream
 from mendstream import MessageParser
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 from sdk_reference import comparable, sdk_events
 from splitting import feed_all, split_at
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = BUNDLED_FIXTURES
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.sse"))
 
 
 def _load_check_sdk() -> Any:
-    spec = importlib.util.spec_from_file_location("check_sdk", FIXTURES / "check_sdk.py")
+    spec = importlib.util.spec_from_file_location("check_sdk", Path(__file__).resolve().parent.parent / "tools" / "check_fixtures_sdk.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["check_sdk"] = module  # dataclasses look their module up there

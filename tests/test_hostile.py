@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mendstream import MessageParser, StreamError, ToolInputError
 from mendstream.core.partial_json import MAX_NESTING_DEPTH, PartialJSONError, ToolInputParser, loads
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +31,7 @@ def _load_fuzz_target():  # type: ignore[no-untyped-def]
 
 fuzz_parser = _load_fuzz_target()
 SEEDS = fuzz_parser.seed_inputs(ROOT)
-FIXTURE_BODIES = [path.read_bytes() for path in sorted((ROOT / "fixtures").glob("*.sse"))]
+FIXTURE_BODIES = [path.read_bytes() for path in sorted(BUNDLED_FIXTURES.glob("*.sse"))]
 
 
 def test_seed_corpus_is_built_from_every_fixture() -> None:

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 
 from mendstream import MessageParser
 from mendstream.core.partial_json import PartialJSONError, ToolInputParser
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 from splitting import feed_all, split_at
 from test_rewrite import tool_stream
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = sorted((ROOT / "fixtures").glob("*.sse"))
+FIXTURES = sorted(BUNDLED_FIXTURES.glob("*.sse"))
 CORPUS = ROOT / ".." / "shared" / "corpus"
 CORPUS_FILES = sorted(CORPUS.glob("*.sse")) if CORPUS.is_dir() else []
 DERIVED = frozenset({"text", "thinking", "input_json"})

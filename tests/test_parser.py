@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import jiter
@@ -24,10 +23,11 @@ from mendstream import (
     ToolInputError,
     UsageError,
 )
+from mendstream.testing import FIXTURES as BUNDLED_FIXTURES
 from sdk_reference import comparable, sdk_events
 from splitting import split_at
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = BUNDLED_FIXTURES
 
 
 # -- generating streams -------------------------------------------------------------------------------------

@@ -280,7 +280,8 @@ def test_every_clean_fixture_byte_for_byte_on_either_client(client: str, monkeyp
     if client == "httpx":
         monkeypatch.setattr(proxy_module.ProxyApp, "_make_client",
                             lambda self: proxy_module._HttpxClient(self.upstream.origin, self.limits))
-    with ReplayServer(FIXTURES_DIR, select="header") as upstream, Served(create_app(upstream.base_url)) as proxy, \
+    with ReplayServer(FIXTURES_DIR, select="header") as upstream, \
+            Served(create_app(upstream.base_url, coalesce=0)) as proxy, \
             httpx.Client() as http:
         for name in [n for n in FIXTURE_NAMES if is_clean(fixture_bytes(n))]:
             response = http.post(proxy.base_url + "/v1/messages", json={**REQUEST, "stream": True},

@@ -129,7 +129,7 @@ def test_bedrock_request_id_and_faults_as_frames() -> None:
 
 
 def test_mendstream_serve_answers_a_bedrock_client() -> None:
-    """The CLI's server, in its own process, as a user would run it: `mendstream serve fixtures/`."""
+    """The CLI's server, in its own process, as a user would run it: `mendstream serve DIR`."""
     import socket
 
     with socket.socket() as sock:

@@ -45,45 +45,36 @@ def _event_dict(event: Any, *, snapshots: bool) -> dict[str, Any]:
     return out
 
 
-def _not_sse_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be a recorded stream (SSE without any ``data:`` line, and not an AWS event-stream),
-    or None if it may be one."""
-    size = path.stat().st_size
-    if size == 0:
-        return "it is empty"
-    from mendstream.core.eventstream import looks_like_event_stream
+def _section(title: str, out: TextIO) -> None:
+    """A label on stderr before each part of the output, so a reader can tell where the events end and the
+    message begins; stdout stays nothing but JSON (the parts a program reads are unchanged)."""
+    out.flush()
+    print(f"== {title}", file=sys.stderr, flush=True)
 
-    with path.open("rb") as fh:
-        if looks_like_event_stream(fh.read(12)):
-            return None  # a captured Bedrock body (AWS event-stream): replay reads it too
-    overlap = b""
-    head = b""
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            if not head:
-                head = chunk[:4096]
-            if b"data:" in overlap + chunk:
-                return None
-            overlap = chunk[-4:]
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text[:1] in (b"{", b"["):
-        return "it looks like JSON (an SSE stream is lines of 'event: ...' and 'data: ...')"
-    if b"\x00" in head:
-        return "it looks like a binary file"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
-            return "it looks like a binary file"
-    return "it has no 'data:' line"
+
+def _stream_file(name: str) -> Path:
+    """The file ``replay`` reads: ``name`` as a path, or else the bundled fixture of that name (``text_basic``
+    or ``text_basic.sse``), so the quick start works from an installed wheel as from a clone."""
+    path = Path(name)
+    if not path.exists() and path.name == name:
+        from mendstream.recording.fixtures import FIXTURES
+
+        bundled = FIXTURES / (name if name.endswith(".sse") else f"{name}.sse")
+        if bundled.is_file():
+            return bundled
+    return input_file(path, expected="a recorded stream (a .sse file in it)")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from mendstream.errors import StreamError
+    from mendstream.recording.fixtures import not_sse_reason
     from mendstream.streaming.replay import replay
 
-    path = input_file(Path(args.file), expected="a recorded stream (a .sse file in it)")
-    reason = _not_sse_reason(path)
+    path = _stream_file(args.file)
+    try:
+        reason = not_sse_reason(path)
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
     if reason is not None:
         raise CLIError(f"{path} is not an SSE stream: {reason}")
     out: TextIO = sys.stdout
@@ -92,22 +83,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         with stream:
+            if args.events:
+                _section("events (one JSON object per line)", out)
             for event in stream:
                 if args.events:
                     dump(_event_dict(event, snapshots=args.snapshots), out, indent=None)
     except StreamError as err:
         status = EXIT_FAILED
+        out.flush()
         print(f"mendstream replay: {path}: {type(err).__name__}: {err}", file=sys.stderr)
         if err.snapshot is not None:
-            print("mendstream replay: the partial message follows", file=sys.stderr)
+            _section("partial message (the stream did not complete)", out)
             dump(err.snapshot, out, indent=indent)
     if status == EXIT_OK:
+        _section("message", out)
         dump(stream.message, out, indent=indent)
     if args.repairs:
+        _section(f"repairs ({len(stream.repairs)})", out)
         dump({"repairs": [r.to_dict() for r in stream.repairs]}, out, indent=indent)
     return status
-
-
 
 
 def add_subcommand(sub: Any) -> None:
@@ -115,12 +109,14 @@ def add_subcommand(sub: Any) -> None:
         "replay",
         help="parse a recorded .sse stream; print its events and final message as JSON",
         description="Parse a recorded stream (a .sse fixture or capture) with mendstream. Prints one JSON "
-        "line per event, then the final message as JSON. Exit status 1 if the stream cannot complete "
-        "(the partial message is printed instead), 2 if the file is missing or not an SSE stream.",
+        "line per event, then the final message as JSON, then (--repairs) what was repaired; stdout holds only "
+        "JSON, and a line on stderr ('== events ...', '== message', '== repairs (N)') labels each part. Exit "
+        "status 1 if the stream cannot complete (the partial message is printed instead), 2 if the file is "
+        "missing or not an SSE stream.",
     )
-    p.add_argument("file", help="the .sse file")
+    p.add_argument("file", help="the .sse file, or the name of a bundled fixture (e.g. text_basic)")
     p.add_argument("--no-events", dest="events", action="store_false", help="print only the final message")
     p.add_argument("--repairs", action="store_true", help="also print what mendstream repaired")
     p.add_argument("--snapshots", action="store_true", help="include each event's snapshot (can be large)")
-    p.add_argument("--compact", action="store_true", help="print the message on one line")
+    p.add_argument("--compact", action="store_true", help="print the message (and repairs) on one line")
     p.set_defaults(func=cmd_replay)

@@ -1,4 +1,5 @@
-# `mendstream serve DIR`: the replay server in the foreground, with fault plans, one log line per request.
+# `mendstream serve [DIR]`: the replay server in the foreground (the bundled fixtures without DIR), with fault
+# plans, one log line per request (naming the fault injected).
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,19 @@ def _describe_selection(server: Any) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mendstream.testing import RecordedRequest, ReplayServer
+    from mendstream.testing import FIXTURES, RecordedRequest, ReplayServer
 
-    source = Path(args.dir)
+    source = FIXTURES if args.dir is None else Path(args.dir)
     if not source.exists():
         raise CLIError(f"no such fixture directory: {source}")
     if not source.is_dir():
         raise CLIError(f"{source} is not a directory; serve wants a directory of *.sse fixtures")
+    where = "the bundled fixtures" if args.dir is None else str(source)
 
     def log(record: RecordedRequest) -> None:
+        fault = f" fault={record.fault}" if record.fault is not None else ""
         print(f"{record.method} {record.path} {record.fixture or '-'} {record.status} "
-              f"{record.bytes_sent} B {record.ms:.1f} ms", file=sys.stderr, flush=True)
+              f"{record.bytes_sent} B {record.ms:.1f} ms{fault}", file=sys.stderr, flush=True)
 
     faults = None
     if args.fault is not None:
@@ -63,7 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
     def ready(srv: ReplayServer) -> None:
-        print(f"serving {len(srv.fixtures)} fixtures from {source}", file=sys.stderr)
+        print(f"serving {len(srv.fixtures)} fixtures from {where}", file=sys.stderr)
+        if faults is not None:
+            print(f"faults: {args.fault}", file=sys.stderr)
         print(f"selection: {_describe_selection(srv)}", file=sys.stderr)
         if srv.skipped:
             names = ", ".join(p.name for p in srv.skipped)
@@ -91,10 +96,12 @@ def _speed(text: str) -> float:
 
 
 SERVE_DESCRIPTION = """\
-Serve the *.sse fixtures in DIR as an Anthropic-compatible POST /v1/messages endpoint; point the SDK or an
-agent at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT (or base_url=). Requests with "stream": false get
-the fixture's final message as JSON. One line per request is logged on stderr (method, path, fixture,
-status, bytes, ms) unless --quiet.
+Serve the *.sse fixtures in DIR (without DIR: the fixtures bundled with mendstream) as an Anthropic-compatible
+POST /v1/messages endpoint; point the SDK or an agent at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT (or
+base_url=). Requests with "stream": false get the fixture's final message as JSON. One line per request is
+logged on stderr (method, path, fixture, status, bytes, ms, and the fault injected as fault=SPEC) unless
+--quiet. A *.sse file that cannot be a stream (empty, binary, JSON, no 'data:' line) is refused, as replay
+refuses it.
 
 Selection (--select): "auto" (default) serves the fixture named by an x-mendstream-fixture header, else the
 one whose captured request (sidecar) matches the request body, else the next *clean* fixture in name order
@@ -110,7 +117,11 @@ def add_subcommand(sub: Any) -> None:
         description=SERVE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", help="directory of *.sse fixtures (with optional *.capture.json sidecars)")
+    p.add_argument(
+        "dir",
+        nargs="?",
+        help="directory of *.sse fixtures (with optional *.capture.json sidecars); default: the bundled fixtures",
+    )
     p.add_argument("--port", type=port, default=8765, help="port (0: pick a free one; default 8765)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(

@@ -348,6 +348,7 @@ class StreamMachine(Generic[Out]):
         self._continuation: Continuation | None = None
         self._feed: Callable[[bytes], Out] = _not_reading
         self._show: Callable[[Out, Attempt], Out] = presenter.show
+        self._kept: Reader[Out] | None = None  # the reader whose repairs are in _repairs already
         self.note: str | None = None
         """Why the stream failed when it might have continued (``restarts=False``), for the error shown."""
 
@@ -515,7 +516,9 @@ class StreamMachine(Generic[Out]):
     def repairs(self) -> list[Repair]:
         """The repairs of every attempt."""
         reader = self.reader
-        return [*self._repairs, *(reader.repairs if reader is not None else ())]
+        if reader is None or reader is self._kept:
+            return list(self._repairs)
+        return [*self._repairs, *reader.repairs]
 
     def _expect(self, state: State) -> None:
         if self.state != state:
@@ -565,8 +568,10 @@ class StreamMachine(Generic[Out]):
         self._fault(failure, self._current(), reader.message, now)
 
     def _keep_repairs(self) -> None:
-        if self.reader is not None:
+        """The attempt is over: its repairs join those kept (once: the reader stays current until the next)."""
+        if self.reader is not None and self.reader is not self._kept:
             self._repairs.extend(self.reader.repairs)
+            self._kept = self.reader
 
     def _current(self) -> Attempt:
         attempt = self._attempt

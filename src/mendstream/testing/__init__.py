@@ -1,11 +1,12 @@
 # Offline testing of agents, as products: a replay server that answers Messages requests from recorded
 # fixtures (server: ReplayServer's lifecycle on uvicorn; app: the ASGI application and its limits; routing:
-# the one function deciding every answer), fault plans that break responses on purpose (faults), and
-# in-process mock transports and pytest helpers built on the same routing (mock). Importing this package
-# imports neither uvicorn, httpx nor the SDK: they load when a server starts or a mock client is made.
+# the one function deciding every answer), fault plans that break responses on purpose (faults), in-process
+# mock transports and pytest helpers built on the same routing (mock), and FIXTURES, the directory of the
+# fixtures bundled with the package. Importing this package imports neither uvicorn, httpx nor the SDK: they
+# load when a server starts or a mock client is made.
 from __future__ import annotations
 
-from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError, Select, load_fixtures
+from mendstream.recording.fixtures import FIXTURES, Fixture, FixtureSelector, NoFixtureError, Select, load_fixtures
 from mendstream.testing.app import ReplayApp, ServerLimits
 from mendstream.testing.faults import FaultPlan, PlannedResponse, parse_fault_spec
 from mendstream.testing.mock import (
@@ -19,6 +20,7 @@ from mendstream.testing.routing import RecordedRequest, Router
 from mendstream.testing.server import ReplayServer
 
 __all__ = [
+    "FIXTURES",
     "FaultPlan",
     "Fixture",
     "FixtureSelector",

@@ -9,10 +9,11 @@ import math
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Protocol
 
 from mendstream.errors import UsageError
+from mendstream.recording.fixtures import prefill_of
 
 __all__ = [
     "SPEC_HELP",
@@ -28,6 +29,8 @@ __all__ = [
     "Unchanged",
     "body_of",
     "continuation_body",
+    "describe_fault",
+    "interrupts",
     "parse_fault_spec",
     "split_events",
 ]
@@ -448,37 +451,102 @@ def parse_fault_spec(spec: str) -> FaultPlan:
     return Schedule(tuple(_parse_fault(part) for part in parts))
 
 
+def describe_fault(plan: FaultPlan, ordinal: int) -> str | None:
+    """The fault ``plan`` injects into request ``ordinal``'s response, in the SPEC syntax
+    (``"error(type=overloaded_error,after_events=2)"``: the error type, status code or stall length always,
+    other arguments where they differ from the defaults; :func:`parse_fault_spec` reads it back), or None
+    when the plan leaves that response unchanged. A :class:`Schedule` or :class:`RandomMix` is resolved to the
+    plan that request gets; a plan of another class is named by its ``repr`` (at most 120 characters). What
+    the replay server logs for each response."""
+    while True:
+        if isinstance(plan, Schedule):
+            picked = plan.plans[ordinal] if ordinal < len(plan.plans) else plan.then
+        elif isinstance(plan, RandomMix):
+            picked = plan.pick(ordinal)
+        else:
+            break
+        if picked is None:
+            return None
+        plan = picked
+    if isinstance(plan, Unchanged):
+        return None
+    name = next((n for n, cls in _CLASSES.items() if type(plan) is cls), None)
+    if name is None:
+        return repr(plan)[:120]
+    # every class of _CLASSES is a dataclass
+    defaults = {f.name: f.default for f in fields(plan)}  # type: ignore[arg-type]
+    args: list[str] = []
+    for key, (field_name, kind) in _KEYS[name].items():
+        value = getattr(plan, field_name)
+        default = defaults[field_name]
+        if value == default and not (args == [] and key in ("type", "seconds", "code")):
+            continue
+        if kind == "tool":
+            args.append(f"{key}=tool")
+        elif kind is bool:
+            args.append(f"{key}={'true' if value else 'false'}")
+        elif isinstance(value, float):
+            args.append(f"{key}={value:g}")
+        else:
+            args.append(f"{key}={value}")
+    return f"{name}({','.join(args)})" if args else name
+
+
+def _stop_reason_of(event: bytes) -> bool:
+    """True when ``event`` (one SSE event) is a ``message_delta`` that reports a stop reason."""
+    if b"message_delta" not in event or b"stop_reason" not in event:
+        return False
+    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("delta"), dict) and bool(obj["delta"].get("stop_reason"))
+
+
+def interrupts(original: PlannedResponse, faulted: PlannedResponse) -> bool:
+    """True when a fault plan's ``faulted`` response keeps the client from its answer, so that it will send the
+    request again (a retry, a restart, a continuation): an error status, a silence the ``original`` did not
+    have (a stall, before the headers or mid-body; a few milliseconds between chunks are not one), or a body
+    that is cut or carries an ``error`` event before the answer's stop reason. An error after the stop reason
+    leaves the answer complete. Linear in the body."""
+    if faulted.status != 200:
+        return original.status == 200
+    if faulted.head_delay > original.head_delay:
+        return True
+    longest = max((delay for delay, _ in original.chunks), default=0.0)
+    if any(delay > longest + 0.05 for delay, _ in faulted.chunks):
+        return True
+    for event in split_events(body_of(faulted)):
+        if _stop_reason_of(event):
+            return False
+        if event.startswith(b"event: error") or b'"type": "error"' in event or b'"type":"error"' in event:
+            return True
+    return faulted.end == "cut"
+
+
 # -- continuations -------------------------------------------------------------------------------------------
-
-
-def _prefill_of(request_body: Mapping[str, Any]) -> str | None:
-    messages = request_body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return None
-    last = messages[-1]
-    if not isinstance(last, dict) or last.get("role") != "assistant":
-        return None
-    content = last.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
-        return "".join(str(b.get("text", "")) for b in content)
-    return None
 
 
 def _sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
 
-def continuation_body(request_body: Mapping[str, Any], full_body: bytes, *, delta_chars: int = 8) -> bytes | None:
+def continuation_body(
+    request_body: Mapping[str, Any], full_body: bytes, *, delta_chars: int = 8, prefill: str | None = None
+) -> bytes | None:
     """What a model would stream for a request that ends with an assistant prefill, given the SSE body
     ``full_body`` of the whole answer: the text after the prefill, as a new message (``None`` when the
-    request has no prefill or the answer's first text block does not start with it).
+    request has no prefill or the answer's first text block does not start with it). ``prefill``: the part
+    of the answer the client already has, when it is not the request's whole prefill (a continuation of a
+    request that had a prefill of its own: :meth:`~mendstream.recording.fixtures.FixtureSelector.
+    prefill_for`).
 
     After the text the continuation replays the recorded answer from the end of its first block (later
     blocks, tool calls, ``message_delta`` with the stop reason and usage), as a model would go on.
     """
-    prefill = _prefill_of(request_body)
+    if prefill is None:
+        prefill = prefill_of(request_body)
     if prefill is None:
         return None
     from mendstream.core.parser import MessageParser

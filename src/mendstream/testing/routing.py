@@ -14,7 +14,7 @@ from typing import Any, Literal
 from mendstream.core.partial_json import nesting_exceeded
 from mendstream.errors import StreamError, UsageError
 from mendstream.recording.fixtures import Fixture, FixtureSelector, NoFixtureError
-from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body
+from mendstream.testing.faults import FaultPlan, PlannedResponse, continuation_body, describe_fault, interrupts
 from mendstream.wire.http import bedrock_path, error_body, error_type_for, is_messages_path, model_in_path
 from mendstream.wire.sanitize import validate_request
 
@@ -91,7 +91,8 @@ class RecordedRequest:
     """A request the server received: method, target (path and query), lowercase headers, decoded body,
     fixture served, status answered, body bytes sent and milliseconds from request to last byte;
     ``body_bytes`` is the size of the body received (its ``body`` is None when the request log could not
-    keep it: see :attr:`Router.requests`)."""
+    keep it: see :attr:`Router.requests`); ``fault`` is the fault injected into the response in the SPEC
+    syntax (``faults.describe_fault``), None when no fault plan changed it."""
 
     method: str
     path: str
@@ -102,6 +103,7 @@ class RecordedRequest:
     bytes_sent: int = 0
     ms: float = 0.0
     body_bytes: int = 0
+    fault: str | None = None
 
 
 def record_weight(raw: bytes, headers: Mapping[str, str], target: str) -> int:
@@ -243,7 +245,12 @@ class Router:
             with self._lock:
                 ordinal = self._answered
                 self._answered += 1
-            planned = self.faults.apply(ordinal, planned)
+            faulted = self.faults.apply(ordinal, planned)
+            if faulted != planned:  # a plan that does not apply to this response (an error status) says nothing
+                record.fault = describe_fault(self.faults, ordinal)
+                if record.fixture is not None and interrupts(planned, faulted):
+                    self.selector.faulted(body)  # the client will send it again: answer from the same fixture
+            planned = faulted
         if bedrock is not None:
             planned = _for_bedrock(planned, bedrock)
         record.status = planned.status
@@ -279,6 +286,8 @@ class Router:
             named = self.selector.named(model_in_path(record.path.split("?", 1)[0]))
             if named is None or "x-mendstream-fixture" in record.headers:
                 named = self.selector.choose(record.headers, body)
+            else:
+                self.selector.remember(body, named)
             fixture = named
         except NoFixtureError as exc:
             return error_response(exc.status, str(exc))
@@ -297,7 +306,7 @@ class Router:
         if fixture.status == 200 and not fixture.abort and not fixture.content_type.startswith(_EVENT_STREAM):
             # A request that ends with an assistant prefill (what Retry(on_partial="continue") sends) gets the
             # rest of the recorded answer after that prefill, as the API would stream it.
-            continuation = continuation_body(body, fixture.body)
+            continuation = continuation_body(body, fixture.body, prefill=self.selector.prefill_for(body, fixture))
             if continuation is not None:
                 return PlannedResponse(200, tuple(headers), ((0.0, continuation),))
         return PlannedResponse(

@@ -119,14 +119,20 @@ ERROR_TYPES_BY_STATUS: dict[int, str] = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
     409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    431: "request_too_large",
     500: "api_error",
+    503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
 }
-"""The Messages API's error ``type`` for each HTTP status it answers with (its errors page)."""
+"""The error ``type`` for each HTTP status: the Messages API's own (its errors page: 400, 401, 403, 404, 413,
+429, 500, 504, 529, and 409 seen), and for the statuses a server of ours answers itself (405 a wrong method,
+408 a request too slow, 431 a head too large, 503 no capacity)."""
 
 
 def error_type_for(status: int) -> str:

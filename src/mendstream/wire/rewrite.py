@@ -366,7 +366,7 @@ _EMPTY_MESSAGE: dict[str, Any] = {
     "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0},
 }
 
-# What the core synthesizes for a delta whose block never started (see fixtures/README.md), so that the
+# What the core synthesizes for a delta whose block never started (see src/mendstream/fixtures/README.md), so that the
 # re-encoded stream starts the same block for consumers that need a content_block_start.
 _SYNTHESIZED_BLOCKS: dict[str, dict[str, Any]] = {
     "text_delta": {"type": "text", "text": ""},
