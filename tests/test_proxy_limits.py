@@ -115,6 +115,14 @@ class Upstream:
         await send({"type": "http.response.body", "body": data, "more_body": True})
         await self._until_gone(receive)
 
+    async def answer_trailing(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """A whole stream, then, a moment later, more events after message_stop, then the end."""
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": fixture_bytes("text_basic"), "more_body": True})
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b'event: ping\ndata: {"type": "ping"}\n\n', "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
     async def answer_gzip(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Messages requests: a repairable SSE stream gzip-encoded anyway; others: gzip JSON with a length."""
         if scope["path"].endswith("/v1/messages"):
@@ -269,6 +277,20 @@ def test_the_response_ends_after_message_stop_while_the_upstream_keeps_its_conne
         assert client.messages.create(**REQUEST, stream=False) is not None or True
         with client.messages.stream(**REQUEST) as stream:
             assert stream.get_final_message().stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("coalesce", [0, 0.01])
+def test_what_follows_message_stop_never_costs_the_client_its_connection(fake: Served, coalesce: float) -> None:
+    """Events after message_stop are read and dropped after the client has its answer; the client's
+    keep-alive connection stays usable (a failure there once cut it: the next request found it closed)."""
+    with Served(create_app(fake.base_url, coalesce=coalesce)) as served, httpx.Client(timeout=10) as client:
+        for _ in range(4):
+            response = client.post(served.base_url + "/trailing/v1/messages", json=STREAM)
+            assert response.status_code == 200 and response.content.endswith(b'{"type":"message_stop"}\n\n')
+            assert b"ping" not in response.content.split(b"message_stop")[-1]
+        time.sleep(0.7)  # past the proxy's reading on
+        assert client.post(served.base_url + "/trailing/v1/messages", json=STREAM).status_code == 200
+        assert served.app.errors == 0
 
 
 def test_gzip_messages_stream_is_decoded_and_repaired(proxy: Served) -> None:

@@ -514,13 +514,15 @@ class _Exchange:
     """One request as the proxy handles it: what was answered (for the metrics and the log), and the
     client-disconnect watcher."""
 
-    __slots__ = ("_send", "gone", "left", "method", "path", "sent_bytes", "status", "task")
+    __slots__ = ("_send", "complete", "gone", "left", "method", "path", "sent_bytes", "status", "task")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self._send = send
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.status: int | None = None
+        self.complete = False
+        """True once the whole response was handed to the server (nothing after it may touch the client)."""
         self.sent_bytes = 0
         self.left = False
         """True once the client went away (its connection closed, or the request was cancelled)."""
@@ -536,6 +538,7 @@ class _Exchange:
             if not message.get("more_body", False):
                 # the response is complete: receive() now returns because of that, not because the client
                 # left, so the watcher must not read it as a disconnect
+                self.complete = True
                 self.stop_watching()
         await self._send(message)
 
@@ -688,25 +691,33 @@ class ProxyApp:
         except _ClientGone:
             exchange.left = True
             self._failed("client_gone", None)
-        except UsageError as exc:
-            await self._refuse(exchange, _Refusal(400, "invalid_request_error", f"mendstream proxy: {exc}",
-                                                  kind="bad_request"))
-        except _Refusal as exc:
-            await self._refuse(exchange, exc)
-        except UpstreamCut:
-            self._failed("upstream_cut", None)
-            raise
-        except Exception as exc:  # a bug: one line (rate-limited), a clean 502 if nothing was sent yet
-            self._failed("internal", f"request failed: {type(exc).__name__}: {exc}")
-            if exchange.status is not None:
-                raise UpstreamCut(f"internal error after the response started ({type(exc).__name__})") from None
-            await self._respond(exchange.send, 502, _error_body(
-                "api_error", f"mendstream proxy: internal error ({type(exc).__name__})"), close=True)
+        except Exception as exc:
+            if exchange.complete:  # e.g. while reading on after message_stop: the client has its answer
+                self._failed("internal", f"after a complete response: {type(exc).__name__}: {exc}")
+                return
+            await self._failure(exchange, exc)
         finally:
             exchange.stop_watching()
             if self.metrics is not None:
                 status = exchange.status if not exchange.left else 499  # nginx's "client closed request"
                 self.metrics.request(exchange.method, exchange.path, status if status is not None else 499)
+
+    async def _failure(self, exchange: _Exchange, exc: Exception) -> None:
+        """Answer a request that failed before its response was complete (or cut it, if it had started)."""
+        if isinstance(exc, UsageError):
+            await self._refuse(exchange, _Refusal(400, "invalid_request_error", f"mendstream proxy: {exc}",
+                                                  kind="bad_request"))
+        elif isinstance(exc, _Refusal):
+            await self._refuse(exchange, exc)
+        elif isinstance(exc, UpstreamCut):
+            self._failed("upstream_cut", None)
+            raise exc
+        else:  # a bug: one line (rate-limited), a clean 502 if nothing was sent yet
+            self._failed("internal", f"request failed: {type(exc).__name__}: {exc}")
+            if exchange.status is not None:
+                raise UpstreamCut(f"internal error after the response started ({type(exc).__name__})") from None
+            await self._respond(exchange.send, 502, _error_body(
+                "api_error", f"mendstream proxy: internal error ({type(exc).__name__})"), close=True)
 
     async def aclose(self) -> None:
         """Close the upstream client and the state store (pending state commits are awaited first)."""
@@ -1045,10 +1056,11 @@ class ProxyApp:
                     break
             else:
                 ended = True
-            # the end of the message (or of the input): what is still held, then the end of the response
-            await exchange.send({"type": "http.response.body", "body": coalescer.end() + rewriter.end()})
+            # the end of the message (or of the input): what is still held, then the end of the response. (The
+            # rewriter is ended by the driver when the input ends; after message_stop it drops what comes.)
+            await exchange.send({"type": "http.response.body", "body": coalescer.end()})
             if not ended:  # what the upstream still sends is read for a moment, so its connection is reused
-                with contextlib.suppress(TimeoutError, UpstreamError):
+                with contextlib.suppress(Exception):
                     async with asyncio.timeout(_DRAIN_SECONDS):
                         async for _ in run:
                             pass
