@@ -76,10 +76,14 @@ def wait_port(port: int) -> None:
 
 
 def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    """The replay server in its own process, with a connection cap above what the bench holds at once (the
+    SDK's 200 connections plus the idle pools of three proxy processes: more than its default 512)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mendstream", "serve", str(directory), "--port", str(port),
-                             "--select", "header"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    code = ("from mendstream.testing import ReplayServer, ServerLimits; "
+            f"ReplayServer({str(directory)!r}, port={port}, select='header', "
+            "limits=ServerLimits(max_connections=4096, backlog=2048)).serve_forever()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             text=True, env=env, start_new_session=True)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"
