@@ -198,3 +198,15 @@ def test_a_client_that_goes_away_closes_the_upstream_request(server: ReplayServe
         await client.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_response_ends_after_message_stop_while_the_upstream_holds_the_connection(
+    server: ReplayServer, mode: str
+) -> None:
+    events = FIXTURES["text"].count(b"\n\n")
+    server.reset(Schedule((Stall(seconds=5, after_events=events),)))  # all sent, then the connection held
+    t0 = time.monotonic()
+    seen = run(mode, server.base_url, "text")
+    assert seen.error is None and "".join(seen.texts) == TEXT
+    assert time.monotonic() - t0 < 2.0

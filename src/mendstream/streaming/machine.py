@@ -305,6 +305,9 @@ class StreamMachine(Generic[Out]):
         convert_stall: maps a stall error to what is raised (the SDK transport mixes in its class).
         restarts: whether a restart can be shown (False at the HTTP boundary, where a client cannot be told
             to forget what it received: where a restart would be the answer, the stream fails instead).
+        stop_when_complete: end the attempt as soon as its reader has the whole message (``complete``), not at
+            the end of the body: a boundary must not keep its client waiting on an upstream that keeps the
+            connection open after ``message_stop``.
 
     The inputs ``opened``, ``open_failed``, ``received``, ``ended``, ``timed_out`` and ``slept`` must be
     called in the state whose action asked for them; anything else is a :class:`UsageError` (a driver bug).
@@ -321,9 +324,11 @@ class StreamMachine(Generic[Out]):
         progress_timeout: float | None = None,
         convert_stall: Callable[[StreamStalledError], BaseException] | None = None,
         restarts: bool = True,
+        stop_when_complete: bool = False,
     ) -> None:
         self.retry = retry if retry is not None else NO_RETRY
         self.restarts = restarts
+        self.stop_when_complete = stop_when_complete
         self.idle = idle_timeout
         self.progress = progress_timeout
         self.stall_enabled = idle_timeout is not None or progress_timeout is not None
@@ -448,6 +453,8 @@ class StreamMachine(Generic[Out]):
             output = presenter.show(presenter.partial(error), attempt)
             self._attempt_failed(error, now)
             return output
+        if self.stop_when_complete and getattr(self.reader, "complete", False):
+            return self._complete(output, attempt, now)
         clock = self.clock
         if clock is None:  # the common case: one feed, and the presenter only while it may change things
             if self.presenter.transparent:
@@ -466,6 +473,12 @@ class StreamMachine(Generic[Out]):
         if kind is not None:
             self._stalled(kind, now)
         return output
+
+    def _complete(self, output: Out, attempt: Attempt, now: float) -> Out:
+        """The reader has the whole message: what ending it adds, after ``output``; the machine is DONE."""
+        shown = self.presenter.show(output, attempt)
+        tail = self.ended(now)
+        return shown + tail if tail else shown  # type: ignore[operator]
 
     def ended(self, now: float) -> Out:
         """The body ended (EOF, or the transport's error ended it): the last output; the machine moves to

@@ -94,7 +94,7 @@ class UpstreamStatusError(Exception):
         self.status_code = status_code
         self.headers = headers
         self.content = body
-        self.response = response
+        self.response = response if response is not None and hasattr(response, "headers") else _Answer(headers)
         try:
             decoded: Any = json.loads(body) if body else None
         except (ValueError, RecursionError):
@@ -103,6 +103,15 @@ class UpstreamStatusError(Exception):
         error = self.body.get("error") if self.body is not None else None
         self.error_type = error.get("type") if isinstance(error, dict) else None
         super().__init__(f"HTTP {status_code} from the upstream" + (f" ({self.error_type})" if self.error_type else ""))
+
+
+class _Answer:
+    """What the retry policy reads of an answer given only its raw headers: ``headers.get(name)``."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
 class NotAStream(Exception):
@@ -328,6 +337,7 @@ def boundary_machine(
         idle_timeout=survival.idle_timeout,
         progress_timeout=survival.progress_timeout,
         restarts=False,
+        stop_when_complete=True,
     )
 
 
