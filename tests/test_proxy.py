@@ -22,7 +22,8 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
 from mendstream.testing import ReplayServer  # noqa: E402
-from mendstream.wire.proxy import create_app  # noqa: E402
+from mendstream.wire.proxy import ProxyApp, create_app  # noqa: E402
+from mendstream.wire.serving import uvicorn_config  # noqa: E402
 from test_rewrite import is_clean, without_sdk_nulls  # noqa: E402
 
 REQUEST = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
@@ -35,7 +36,10 @@ class Served:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.app = app
-        config = uvicorn.Config(app, log_level="info", lifespan="on")
+        if isinstance(app, ProxyApp):  # served as `mendstream proxy` serves it: limits, uvloop, httptools
+            config = uvicorn_config(app)
+        else:
+            config = uvicorn.Config(app, log_level="info", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -122,7 +126,7 @@ def test_stats(proxy: Served) -> None:
     stats = httpx.get(proxy.base_url + "/mendstream/stats").json()
     assert stats["requests"] >= 2 and stats["repairs"]["control_characters"] >= 4
     assert stats["cache"]["cache_read_input_tokens"] > 0 and 0 < stats["cache"]["hit_ratio"] <= 1
-    assert stats["conversations"]
+    assert "conversations" not in stats  # per-conversation usage only for the holder of the stats token
 
 
 def test_non_json_body_is_400_in_api_shape(proxy: Served) -> None:

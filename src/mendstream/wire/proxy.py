@@ -1,14 +1,47 @@
-# The repairing proxy: an ASGI application (served by uvicorn) that forwards every request to an upstream
-# Messages API with an async httpx client, applying mendstream.wire.rewrite to Messages requests (cache
-# breakpoints) and their SSE responses (repairs), streaming chunk by chunk. For agents that can only be given
-# a base URL (ANTHROPIC_BASE_URL). State (planners, statistics) lives in the worker process.
+# The repairing proxy: an ASGI application (served by uvicorn, see wire/serving.py) that forwards every request
+# to one upstream Messages API, applying mendstream.wire.rewrite to Messages requests (cache breakpoints) and
+# to their SSE responses (repairs), chunk by chunk. For agents that can only be given a base URL.
+#
+# Theory of operation (one request)
+# ---------------------------------
+# 1. The target's path and query (undecoded) are appended to the upstream's fixed origin (UpstreamURL):
+#    nothing in a request chooses the host. The proxy's own endpoints (/mendstream/stats, /metrics) are
+#    answered here.
+# 2. The body is read within ProxyLimits: refused up front from content-length, and while reading, over
+#    max_body_bytes (413, the Messages API's own 32 MB); body_timeout for the whole body (408). Headers over
+#    max_headers get 431; the head's size, the header deadline, idle keep-alive and the connection cap are
+#    the server's (wire/serving.py), which answers before the application runs.
+# 3. A Messages request's JSON is decoded only after a linear count of its containers and separators
+#    (max_json_values): a body of millions of empty arrays is refused before it can take the event loop
+#    for seconds and gigabytes; a large one is decoded and planned in a worker thread. Too deep: 400.
+# 4. From then on a watcher waits for the client to go away: it cancels the request's task, which closes the
+#    upstream request (its connection is dropped, never reused) within one event-loop turn.
+# 5. Request headers lose the hop-by-hop ones (Connection and what it names, Keep-Alive, Proxy-*, TE,
+#    Trailer, Transfer-Encoding, Upgrade, Expect, Host, Content-Length); Messages requests ask for identity
+#    encoding. Responses lose the same; a body passed unmodified keeps its Content-Length (HEAD included).
+# 6. A Messages SSE answer goes through _stream_messages: repaired chunk by chunk; a gzip/deflate answer (sent
+#    despite identity) is decoded first; the response ends after message_stop or a terminal error even if
+#    the upstream keeps its connection open (what follows is read for a moment, bounded, then dropped, so the
+#    connection can be reused). Any other answer passes byte for byte; if the upstream cuts it, the client's
+#    connection is cut too (never a short body presented as whole).
+# 7. Failures are answered in the API's error shape (400/408/413/431/502), logged as one line per kind and
+#    rate-limited; never a 500 with a traceback.
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import hmac
 import json
+import logging
 import os
+import secrets
+import time
+import zlib
 from collections import Counter, OrderedDict
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from mendstream.errors import UsageError
@@ -16,11 +49,136 @@ from mendstream.recording.files import CaptureDirectory
 from mendstream.wire.coalesce import DEFAULT_WINDOW, DeltaCoalescer, coalesce_window
 from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
 
-__all__ = ["ProxyApp", "UpstreamURL", "app_from_env", "create_app", "http_library", "run_proxy"]
+__all__ = [
+    "LOGGER",
+    "ProxyApp",
+    "ProxyLimits",
+    "UpstreamURL",
+    "app_from_env",
+    "conversation_key",
+    "create_app",
+    "http_library",
+    "run_proxy",
+    "seconds",
+]
 
-_HOP_BY_HOP = {b"host", b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"upgrade",
-               b"proxy-connection", b"te", b"trailer"}
-_MAX_BODY = 64 * 1024 * 1024  # a Messages request (images included) stays far below
+LOGGER = logging.getLogger("mendstream.proxy")
+"""The proxy's own log: one line per kind of failure (rate-limited), never a credential or a query string."""
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, either way. A request also loses those the proxy
+# sets itself (host, content-length: the body may be re-encoded); a response keeps its content-length
+# wherever its body passes unmodified.
+_HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-authorization", b"proxy-authenticate", b"proxy-connection", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"expect",
+})
+_NOT_FORWARDED: Final = _HOP_BY_HOP | {b"host", b"content-length"}
+_STATS_PATH: Final = "/mendstream/stats"
+_METRICS_PATH: Final = "/metrics"
+# After message_stop, what the upstream still sends is read for this long (and this much) so its connection
+# can go back to the pool; the client already has its whole response by then.
+_DRAIN_SECONDS: Final = 0.5
+_DRAIN_BYTES: Final = 1024 * 1024
+# Bodies at least this large are decoded and planned in a worker thread (Python code there yields the GIL
+# every few milliseconds; the bounded json.loads call is the one piece that does not).
+_THREAD_BODY_BYTES: Final = 256 * 1024
+_GZIP_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLimits:
+    """Every bound the proxy puts on what a client or the upstream can make it hold. Defaults are at least as
+    strict as nginx's and envoy's (docs/proxy.md, "Running the proxy for a team", says why each).
+
+    Attributes:
+        header_timeout: seconds to receive a request's head, from connecting or from the first byte of a
+            further request (then 408, or a silent close if nothing came).
+        idle_timeout: seconds a keep-alive connection may wait for its next request. Longer than the
+            clients' own pools keep idle connections (httpx 5 s, aiohttp 15 s, Node 4 s), so the client
+            closes first and never sends into a connection the proxy is closing.
+        body_timeout: seconds to receive a whole request body once its head arrived (then 408).
+        max_body_bytes: larger request bodies get 413, refused from content-length before reading.
+        max_header_bytes: a request head larger than this gets 431.
+        max_headers: a request with more header fields than this gets 431.
+        max_json_values: a Messages request with more JSON containers and separators (``[``, ``{``, ``,``,
+            counted in the raw bytes) gets 413 before it is decoded.
+        max_connections: open client connections; beyond it idle keep-alive connections are closed to make
+            room, else the new connection gets 503. ``None``: a third of the process's file limit (each
+            stream also holds an upstream connection, and the upstream pool keeps idle ones), at most 4096.
+        upstream_connect_timeout: seconds to connect to the upstream (then 502).
+        upstream_read_timeout: seconds the upstream may stay silent (before its head, or between two
+            chunks) before the request fails (502) or the stream ends with an error event.
+        upstream_keepalive: seconds an idle upstream connection is kept for reuse.
+    """
+
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    body_timeout: float = 60.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_json_values: int = 1_000_000
+    max_connections: int | None = None
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    upstream_keepalive: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
+                     "upstream_read_timeout", "upstream_keepalive"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise UsageError(f"ProxyLimits.{name} must be a number of seconds > 0; got {value!r}")
+        for name in ("max_body_bytes", "max_header_bytes", "max_headers", "max_json_values"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"ProxyLimits.{name} must be an integer >= 1; got {value!r}")
+        cap = self.max_connections
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise UsageError(f"ProxyLimits.max_connections must be an integer >= 1 or None; got {cap!r}")
+
+    def connection_cap(self) -> int:
+        """``max_connections``, or when it is None the default derived from ``RLIMIT_NOFILE`` (see above)."""
+        if self.max_connections is not None:
+            return self.max_connections
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            soft = 1024
+        if soft == -1 or soft > 1 << 20:  # RLIM_INFINITY or absurdly large
+            soft = 1 << 20
+        return max(16, min(4096, (soft - 64) // 3))
+
+    def to_json(self) -> str:
+        """The limits as JSON (for ``MENDSTREAM_LIMITS``; see :func:`app_from_env`)."""
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ProxyLimits:
+        """The limits from :meth:`to_json`'s format (unknown names refused).
+
+        Raises:
+            UsageError: not a JSON object, an unknown name or a bad value.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise UsageError(f"MENDSTREAM_LIMITS is not JSON; got {text[:100]!r}") from None
+        if not isinstance(data, dict):
+            raise UsageError("MENDSTREAM_LIMITS must be a JSON object of ProxyLimits fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"MENDSTREAM_LIMITS: unknown limits {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**data)
 
 
 def http_library() -> Any:
@@ -56,7 +214,7 @@ class UpstreamURL:
     host a request names.
     """
 
-    __slots__ = ("base_path", "origin")
+    __slots__ = ("base_path", "host", "origin", "port", "scheme")
 
     def __init__(self, upstream: str) -> None:
         if not isinstance(upstream, str) or not upstream.startswith(("http://", "https://")):
@@ -76,6 +234,9 @@ class UpstreamURL:
         if parts.query or parts.fragment:
             raise UsageError(f"upstream must not have a query or fragment; got {upstream!r}")
         host = parts.hostname
+        self.scheme = parts.scheme
+        self.host = host
+        self.port = port if port is not None else (443 if parts.scheme == "https" else 80)
         if ":" in host:  # an IPv6 literal
             host = f"[{host}]"
         self.origin = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
@@ -84,8 +245,9 @@ class UpstreamURL:
     def __str__(self) -> str:
         return self.origin + self.base_path
 
-    def for_target(self, raw_path: bytes, query: bytes) -> str:
-        """The upstream URL for a request whose target had ``raw_path`` and ``query`` (undecoded bytes).
+    def target(self, raw_path: bytes, query: bytes) -> str:
+        """The request target sent upstream (base path, path, query) for a request whose target had
+        ``raw_path`` and ``query`` (undecoded bytes).
 
         Raises:
             UsageError: the target is not origin-form (it does not start with a single ``/``).
@@ -93,21 +255,31 @@ class UpstreamURL:
         if not raw_path.startswith(b"/"):
             shown = raw_path[:100].decode("latin-1")
             raise UsageError(f"the request target must be a path starting with '/' (origin-form); got {shown!r}")
-        path = raw_path.decode("latin-1")
-        url = self.origin + self.base_path + path
+        target = self.base_path + raw_path.decode("latin-1")
         if query:
-            url += "?" + query.decode("latin-1")
-        return url
+            target += "?" + query.decode("latin-1")
+        return target
+
+    def for_target(self, raw_path: bytes, query: bytes) -> str:
+        """The upstream URL for a request whose target had ``raw_path`` and ``query`` (see :meth:`target`)."""
+        return self.origin + self.target(raw_path, query)
 
 
-def conversation_key(payload: dict[str, Any]) -> str:
+def conversation_key(payload: Mapping[str, Any]) -> str:
     """The conversation a request belongs to, found by its prefix: model, tools, system and first message
-    (a conversation only appends to its messages). A short hex digest, safe to log."""
+    (a conversation only appends to its messages). A short hex digest of the prompt prefix: it is salted
+    before it is stored or shown (the state store's salt; the stats' per-process salt), so nobody can
+    confirm a guessed system prompt from it."""
     messages = payload.get("messages")
     first = messages[0] if isinstance(messages, list) and messages else None
     head = json.dumps([payload.get("model"), payload.get("tools"), payload.get("system"), first],
-                      sort_keys=True, default=str).encode()
+                      sort_keys=True, default=str).encode("utf-8", "surrogatepass")
     return hashlib.blake2b(head, digest_size=8).hexdigest()
+
+
+def _count(value: Any) -> int:
+    """A usage number as the API sends it; anything else (a string, a float, a bool, a negative) counts 0."""
+    return value if type(value) is int and value > 0 else 0
 
 
 class _Usage:
@@ -117,11 +289,11 @@ class _Usage:
         self.read = self.write = self.uncached = 0
 
     def add(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
+        if not isinstance(usage, Mapping):
             return
-        self.read += int(usage.get("cache_read_input_tokens") or 0)
-        self.write += int(usage.get("cache_creation_input_tokens") or 0)
-        self.uncached += int(usage.get("input_tokens") or 0)
+        self.read += _count(usage.get("cache_read_input_tokens"))
+        self.write += _count(usage.get("cache_creation_input_tokens"))
+        self.uncached += _count(usage.get("input_tokens"))
 
     def to_dict(self) -> dict[str, Any]:
         total = self.read + self.write + self.uncached
@@ -129,37 +301,367 @@ class _Usage:
                 "uncached_input_tokens": self.uncached, "hit_ratio": (self.read / total) if total else None}
 
 
+# -- failures ---------------------------------------------------------------------------------------------------
+
+
+class _Refusal(Exception):
+    """A request the proxy answers itself with an API-shaped error (``close``: the connection is closed
+    after it, because part of the request was left unread)."""
+
+    def __init__(self, status: int, error_type: str, message: str, *, kind: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.kind = kind
+        self.close = close
+
+
+class UpstreamCut(Exception):
+    """Raised out of the ASGI application after the upstream cut a response passed byte for byte: the
+    server then closes the client's connection without ending the body, so the client sees the cut too
+    (ASGI has no other way to say so). The serving module logs it as one line, never with a traceback."""
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, did not answer in time, or broke the connection (``kind``:
+    ``connect``, ``timeout``, ``closed`` or ``protocol``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _ClientGone(Exception):
+    """The client went away: nothing more can be sent to it."""
+
+
+# -- logging ------------------------------------------------------------------------------------------------------
+
+
+class RateLimitedLog(logging.Filter):
+    """A logging filter that lets through one record per kind (logger, message template, exception type)
+    per ``interval`` seconds, without its traceback (the exception's type and text are appended instead),
+    and says how many of that kind it held back. So 600 connections failing alike write a few lines, not
+    150,000 tracebacks. Also redacts the query string of uvicorn's access log lines."""
+
+    def __init__(self, interval: float = 10.0, max_kinds: int = 256) -> None:
+        super().__init__("mendstream-rate-limit")
+        self.interval = interval
+        self.max_kinds = max_kinds
+        self._seen: OrderedDict[tuple[str, str, str], tuple[float, int]] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access":
+            _redact_access(record)
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None and record.levelno < logging.WARNING:
+            return True
+        if isinstance(exc, UpstreamCut):
+            record.msg, record.args = "upstream cut a response: %s (the client's connection was cut too)", (exc,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif exc is not None:
+            record.msg = f"{record.getMessage().strip()}: {type(exc).__name__}: {exc}".replace("%", "%%")
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        kind = (record.name, str(record.msg)[:200] if exc is None else type(exc).__name__, str(record.levelno))
+        now = time.monotonic()
+        last = self._seen.get(kind)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[kind] = (last[0], last[1] + 1)
+            return False
+        held = last[1] if last is not None else 0
+        self._seen[kind] = (now, 0)
+        self._seen.move_to_end(kind)
+        while len(self._seen) > self.max_kinds:
+            self._seen.popitem(last=False)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in the last {self.interval:g} s)".replace(
+                "%", "%%")
+            record.args = ()
+        return True
+
+
+def _redact_access(record: logging.LogRecord) -> None:
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+        record.args = (*args[:2], args[2].split("?", 1)[0] + "?[redacted]", *args[3:])
+
+
+_LOG_FILTER = RateLimitedLog()
+
+
+def install_log_filters() -> None:
+    """Put the rate limiter (and the access log's query redaction) on the loggers a proxy writes to:
+    ``mendstream.proxy``, ``mendstream.state``, ``uvicorn.error``, ``uvicorn.access`` and ``asyncio``.
+    Idempotent."""
+    for name in ("mendstream.proxy", "mendstream.state", "uvicorn.error", "uvicorn.access", "asyncio"):
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)
+
+
+# -- the upstream's answer ------------------------------------------------------------------------------------------
+
+
+class _HttpxUpstream:
+    """An upstream response read through httpx2/httpx: ``status``, raw ``headers``, ``chunks()`` (the body
+    as received, transfer coding removed, content coding kept), ``aclose()``."""
+
+    __slots__ = ("_errors", "_response", "headers", "status")
+
+    def __init__(self, response: Any, errors: tuple[type[BaseException], ...]) -> None:
+        self._response = response
+        self._errors = errors
+        self.status: int = response.status_code
+        self.headers: list[tuple[bytes, bytes]] = list(response.headers.raw)
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except self._errors as exc:
+            raise UpstreamError("closed", f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _HttpxClient:
+    """The upstream client on httpx2 (or httpx): used when httptools is missing or an HTTP(S)_PROXY applies
+    to the upstream (wire/upstream.py speaks to the origin directly)."""
+
+    def __init__(self, origin: str, limits: ProxyLimits) -> None:
+        self._origin = origin
+        httpx = http_library()
+        # asyncio already sets TCP_NODELAY on its sockets. No connection limit: every client stream holds one
+        # upstream connection for its whole length (the client connection cap bounds them).
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=256, keepalive_expiry=limits.upstream_keepalive))
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(limits.upstream_read_timeout, connect=limits.upstream_connect_timeout),
+            transport=transport)
+        self._httpx = httpx
+
+    async def request(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> _HttpxUpstream:
+        httpx = self._httpx
+        request = self._client.build_request(method, self._origin + target, headers=headers, content=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError("timeout", type(exc).__name__) from None
+        except httpx.ConnectError as exc:
+            raise UpstreamError("connect", type(exc).__name__) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError("closed", type(exc).__name__) from None
+        return _HttpxUpstream(response, (httpx.HTTPError,))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _decoded(chunks: AsyncIterator[bytes], encoding: str) -> AsyncGenerator[bytes, None]:
+    """``chunks`` with their gzip/deflate content coding removed (at most 1 MiB decoded per step, so a
+    small chunk that expands a thousandfold is not held at once).
+
+    Raises:
+        UpstreamError: the compressed data is corrupt.
+    """
+    decoder: Any = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    raw_deflate = encoding == "deflate"
+    started = False
+    async for chunk in chunks:
+        data = chunk
+        while data:
+            try:
+                out = decoder.decompress(data, 1024 * 1024)
+            except zlib.error as exc:
+                if raw_deflate and not started:  # "deflate" sent as a raw stream, as some servers do
+                    decoder, raw_deflate = zlib.decompressobj(-zlib.MAX_WBITS), False
+                    continue
+                raise UpstreamError("protocol", f"the upstream's {encoding} body is corrupt ({exc})") from None
+            started = True
+            data = decoder.unconsumed_tail
+            if out:
+                yield out
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def _forwardable(headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes] = _HOP_BY_HOP,
+                 ) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop ones: ``dropped`` and every header ``Connection`` names."""
+    named = {token.strip().lower() for name, value in headers if name.lower() == b"connection"
+             for token in value.split(b",")}
+    return [(k, v) for k, v in headers if (low := k.lower()) not in dropped and low not in named]
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+# -- the application ---------------------------------------------------------------------------------------------
+
+
+class _Exchange:
+    """One request as the proxy handles it: what was answered (for the metrics and the log), and the
+    client-disconnect watcher."""
+
+    __slots__ = ("_send", "complete", "gone", "left", "method", "path", "sent_bytes", "status", "task")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._send = send
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.status: int | None = None
+        self.complete = False
+        """True once the whole response was handed to the server (nothing after it may touch the client)."""
+        self.sent_bytes = 0
+        self.left = False
+        """True once the client went away (its connection closed, or the request was cancelled)."""
+        self.gone: asyncio.Future[Any] | None = None
+        """Resolves when the client goes away (or the response completes); None until the body is read."""
+        self.task: asyncio.Task[Any] | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        else:
+            self.sent_bytes += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                # the response is complete: receive() now returns because of that, not because the client
+                # left, so the watcher must not read it as a disconnect
+                self.complete = True
+                self.stop_watching()
+        await self._send(message)
+
+    def watch(self, receive: Receive) -> None:
+        """Start watching for the client to leave (call once the body is read: ``receive()`` then returns
+        only on a disconnect). When it leaves, the request's task is cancelled: whatever it awaits, the
+        upstream request included, stops at once."""
+        self.task = asyncio.current_task()
+        self.gone = asyncio.ensure_future(receive())
+        self.gone.add_done_callback(self._on_gone)
+
+    def _on_gone(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or self.task is None:
+            return
+        if future.exception() is None and future.result().get("type") != "http.disconnect":
+            return
+        self.left = True
+        self.task.cancel()
+
+    def stop_watching(self) -> None:
+        if self.gone is not None:
+            self.gone.remove_done_callback(self._on_gone)
+            self.gone.cancel()
+            self.gone = None
+
+
+class _Forwarded:
+    """A request as the proxy forwards it: enough to send it again (a retry, a continuation).
+
+    ``target`` is the path and query sent upstream (under the upstream's base path); ``headers`` are the
+    client's without the hop-by-hop ones (for Messages requests, asking for identity coding); ``body`` is
+    what is sent (planned, for Messages requests); ``payload`` the planned request as
+    decoded JSON (None for other requests); ``key`` its conversation key (unsalted: never shown); ``started``
+    when the proxy began forwarding it (``time.monotonic()``).
+    """
+
+    __slots__ = ("body", "headers", "key", "method", "payload", "started", "target")
+
+    def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.payload: Any = None
+        self.key: str | None = None
+        self.started = time.monotonic()
+
+
 class ProxyApp:
     """The ASGI application; see :func:`create_app`."""
 
-    def __init__(self, upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
-                 capture: str | os.PathLike[str] | CaptureDirectory | None = None, max_conversations: int = 1024,
-                 timeout: float = 600.0, coalesce: float | bool | None = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        cache: Literal["default", "planner", "off"] = "default",
+        capture: str | os.PathLike[str] | CaptureDirectory | None = None,
+        max_conversations: int = 1024,
+        timeout: float | None = None,
+        limits: ProxyLimits | None = None,
+        state: str | None = None,
+        state_options: Mapping[str, Any] | None = None,
+        metrics: bool = False,
+        stats: bool = True,
+        stats_token: str | None = None,
+        coalesce: float | bool | None = DEFAULT_WINDOW,
+    ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
-        self.coalesce = coalesce_window(coalesce)
         self.upstream = UpstreamURL(upstream)
-        if max_conversations < 1:
-            raise UsageError(f"max_conversations must be positive; got {max_conversations!r}")
+        if isinstance(max_conversations, bool) or not isinstance(max_conversations, int) or max_conversations < 1:
+            raise UsageError(f"max_conversations must be a positive integer; got {max_conversations!r}")
+        if limits is not None and not isinstance(limits, ProxyLimits):
+            raise UsageError(f"limits must be a ProxyLimits; got {limits!r}")
+        limits = limits or ProxyLimits()
+        if timeout is not None:  # the older spelling of the upstream read timeout
+            limits = ProxyLimits(**{**{f.name: getattr(limits, f.name) for f in fields(limits)},
+                                    "upstream_read_timeout": timeout})
+        if stats_token is not None and (not isinstance(stats_token, str) or len(stats_token) < 16):
+            raise UsageError("stats_token must be a string of at least 16 characters (e.g. from "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        if state not in (None, "memory") and cache != "planner":
+            raise UsageError("a planner state store (--state) is only used with --cache planner")
         self.cache = cache
+        self.coalesce = coalesce_window(coalesce)
+        self.limits = limits
         # Captures are CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a
         # directory resolved and pinned once (mendstream.recording.files.CaptureDirectory).
         self._capture_dir = (capture if isinstance(capture, CaptureDirectory) or capture is None
                              else CaptureDirectory(capture))
         self.capture = self._capture_dir.path if self._capture_dir is not None else None
         self.max_conversations = max_conversations
-        self.timeout = timeout
+        self.timeout = limits.upstream_read_timeout
+        self.stats_enabled = bool(stats)
+        self._stats_token = stats_token.encode() if stats_token is not None else None
+        self.serve_metrics = bool(metrics)
+        self.metrics: Any = None
+        try:
+            from mendstream.wire.metrics import ProxyMetrics
+
+            self.metrics = ProxyMetrics()
+        except UsageError:
+            if metrics:
+                raise
+        self.store: Any = None
+        if cache == "planner":
+            from mendstream.wire.state import open_planner_store
+
+            observer = self.metrics.state_event if self.metrics is not None else None
+            self.store = open_planner_store(state, {"warn": False}, observer=observer, **dict(state_options or {}))
+        self._salt = secrets.token_bytes(16)  # conversation keys in the stats: salted per process
         self._client: Any = None
-        self._planners: OrderedDict[str, Any] = OrderedDict()  # LRU, bounded by max_conversations
         self._conversations: OrderedDict[str, _Usage] = OrderedDict()
+        self._background: set[asyncio.Task[Any]] = set()
         self.requests = 0
         self.errors = 0
         self.repairs: Counter[str] = Counter()
         self.usage = _Usage()
+        install_log_filters()
 
     # -- ASGI --------------------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -171,208 +673,516 @@ class ProxyApp:
                     return
         if scope["type"] != "http":
             return
-        if scope["method"] == "GET" and scope["path"] == "/mendstream/stats":
-            await self._respond(send, 200, json.dumps(self.stats()).encode())
+        path = scope["path"]
+        if path == _STATS_PATH or (path == _METRICS_PATH and self.serve_metrics):
+            await self._own_endpoint(scope, send)
             return
+        exchange = _Exchange(scope, send)
         self.requests += 1
         try:
-            await self._forward(scope, receive, send)
-        except UsageError as exc:
-            self.errors += 1
-            await self._respond(send, 400, _error_body("invalid_request_error", f"mendstream proxy: {exc}"))
+            await self._forward(scope, receive, exchange)
+        except asyncio.CancelledError:
+            if not exchange.left:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._failed("client_gone", None)
+        except _ClientGone:
+            exchange.left = True
+            self._failed("client_gone", None)
+        except Exception as exc:
+            if exchange.complete:  # e.g. while reading on after message_stop: the client has its answer
+                self._failed("internal", f"after a complete response: {type(exc).__name__}: {exc}")
+                return
+            await self._failure(exchange, exc)
+        finally:
+            exchange.stop_watching()
+            if self.metrics is not None:
+                status = exchange.status if not exchange.left else 499  # nginx's "client closed request"
+                self.metrics.request(exchange.method, exchange.path, status if status is not None else 499)
+
+    async def _failure(self, exchange: _Exchange, exc: Exception) -> None:
+        """Answer a request that failed before its response was complete (or cut it, if it had started)."""
+        if isinstance(exc, UsageError):
+            await self._refuse(exchange, _Refusal(400, "invalid_request_error", f"mendstream proxy: {exc}",
+                                                  kind="bad_request"))
+        elif isinstance(exc, _Refusal):
+            await self._refuse(exchange, exc)
+        elif isinstance(exc, UpstreamCut):
+            self._failed("upstream_cut", None)
+            raise exc
+        else:  # a bug: one line (rate-limited), a clean 502 if nothing was sent yet
+            self._failed("internal", f"request failed: {type(exc).__name__}: {exc}")
+            if exchange.status is not None:
+                raise UpstreamCut(f"internal error after the response started ({type(exc).__name__})") from None
+            await self._respond(exchange.send, 502, _error_body(
+                "api_error", f"mendstream proxy: internal error ({type(exc).__name__})"), close=True)
 
     async def aclose(self) -> None:
+        """Close the upstream client and the state store (pending state commits are awaited first)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self.store is not None:
+            await self.store.aclose()
 
-    def stats(self) -> dict[str, Any]:
-        """Requests, repairs by kind, errors, and cache usage overall and per conversation."""
-        return {"requests": self.requests, "errors": self.errors, "repairs": dict(self.repairs),
-                "cache": self.usage.to_dict(),
-                "conversations": {key: usage.to_dict() for key, usage in self._conversations.items()}}
+    def stats(self, *, conversations: bool = True) -> dict[str, Any]:
+        """Requests, repairs by kind, errors and cache usage: across every worker when the proxy runs
+        several (from the metrics), else this process's. With ``conversations``, this worker's usage per
+        conversation too, under salted keys (conversation keys are never shown unsalted)."""
+        out: dict[str, Any]
+        if self.metrics is not None:
+            out = self.metrics.stats()
+        else:
+            out = {"requests": self.requests, "errors": self.errors, "repairs": dict(self.repairs),
+                   "cache": self.usage.to_dict(), "workers": "this one"}
+        out["answered_by"] = os.getpid()  # which worker (the totals are every worker's)
+        if conversations:
+            out["conversations"] = {key: usage.to_dict() for key, usage in self._conversations.items()}
+            out["conversations_from"] = "this worker"
+        return out
+
+    # -- the proxy's own endpoints ----------------------------------------------------------------------------------
+
+    async def _own_endpoint(self, scope: Scope, send: Send) -> None:
+        path = scope["path"]
+        if path == _STATS_PATH and not self.stats_enabled:
+            await self._respond(send, 404, _error_body("not_found_error", f"{path} is turned off on this proxy"))
+            return
+        authorized = False
+        if self._stats_token is not None:
+            given = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization" and value[:7].lower() == b"bearer ":
+                    given = value[7:].strip()
+            if not hmac.compare_digest(given, self._stats_token):
+                await self._respond(send, 401, _error_body(
+                    "authentication_error", f"{path} needs 'authorization: Bearer <the proxy's stats token>'"),
+                    extra=[(b"www-authenticate", b'Bearer realm="mendstream"')])
+                if self.metrics is not None:
+                    self.metrics.request(scope["method"], path, 401)
+                return
+            authorized = True
+        if scope["method"] not in ("GET", "HEAD"):
+            await self._respond(send, 405, _error_body("invalid_request_error", f"{path} answers GET only"),
+                                extra=[(b"allow", b"GET, HEAD")])
+            return
+        if path == _METRICS_PATH:
+            body, content_type = self.metrics.render()
+            await self._respond(send, 200, body, content_type=content_type.encode())
+        else:
+            # per-conversation usage only for whoever holds the token
+            await self._respond(send, 200, json.dumps(self.stats(conversations=authorized)).encode())
+        if self.metrics is not None:
+            self.metrics.request(scope["method"], path, 200)
 
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _http(self) -> Any:
         if self._client is None:
-            httpx = http_library()
-            # asyncio already sets TCP_NODELAY on its sockets; nothing to tune there. No connection limit:
-            # every client stream holds one upstream connection for its whole length.
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            )
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0), transport=transport)
+            self._client = self._make_client()
         return self._client
 
-    async def _respond(self, send: Any, status: int, body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    def _make_client(self) -> Any:
+        """The upstream client: wire/upstream.py's pool (httptools), or httpx2/httpx when httptools is not
+        installed or an HTTP(S)_PROXY / ALL_PROXY applies to the upstream (httpx honours them)."""
+        upstream, limits = self.upstream, self.limits
+        try:
+            from mendstream.wire.upstream import UpstreamPool, env_proxy_for
+        except ImportError:
+            return _HttpxClient(upstream.origin, limits)
+        if env_proxy_for(upstream.scheme, upstream.host) is not None:
+            return _HttpxClient(upstream.origin, limits)
+        return UpstreamPool(upstream.scheme, upstream.host, upstream.port,
+                            connect_timeout=limits.upstream_connect_timeout,
+                            read_timeout=limits.upstream_read_timeout, keepalive=limits.upstream_keepalive)
+
+    @staticmethod
+    async def _respond(send: Send, status: int, body: bytes, *, content_type: bytes = b"application/json",
+                       close: bool = False, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_body(self, receive: Any) -> bytes:
+    async def _refuse(self, exchange: _Exchange, refusal: _Refusal) -> None:
+        self._failed(refusal.kind, None)
+        if exchange.status is not None:  # cannot happen: refusals come before the response starts
+            raise UpstreamCut(f"refusal after the response started: {refusal.message}")
+        await self._respond(exchange.send, refusal.status, _error_body(refusal.error_type, refusal.message),
+                            close=refusal.close)
+
+    def _failed(self, kind: str, line: str | None) -> None:
+        """Count a failure of ``kind``; ``line``: also log it (rate-limited, one line)."""
+        if kind != "client_gone":
+            self.errors += 1
+        if self.metrics is not None:
+            self.metrics.error(kind)
+        if line is not None:
+            LOGGER.warning("%s", line)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limits = self.limits
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if len(headers) > limits.max_headers:
+            raise _Refusal(431, "request_too_large",
+                           f"mendstream proxy: {len(headers)} header fields; the limit is {limits.max_headers}",
+                           kind="too_large", close=True)
+        length = _header(headers, b"content-length")
+        if length:
+            if not length.isdigit():
+                raise _Refusal(400, "invalid_request_error", "mendstream proxy: content-length is not a number",
+                               kind="bad_request", close=True)
+            if int(length) > limits.max_body_bytes:
+                raise _Refusal(413, "request_too_large", f"mendstream proxy: request body of {length} bytes; "
+                               f"the limit is {limits.max_body_bytes}", kind="too_large", close=True)
         parts: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + limits.body_timeout
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                raise _Refusal(408, "timeout_error", f"mendstream proxy: request body not received within "
+                               f"{limits.body_timeout:g} s ({size} bytes arrived)", kind="timeout",
+                               close=True) from None
             if message["type"] == "http.disconnect":
-                raise UsageError("the client disconnected while sending the request")
-            chunk = message.get("body", b"")
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
             size += len(chunk)
-            if size > _MAX_BODY:
-                raise UsageError(f"request body over {_MAX_BODY} bytes")
-            parts.append(chunk)
+            if size > limits.max_body_bytes:
+                raise _Refusal(413, "request_too_large", f"mendstream proxy: request body over the limit of "
+                               f"{limits.max_body_bytes} bytes", kind="too_large", close=True)
+            if chunk:
+                parts.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(parts)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _planner_for(self, key: str) -> Any:
-        planner = self._planners.get(key)
-        if planner is None:
-            from mendstream.cache import CachePlanner
+    def _decode(self, body: bytes) -> dict[str, Any]:
+        """The Messages request's JSON object, decoded only if it is bounded (see ProxyLimits)."""
+        bound = self.limits.max_json_values
+        # C-speed counts, strings included: an upper bound on the values json.loads would build
+        values = body.count(b"[") + body.count(b"{")
+        if values <= bound:
+            values += body.count(b",")
+        if values > bound:
+            raise _Refusal(413, "request_too_large", f"mendstream proxy: the request body has over {bound:,} "
+                           "JSON containers and separators; decoding it would hold the proxy for seconds",
+                           kind="too_large")
+        try:
+            payload = json.loads(body)
+        except RecursionError:
+            raise UsageError("the request body's JSON is nested too deeply") from None
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"the request body is not JSON ({len(body)} bytes received)") from None
+        if not isinstance(payload, dict):
+            raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
+        return payload
 
-            planner = self._planners[key] = CachePlanner(warn=False)
-            if len(self._planners) > self.max_conversations:
-                self._planners.popitem(last=False)
-        else:
-            self._planners.move_to_end(key)
-        return planner
+    def _plan(self, body: bytes, planner: Any, payload: dict[str, Any] | None = None,
+              ) -> tuple[bytes, str | None, Any]:
+        """Decode (unless ``payload`` is given) and plan a Messages request: ``(body to send, conversation
+        key, the request as sent)``. The key is computed only when it is used: per-conversation usage is
+        shown to the holder of the stats token only."""
+        if payload is None:
+            payload = self._decode(body)
+        try:
+            key = conversation_key(payload) if self._stats_token is not None else None
+            rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
+        except RecursionError:
+            raise UsageError("the request body's JSON is nested too deeply") from None
+        return rewritten.body, key, rewritten.payload if rewritten.payload is not None else payload
 
     def _usage_for(self, key: str) -> _Usage:
-        usage = self._conversations.get(key)
+        shown = hashlib.blake2b(key.encode(), key=self._salt, digest_size=8).hexdigest()
+        usage = self._conversations.get(shown)
         if usage is None:
-            usage = self._conversations[key] = _Usage()
+            usage = self._conversations[shown] = _Usage()
             if len(self._conversations) > self.max_conversations:
                 self._conversations.popitem(last=False)
         else:
-            self._conversations.move_to_end(key)
+            self._conversations.move_to_end(shown)
         return usage
 
-    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        httpx = http_library()
-        path = scope["path"]
-        query = scope.get("query_string", b"")
-        # Only the target's path and query reach the upstream URL (see UpstreamURL): refused before reading.
-        url = self.upstream.for_target(scope.get("raw_path") or path.encode("latin-1"), query)
-        body = await self._read_body(receive)
-        messages = scope["method"] == "POST" and is_messages_path(path)
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
-        key: str | None = None
-        sent: Any = None  # the request as sent, for a capture
-        if messages:
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise UsageError("the request body is not JSON") from None
-            if not isinstance(payload, dict):
-                raise UsageError(f"the request body is JSON but not an object (a {type(payload).__name__})")
-            key = conversation_key(payload)
-            planner = self._planner_for(key) if self.cache == "planner" else None
-            rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
-            body = rewritten.body
-            sent = rewritten.payload if rewritten.payload is not None else payload
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
-            headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes themselves
-        client = self._http()
-        request = client.build_request(scope["method"], url, headers=headers, content=body)
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            self.errors += 1
-            await self._respond(send, 502, _error_body(
-                "api_error", f"mendstream proxy: upstream unreachable ({type(exc).__name__})"))
+    async def _forward(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        # Only the target's path and query reach the upstream (see UpstreamURL): refused before reading.
+        target = self.upstream.target(scope.get("raw_path") or path.encode("latin-1"), scope.get("query_string", b""))
+        body = await self._read_body(scope, receive)
+        exchange.watch(receive)
+        received = len(body)
+        headers = _forwardable(scope["headers"], _NOT_FORWARDED)
+        request = _Forwarded(method, target, headers, body)
+        if method == "POST" and is_messages_path(path):
+            request.key, request.body, request.payload = await self._prepare_messages(body)
+            request.headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+            request.headers.append((b"accept-encoding", b"identity"))  # the rewriter needs the SSE bytes
+            if self.metrics is not None:
+                self.metrics.transferred(client_request=received)
+            await self._stream_messages(request, exchange)
+            return
+        if self.metrics is not None:
+            self.metrics.transferred(client_request=received)
+        upstream = await self._open_upstream(request, exchange)
+        if upstream is None:
             return
         try:
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            rewrite = messages and content_type == "text/event-stream" and response.status_code == 200
-            out_headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
-            await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
-            if not rewrite:
-                try:
-                    async for chunk in response.aiter_raw():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except httpx.HTTPError:
-                    self.errors += 1
-                await send({"type": "http.response.body", "body": b""})
-                return
-            capture = None
-            if self._capture_dir is not None:
-                capture = self._capture_dir.writer(
-                    request_body=sent, request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                    method=scope["method"], url=url, transport="proxy")
-                capture.start_response(response.status_code, response.headers.items())
-            await self._stream(response, send, key, capture)
+            await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
         finally:
-            await response.aclose()
+            await upstream.aclose()
 
-    async def _stream(self, response: Any, send: Any, key: str | None, capture: Any = None) -> None:
-        httpx = http_library()
-        rewriter = ResponseRewriter()
-        outcome, failure = "closed", None  # a client that went away (send raised) leaves "closed"
+    async def _open_upstream(self, request: _Forwarded, exchange: _Exchange | None = None,
+                             body: bytes | None = None) -> Any:
+        """Send ``request`` upstream (with ``body`` instead of its own, e.g. a continuation) and return the
+        answer once its head arrived: ``status``, raw ``headers``, ``chunks()`` (the body, content coding
+        kept), ``aclose()``. When it cannot be reached and ``exchange`` is given, the client is answered 502
+        (in the API's shape) and None is returned; without ``exchange``, UpstreamError is raised."""
+        body = request.body if body is None else body
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.transferred(upstream_request=len(body))
+        started = time.monotonic()
         try:
-            if self.coalesce:
-                outcome, failure = await self._stream_coalesced(response, send, rewriter, capture)
-                return
-            try:
-                async for chunk in response.aiter_raw():
-                    if capture is not None:
-                        capture.write(chunk)
-                    out = rewriter.feed(chunk)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                outcome = "complete"
-            except httpx.HTTPError as exc:  # the upstream cut the stream: the rewriter decides how it ends
-                outcome, failure = "error", exc
-            await send({"type": "http.response.body", "body": rewriter.end()})
-        finally:
-            if capture is not None:
-                capture.finish(outcome, failure)
-            self.repairs.update(rewriter.repair_counts)
-            if rewriter.error is not None:
-                self.errors += 1
-            usage = rewriter.message.get("usage")
-            self.usage.add(usage)
-            if key is not None:
-                self._usage_for(key).add(usage)
+            upstream = await self._http().request(request.method, request.target, request.headers, body)
+        except UpstreamError as exc:
+            if metrics is not None:
+                metrics.upstream(None)
+            self._failed("upstream_unreachable", f"upstream {self.upstream} unreachable: {exc.kind} ({exc})")
+            if exchange is None:
+                raise
+            await self._respond(exchange.send, 502, _error_body(
+                "api_error", f"mendstream proxy: upstream unreachable ({exc})"))
+            return None
+        if metrics is not None:
+            metrics.upstream(upstream.status)
+            metrics.first_byte(time.monotonic() - started)
+        return upstream
 
-    async def _stream_coalesced(self, response: Any, send: Any, rewriter: ResponseRewriter,
-                                capture: Any) -> tuple[str, BaseException | None]:
-        # As _stream, with deltas merged within the window (see mendstream.wire.coalesce); the next upstream
-        # chunk or the held deltas' deadline, whichever comes first. Returns the capture's outcome.
+    async def _prepare_messages(self, body: bytes) -> tuple[str | None, bytes, Any]:
+        """Decode and plan a Messages request (in a worker thread when it is large); with ``--cache planner``
+        the conversation's planner is checked out of the store first and committed back in the background."""
+        small = len(body) < _THREAD_BODY_BYTES
+        if self.store is None:
+            planned, key, sent = self._plan(body, None) if small else await asyncio.to_thread(self._plan, body, None)
+            return key, planned, sent
+        payload = self._decode(body) if small else await asyncio.to_thread(self._decode, body)
+        conversation = conversation_key(payload)
+        lease = await self.store.checkout(conversation)
+        if small:
+            planned, _, sent = self._plan(body, lease.planner, payload)
+        else:
+            planned, _, sent = await asyncio.to_thread(self._plan, body, lease.planner, payload)
+        # committed in the background (the request need not wait for the store), awaited at shutdown
+        commit = asyncio.ensure_future(self.store.commit(lease, retained=len(body)))
+        self._background.add(commit)
+        commit.add_done_callback(self._background.discard)
+        return (conversation if self._stats_token is not None else None), planned, sent
+
+    async def _pass_through(self, upstream: Any, exchange: _Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        """Relay a response byte for byte (Content-Length kept). If the upstream cuts it, the client's
+        connection is cut too (UpstreamCut)."""
+        await exchange.send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        received = 0
+        chunks = upstream.chunks()
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            raise UpstreamCut(f"{exc} after {received} bytes") from None
+        finally:
+            await chunks.aclose()
+        await exchange.send({"type": "http.response.body", "body": b""})
+        if self.metrics is not None:
+            self.metrics.transferred(upstream_response=received, client_response=received)
+
+    async def _stream_messages(self, request: _Forwarded, exchange: _Exchange) -> None:
+        """Forward one Messages request, planned, from its first attempt to the end of its response: the one
+        place a Messages exchange is handled after planning, so that a driver adding retries, stall timeouts
+        and continuations replaces this body only. Opens attempts with :meth:`_open_upstream` (which may be
+        called again with another body), sends to the client with ``exchange.send``; ``exchange.gone``
+        resolves when the client leaves, and the task is then cancelled (every await here stops at once).
+
+        As it is: one attempt. An unreachable upstream is a 502; an answer that is not a 200 event stream in
+        identity or gzip/deflate coding passes byte for byte; a stream is repaired chunk by chunk (decoded
+        first if the upstream sent gzip despite identity) and the client's response ends after
+        ``message_stop`` or a terminal error whatever the upstream does next; a cut stream ends as the
+        rewriter decides (completed, or an ``error`` event)."""
+        upstream = await self._open_upstream(request, exchange)
+        if upstream is None:
+            return
+        try:
+            content_type = _header(upstream.headers, b"content-type").split(";")[0].strip().lower()
+            encoding = _header(upstream.headers, b"content-encoding").strip().lower()
+            if (upstream.status != 200 or content_type != "text/event-stream"
+                    or encoding not in ("", "identity", *_GZIP_ENCODINGS)):
+                await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
+                return
+            # the body is rewritten (and decoded when the upstream sent gzip despite identity): its length is
+            # not known up front
+            head = [(k, v) for k, v in _forwardable(upstream.headers) if k.lower() != b"content-length"
+                    and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
+            capture = self._capture(request, upstream)
+            await exchange.send({"type": "http.response.start", "status": 200, "headers": head})
+            await self._relay_stream(upstream, exchange, request, encoding, capture)
+        finally:
+            await upstream.aclose()
+
+    async def _relay_coalesced(self, body: AsyncGenerator[bytes, None], exchange: _Exchange,
+                               rewriter: ResponseRewriter, feed: Callable[[bytes], bytes],
+                               ) -> tuple[str, BaseException | None]:
+        """As the plain relay, with consecutive deltas of one block merged within ``self.coalesce`` seconds
+        (see mendstream.wire.coalesce): the next upstream chunk or the held deltas' deadline, whichever comes
+        first. Returns the capture's outcome."""
         from mendstream.wire.coalesce_drivers import AsyncCoalescing
 
         cuts: list[BaseException] = []
+        coalescer = DeltaCoalescer(self.coalesce)
+        driver = AsyncCoalescing(body, coalescer, rewrite=feed, finish=rewriter.end, cut=(UpstreamError,),
+                                 on_cut=cuts.append)
+        run = driver.__aiter__()
+        try:
+            ended = False
+            async for out in run:
+                if out:
+                    await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+                if rewriter.complete or rewriter.error is not None:
+                    break
+            else:
+                ended = True
+            # the end of the message (or of the input): what is still held, then the end of the response. (The
+            # rewriter is ended by the driver when the input ends; after message_stop it drops what comes.)
+            await exchange.send({"type": "http.response.body", "body": coalescer.end()})
+            if not ended:  # what the upstream still sends is read for a moment, so its connection is reused
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_DRAIN_SECONDS):
+                        async for _ in run:
+                            pass
+        finally:
+            await run.aclose()
+            await driver.aclose()
+        return ("error", cuts[0]) if cuts else ("complete", None)
+
+    def _capture(self, request: _Forwarded, upstream: Any) -> Any:
+        if self._capture_dir is None:
+            return None
+        capture = self._capture_dir.writer(
+            request_body=request.payload, method=request.method, url=self.upstream.origin + request.target,
+            transport="proxy",
+            request_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
+        capture.start_response(upstream.status, [(k.decode("latin-1"), v.decode("latin-1"))
+                                                 for k, v in upstream.headers])
+        return capture
+
+    async def _relay_stream(self, upstream: Any, exchange: _Exchange, request: _Forwarded, encoding: str,
+                            capture: Any) -> None:
+        """Relay one upstream event stream through a ResponseRewriter (its head already sent)."""
+        rewriter = ResponseRewriter()
+        outcome, failure = "closed", None  # a client that went away (cancelled) leaves "closed"
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.stream_started()
+        received = 0
+        chunks: AsyncGenerator[bytes, None] = upstream.chunks()
+        body = _decoded(chunks, encoding) if encoding in _GZIP_ENCODINGS else chunks
 
         def feed(chunk: bytes) -> bytes:
+            nonlocal received
+            received += len(chunk)
             if capture is not None:
                 capture.write(chunk)
             return rewriter.feed(chunk)
 
-        driver = AsyncCoalescing(response.aiter_raw(), DeltaCoalescer(self.coalesce), rewrite=feed,
-                                 finish=rewriter.end, cut=(http_library().HTTPError,), on_cut=cuts.append)
         try:
-            async for out in driver:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
+            if self.coalesce:
+                outcome, failure = await self._relay_coalesced(body, exchange, rewriter, feed)
+            else:
+                try:
+                    async for chunk in body:
+                        out = feed(chunk)
+                        if out:
+                            await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+                        if rewriter.complete or rewriter.error is not None:
+                            break
+                    outcome = "complete"
+                except UpstreamError as exc:  # the upstream cut the stream: the rewriter decides how it ends
+                    outcome, failure = "error", exc
+                await exchange.send({"type": "http.response.body", "body": rewriter.end()})
+                if rewriter.complete or rewriter.error is not None:
+                    await _drain(body)
         finally:
-            await driver.aclose()
-        await send({"type": "http.response.body", "body": b""})
-        return ("error", cuts[0]) if cuts else ("complete", None)
+            await body.aclose()
+            if body is not chunks:
+                await chunks.aclose()
+            if capture is not None:
+                capture.finish(outcome, failure)
+            self.repairs.update(rewriter.repair_counts)
+            if rewriter.error is not None:
+                self._failed("stream_error", None)
+            usage = rewriter.message.get("usage")
+            self.usage.add(usage)
+            if request.key is not None:
+                self._usage_for(request.key).add(usage)
+            if metrics is not None:
+                metrics.stream_finished(time.monotonic() - request.started, repairs=rewriter.repair_counts,
+                                        usage=usage, failed=rewriter.error is not None)
+                metrics.transferred(upstream_response=received, client_response=exchange.sent_bytes)
 
 
-def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "default",
-               capture: str | os.PathLike[str] | CaptureDirectory | None = None,
-               max_conversations: int = 1024, coalesce: float | bool | None = DEFAULT_WINDOW) -> ProxyApp:
-    """The proxy as an ASGI application (``uvicorn 'mendstream.wire.proxy:create_app' --factory`` needs the
-    upstream from ``MENDSTREAM_UPSTREAM``; or call it yourself).
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what the upstream sends after the end of a message, for a moment and a bounded amount, so that
+    a connection whose body ends promptly goes back to the pool; one that does not is closed."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for chunk in chunks:
+                dropped += len(chunk)
+                if dropped > _DRAIN_BYTES:
+                    return
+    except (TimeoutError, UpstreamError):
+        return
+
+
+def create_app(
+    upstream: str,
+    *,
+    cache: Literal["default", "planner", "off"] = "default",
+    capture: str | os.PathLike[str] | CaptureDirectory | None = None,
+    max_conversations: int = 1024,
+    limits: ProxyLimits | None = None,
+    state: str | None = None,
+    state_options: Mapping[str, Any] | None = None,
+    metrics: bool = False,
+    stats: bool = True,
+    stats_token: str | None = None,
+    coalesce: float | bool | None = DEFAULT_WINDOW,
+) -> ProxyApp:
+    """The proxy as an ASGI application (``uvicorn --factory mendstream.wire.proxy:app_from_env`` reads the
+    options from the environment; or call it yourself). ``mendstream proxy`` serves it with the connection
+    limits of :class:`ProxyLimits` applied by the server (see :mod:`mendstream.wire.serving`).
 
     Args:
         upstream: base URL requests are forwarded to, e.g. ``https://api.anthropic.com``.
         cache: ``default`` (at most 4 planned breakpoints per request), ``planner`` (one
-            :class:`~mendstream.cache.CachePlanner` per conversation, at most ``max_conversations`` kept,
-            least recently used dropped) or ``off``.
+            :class:`~mendstream.cache.CachePlanner` per conversation, kept in ``state``) or ``off``.
         capture: a directory for the original bytes of every Messages stream, as CaptureWriter captures
             (``.sse`` body and ``.capture.json`` sidecar, credentials scrubbed, files 0600 under random names,
             64 MiB cap each; see :class:`~mendstream.recording.files.CaptureDirectory`: pass one to set
             ``max_bytes``).
+        max_conversations: per-conversation usage kept for the stats (least recently used dropped).
+        limits: request, body, JSON and upstream bounds (:class:`ProxyLimits`).
+        state: where ``cache="planner"`` keeps planner state: ``None``/``"memory"`` (this process, bounded
+            in bytes) or ``redis://HOST:PORT/DB`` (shared by every worker and replica); see
+            :mod:`mendstream.wire.state`. ``state_options`` go to the store.
+        metrics: serve Prometheus metrics on ``GET /metrics`` (needs prometheus-client).
+        stats: serve ``GET /mendstream/stats`` (totals; with ``stats_token``, per-conversation usage too).
+        stats_token: when set, ``/mendstream/stats`` and ``/metrics`` need ``Authorization: Bearer TOKEN``.
         coalesce: seconds within which consecutive deltas of one content block are merged into one event
             (default 10 ms, below a 60 Hz frame; ``0``/``None``: off, every event passes as the upstream sent
             it). The final message is unchanged; see :class:`mendstream.wire.coalesce.DeltaCoalescer`.
@@ -380,31 +1190,58 @@ def create_app(upstream: str, *, cache: Literal["default", "planner", "off"] = "
     Raises:
         UsageError: an invalid option.
     """
-    return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations,
-                    coalesce=coalesce)
+    return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations, limits=limits,
+                    state=state, state_options=state_options, metrics=metrics, stats=stats,
+                    stats_token=stats_token, coalesce=coalesce)
 
 
 def run_proxy(upstream: str, *, host: str = "127.0.0.1", port: int = 8787,
               cache: Literal["default", "planner", "off"] = "default", capture: str | None = None,
-              coalesce: float | bool | None = DEFAULT_WINDOW) -> None:
-    """Serve the proxy with uvicorn until interrupted (one worker; for several, see :func:`app_from_env`)."""
-    import uvicorn
+              workers: int = 1, **options: Any) -> int:
+    """Serve the proxy until interrupted (``mendstream proxy``); see :func:`mendstream.wire.serving.serve`.
+    Returns the exit status."""
+    from mendstream.wire.serving import serve
 
-    app = create_app(upstream, cache=cache, capture=capture, coalesce=coalesce)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    return serve(upstream, host=host, port=port, workers=workers, cache=cache, capture=capture, **options)
+
+
+_ENV_FLAGS: Final = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                     "off": False, "": False}
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    flag = _ENV_FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise UsageError(f"{name} must be 1 or 0; got {value!r}")
+    return flag
 
 
 def app_from_env() -> ProxyApp:
-    """A factory for ``uvicorn --factory --workers N mendstream.wire.proxy:app_from_env``: the options come from
-    ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE``, ``MENDSTREAM_CAPTURE`` and ``MENDSTREAM_COALESCE``
-    (seconds; ``0`` turns coalescing off)."""
+    """A factory for ``uvicorn --factory mendstream.wire.proxy:app_from_env`` (and each worker of
+    ``mendstream proxy --workers N``): the options come from ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE``,
+    ``MENDSTREAM_CAPTURE``, ``MENDSTREAM_STATE``, ``MENDSTREAM_STATE_SALT`` (read by the store),
+    ``MENDSTREAM_METRICS`` (1/0), ``MENDSTREAM_STATS`` (1/0), ``MENDSTREAM_STATS_TOKEN``,
+    ``MENDSTREAM_COALESCE`` (seconds; ``0`` turns coalescing off) and ``MENDSTREAM_LIMITS`` (a JSON object of
+    :class:`ProxyLimits` fields)."""
     upstream = os.environ.get("MENDSTREAM_UPSTREAM")
     if not upstream:
         raise UsageError("set MENDSTREAM_UPSTREAM to the upstream base URL")
     cache = os.environ.get("MENDSTREAM_CACHE", "default")
-    coalesce = seconds(os.environ.get("MENDSTREAM_COALESCE", str(DEFAULT_WINDOW)), "MENDSTREAM_COALESCE")
-    return create_app(upstream, cache=cache, capture=os.environ.get("MENDSTREAM_CAPTURE"),  # type: ignore[arg-type]
-                      coalesce=coalesce)
+    limits = os.environ.get("MENDSTREAM_LIMITS")
+    return create_app(
+        upstream,
+        cache=cache,  # type: ignore[arg-type]
+        capture=os.environ.get("MENDSTREAM_CAPTURE") or None,
+        limits=ProxyLimits.from_json(limits) if limits else None,
+        state=os.environ.get("MENDSTREAM_STATE") or None,
+        metrics=_env_flag("MENDSTREAM_METRICS", False),
+        stats=_env_flag("MENDSTREAM_STATS", True),
+        stats_token=os.environ.get("MENDSTREAM_STATS_TOKEN") or None,
+        coalesce=seconds(os.environ.get("MENDSTREAM_COALESCE", str(DEFAULT_WINDOW)), "MENDSTREAM_COALESCE"),
+    )
 
 
 def seconds(text: str, name: str) -> float:
