@@ -122,6 +122,10 @@ def test_what_is_retried_by_default() -> None:
     assert not policy.retries(classify(_status(529, {"x-should-retry": "false"})))
     assert policy.retries(classify(_status(409, {"x-should-retry": "true"})))
     assert not policy.retries(classify(KeyError("x")))
+    # a wait longer than a minute is not waited for (the SDK stops honouring retry-after there too)
+    assert policy.retries(classify(_status(429, {"retry-after": "60"})))
+    assert not policy.retries(classify(_status(429, {"retry-after": "61"})))
+    assert not policy.retries(classify(_status(529, {"retry-after-ms": "3600000", "x-should-retry": "true"})))
 
 
 def test_restart_event_shape() -> None:

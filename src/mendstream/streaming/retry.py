@@ -35,6 +35,9 @@ _RETRIABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error
 # Never retried, whatever retry_on says: the same request will fail the same way.
 _NEVER_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error"})
 _NEVER_STATUSES = frozenset({400, 401, 403, 404, 413})
+MAX_RETRY_AFTER = 60.0
+"""A ``retry-after`` longer than this (seconds) is not waited for: the fault is not retried and the error is
+raised (or, at the HTTP boundary, passed on with its header), as the SDK too stops honouring it past 60 s."""
 
 DEFAULT_RETRY_ON: frozenset[str | int] = frozenset(
     {"overloaded_error", "api_error", "read_error", "truncated", "stalled", "connection", 429, 500, 502, 503,
@@ -94,7 +97,8 @@ class Retry:
             ``"api_error"``, ``"rate_limit_error"``, ``"timeout_error"``), ``"read_error"`` (a transport
             error while reading), ``"truncated"``, ``"stalled"``, ``"connection"`` (no response), and HTTP
             statuses answered before streaming. Invalid requests, authentication and permission errors are
-            never retried; ``x-should-retry: false`` vetoes a retry, ``true`` allows one for any status.
+            never retried; ``x-should-retry: false`` vetoes a retry, ``true`` allows one for any status; a
+            ``retry-after`` over :data:`MAX_RETRY_AFTER` (60 s) vetoes one too.
         on_partial: what to do when the failed attempt had already delivered content: ``"raise"``,
             ``"restart"`` (a :class:`RestartEvent`, then the whole stream again) or ``"continue"`` (the
             partial text sent back as an assistant prefill, the stream continuing where it stopped).
@@ -132,6 +136,8 @@ class Retry:
     def retries(self, fault: Fault) -> bool:
         """Whether ``fault`` is one this policy retries (the header hint ``x-should-retry`` wins)."""
         if fault.error_type in _NEVER_TYPES or fault.status in _NEVER_STATUSES:
+            return False
+        if fault.retry_after is not None and fault.retry_after > MAX_RETRY_AFTER:
             return False
         if fault.should_retry is not None:
             return fault.should_retry
