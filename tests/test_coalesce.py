@@ -727,7 +727,8 @@ def raw_through(kind: str, server: ReplayServer, window: float, on_chunk: Any = 
             return received
         return asyncio.run(run())
     if kind == "proxy":
-        served = Served(create_app(server.base_url, coalesce=window, capture=capture))
+        # Without survival, as the transports here: a failure must reach the client as it happened.
+        served = Served(create_app(server.base_url, coalesce=window, capture=capture, survival=None))
         client = http.Client(timeout=30)
         url = served.base_url + "/v1/messages"
     else:

@@ -467,9 +467,9 @@ def test_keep_alive_race_200_clients_800_requests_no_reset(upstream: ReplayServe
     assert errors == []
 
 
-def test_default_idle_timeout_outlives_client_pools() -> None:
+def test_default_keepalive_timeout_outlives_client_pools() -> None:
     # httpx / the anthropic SDK keep idle connections 5 s, aiohttp 15 s, Node's undici 4 s
-    assert ProxyLimits().idle_timeout > 15
+    assert ProxyLimits().keepalive_timeout > 15
 
 
 # -- stats, logs ------------------------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ def test_query_strings_never_reach_the_log(upstream: ReplayServer) -> None:
 
 def test_failures_are_one_line_each_and_rate_limited(fake: Served) -> None:
     port = free_port()  # nothing listens there
-    with ProxyProcess(["--upstream", f"http://127.0.0.1:{port}", "--no-access-log"]) as proxy:
+    with ProxyProcess(["--upstream", f"http://127.0.0.1:{port}", "--no-access-log", "--retry", "1"]) as proxy:
         for _ in range(200):
             assert httpx.post(proxy.base_url + "/v1/messages", json=STREAM).status_code == 502
         log = proxy.log()

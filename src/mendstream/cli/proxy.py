@@ -9,6 +9,8 @@ from typing import Any
 
 from mendstream.cli.common import port
 from mendstream.errors import UsageError
+from mendstream.streaming.retry import Retry
+from mendstream.wire.boundary import PROXY_SURVIVAL, Survival
 from mendstream.wire.coalesce import DEFAULT_WINDOW
 from mendstream.wire.proxy import ProxyLimits, http_library, run_proxy, seconds
 from mendstream.wire.rewrite import CACHE_MODES
@@ -16,6 +18,7 @@ from mendstream.wire.rewrite import CACHE_MODES
 __all__ = ["add_subcommand"]
 
 _DEFAULTS = ProxyLimits()
+_RETRY = PROXY_SURVIVAL.retry or Retry()
 
 
 def _positive_int(text: str) -> int:
@@ -91,13 +94,43 @@ def add_subcommand(subparsers: Any) -> None:
                         help=f"time to send a request's head, else 408 (default {_DEFAULTS.header_timeout:g})")
     parser.add_argument("--body-timeout", type=_seconds, default=_DEFAULTS.body_timeout, metavar="SECONDS",
                         help=f"time to send a whole request body, else 408 (default {_DEFAULTS.body_timeout:g})")
-    parser.add_argument("--idle-timeout", type=_seconds, default=_DEFAULTS.idle_timeout, metavar="SECONDS",
+    parser.add_argument("--keepalive-timeout", type=_seconds, default=_DEFAULTS.keepalive_timeout,
+                        metavar="SECONDS",
                         help="how long a keep-alive connection may wait for its next request (default "
-                             f"{_DEFAULTS.idle_timeout:g}, longer than clients' own pools keep them)")
+                             f"{_DEFAULTS.keepalive_timeout:g}, longer than clients' own pools keep them)")
     parser.add_argument("--upstream-timeout", type=_seconds, default=_DEFAULTS.upstream_read_timeout,
                         metavar="SECONDS",
                         help="how long the upstream may stay silent before a request fails (default "
                              f"{_DEFAULTS.upstream_read_timeout:g})")
+    survival = parser.add_argument_group(
+        "surviving faults",
+        "What a Messages stream survives. A fault before any content (an overloaded error, a 429/5xx, a cut, a "
+        "stall) is retried unseen; after text, the response is continued in place (the partial text sent back "
+        "as an assistant prefill); anything else ends the stream with an 'event: error' the client's SDK "
+        "raises. A client that gets an answer after the proxy gave up sees 'x-should-retry: false'.")
+    survival.add_argument("--retry", type=_positive_int, default=_RETRY.max_attempts, metavar="N",
+                          help=f"attempts per request, the first included (default {_RETRY.max_attempts}; "
+                               "1: never retry)")
+    survival.add_argument("--on-partial", choices=("continue", "raise"), default=_RETRY.on_partial,
+                          help="after content was sent: continue the text in the same response, or end it "
+                               f"with an error event (default {_RETRY.on_partial})")
+    survival.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
+                          help="no attempt starts later than this after the request (default: none)")
+    survival.add_argument("--idle-timeout", type=_seconds, default=PROXY_SURVIVAL.idle_timeout, metavar="SECONDS",
+                          help="an attempt with no byte for this long has stalled (default "
+                               f"{PROXY_SURVIVAL.idle_timeout:g}; the API sends a ping every few seconds)")
+    survival.add_argument("--progress-timeout", type=_seconds, default=PROXY_SURVIVAL.progress_timeout,
+                          metavar="SECONDS",
+                          help="an attempt with nothing but pings for this long has stalled (default "
+                               f"{PROXY_SURVIVAL.progress_timeout:g})")
+    survival.add_argument("--stream-tool-input", dest="hold_tools", action="store_false",
+                          help="pass tool input on as it is written instead of holding each tool block back "
+                               "until it is complete (a fault inside one then ends the stream with an error)")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="fix the request mistakes the API refuses with a 400 before sending (empty or "
+                             "whitespace-only text, empty messages, a prefill ending in whitespace, tool_use "
+                             "without its tool_result, too many or too large images); counted in "
+                             "/mendstream/stats as request_changes")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                         help="log level (default info: one access line per request, query strings redacted)")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",
@@ -118,7 +151,7 @@ def _proxy_command(args: Any) -> int:
         raise UsageError(f"needs uvicorn ({exc}): pip install 'mendstream[proxy]'") from None
     limits = ProxyLimits(
         header_timeout=args.header_timeout,
-        idle_timeout=args.idle_timeout,
+        keepalive_timeout=args.keepalive_timeout,
         body_timeout=args.body_timeout,
         max_body_bytes=args.max_body_bytes,
         max_connections=args.max_connections,
@@ -144,4 +177,9 @@ def _proxy_command(args: Any) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         coalesce=seconds(args.coalesce, "--coalesce"),
+        survival=Survival(Retry(args.retry, deadline=args.deadline, on_partial=args.on_partial)
+                          if args.retry > 1 or args.deadline is not None else None,
+                          idle_timeout=args.idle_timeout, progress_timeout=args.progress_timeout,
+                          hold_tools=args.hold_tools),
+        sanitize=args.sanitize,
     )

@@ -81,6 +81,48 @@ class Survival:
     def off(self) -> bool:
         return self.retry is None and self.idle_timeout is None and self.progress_timeout is None
 
+    def to_json(self) -> str:
+        """The policy as JSON (how ``mendstream proxy --workers N`` hands it to each worker)."""
+        retry = self.retry
+        data: dict[str, Any] = {"idle_timeout": self.idle_timeout, "progress_timeout": self.progress_timeout,
+                                "hold_tools": self.hold_tools, "retry": None}
+        if retry is not None:
+            data["retry"] = {name: getattr(retry, name) for name in _RETRY_FIELDS}
+            data["retry"]["retry_on"] = sorted(retry.retry_on, key=str)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Survival:
+        """The policy from :meth:`to_json`'s format.
+
+        Raises:
+            UsageError: not that format, or a value outside what is allowed.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise UsageError(f"a survival policy must be JSON; got {text[:100]!r}") from None
+        if not isinstance(data, dict) or not set(data) <= {"retry", "idle_timeout", "progress_timeout", "hold_tools"}:
+            raise UsageError("a survival policy must be a JSON object of retry, idle_timeout, progress_timeout "
+                             f"and hold_tools; got {text[:100]!r}")
+        retry = data.get("retry")
+        if retry is not None:
+            if not isinstance(retry, dict) or not set(retry) <= set(_RETRY_FIELDS):
+                raise UsageError(f"a survival policy's retry must be an object of {', '.join(_RETRY_FIELDS)}")
+            if "retry_on" in retry:
+                if not isinstance(retry["retry_on"], list):
+                    raise UsageError("a survival policy's retry_on must be a list")
+                retry = {**retry, "retry_on": frozenset(retry["retry_on"])}
+            try:
+                retry = Retry(**retry)
+            except TypeError as exc:
+                raise UsageError(f"a survival policy's retry is invalid: {exc}") from None
+        return cls(retry, idle_timeout=data.get("idle_timeout"), progress_timeout=data.get("progress_timeout"),
+                   hold_tools=bool(data.get("hold_tools", True)))
+
+
+_RETRY_FIELDS = ("max_attempts", "backoff", "cap", "deadline", "retry_on", "on_partial", "jitter", "seed")
+
 
 PROXY_SURVIVAL = Survival(Retry(max_attempts=3, on_partial="continue"), idle_timeout=120.0, progress_timeout=600.0)
 """The proxy's defaults: up to 3 attempts, text continued after a fault, and stall timeouts no healthy stream

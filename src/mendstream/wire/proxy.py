@@ -44,10 +44,15 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from mendstream.errors import UsageError
+from mendstream.errors import StreamStalledError, UsageError
 from mendstream.recording.files import CaptureDirectory
+from mendstream.streaming.drivers import AsyncRun, Opened
+from mendstream.streaming.machine import Fail, Open
+from mendstream.wire.boundary import PROXY_SURVIVAL, NotAStream, Survival, UpstreamStatusError, boundary_machine
 from mendstream.wire.coalesce import DEFAULT_WINDOW, DeltaCoalescer, coalesce_window
-from mendstream.wire.rewrite import CACHE_MODES, ResponseRewriter, is_messages_path, rewrite_request
+from mendstream.wire.coalesce_drivers import AsyncCoalescing
+from mendstream.wire.rewrite import CACHE_MODES, error_event, is_messages_path, rewrite_request
+from mendstream.wire.sanitize import sanitize_body
 
 __all__ = [
     "LOGGER",
@@ -88,6 +93,9 @@ _DRAIN_BYTES: Final = 1024 * 1024
 # every few milliseconds; the bounded json.loads call is the one piece that does not).
 _THREAD_BODY_BYTES: Final = 256 * 1024
 _GZIP_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate"})
+# An upstream error answer (4xx/5xx) is read up to this much before it is judged and passed on; the API's own
+# error bodies are a few hundred bytes.
+_ERROR_BODY_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,7 @@ class ProxyLimits:
     Attributes:
         header_timeout: seconds to receive a request's head, from connecting or from the first byte of a
             further request (then 408, or a silent close if nothing came).
-        idle_timeout: seconds a keep-alive connection may wait for its next request. Longer than the
+        keepalive_timeout: seconds a keep-alive connection may wait for its next request. Longer than the
             clients' own pools keep idle connections (httpx 5 s, aiohttp 15 s, Node 4 s), so the client
             closes first and never sends into a connection the proxy is closing.
         body_timeout: seconds to receive a whole request body once its head arrived (then 408).
@@ -117,7 +125,7 @@ class ProxyLimits:
     """
 
     header_timeout: float = 10.0
-    idle_timeout: float = 75.0
+    keepalive_timeout: float = 75.0
     body_timeout: float = 60.0
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
@@ -129,7 +137,7 @@ class ProxyLimits:
     upstream_keepalive: float = 4.0
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
+        for name in ("header_timeout", "keepalive_timeout", "body_timeout", "upstream_connect_timeout",
                      "upstream_read_timeout", "upstream_keepalive"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
@@ -605,6 +613,8 @@ class ProxyApp:
         stats: bool = True,
         stats_token: str | None = None,
         coalesce: float | bool | None = DEFAULT_WINDOW,
+        survival: Survival | None = PROXY_SURVIVAL,
+        sanitize: bool = False,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
@@ -622,8 +632,16 @@ class ProxyApp:
                              "`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
         if state not in (None, "memory") and cache != "planner":
             raise UsageError("a planner state store (--state) is only used with --cache planner")
+        if survival is not None and not isinstance(survival, Survival):
+            raise UsageError(f"survival must be a mendstream.wire.boundary.Survival or None; got {survival!r}")
         self.cache = cache
         self.coalesce = coalesce_window(coalesce)
+        self.survival = survival if survival is not None else Survival()
+        self.sanitize = bool(sanitize)
+        self.request_changes: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
+        """Upstream attempts of Messages streams by kind: ``first``, ``retry`` (invisible), ``continue``,
+        and ``stalled`` for those that stalled."""
         self.limits = limits
         # Captures are CaptureWriter captures (scrubbed body + sidecar, 0600, random names, size cap) in a
         # directory resolved and pinned once (mendstream.recording.files.CaptureDirectory).
@@ -704,9 +722,9 @@ class ProxyApp:
 
     async def _failure(self, exchange: _Exchange, exc: Exception) -> None:
         """Answer a request that failed before its response was complete (or cut it, if it had started)."""
-        if isinstance(exc, UsageError):
+        if isinstance(exc, UsageError):  # a request the proxy will not forward; its body is left unread
             await self._refuse(exchange, _Refusal(400, "invalid_request_error", f"mendstream proxy: {exc}",
-                                                  kind="bad_request"))
+                                                  kind="bad_request", close=True))
         elif isinstance(exc, _Refusal):
             await self._refuse(exchange, exc)
         elif isinstance(exc, UpstreamCut):
@@ -740,6 +758,9 @@ class ProxyApp:
             out = {"requests": self.requests, "errors": self.errors, "repairs": dict(self.repairs),
                    "cache": self.usage.to_dict(), "workers": "this one"}
         out["answered_by"] = os.getpid()  # which worker (the totals are every worker's)
+        out.setdefault("attempts", dict(self.attempts))
+        if self.request_changes:
+            out.setdefault("request_changes", dict(self.request_changes))
         if conversations:
             out["conversations"] = {key: usage.to_dict() for key, usage in self._conversations.items()}
             out["conversations_from"] = "this worker"
@@ -891,6 +912,11 @@ class ProxyApp:
         shown to the holder of the stats token only."""
         if payload is None:
             payload = self._decode(body)
+        if self.sanitize:
+            sanitized = sanitize_body(body, payload=payload)
+            body, payload = sanitized.body, dict(sanitized.payload)
+            for change in sanitized.changes:
+                self.request_changes[change.kind] += 1
         try:
             key = conversation_key(payload) if self._stats_token is not None else None
             rewritten = rewrite_request(body, cache=self.cache, planner=planner, payload=payload)
@@ -1003,71 +1029,179 @@ class ProxyApp:
             self.metrics.transferred(upstream_response=received, client_response=received)
 
     async def _stream_messages(self, request: _Forwarded, exchange: _Exchange) -> None:
-        """Forward one Messages request, planned, from its first attempt to the end of its response: the one
-        place a Messages exchange is handled after planning, so that a driver adding retries, stall timeouts
-        and continuations replaces this body only. Opens attempts with :meth:`_open_upstream` (which may be
-        called again with another body), sends to the client with ``exchange.send``; ``exchange.gone``
-        resolves when the client leaves, and the task is then cancelled (every await here stops at once).
+        """Forward one Messages request, planned, from its first attempt to the end of its response, driven
+        by the boundary's stream machine (mendstream.wire.boundary) with ``self.survival``: before anything
+        the client could act on was sent, a fault is retried invisibly; after content, text is continued in
+        the same response (a tool block being held back until it is whole, so that a fault inside it can be
+        continued too); anything else ends the response with an ``event: error``. ``exchange.gone`` resolves
+        when the client leaves, and the task is then cancelled: the upstream attempt is closed at once.
 
-        As it is: one attempt. An unreachable upstream is a 502; an answer that is not a 200 event stream in
-        identity or gzip/deflate coding passes byte for byte; a stream is repaired chunk by chunk (decoded
-        first if the upstream sent gzip despite identity) and the client's response ends after
-        ``message_stop`` or a terminal error whatever the upstream does next; a cut stream ends as the
-        rewriter decides (completed, or an ``error`` event)."""
-        upstream = await self._open_upstream(request, exchange)
-        if upstream is None:
+        When no attempt streams: the last answer that is not a stream passes as it was (with
+        ``x-should-retry: false`` on an error this proxy retried and gave up on), an unreachable upstream is a
+        502 and a head that never came a 504. The client's response ends after ``message_stop`` or a terminal
+        error whatever the upstream does next."""
+        machine = boundary_machine(self.survival, now=time.monotonic())
+        counted = {"received": 0, "attempts": 0}
+        run = AsyncRun(lambda action: self._attempt(request, action, machine, counted), machine,
+                       fail_as=error_event)
+        action = await run.open_until_streaming()
+        self._count_attempts(machine.attempts, counted, done=False)
+        if isinstance(action, Fail):
+            await self._answer_failure(action.error, exchange)
             return
+        encoding = _header(run.response.headers, b"content-encoding").strip().lower()
+        head = [(k, v) for k, v in _forwardable(run.response.headers) if k.lower() != b"content-length"
+                and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.stream_started()
+        events = run.events()
         try:
-            content_type = _header(upstream.headers, b"content-type").split(";")[0].strip().lower()
-            encoding = _header(upstream.headers, b"content-encoding").strip().lower()
-            if (upstream.status != 200 or content_type != "text/event-stream"
-                    or encoding not in ("", "identity", *_GZIP_ENCODINGS)):
-                await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
-                return
-            # the body is rewritten (and decoded when the upstream sent gzip despite identity): its length is
-            # not known up front
-            head = [(k, v) for k, v in _forwardable(upstream.headers) if k.lower() != b"content-length"
-                    and (k.lower() != b"content-encoding" or encoding not in _GZIP_ENCODINGS)]
-            capture = self._capture(request, upstream)
             await exchange.send({"type": "http.response.start", "status": 200, "headers": head})
-            await self._relay_stream(upstream, exchange, request, encoding, capture)
+            if self.coalesce:
+                coalesced = AsyncCoalescing(events, DeltaCoalescer(self.coalesce), rewrite=_same, finish=_nothing)
+                try:
+                    async for out in coalesced:
+                        await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+                finally:
+                    await coalesced.aclose()
+            else:
+                async for out in events:
+                    await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+            await exchange.send({"type": "http.response.body", "body": b""})
         finally:
+            await run.close(None if self.coalesce else events)
+            self._stream_done(request, exchange, machine, counted)
+
+    async def _attempt(self, request: _Forwarded, action: Open, machine: Any, counted: dict[str, int]) -> Opened:
+        """Open one attempt of a Messages request upstream (the continuation appended to its messages): the
+        attempt's body as the machine reads it (teed to the capture, decoded from gzip, ended quietly by a cut),
+        or the reason it cannot stream, raised for the machine to judge."""
+        body = request.body
+        if action.continuation is not None:
+            payload = request.payload if isinstance(request.payload, dict) else json.loads(body)
+            body = json.dumps({**payload, "messages": action.continuation.apply(payload.get("messages"))},
+                              ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        try:
+            upstream = await self._open_upstream(request, None, body)
+        except UpstreamError as exc:
+            raise UpstreamUnreachable(str(exc)) from exc
+        content_type = _header(upstream.headers, b"content-type").split(";")[0].strip().lower()
+        encoding = _header(upstream.headers, b"content-encoding").strip().lower()
+        if not 200 <= upstream.status < 300:
+            try:
+                answer = await _read_bounded(upstream.chunks(), _ERROR_BODY_BYTES)
+            finally:
+                await upstream.aclose()
+            raise UpstreamStatusError(upstream.status, upstream.headers, answer, None)
+        if content_type != "text/event-stream" or encoding not in ("", "identity", *_GZIP_ENCODINGS):
+            raise NotAStream(upstream)
+        capture = self._capture(request, upstream)
+        chunks: AsyncGenerator[bytes, None] = upstream.chunks()
+        source = _decoded(chunks, encoding) if encoding in _GZIP_ENCODINGS else chunks
+        ending: dict[str, Any] = {"outcome": "closed", "failure": None}
+
+        async def body_chunks() -> AsyncGenerator[bytes, None]:
+            try:
+                async for chunk in source:
+                    counted["received"] += len(chunk)
+                    if capture is not None:
+                        capture.write(chunk)
+                    yield chunk
+                ending["outcome"] = "complete"
+            except UpstreamError as exc:  # a cut: the end of the input (the machine judges the stream)
+                ending["outcome"], ending["failure"] = "error", exc
+
+        pumped = body_chunks()
+
+        def complete() -> None:
+            ending["outcome"] = "complete"
+
+        async def release() -> None:
+            await pumped.aclose()
+            if capture is not None:
+                capture.finish(ending["outcome"], ending["failure"])
+            if ending["outcome"] == "complete" and machine.state == "done":
+                # what the upstream still sends after message_stop is read for a moment, in the background, so
+                # that its connection is reused; the client's response does not wait for it
+                self._in_background(_drain_and_close(source, chunks, upstream))
+                return
+            if source is not chunks:
+                await source.aclose()
+            await chunks.aclose()
             await upstream.aclose()
 
-    async def _relay_coalesced(self, body: AsyncGenerator[bytes, None], exchange: _Exchange,
-                               rewriter: ResponseRewriter, feed: Callable[[bytes], bytes],
-                               ) -> tuple[str, BaseException | None]:
-        """As the plain relay, with consecutive deltas of one block merged within ``self.coalesce`` seconds
-        (see mendstream.wire.coalesce): the next upstream chunk or the held deltas' deadline, whichever comes
-        first. Returns the capture's outcome."""
-        from mendstream.wire.coalesce_drivers import AsyncCoalescing
+        return Opened(upstream, pumped, release, complete=complete)
 
-        cuts: list[BaseException] = []
-        coalescer = DeltaCoalescer(self.coalesce)
-        driver = AsyncCoalescing(body, coalescer, rewrite=feed, finish=rewriter.end, cut=(UpstreamError,),
-                                 on_cut=cuts.append)
-        run = driver.__aiter__()
-        try:
-            ended = False
-            async for out in run:
-                if out:
-                    await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
-                if rewriter.complete or rewriter.error is not None:
-                    break
-            else:
-                ended = True
-            # the end of the message (or of the input): what is still held, then the end of the response. (The
-            # rewriter is ended by the driver when the input ends; after message_stop it drops what comes.)
-            await exchange.send({"type": "http.response.body", "body": coalescer.end()})
-            if not ended:  # what the upstream still sends is read for a moment, so its connection is reused
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(_DRAIN_SECONDS):
-                        async for _ in run:
-                            pass
-        finally:
-            await run.aclose()
-            await driver.aclose()
-        return ("error", cuts[0]) if cuts else ("complete", None)
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _answer_failure(self, error: BaseException, exchange: _Exchange) -> None:
+        """Answer a Messages request none of whose attempts could stream (see :meth:`_stream_messages`)."""
+        if isinstance(error, NotAStream):
+            upstream = error.response
+            try:
+                await self._pass_through(upstream, exchange, _forwardable(upstream.headers))
+            finally:
+                await upstream.aclose()
+            return
+        retried = self.survival.retry is not None
+        if isinstance(error, UpstreamStatusError):
+            headers = [(k, v) for k, v in _forwardable(error.headers)
+                       if k.lower() not in (b"content-length", b"x-should-retry")]
+            if retried:  # this proxy retried and gave up: the client's SDK must not multiply the attempts
+                headers.append((b"x-should-retry", b"false"))
+            headers.append((b"content-length", str(len(error.content)).encode()))
+            await exchange.send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+            await exchange.send({"type": "http.response.body", "body": error.content})
+            return
+        extra = [(b"x-should-retry", b"false")] if retried else []
+        if isinstance(error, StreamStalledError):
+            await self._respond(exchange.send, 504, _error_body(
+                "timeout_error", f"mendstream proxy: the upstream sent no response head: {error.message}"),
+                extra=extra)
+            return
+        if isinstance(error, UpstreamUnreachable):
+            self._failed("upstream_unreachable", f"upstream {self.upstream} unreachable: {error}")
+            await self._respond(exchange.send, 502, _error_body(
+                "api_error", f"mendstream proxy: upstream unreachable ({error})"), extra=extra)
+            return
+        raise error
+
+    def _count_attempts(self, attempts: list[Any], counted: dict[str, int], *, done: bool) -> None:
+        """Count the machine's attempts once each, in order (``counted["attempts"]``: how many were): before
+        the response starts, those that ended; when it is over, the rest."""
+        metrics = self.metrics
+        end = len(attempts) if done else sum(1 for attempt in attempts if attempt.error is not None)
+        for attempt in attempts[counted["attempts"]:end]:
+            self.attempts[attempt.mode] += 1
+            if attempt.mode != "first" and metrics is not None:
+                metrics.retry("continuation" if attempt.mode == "continue" else attempt.mode)
+            if isinstance(attempt.error, StreamStalledError):
+                self.attempts["stalled"] += 1
+                if metrics is not None:
+                    metrics.stall(attempt.error.kind)
+        counted["attempts"] = max(counted["attempts"], end)
+
+    def _stream_done(self, request: _Forwarded, exchange: _Exchange, machine: Any, counted: dict[str, int]) -> None:
+        self._count_attempts(machine.attempts, counted, done=True)
+        received = counted["received"]
+        counts: Counter[str] = Counter(repair.kind for repair in machine.repairs)
+        self.repairs.update(counts)
+        failed = machine.state == "failed"
+        if failed:
+            self._failed("stream_error", None)
+        reader = machine.reader
+        usage = machine.presenter.stitch_usage(reader.message.get("usage")) if reader is not None else None
+        self.usage.add(usage)
+        if request.key is not None:
+            self._usage_for(request.key).add(usage)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.stream_finished(time.monotonic() - request.started, repairs=counts, usage=usage, failed=failed)
+            metrics.transferred(upstream_response=received, client_response=exchange.sent_bytes)
 
     def _capture(self, request: _Forwarded, upstream: Any) -> Any:
         if self._capture_dir is None:
@@ -1080,59 +1214,46 @@ class ProxyApp:
                                                  for k, v in upstream.headers])
         return capture
 
-    async def _relay_stream(self, upstream: Any, exchange: _Exchange, request: _Forwarded, encoding: str,
-                            capture: Any) -> None:
-        """Relay one upstream event stream through a ResponseRewriter (its head already sent)."""
-        rewriter = ResponseRewriter()
-        outcome, failure = "closed", None  # a client that went away (cancelled) leaves "closed"
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.stream_started()
-        received = 0
-        chunks: AsyncGenerator[bytes, None] = upstream.chunks()
-        body = _decoded(chunks, encoding) if encoding in _GZIP_ENCODINGS else chunks
 
-        def feed(chunk: bytes) -> bytes:
-            nonlocal received
-            received += len(chunk)
-            if capture is not None:
-                capture.write(chunk)
-            return rewriter.feed(chunk)
+class UpstreamUnreachable(ConnectionError):
+    """The upstream could not be reached for an attempt (a connection error to the retry policy)."""
 
-        try:
-            if self.coalesce:
-                outcome, failure = await self._relay_coalesced(body, exchange, rewriter, feed)
-            else:
-                try:
-                    async for chunk in body:
-                        out = feed(chunk)
-                        if out:
-                            await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
-                        if rewriter.complete or rewriter.error is not None:
-                            break
-                    outcome = "complete"
-                except UpstreamError as exc:  # the upstream cut the stream: the rewriter decides how it ends
-                    outcome, failure = "error", exc
-                await exchange.send({"type": "http.response.body", "body": rewriter.end()})
-                if rewriter.complete or rewriter.error is not None:
-                    await _drain(body)
-        finally:
-            await body.aclose()
-            if body is not chunks:
-                await chunks.aclose()
-            if capture is not None:
-                capture.finish(outcome, failure)
-            self.repairs.update(rewriter.repair_counts)
-            if rewriter.error is not None:
-                self._failed("stream_error", None)
-            usage = rewriter.message.get("usage")
-            self.usage.add(usage)
-            if request.key is not None:
-                self._usage_for(request.key).add(usage)
-            if metrics is not None:
-                metrics.stream_finished(time.monotonic() - request.started, repairs=rewriter.repair_counts,
-                                        usage=usage, failed=rewriter.error is not None)
-                metrics.transferred(upstream_response=received, client_response=exchange.sent_bytes)
+
+def _same(chunk: bytes) -> bytes:
+    return chunk
+
+
+def _nothing() -> bytes:
+    return b""
+
+
+async def _read_bounded(chunks: AsyncGenerator[bytes, None], limit: int) -> bytes:
+    """An error answer's body, at most ``limit`` bytes of it (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except UpstreamError:
+        pass
+    finally:
+        await chunks.aclose()
+    return b"".join(parts)[:limit]
+
+
+async def _drain_and_close(source: AsyncGenerator[bytes, None], chunks: AsyncGenerator[bytes, None],
+                           upstream: Any) -> None:
+    try:
+        await _drain(source)
+    finally:
+        with contextlib.suppress(Exception):
+            if source is not chunks:
+                await source.aclose()
+            await chunks.aclose()
+            await upstream.aclose()
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -1162,6 +1283,8 @@ def create_app(
     stats: bool = True,
     stats_token: str | None = None,
     coalesce: float | bool | None = DEFAULT_WINDOW,
+    survival: Survival | None = PROXY_SURVIVAL,
+    sanitize: bool = False,
 ) -> ProxyApp:
     """The proxy as an ASGI application (``uvicorn --factory mendstream.wire.proxy:app_from_env`` reads the
     options from the environment; or call it yourself). ``mendstream proxy`` serves it with the connection
@@ -1186,13 +1309,20 @@ def create_app(
         coalesce: seconds within which consecutive deltas of one content block are merged into one event
             (default 10 ms, below a 60 Hz frame; ``0``/``None``: off, every event passes as the upstream sent
             it). The final message is unchanged; see :class:`mendstream.wire.coalesce.DeltaCoalescer`.
+        survival: what a Messages stream survives (:class:`~mendstream.wire.boundary.Survival`). The default,
+            ``PROXY_SURVIVAL``: up to 3 attempts; a fault before any content is retried unseen, one after
+            text is continued in the same response (tool blocks held back until whole, so a fault inside
+            one is continued too); an attempt stalls after 120 s without a byte or 600 s of nothing but
+            pings. ``None``: one attempt, no stall bound beyond ``limits.upstream_read_timeout``.
+        sanitize: fix the request mistakes the API would refuse with a 400 before sending (see
+            :func:`mendstream.wire.sanitize.sanitize_body`; counted in the stats as ``request_changes``).
 
     Raises:
         UsageError: an invalid option.
     """
     return ProxyApp(upstream, cache=cache, capture=capture, max_conversations=max_conversations, limits=limits,
                     state=state, state_options=state_options, metrics=metrics, stats=stats,
-                    stats_token=stats_token, coalesce=coalesce)
+                    stats_token=stats_token, coalesce=coalesce, survival=survival, sanitize=sanitize)
 
 
 def run_proxy(upstream: str, *, host: str = "127.0.0.1", port: int = 8787,
@@ -1224,13 +1354,16 @@ def app_from_env() -> ProxyApp:
     ``mendstream proxy --workers N``): the options come from ``MENDSTREAM_UPSTREAM``, ``MENDSTREAM_CACHE``,
     ``MENDSTREAM_CAPTURE``, ``MENDSTREAM_STATE``, ``MENDSTREAM_STATE_SALT`` (read by the store),
     ``MENDSTREAM_METRICS`` (1/0), ``MENDSTREAM_STATS`` (1/0), ``MENDSTREAM_STATS_TOKEN``,
-    ``MENDSTREAM_COALESCE`` (seconds; ``0`` turns coalescing off) and ``MENDSTREAM_LIMITS`` (a JSON object of
-    :class:`ProxyLimits` fields)."""
+    ``MENDSTREAM_COALESCE`` (seconds; ``0`` turns coalescing off), ``MENDSTREAM_LIMITS`` (a JSON object of
+    :class:`ProxyLimits` fields), ``MENDSTREAM_SURVIVAL`` (:meth:`Survival.to_json
+    <mendstream.wire.boundary.Survival.to_json>`'s format; unset: the default) and ``MENDSTREAM_SANITIZE``
+    (1/0)."""
     upstream = os.environ.get("MENDSTREAM_UPSTREAM")
     if not upstream:
         raise UsageError("set MENDSTREAM_UPSTREAM to the upstream base URL")
     cache = os.environ.get("MENDSTREAM_CACHE", "default")
     limits = os.environ.get("MENDSTREAM_LIMITS")
+    survival = os.environ.get("MENDSTREAM_SURVIVAL")
     return create_app(
         upstream,
         cache=cache,  # type: ignore[arg-type]
@@ -1241,6 +1374,8 @@ def app_from_env() -> ProxyApp:
         stats=_env_flag("MENDSTREAM_STATS", True),
         stats_token=os.environ.get("MENDSTREAM_STATS_TOKEN") or None,
         coalesce=seconds(os.environ.get("MENDSTREAM_COALESCE", str(DEFAULT_WINDOW)), "MENDSTREAM_COALESCE"),
+        survival=Survival.from_json(survival) if survival else PROXY_SURVIVAL,
+        sanitize=_env_flag("MENDSTREAM_SANITIZE", False),
     )
 
 

@@ -13,7 +13,7 @@
 #   connections when it runs short), else of the one that has waited longest for its first request head,
 #   else it is answered 503 and closed. So idle connections can never exhaust the file descriptors that
 #   upstream connections need, and a flood of silent or trickling connections only displaces itself.
-# - idle keep-alive connections close after idle_timeout (uvicorn's timer).
+# - idle keep-alive connections close after keepalive_timeout (uvicorn's timer).
 # The body limits and the header count are the application's (wire/proxy.py).
 #
 # Workers (serve(workers=N)): the parent binds the socket (a taken port is a UsageError: one line, exit 2),
@@ -39,6 +39,7 @@ from typing import Any
 import uvicorn
 
 from mendstream.errors import UsageError
+from mendstream.wire.boundary import Survival
 from mendstream.wire.proxy import LOGGER, ProxyApp, ProxyLimits, create_app, install_log_filters
 
 __all__ = ["ProxyProtocol", "bind", "raise_file_limit", "serve", "uvicorn_config"]
@@ -452,7 +453,7 @@ def _config_options(limits: ProxyLimits, *, log_level: str, access_log: bool) ->
         "log_level": log_level,
         "log_config": _log_config(log_level),
         # uvicorn types it as int but hands it to loop.call_later, which takes seconds as a float
-        "timeout_keep_alive": limits.idle_timeout,
+        "timeout_keep_alive": limits.keepalive_timeout,
         "timeout_graceful_shutdown": 5,
         # h11's own bound on a buffered head; ours (431) is checked first, after each read
         "h11_max_incomplete_event_size": limits.max_header_bytes + 256 * 1024,
@@ -500,9 +501,14 @@ def _export(upstream: str, options: dict[str, Any]) -> None:
     if options.get("coalesce") is not None:
         env["MENDSTREAM_COALESCE"] = repr(float(options["coalesce"]))
     env["MENDSTREAM_STATS"] = "1" if options.get("stats", True) else "0"
+    env["MENDSTREAM_SANITIZE"] = "1" if options.get("sanitize") else "0"
     limits = options.get("limits")
     if limits is not None:
         env["MENDSTREAM_LIMITS"] = limits.to_json()
     else:
         env.pop("MENDSTREAM_LIMITS", None)
+    if "survival" in options:  # None (off) too: one attempt, no stall bounds
+        env["MENDSTREAM_SURVIVAL"] = (options["survival"] or Survival()).to_json()
+    else:
+        env.pop("MENDSTREAM_SURVIVAL", None)
     logging.getLogger("mendstream.proxy").debug("options exported to the workers' environment")
