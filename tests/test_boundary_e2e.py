@@ -1,6 +1,6 @@
 # Survival at the HTTP boundary, end to end: the unmodified anthropic SDK (max_retries=0, so every attempt is
 # mendstream's) reads a ReplayServer on 127.0.0.1 that breaks its first answer on purpose, through
-# RepairTransport and AsyncRepairTransport. For every fault: what the client received is never repeated, the
+# RepairTransport, AsyncRepairTransport and the proxy (the same machine behind all three). For every fault: what the client received is never repeated, the
 # final message is the fixture's where the text can be continued, anything else ends in an error the SDK
 # raises, stalls end within their timeout (+ 0.5 s), no connection is left checked out, and a client that
 # goes away closes the upstream request within a second.
@@ -19,6 +19,9 @@ anthropic = pytest.importorskip("anthropic")
 from mendstream import AsyncRepairTransport, MessageParser, RepairTransport, Retry  # noqa: E402
 from mendstream.testing import ReplayServer, sdk_http_module  # noqa: E402
 from mendstream.testing.faults import Cut, ErrorEvent, FaultPlan, HTTPError, Schedule, Stall  # noqa: E402
+from mendstream.wire.boundary import Survival  # noqa: E402
+from mendstream.wire.proxy import create_app  # noqa: E402
+from proxy_helpers import Served  # noqa: E402
 from streams import text_stream, tool_stream  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog.  Pack my box with five dozen liquor jugs!"
@@ -110,15 +113,41 @@ async def run_async(base_url: str, fixture: str, **options: Any) -> Seen:
     return seen
 
 
+def run_proxy(base_url: str, fixture: str, *, retry: Retry | None = None, hold_tools: bool = True,
+              **stall: float) -> Seen:
+    """The SDK with its own HTTP client, pointed at a proxy in front of ``base_url``."""
+    survival = Survival(retry, hold_tools=hold_tools, **stall) if retry or stall else None
+    http = sdk_http_module()
+    inner = http.HTTPTransport()
+    with Served(create_app(base_url, survival=survival, coalesce=None)) as proxy:
+        seen = Seen()
+        with anthropic.Anthropic(base_url=proxy.base_url, api_key="sk-test", max_retries=0,
+                                 http_client=http.Client(transport=inner)) as client:
+            try:
+                with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": fixture}) as stream:
+                    for event in stream:
+                        seen.record(event)
+                    seen.message = stream.get_final_message().to_dict()
+            except Exception as exc:
+                seen.error, seen.error_at = exc, time.monotonic()
+            seen.busy = _busy(inner._pool)
+    return seen
+
+
+MODES = ["sync", "async", "proxy"]
+
+
 def run(mode: str, base_url: str, fixture: str, **options: Any) -> Seen:
     if mode == "sync":
         return run_sync(base_url, fixture, **options)
+    if mode == "proxy":
+        return run_proxy(base_url, fixture, **options)
     return asyncio.run(run_async(base_url, fixture, **options))
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_matrix_through_the_transports(server: ReplayServer, fault: str, mode: str) -> None:
+def test_fault_matrix_through_the_transports_and_the_proxy(server: ReplayServer, fault: str, mode: str) -> None:
     plan, fixture, outcome, options = FAULTS[fault]
     server.reset(Schedule((plan,)))
     stall = {k: v for k, v in options.items() if k.endswith("_timeout")}
@@ -142,7 +171,7 @@ def test_fault_matrix_through_the_transports(server: ReplayServer, fault: str, m
         assert max(gaps) <= STALL + 0.5, gaps
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_raise_policy_gives_the_client_the_upstream_error(server: ReplayServer, mode: str) -> None:
     server.reset(Schedule((ErrorEvent(after_events=6),)))
     seen = run(mode, server.base_url, "text", retry=Retry(backoff=0.01))
@@ -150,7 +179,7 @@ def test_raise_policy_gives_the_client_the_upstream_error(server: ReplayServer, 
     assert len(server.requests) == 1 and seen.busy == 0
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_a_boundary_that_gives_up_tells_the_client_not_to_retry(server: ReplayServer, mode: str) -> None:
     server.reset(Schedule((HTTPError(529),) * 3))
     seen = run(mode, server.base_url, "text", retry=Retry(max_attempts=2, backoff=0.01))
@@ -164,6 +193,22 @@ def test_off_by_default_the_first_fault_reaches_the_client(server: ReplayServer,
     server.reset(Schedule((ErrorEvent(after_events=1),)))
     seen = run(mode, server.base_url, "text")
     assert isinstance(seen.error, anthropic.APIStatusError) and len(server.requests) == 1
+
+
+def test_the_proxy_survives_by_default(server: ReplayServer) -> None:
+    """No options: the proxy's PROXY_SURVIVAL retries a mid-stream overload and continues the text."""
+    server.reset(Schedule((ErrorEvent(after_events=6),)))
+    http = sdk_http_module()
+    with Served(create_app(server.base_url)) as proxy, \
+            anthropic.Anthropic(base_url=proxy.base_url, api_key="sk-test", max_retries=0,
+                                http_client=http.Client()) as client, \
+            client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": "text"}) as stream:
+        texts = [event.text for event in stream if event.type == "text"]
+        message = stream.get_final_message()
+        assert "".join(texts) == TEXT and message.content[0].text == TEXT  # type: ignore[union-attr]
+        assert len(server.requests) == 2
+        assert proxy.app.attempts == {"first": 1, "continue": 1}
+
 
 
 @pytest.mark.parametrize("coalesce", [None, 0.01])
@@ -205,7 +250,7 @@ def test_a_client_that_goes_away_closes_the_upstream_request(server: ReplayServe
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_the_response_ends_after_message_stop_while_the_upstream_holds_the_connection(
     server: ReplayServer, mode: str
 ) -> None:
