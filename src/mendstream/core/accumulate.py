@@ -52,7 +52,7 @@ MAX_REPAIRS = 10_000
 
 #: The key set to True on a tool block (``tool_use``, ``server_tool_use``, ...) whose input was cut short by
 #: the stop reason: its ``input`` is what parses of the partial JSON, and must not be run as if whole.
-#: :func:`mendstream.sdk_events.to_sdk_message` turns it into an attribute of the SDK's block that is never
+#: :func:`mendstream.core.sdk_events.to_sdk_message` turns it into an attribute of the SDK's block that is never
 #: serialized (so a message sent back to the API stays valid).
 INPUT_INCOMPLETE = "input_incomplete"
 

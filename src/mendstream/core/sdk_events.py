@@ -125,7 +125,7 @@ def to_sdk_message(message: dict[str, Any], *, beta: bool = False, parsed: bool 
     refuses unknown fields). Read it with ``getattr(block, "input_incomplete", False)``.
 
     ``parsed=True`` builds the SDK's ``ParsedMessage`` (``ParsedBetaMessage``), whose text blocks have a
-    ``parsed_output`` (None here; see :mod:`mendstream.stream.structured`).
+    ``parsed_output`` (None here; see :mod:`mendstream.streaming.structured`).
     """
     try:
         from anthropic._models import construct_type

@@ -106,7 +106,7 @@ class CaptureDirectory:
     """Where a capturer that names its own files (the proxy, RepairTransport) writes its captures.
 
     ``path`` is created (mode 0700) if missing, resolved once (symlinks included) and kept open; each
-    :meth:`writer` is a :class:`~mendstream.capture.CaptureWriter` for a new file in it named
+    :meth:`writer` is a :class:`~mendstream.recording.capture.CaptureWriter` for a new file in it named
     ``YYYYmmddTHHMMSS-<16 random hex digits>.sse`` (and its ``.capture.json`` sidecar), created relative to
     the open directory, so the names cannot be guessed and a later change to ``path`` cannot redirect them.
     ``max_bytes`` caps each capture (see CaptureWriter).

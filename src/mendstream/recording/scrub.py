@@ -1228,7 +1228,7 @@ class _Frame:
 
 
 class _FrameReader:
-    """Cuts an event-stream body into frames (mendstream.eventstream's decoder) and reads each frame's event
+    """Cuts an event-stream body into frames (mendstream.core.eventstream's decoder) and reads each frame's event
     as a line of event JSON; undecodable bytes go to the opaque scan."""
 
     def __init__(self, scrubber: BodyScrubber) -> None:

@@ -51,7 +51,7 @@ def live_message(
 
     The object is an instance of a subclass of the SDK's class (``isinstance(snap, anthropic.types.Message)``
     holds; its repr and serialization are the SDK's). ``build`` makes the SDK's message of a dict (default
-    :func:`~mendstream.sdk_events.to_sdk_message`; e.g. a ``ParsedMessage`` with ``output_format``). Without
+    :func:`~mendstream.core.sdk_events.to_sdk_message`; e.g. a ``ParsedMessage`` with ``output_format``). Without
     the SDK installed, the dict itself (not live).
     """
     if build is None:

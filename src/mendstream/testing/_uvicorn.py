@@ -2,7 +2,7 @@
 # request's headers (uvicorn only times out idle keep-alive connections, so a connection that never sends,
 # or trickles a header byte at a time, would be held for ever), a cap on open connections (so idle ones
 # cannot exhaust file descriptors), and 431 for an oversized request head. Imported only when a server
-# starts, so mendstream.testing and mendstream.testing work without uvicorn installed.
+# starts, so importing mendstream.testing works without uvicorn installed.
 from __future__ import annotations
 
 import asyncio

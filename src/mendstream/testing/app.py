@@ -50,7 +50,7 @@ class ServerLimits:
             ``max_connections``: see :func:`descriptor_plan`).
         request_log: how many requests :attr:`ReplayServer.requests` keeps (the most recent).
         request_log_bytes: how much memory those requests may take (bodies decoded, as
-            :func:`~mendstream.server.routing.record_weight` bounds it); older ones are dropped first.
+            :func:`~mendstream.testing.routing.record_weight` bounds it); older ones are dropped first.
     """
 
     header_timeout: float = 10.0

@@ -351,7 +351,7 @@ def stream(
             ``request_id``). ContentTypeError: a 2xx response that is not SSE. The HTTP library's own
             errors for failures before the response (connect errors, timeouts). While reading, the
             core's ``StreamError`` subclasses; a connection dropped mid-body ends the input (see
-            :class:`~mendstream.transports.BodyPump`).
+            :class:`~mendstream.transports.pump.BodyPump`).
     """
     req = _Request(
         body,

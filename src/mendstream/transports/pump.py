@@ -71,7 +71,7 @@ class BodyPump:
                 break
 
     def error_for(self, err: StreamError) -> BaseException:
-        """The exception to raise for the core error ``err`` (step 2 of the error pipeline).
+        """The exception to raise for the core error ``err`` (step 4 of the error pipeline, docs/design.md).
 
         A transport error that ended the body is kept as ``transport_error`` on both ``err`` and the
         result, becomes their ``__cause__`` unless the core already set one (an internal bug's cause is

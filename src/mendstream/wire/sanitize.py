@@ -1019,7 +1019,7 @@ def sanitize_body(
 
     ``payload``: ``body`` already decoded, when the caller has it. A changed request is re-encoded as compact
     UTF-8 JSON with its keys in their original order (as the cache rewriter encodes); pass the result's
-    ``body`` *and* ``payload`` on to :func:`mendstream.rewrite.rewrite_request`, which otherwise returns the
+    ``body`` *and* ``payload`` on to :func:`mendstream.wire.rewrite.rewrite_request`, which otherwise returns the
     bytes it was given when cache planning changes nothing.
 
     Raises:
