@@ -25,6 +25,7 @@ from mendstream.wire.rewrite import (
 )
 from sdk_reference import sdk_events
 from splitting import split_at
+from streams import text_stream
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 CORPUS_FILES = sorted(CORPUS.glob("*.sse")) if CORPUS.is_dir() else []
@@ -497,3 +498,32 @@ def test_a_fragment_that_can_never_parse_is_replaced_by_the_error(fragments: lis
     assert "of " + str(len("".join(fragments[: len(sent) + 1]))) in str(rewriter.error)
     _, error = sdk_outcome(out)
     assert error is not None and "invalid_tool_input_error" in str(error)
+
+
+# -- the rewriter's blank lines are the decoder's ---------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(endings=st.lists(st.sampled_from(["\n", "\r", "\r\n"]), min_size=1, max_size=64),
+       splits=st.lists(st.integers(0, 2000), max_size=6))
+def test_any_mix_of_line_endings_is_cut_where_the_decoder_cuts(endings: list[str], splits: list[int]) -> None:
+    # Every line of a stream ended by LF, CR or CRLF, chosen per line (so blank lines like LF CRLF and CR CR
+    # occur): the rewriter cuts the same events as SSEDecoder (pings kept), and its output reads as the input does.
+    lines = text_stream("mixed line endings, one event at a time", pieces=5).decode().split("\n")
+    chosen: list[str] = []
+    for i, line in enumerate(lines[:-1]):
+        ending = endings[i % len(endings)]
+        if not line and chosen and chosen[-1] == "\r" and ending.startswith("\n"):
+            ending = "\r"  # CR then an LF-ended blank line would be one CRLF: no blank line at all
+        chosen.append(ending)
+    data = "".join(line + ending for line, ending in zip(lines, chosen, strict=False)).encode()
+    events = [(e.event, e.data) for e in SSEDecoder().feed(data + b"\n\n")]
+    out, rewriter = rewrite(split_at(data, splits))
+    assert [(e.event, json.loads(e.data)) for e in SSEDecoder().feed(out)] == \
+        [(name, json.loads(body)) for name, body in events if body]
+    assert rewriter.error is None
+    assert mendstream_outcome(out)[0] == mendstream_outcome(data)[0] == mendstream_outcome(lines_lf(lines))[0]
+
+
+def lines_lf(lines: list[str]) -> bytes:
+    return "\n".join(lines).encode()

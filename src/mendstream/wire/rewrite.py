@@ -3,7 +3,8 @@
 # rewriter (upstream SSE bytes in, SSE bytes that any strict SSE + JSON consumer accepts out). No I/O here.
 #
 # Theory of operation (response): the rewriter cuts the input into raw event blocks (everything up to and
-# including a blank line) itself, because the core's decoder does not expose byte ranges, and feeds each
+# including a blank line; the same blank lines as the core's SSEDecoder, LF, CR and CRLF mixed) with one
+# regex search per block, which keeps clean streams on a split-and-forward fast path, and feeds each
 # block to a MessageParser, the source of truth for what the stream means. A block whose bytes are in
 # canonical form (`event: NAME` LF `data: {...}` LF LF) and for which the parser recorded no repair is
 # forwarded as received; every other block is replaced by the re-encoding of the events the parser made of
@@ -22,7 +23,7 @@ from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.parser import MessageParser
 from mendstream.core.partial_json import MISSING
 from mendstream.core.repair import Repair
-from mendstream.core.sse import DEFAULT_MAX_EVENT_BYTES
+from mendstream.core.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 from mendstream.errors import (
     APIStreamError,
     BufferLimitError,
@@ -500,6 +501,14 @@ def _is_canonical(block: bytes) -> bool:
     return block.find(b"\n", newline + 1) == len(block) - 2 and block[-3:] == b"}\n\n"
 
 
+def _is_ping(block: bytes) -> bool:
+    # A non-canonical block the parser made nothing of: re-encoded as a ping when it was one (off the hot path).
+    for event in SSEDecoder().feed(block + b"\n\n"):
+        if event.event == "ping" or event.raw_data.replace(b" ", b"") == b'{"type":"ping"}':
+            return True
+    return False
+
+
 class ResponseRewriter:
     """Rewrites the SSE body of a Messages API response, incrementally.
 
@@ -724,6 +733,8 @@ class ResponseRewriter:
                 self._flush_held(out)
                 self._fail(broken, out)
                 return
+        if not clean and not encoded and _is_ping(block):
+            encoded = [("ping", {"type": "ping"})]  # the parser makes no event of it; clients' idle timers need it
         part = (block if clean and unchanged else None, encoded)
         if self._start_hold is not None:
             index, parts = self._start_hold
