@@ -64,3 +64,25 @@ def test_mypy_sees_every_public_name_with_its_type(tmp_path: Path) -> None:
     revealed = [line.split("Revealed type is ")[1] for line in stdout.splitlines() if "Revealed type" in line]
     assert len(revealed) == 5 and not any('"Any"' in r for r in revealed), stdout + stderr
     assert "RepairTransport" in revealed[0] and "AsyncRepairTransport" in revealed[1]
+
+
+@pytest.mark.parametrize("first", [None, 5, "claude-sonnet-4-5", {"model": "m"}], ids=repr)
+@pytest.mark.parametrize("name", ["stream", "astream"])
+def test_a_first_argument_that_is_not_a_client_is_a_usage_error(name: str, first: object) -> None:
+    """Caught when called, before anything is sent, naming what was passed and what is accepted."""
+    pytest.importorskip("anthropic")
+    got = "None" if first is None else f"{type(first).__name__} {first!r}"
+    with pytest.raises(mendstream.UsageError) as info:
+        getattr(mendstream, name)(first, model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    message = str(info.value)
+    assert message.startswith(f"mendstream.{name}() takes an ") and "SDK client" in message, message
+    assert f"got {got}" in message, message
+
+
+def test_a_client_of_the_wrong_kind_is_a_usage_error() -> None:
+    anthropic = pytest.importorskip("anthropic")
+    params = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(mendstream.UsageError, match=r"stream\(\) got an async client \(AsyncAnthropic\).*astream"):
+        mendstream.stream(anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9"), **params)
+    with pytest.raises(mendstream.UsageError, match=r"astream\(\) got a sync client \(Anthropic\).*stream\(\)"):
+        mendstream.astream(anthropic.Anthropic(api_key="k", base_url="http://127.0.0.1:9"), **params)

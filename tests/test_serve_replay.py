@@ -242,6 +242,20 @@ def test_a_fault_that_does_not_apply_is_not_logged() -> None:
         assert server.requests[-1].status == 400 and server.requests[-1].fault is None
 
 
+def test_the_url_of_a_server_not_started_is_a_usage_error() -> None:
+    """Before start() there is no bound port: base_url/url name the mistake instead of giving ``:0``."""
+    from mendstream import UsageError
+
+    for server in (ReplayServer(FIXTURES), ReplayServer(FIXTURES, port=8765)):
+        for name in ("base_url", "url"):
+            with pytest.raises(UsageError, match=r"not started.*context manager.*start\(\)"):
+                getattr(server, name)
+    with ReplayServer(FIXTURES) as started:
+        assert started.port != 0 and started.base_url == f"http://127.0.0.1:{started.port}"
+        assert started.url == started.base_url + "/v1/messages"
+    assert started.url.endswith(f":{started.port}/v1/messages")  # still readable once stopped
+
+
 PLANS = [
     ErrorEvent(), ErrorEvent("api_error", after_events=2), ErrorEvent(after_bytes=100, message="x y"), Cut(after_bytes=7),
     Cut(after_events=2), Cut(in_tool_input=True), Stall(2.5), Stall(1, ping_every=0.25, cut=True), Stall(3, headers=True),

@@ -83,6 +83,7 @@ class ReplayServer:
         """The ASGI application (usable under any ASGI server)."""
         self.host = host
         self.port = port
+        self._bound_port: int | None = None  # the port bound by start()/serve_forever(); None before
         self.pace = pace
         self.speed = speed
         self._thread: threading.Thread | None = None
@@ -107,13 +108,20 @@ class ReplayServer:
 
     @property
     def base_url(self) -> str:
-        """``http://HOST:PORT``: what to pass as ``base_url`` to the SDK."""
+        """``http://HOST:PORT``: what to pass as ``base_url`` to the SDK. The port is the one bound, so this
+        is known once the server has started; before, :class:`~mendstream.errors.UsageError`."""
+        port = self._bound_port
+        if port is None:
+            raise UsageError(
+                "the ReplayServer is not started, so it has no port yet: use it as a context manager "
+                "(with ReplayServer(...) as srv: srv.base_url) or call start() first"
+            )
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     @property
     def url(self) -> str:
-        """The full messages endpoint URL."""
+        """The full messages endpoint URL (once started, as :attr:`base_url`)."""
         return f"{self.base_url}/v1/messages"
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ class ReplayServer:
         from mendstream.testing._uvicorn import bind  # uvicorn is optional: imported only to serve
 
         sock = bind(self.host, self.port, self.limits.backlog)
-        self.port = sock.getsockname()[1]
+        self.port = self._bound_port = sock.getsockname()[1]
         return sock
 
     def start(self) -> Self:
@@ -142,6 +150,7 @@ class ReplayServer:
         thread.start()
         if not ready.wait(_START_TIMEOUT) or errors:
             self.stop()
+            self._bound_port = None  # it never served: still "not started"
             raise errors[0] if errors else TimeoutError("the replay server did not start within 30 s")
         return self
 

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import reprlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -265,6 +267,41 @@ def _messages_of(client: Any, params: Mapping[str, Any]) -> Any:
     return client.messages
 
 
+_CLIENTS = {
+    False: "an SDK client (anthropic.Anthropic, AnthropicBedrock, AnthropicVertex, ...: an object with "
+           ".messages.create)",
+    True: "an async SDK client (anthropic.AsyncAnthropic, AsyncAnthropicBedrock, AsyncAnthropicVertex, ...: an object "
+          "with an async .messages.create)",
+}
+
+
+def _check_client(client: Any, *, want_async: bool) -> None:
+    """Raise UsageError, naming what was passed and what is accepted, when ``client`` cannot be the first argument
+    of :func:`stream` (``want_async`` False) or :func:`astream`: not a client at all (None, a str, a request body),
+    or an async client given to ``stream`` (an SDK sync client given to ``astream``). Once per call, before sending."""
+    name = "astream" if want_async else "stream"
+    create = getattr(getattr(client, "messages", None), "create", None)
+    if not callable(create):
+        got = "None" if client is None else f"{type(client).__name__} {reprlib.repr(client)}"
+        hint = ""
+        if isinstance(client, str):
+            hint = f" (the client comes first: mendstream.{name}(client, model=..., max_tokens=..., messages=...))"
+        elif isinstance(client, Mapping):
+            hint = f" (a request body without an SDK client goes to mendstream.httpx.{name}(body, base_url=...))"
+        raise UsageError(f"mendstream.{name}() takes {_CLIENTS[want_async]} as its first argument; got {got}{hint}")
+    try:
+        is_async = inspect.iscoroutinefunction(inspect.unwrap(create))
+    except ValueError:  # a __wrapped__ cycle: cannot tell, let the call decide
+        return
+    if is_async and not want_async:
+        raise UsageError(f"mendstream.stream() got an async client ({type(client).__name__}): use mendstream.astream()")
+    cls = type(client)
+    sdk_sync = cls.__module__.partition(".")[0] == "anthropic" and not cls.__name__.startswith("Async")
+    if not is_async and want_async and sdk_sync:  # only the SDK's own sync classes: a duck-typed client may wrap
+        raise UsageError(f"mendstream.astream() got a sync client ({type(client).__name__}): use mendstream.stream(), "
+                         "or pass the SDK's async client")
+
+
 def _reject_non_sse_client(client: Any) -> None:
     """Fail before sending when the client needs an extra that is missing (Bedrock: botocore; Vertex:
     google-auth). AnthropicBedrock's event-stream frames are read by ``MessageParser(framing="event-stream")``
@@ -481,8 +518,10 @@ def stream(
         :func:`sdk_error_class`), stalls that are also ``anthropic.APITimeoutError``, and the core's
         ``StreamError`` subclasses. A connection dropped mid-body ends the input; if the message was not
         complete, ``IncompleteStreamError`` is raised with the transport error as ``__cause__``.
-        ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML).
+        ``ContentTypeError`` if a 2xx response is clearly not SSE (JSON, HTML). ``UsageError`` when ``client``
+        is not an SDK client (None, a str, a request body) or is an async one (use :func:`astream`).
     """
+    _check_client(client, want_async=False)
     prepared, changes = _prepare(params, cache, sanitize)
     params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
@@ -544,8 +583,10 @@ def astream(
 
     Returns an opener: ``async with mendstream.astream(client, ...) as stream:`` (as with the SDK's
     ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The first attempt
-    is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`.
+    is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`; ``client``
+    must be an async SDK client (``UsageError`` at once otherwise).
     """
+    _check_client(client, want_async=True)
     prepared, changes = _prepare(params, cache, sanitize)
     params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
