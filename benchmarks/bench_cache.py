@@ -3,6 +3,7 @@
 # history next to copy.deepcopy. Reproduce: PYTHONPATH=src:benchmarks python benchmarks/bench_cache.py
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 import time
@@ -137,7 +138,12 @@ def timing() -> bool:
     return ok
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        description="Cache breakpoint benchmark: every strategy and CachePlanner on the session corpus (lookback 20 "
+        "and 1) against the ceiling, then the cost of planning a 2,000-block history next to copy.deepcopy. "
+        "Takes no options."
+    ).parse_args(argv)
     warnings.simplefilter("ignore", CacheMarkerWarning)
     t = time.perf_counter()
     ok = corpus_table()

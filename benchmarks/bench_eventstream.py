@@ -29,7 +29,7 @@ from typing import Any
 import jiter
 
 import mendstream
-from bench_parse import SIZES, Clock, make_stream, measure, run_mendstream, run_sdk_stream
+from bench_parse import SIZE_HELP, SIZES, Clock, count, make_stream, measure, run_mendstream, run_sdk_stream, size_names
 from mendstream.core.bedrock import chunk_frame
 from mendstream.core.eventstream import EventStreamDecoder
 from mendstream.streaming.drivers import iterable_opener
@@ -105,11 +105,12 @@ LABELS = {1_000: "1 KB", 2_000: "2 KB", 10_000: "10 KB", 100_000: "100 KB", 1_00
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1k,10k,100k", help="tool input sizes (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=0, help="runs per cell (default: more for small sizes)")
+    parser.add_argument("--sizes", type=size_names, default="1k,10k,100k",
+                        help="tool input sizes, comma-separated, each " + SIZE_HELP + " (default: %(default)s)")
+    parser.add_argument("--repeat", type=count(0), default=0, help="runs per cell (default 0: more for small sizes)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    sizes = [SIZES[s] for s in args.sizes.split(",")]
+    sizes = [SIZES[s] for s in args.sizes]
     import anthropic
 
     print(f"python {sys.version.split()[0]}, mendstream {mendstream.__version__}, anthropic {anthropic.__version__}")

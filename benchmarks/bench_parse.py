@@ -36,6 +36,35 @@ import mendstream
 from mendstream.streaming.drivers import iterable_opener
 
 SIZES = {"1k": 1_000, "2k": 2_000, "10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+SIZE_HELP = "one of " + ", ".join(SIZES) + " (case-insensitive; 1KB and '1 MB' are read as 1k and 1m)"
+
+
+def size_name(text: str) -> str:
+    """argparse type for one size: its name in SIZES ('1KB', '1 kb' and '1K' are '1k'); else a usage error."""
+    key = text.replace(" ", "").lower().removesuffix("b")
+    if key not in SIZES:
+        raise argparse.ArgumentTypeError(f"unknown size {text!r}: use " + ", ".join(SIZES))
+    return key
+
+
+def size_names(text: str) -> list[str]:
+    """argparse type for --sizes: comma-separated :func:`size_name`s."""
+    return [size_name(part.strip()) for part in text.split(",")]
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type for an int of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
+        return value
+
+    return parse
 
 
 def event(name: str, obj: dict[str, Any]) -> bytes:
@@ -207,13 +236,16 @@ def _bedrock_implementations() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1k,2k,10k,100k,1m", help="tool input sizes (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=0, help="runs per cell (default: more for small sizes)")
-    parser.add_argument("--skip-sdk-above", default="1m", help="skip the SDK's .stream() above this size")
+    parser.add_argument("--sizes", type=size_names, default="1k,2k,10k,100k,1m",
+                        help="tool input sizes, comma-separated, each " + SIZE_HELP + " (default: %(default)s)")
+    parser.add_argument("--repeat", type=count(0), default=0,
+                        help="runs per cell (default 0: more for small sizes)")
+    parser.add_argument("--skip-sdk-above", type=size_name, default="1m",
+                        help="skip the SDK's .stream() above this size: " + SIZE_HELP + " (default: %(default)s)")
     parser.add_argument("--no-bedrock", action="store_true", help="skip the Bedrock (event-stream) rows")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    sizes = [SIZES[s] for s in args.sizes.split(",")]
+    sizes = [SIZES[s] for s in args.sizes]
     skip_above = SIZES[args.skip_sdk_above]
     bedrock = _bedrock_implementations() if not args.no_bedrock else {}
     results: dict[str, dict[str, dict[str, float]]] = {}

@@ -179,13 +179,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _configs(text: str) -> set[str]:
+    chosen = {name.strip() for name in text.split(",")}
+    unknown = sorted(chosen - set(CONFIGS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown configuration {', '.join(map(repr, unknown))}: use "
+                                         + ", ".join(CONFIGS))
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=1000)
+    parser.add_argument("--turns", type=_positive, default=1000, help="turns per configuration (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", help="comma-separated configurations: " + ",".join(CONFIGS))
+    parser.add_argument("--only", type=_configs, help="comma-separated configurations: " + ",".join(CONFIGS))
     args = parser.parse_args()
-    chosen = set(args.only.split(",")) if args.only else set(CONFIGS)
+    chosen = args.only or set(CONFIGS)
     plan = mix(args.seed)
     rows = []
     # request_log: keep every request, so that the count below is the whole run's

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench_eventstream import to_frames
-from bench_parse import SIZES, make_stream
+from bench_parse import SIZE_HELP, SIZES, count, make_stream, size_names
 from mendstream.core.parser import MessageParser
 from mendstream.recording.scrub import BodyScrubber
 
@@ -52,11 +52,12 @@ def best(run: Callable[[list[bytes]], Any], chunks: list[bytes], repeat: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1k,10k,100k,1m")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", type=size_names, default="1k,10k,100k,1m",
+                        help="tool input sizes, comma-separated, each " + SIZE_HELP + " (default: %(default)s)")
+    parser.add_argument("--repeat", type=count(1), default=5, help="runs per cell, best kept (default: %(default)s)")
     args = parser.parse_args(argv)
     print(f"{'size':>5} {'framing':>12} {'bytes':>9} {'scrub MB/s':>11} {'parse MB/s':>11} {'scrub/parse':>12}")
-    for name in args.sizes.split(","):
+    for name in args.sizes:
         sse = make_stream(SIZES[name])
         for framing, chunks, parse in (("sse", sse, MessageParser), ("event-stream", to_frames(sse), lambda: MessageParser(framing="event-stream"))):
             size = sum(len(c) for c in chunks)

@@ -336,3 +336,26 @@ def test_serve_names_the_limit_of_a_fault_spec(
     monkeypatch.setattr(ReplayServer, "serve_forever", never_serve)
     line = one_line_error(capsys, ["serve", str(FIXTURES_DIR), "--fault", spec])
     assert named in line and "internal error" not in line
+
+
+def test_a_benchmark_given_an_unknown_size_is_a_one_line_usage_error() -> None:
+    """`bench_parse.py --sizes 1KB` was a KeyError traceback: an unknown size is argparse's error naming the sizes."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_parse.py"
+    if not script.is_file():
+        pytest.skip("benchmarks/ is not here")
+    result = subprocess.run([sys.executable, str(script), "--sizes", "nonsense"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("bench_parse.py: error: argument --sizes: unknown size 'nonsense'"), errors
+    assert "1k, 2k, 10k, 100k, 1m" in errors[0]
+    # the spellings its help and docstring use are read as the table's names
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_parse_under_test", script)
+    assert spec is not None and spec.loader is not None
+    bench_parse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_parse)
+    assert bench_parse.size_names("1KB,1 kb,2K,100k,1 MB") == ["1k", "1k", "2k", "100k", "1m"]
