@@ -160,3 +160,52 @@ async def test_async_default_client_and_httpx2() -> None:
     async with httpx2.AsyncClient(transport=replay_transport({"b": BASIC_SSE}, library="httpx2")) as client:
         s = await mh.astream(BODY, base_url="http://mock.test", client=client)
         assert await s.get_final_text() == "Hello world"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_endless_body_that_cannot_be_streamed_is_read_only_so_far(mode: str) -> None:
+    # A 2xx JSON answer that never ends: its error is raised after at most ERROR_BODY_BYTES, not buffered for
+    # ever. A plain socket server counts what the kernel accepted: it stops when the client closes.
+    import asyncio
+    import socket
+    import threading
+
+    from mendstream.errors import ContentTypeError
+    from mendstream.transports.failures import ERROR_BODY_BYTES
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sent = 0
+
+    def serve() -> None:
+        nonlocal sent
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            chunk = b"10000\r\n" + b"[" * 65536 + b"\r\n"
+            try:
+                while sent < 256 * ERROR_BODY_BYTES:  # a bound for the test; a hostile endpoint has none
+                    conn.sendall(chunk)
+                    sent += 65536
+            except OSError:
+                pass  # the client closed: it stopped reading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+    base_url = f"http://127.0.0.1:{port}"
+    with pytest.raises(ContentTypeError, match="application/json"):
+        if mode == "sync":
+            with mh.stream(body, base_url=base_url, api_key="k") as stream:
+                stream.get_final_message()
+        else:
+            async def main() -> None:
+                async with mh.astream(body, base_url=base_url, api_key="k") as stream:
+                    await stream.get_final_message()
+            asyncio.run(main())
+    thread.join(10)
+    listener.close()
+    assert not thread.is_alive()
+    assert sent < 32 * ERROR_BODY_BYTES, sent  # 1 MiB read, plus what the socket buffers took

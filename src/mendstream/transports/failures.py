@@ -10,17 +10,49 @@ from typing import Any, Protocol
 from mendstream.errors import ContentTypeError, HTTPStatusError, request_id_of
 
 __all__ = [
+    "ERROR_BODY_BYTES",
+    "aread_head",
     "check_content_type",
     "content_type_error",
     "decode_body",
     "error_message_of",
     "is_transport_error",
+    "read_head",
     "status_error",
 ]
 
 
 class HeadersLike(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
+
+
+ERROR_BODY_BYTES = 1 << 20
+"""How much of a response that cannot be streamed is read for its error (an error body is a few hundred
+bytes; a hostile or broken endpoint must not make the client buffer an endless one)."""
+
+
+def read_head(response: Any, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """At most ``limit`` bytes of ``response``'s body (an httpx/httpx2 streaming response), for its error."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+async def aread_head(response: Any, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """The async twin of :func:`read_head`."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def decode_body(raw: bytes) -> object:
@@ -95,7 +127,8 @@ def content_type_error(status: int, content_type: str, raw_body: bytes, response
     if "amazon.eventstream" in content_type:
         hint = (
             "this is AWS event-stream framing (the Bedrock InvokeModelWithResponseStream API), not SSE; "
-            "use anthropic.AnthropicBedrockMantle / AnthropicAWS or the SDK's own .stream()"
+            "mendstream.stream(AnthropicBedrock(...), ...) reads it, as does "
+            "MessageParser(framing='event-stream') (or framing='auto')"
         )
     elif isinstance(body, dict) and body.get("type") == "error":
         hint = f"the body is an error: {error_message_of(body)}"

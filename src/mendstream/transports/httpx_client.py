@@ -28,7 +28,7 @@ from mendstream.transports.capturing import (
     capture_error_response,
     capture_writer,
 )
-from mendstream.transports.failures import check_content_type, content_type_error, status_error
+from mendstream.transports.failures import aread_head, check_content_type, content_type_error, read_head, status_error
 from mendstream.transports.pump import BodyPump
 from mendstream.wire.http import http_library, library_of
 
@@ -243,7 +243,7 @@ class _Request:
         try:
             if self.cannot_stream(response):
                 try:
-                    head = response.read()
+                    head = read_head(response)
                 finally:
                     response.close()
                 raise self.failure(response, head, writer)
@@ -285,7 +285,7 @@ class _Request:
         try:
             if self.cannot_stream(response):
                 try:
-                    head = await response.aread()
+                    head = await aread_head(response)
                 finally:
                     await release()
                 raise self.failure(response, head, writer)

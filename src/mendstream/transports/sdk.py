@@ -39,7 +39,7 @@ from mendstream.transports.capturing import (
     capture_writer,
     request_json,
 )
-from mendstream.transports.failures import content_type_error
+from mendstream.transports.failures import aread_head, content_type_error, read_head
 from mendstream.transports.pump import BodyPump
 
 __all__ = ["astream", "sdk_connection_error_class", "sdk_error_class", "sdk_stall_class", "stream"]
@@ -384,7 +384,7 @@ def open_response(
     bad_type = _cloud.content_type_problem(parser, response.headers)
     if bad_type is not None:
         try:
-            head = response.read()
+            head = read_head(response)
         finally:
             raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
@@ -410,7 +410,7 @@ async def aopen_response(
     bad_type = _cloud.content_type_problem(parser, response.headers)
     if bad_type is not None:
         try:
-            head = await response.aread()
+            head = await aread_head(response)
         finally:
             await raw.close()
         raise content_type_error(response.status_code, bad_type, head, response)
