@@ -943,7 +943,7 @@ class EventPresenter:
                 block["text"] = self._shown.text + str(block.get("text", ""))[self.skipped :]
             return ContentBlockStopEvent(0, Data(block))
         if isinstance(event, MessageStopEvent):
-            return MessageStopEvent(Data(self._stitch_text(dict(event.message))))
+            return MessageStopEvent(Data(self._stitch_text(event.message.to_dict())))
         return event
 
     def _skip(self, text: str) -> str:
