@@ -858,7 +858,10 @@ class EventPresenter:
             return None
         request = pause.next_request(self._stitch_text(message))
         if request is not None:
-            self._segment()  # the consumer keeps its message_start; nothing of the next request is shown yet
+            # Nothing of the next request is shown yet; its message_start goes to the resumer, which takes
+            # its usage and drops it (the consumer has the turn's).
+            self.shown_start = False
+            self._segment()
         return request
 
     def keep(self, message: dict[str, Any]) -> None:

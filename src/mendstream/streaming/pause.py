@@ -163,6 +163,7 @@ class PauseResumer:
         self._usage: dict[str, Any] = {}  # usage of the finished requests, summed
         self._withheld: list[Event] = []
         self._holding = False
+        self._started: dict[str, Any] = {}  # the running request's usage as its message_start gave it
 
     @property
     def resuming(self) -> bool:
@@ -180,6 +181,7 @@ class PauseResumer:
         self._usage = {}
         self._withheld = []
         self._holding = False
+        self._started = {}
 
     def _may_continue(self) -> bool:
         return self.continuations < self.max_continuations
@@ -190,12 +192,17 @@ class PauseResumer:
         offset = self._offset
         for event in events:
             if isinstance(event, MessageStartEvent):
+                usage = event.message.to_dict().get("usage")
+                self._started = dict(usage) if isinstance(usage, Mapping) else {}
                 if self.resuming:
                     continue  # the consumer has the turn's message_start
             elif isinstance(event, MessageDeltaEvent):
                 pausing = event.delta.get("stop_reason") == PAUSE_TURN and self._may_continue()
                 if self.resuming:
-                    event = MessageDeltaEvent(event.delta, Data(sum_usage(self._usage, event.usage.to_dict())))
+                    # The delta's usage is the request's so far (its start's counts, those the delta sends
+                    # replacing them): the turn's is that plus the earlier requests'.
+                    sent = {k: v for k, v in event.usage.to_dict().items() if v is not None}
+                    event = MessageDeltaEvent(event.delta, Data(sum_usage(self._usage, {**self._started, **sent})))
                 if pausing:
                     self._holding = True
                     self._withheld.append(event)
