@@ -9,6 +9,7 @@ API's documented way to resume, done by hand with the SDK: append the paused ass
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
 from typing import Any
@@ -352,12 +353,18 @@ BY_REQUEST = {"resumed": Fixture("resumed", FINAL, match={"container": "containe
               "paused": Fixture("paused", PAUSED, match={"model": "claude-test"})}
 
 
-def test_stream_resumes_the_turn_as_one_stream_equal_to_resuming_by_hand() -> None:
+# Without stall timeouts the driver reads in its inline loop; with them, under the stall clocks (generous
+# ones: nothing here waits).
+READ_PATHS = [{}, {"retry": Retry(), "idle_timeout": 60, "progress_timeout": 120}]
+
+
+@pytest.mark.parametrize("options", READ_PATHS)
+def test_stream_resumes_the_turn_as_one_stream_equal_to_resuming_by_hand(options: dict[str, Any]) -> None:
     with ReplayServer({"a": PAUSED, "b": FINAL}, select="order") as server, client_for(server) as client:
         first_events, second_events, first, second = by_hand(client)
         server.reset()
         server.selector.reset()
-        with mendstream.stream(client, resume_pause_turn=3, **PARAMS) as stream:
+        with mendstream.stream(client, resume_pause_turn=3, **options, **PARAMS) as stream:
             events = list(stream)
             final = stream.get_final_message()
             snapshot = stream.current_message_snapshot
@@ -384,10 +391,11 @@ def test_stream_resumes_the_turn_as_one_stream_equal_to_resuming_by_hand() -> No
     assert stream.repairs == []
 
 
-async def test_astream_resumes_the_turn_as_one_stream() -> None:
+@pytest.mark.parametrize("options", READ_PATHS)
+async def test_astream_resumes_the_turn_as_one_stream(options: dict[str, Any]) -> None:
     with ReplayServer({"a": PAUSED, "b": FINAL}, select="order") as server:
         client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="k", max_retries=0)
-        async with client, mendstream.astream(client, resume_pause_turn=1, **PARAMS) as stream:
+        async with client, mendstream.astream(client, resume_pause_turn=1, **options, **PARAMS) as stream:
             events = [event async for event in stream]
             final = await stream.get_final_message()
         sent = bodies(server)
@@ -431,29 +439,58 @@ async def test_httpx_astream_resumes_the_turn() -> None:
     assert stream.message == STITCHED
 
 
+MODES = ["sync", "async"]
+
+
+def read_turn(server: ReplayServer, mode: str, **options: Any) -> tuple[Any, list[Any], BaseException | None]:
+    """Read a turn with ``mendstream.stream`` (sync) or ``astream`` (async) over the SDK client: the stream,
+    the events it gave, and the error it raised while iterating (None: it ended)."""
+    events: list[Any] = []
+    if mode == "sync":
+        with client_for(server) as client, mendstream.stream(client, **options, **PARAMS) as stream:
+            try:
+                for event in stream:
+                    events.append(event)
+            except Exception as exc:
+                return stream, events, exc
+        return stream, events, None
+
+    async def main() -> tuple[Any, list[Any], BaseException | None]:
+        client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key="k", max_retries=0)
+        async with client, mendstream.astream(client, **options, **PARAMS) as stream:
+            try:
+                async for event in stream:
+                    events.append(event)
+            except Exception as exc:
+                return stream, events, exc
+        return stream, events, None
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("option", [{}, {"resume_pause_turn": 0}])
-def test_off_passes_the_pause_through(option: dict[str, Any]) -> None:
-    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order") as server, client_for(server) as client:
-        with mendstream.stream(client, **option, **PARAMS) as stream:
-            events = list(stream)
-            final = stream.get_final_message()
+def test_off_passes_the_pause_through(option: dict[str, Any], mode: str) -> None:
+    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order") as server:
+        stream, events, error = read_turn(server, mode, **option)
         assert len(server.requests) == 1
+    assert error is None
     assert [comparable(e) for e in events] == [comparable(e) for e in mendstream.replay(PAUSED)]
-    assert final.stop_reason == "pause_turn" and final.to_dict(mode="json") == message_of(PAUSED)
+    assert stream.message["stop_reason"] == "pause_turn" and stream.message == message_of(PAUSED)
     assert [a.mode for a in stream.attempts] == ["first"]
     presenter = stream._run.presenter
     assert presenter.pause is None and presenter.transparent  # no rewriting per chunk when off
 
 
-def test_a_turn_still_paused_after_n_continuations_ends_paused_with_everything() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_turn_still_paused_after_n_continuations_ends_paused_with_everything(mode: str) -> None:
     second = paused("msg_p2", 500, "srvtoolu_2")
-    with ReplayServer({"a": PAUSED, "b": second, "c": FINAL}, select="order") as server, \
-            client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=1, **PARAMS) as stream:
-            events = list(stream)
-            final = stream.get_final_message().to_dict(mode="json")
+    with ReplayServer({"a": PAUSED, "b": second, "c": FINAL}, select="order") as server:
+        stream, events, error = read_turn(server, mode, resume_pause_turn=1)
         assert len(server.requests) == 2
+    assert error is None
     check_one_stream(events)
+    final = stream.message
     assert final == stitch_messages(message_of(PAUSED), message_of(second))
     assert final["stop_reason"] == "pause_turn"  # nothing lost: the caller may resume it
     assert [b["type"] for b in final["content"]] == ["text", "server_tool_use", "text", "server_tool_use"]
@@ -463,12 +500,10 @@ def test_a_turn_still_paused_after_n_continuations_ends_paused_with_everything()
 
 def test_each_continuation_appends_to_the_one_assistant_message() -> None:
     second = paused("msg_p2", 500, "srvtoolu_2")
-    with ReplayServer({"a": PAUSED, "b": second, "c": FINAL}, select="order") as server, \
-            client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=5, **PARAMS) as stream:
-            events = list(stream)
+    with ReplayServer({"a": PAUSED, "b": second, "c": FINAL}, select="order") as server:
+        stream, events, error = read_turn(server, "sync", resume_pause_turn=5)
         sent = bodies(server)
-    assert len(sent) == 3
+    assert error is None and len(sent) == 3
     assert sent[2] == continuation_request(sent[1], message_of(second))
     assert [m["role"] for m in sent[2]["messages"]] == ["user", "assistant"]
     check_one_stream(events)
@@ -478,23 +513,20 @@ def test_each_continuation_appends_to_the_one_assistant_message() -> None:
     assert [a.mode for a in stream.attempts] == ["first", "resume", "resume"]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     ("fault", "error_class"),
     [(ErrorEvent("api_error", after_events=3), APIStreamError), (Cut(after_events=3), IncompleteStreamError)],
 )
 @pytest.mark.parametrize("retry", [None, Retry(backoff=0)])
 def test_a_continuation_failing_after_content_raises_with_the_stitched_turn(
-    fault: Any, error_class: type[BaseException], retry: Retry | None
+    fault: Any, error_class: type[BaseException], retry: Retry | None, mode: str
 ) -> None:
-    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, fault))) as server, \
-            client_for(server) as client:
-        stream = mendstream.stream(client, resume_pause_turn=2, retry=retry, **PARAMS)
-        events: list[Any] = []
-        with stream, pytest.raises(error_class) as info:
-            for event in stream:
-                events.append(event)
+    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, fault))) as server:
+        stream, events, error = read_turn(server, mode, resume_pause_turn=2, retry=retry)
         assert len(server.requests) == 2
-    snapshot = info.value.snapshot  # type: ignore[attr-defined]
+    assert isinstance(error, error_class)
+    snapshot = error.snapshot  # type: ignore[attr-defined]
     # The turn so far: the paused request's message, then the continuation's partial one (its result block).
     assert snapshot["id"] == "msg_p1" and snapshot["stop_reason"] is None
     assert snapshot["content"] == [*message_of(PAUSED)["content"], message_of(FINAL)["content"][0]]
@@ -504,30 +536,28 @@ def test_a_continuation_failing_after_content_raises_with_the_stitched_turn(
     assert [e.type for e in events].count("message_start") == 1
     assert "message_stop" not in [e.type for e in events] and "message_delta" not in [e.type for e in events]
     assert block_indexes(events) == [0, 1, 2]
-    assert [a.mode for a in stream.attempts] == ["first", "resume"] and stream.attempts[1].error is info.value
+    assert [a.mode for a in stream.attempts] == ["first", "resume"] and stream.attempts[1].error is error
 
 
-def test_a_continuation_refused_before_streaming_raises_with_the_paused_turn() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_continuation_refused_before_streaming_raises_with_the_paused_turn(mode: str) -> None:
     refused = HTTPError(400, error_type="invalid_request_error")
-    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, refused))) as server, \
-            client_for(server) as client:
-        stream = mendstream.stream(client, resume_pause_turn=2, retry=Retry(backoff=0), **PARAMS)
-        with stream, pytest.raises(anthropic.BadRequestError) as info:
-            list(stream)
+    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, refused))) as server:
+        stream, _, error = read_turn(server, mode, resume_pause_turn=2, retry=Retry(backoff=0))
         assert len(server.requests) == 2  # a 400 is never retried
+    assert isinstance(error, anthropic.BadRequestError)
     # Nothing of the continuation arrived: the snapshot is the paused turn, which the caller may resume.
-    assert info.value.snapshot == message_of(PAUSED)  # type: ignore[attr-defined]
+    assert error.snapshot == message_of(PAUSED)  # type: ignore[attr-defined]
     assert stream.message == message_of(PAUSED)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fault", [ErrorEvent("overloaded_error", after_events=1), HTTPError(529), Cut(after_events=1)])
-def test_a_continuation_failing_before_content_is_retried_invisibly(fault: Any) -> None:
-    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, fault))) as server, \
-            client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=1, retry=Retry(backoff=0), **PARAMS) as stream:
-            events = list(stream)
+def test_a_continuation_failing_before_content_is_retried_invisibly(fault: Any, mode: str) -> None:
+    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=Schedule((None, fault))) as server:
+        stream, events, error = read_turn(server, mode, resume_pause_turn=1, retry=Retry(backoff=0))
         sent = bodies(server)
-    assert len(sent) == 3
+    assert error is None and len(sent) == 3
     assert sent[1] == sent[2] == continuation_request(sent[0], message_of(PAUSED))
     check_one_stream(events)
     assert stream.message == STITCHED
@@ -535,27 +565,27 @@ def test_a_continuation_failing_before_content_is_retried_invisibly(fault: Any) 
     assert stream.attempts[1].error is not None and stream.attempts[2].error is None
 
 
-def test_each_request_of_the_turn_has_its_own_retry_budget() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_each_request_of_the_turn_has_its_own_retry_budget(mode: str) -> None:
     # max_attempts=2: the first request used one attempt, the continuation still gets its retry.
     faults = Schedule((ErrorEvent("overloaded_error", after_events=1), None, HTTPError(529)))
-    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=faults) as server, \
-            client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=1, retry=Retry(max_attempts=2, backoff=0),
-                               **PARAMS) as stream:
-            list(stream)
+    with ReplayServer({"a": PAUSED, "b": FINAL}, select="order", faults=faults) as server:
+        stream, _, error = read_turn(server, mode, resume_pause_turn=1, retry=Retry(max_attempts=2, backoff=0))
         assert len(server.requests) == 4
+    assert error is None
     assert [a.mode for a in stream.attempts] == ["first", "retry", "resume", "retry"]
     assert stream.message == STITCHED
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("policy", ["restart", "continue"])
-def test_a_restart_in_a_continuation_starts_the_turn_again(policy: Any) -> None:
+def test_a_restart_in_a_continuation_starts_the_turn_again(policy: Any, mode: str) -> None:
     faults = Schedule((None, ErrorEvent("overloaded_error", after_events=3)))
-    with ReplayServer(BY_REQUEST, select="body", faults=faults) as server, client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=2, retry=Retry(on_partial=policy, backoff=0),
-                               **PARAMS) as stream:
-            events = list(stream)
+    with ReplayServer(BY_REQUEST, select="body", faults=faults) as server:
+        stream, events, error = read_turn(server, mode, resume_pause_turn=2,
+                                          retry=Retry(on_partial=policy, backoff=0))
         sent = bodies(server)
+    assert error is None
     assert sent[2] == sent[0] and sent[3] == sent[1]  # the turn's first request again, then its continuation
     restart = [i for i, e in enumerate(events) if isinstance(e, RestartEvent)]
     assert len(restart) == 1 and restart[0] > 0
@@ -571,11 +601,11 @@ def test_restarts_do_not_give_the_stream_new_continuations() -> None:
     # Every continuation fails after content and is restarted: the continuations run out, the turn ends paused.
     cut = ErrorEvent("overloaded_error", after_events=3)
     plan = Schedule((None, cut, None, cut, None))
-    with ReplayServer(BY_REQUEST, select="body", faults=plan) as server, client_for(server) as client:
-        with mendstream.stream(client, resume_pause_turn=2, retry=Retry(on_partial="restart", max_attempts=9,
-                                                                         backoff=0), **PARAMS) as stream:
-            events = list(stream)
+    with ReplayServer(BY_REQUEST, select="body", faults=plan) as server:
+        stream, events, error = read_turn(server, "sync", resume_pause_turn=2,
+                                          retry=Retry(on_partial="restart", max_attempts=9, backoff=0))
         assert len(server.requests) == 5
+    assert error is None
     assert [a.mode for a in stream.attempts] == ["first", "resume", "restart", "resume", "restart"]
     after = events[max(i for i, e in enumerate(events) if isinstance(e, RestartEvent)) + 1 :]
     check_one_stream(after)
