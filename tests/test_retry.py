@@ -238,6 +238,7 @@ def test_continue_stitches_without_duplicated_or_missing_characters(
     final = stream.get_final_message()
     assert [b.type for b in final.content] == ["text"]
     assert final.content[0].text == text
+    assert events[-1].type == "message_stop" and events[-1].message.to_dict() == stream.message  # usage too
     prefilled = opener.requests[-1]["messages"][-1]["role"] == "assistant"
     if not restarted and len(stream.attempts) == 2 and stream.attempts[1].mode == "continue" and prefilled:
         prefill = opener.requests[1]["messages"][-1]["content"]

@@ -51,6 +51,7 @@ from mendstream.streaming.machine import (
     check_stream_options,
     parser_factory,
 )
+from mendstream.streaming.pause import PauseResumer
 from mendstream.streaming.retry import Attempt, Retry
 from mendstream.streaming.stall import SyncGuard, socket_of, socket_waker
 
@@ -178,8 +179,12 @@ class Run:
         self.live: Any = None  # the current_message_snapshot object, once asked for
 
     def message(self) -> dict[str, Any]:
-        reader = self.machine.reader
-        return self.presenter.stitch(reader.message) if reader is not None else {}
+        machine = self.machine
+        reader = machine.reader
+        if reader is not None:
+            return self.presenter.stitch(reader.message)  # type: ignore[no-any-return]
+        # Between the requests of a resumed paused turn (or after one failed to open): the turn so far.
+        return self.presenter.stitch({}) if machine.request is not None else {}
 
     def sdk_message(self, message: dict[str, Any], *, final: bool = False) -> Any:
         """``message`` as the SDK's message (its ``ParsedMessage``, parsed, with ``output_format``)."""
@@ -215,7 +220,7 @@ class Run:
         """The current attempt ended: tell its watcher how (before its response is released), and the
         transport when it read a whole message."""
         opened = self.slot.opened
-        if opened is not None and opened.complete is not None and self.machine.state == "done":
+        if opened is not None and opened.complete is not None and self.machine.attempt_complete:
             opened.complete()
         watcher, self.watcher = self.watcher, None
         attempt = self.machine.attempt
@@ -235,6 +240,11 @@ class Run:
 
     def fail(self, action: Fail) -> NoReturn:
         error = action.error
+        if self.machine.request is not None:
+            # A request of a resumed paused turn failed: the error's snapshot is the whole turn so far (set
+            # on any error that takes an attribute: the SDK's status errors too).
+            with contextlib.suppress(AttributeError, TypeError):
+                error.snapshot = self.message() or None  # type: ignore[attr-defined]
         raise error from error.__cause__
 
 
@@ -331,7 +341,7 @@ class SyncRun(Run):
                             if machine.state != "read":
                                 break
                         else:
-                            events = machine.ended(0.0)
+                            events = machine.ended(time.monotonic())  # once per attempt
                             if events:
                                 yield from events
                         self.attempt_done()
@@ -670,6 +680,10 @@ class MessageStream(_Surface):
     Closing it (from any thread) during a backoff sleep stops at once, and no attempt starts after close.
     Errors are :class:`~mendstream.StreamError` subclasses (or what the transport makes of them), raised
     after every event decoded before them has been yielded, ``from`` their ``__cause__``.
+
+    ``pause``: a :class:`~mendstream.streaming.pause.PauseResumer` over the request the opener sends
+    (``resume_pause_turn``): a turn that stops with ``pause_turn`` is resumed within this stream, the opener
+    sending each ``Open.request`` it is given.
     """
 
     _run: SyncRun
@@ -687,8 +701,9 @@ class MessageStream(_Surface):
         beta: bool = False,
         output_format: Any = None,
         request_changes: tuple[Any, ...] = (),
+        pause: PauseResumer | None = None,
     ) -> None:
-        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
+        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall, pause)
         run = SyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
@@ -762,8 +777,9 @@ class AsyncMessageStream(_Surface):
         beta: bool = False,
         output_format: Any = None,
         request_changes: tuple[Any, ...] = (),
+        pause: PauseResumer | None = None,
     ) -> None:
-        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall)
+        machine = _event_machine(retry, idle_timeout, progress_timeout, parser, convert_stall, pause)
         run = AsyncRun(opener, machine, first_parser=parser, beta=beta)
         run.structured = _structured(output_format, beta)
         super().__init__(run)
@@ -822,15 +838,17 @@ def _event_machine(
     progress_timeout: float | None,
     parser: MessageParser | None,
     convert_stall: Callable[[StreamStalledError], BaseException] | None,
+    pause: PauseResumer | None = None,
 ) -> StreamMachine[list[Event]]:
-    """The machine of a stream read as events (options checked: a bad one is a UsageError)."""
+    """The machine of a stream read as events (options checked: a bad one is a UsageError); with ``pause``,
+    a turn that pauses is resumed within the stream (``resume_pause_turn``)."""
     check_stream_options(retry, idle_timeout, progress_timeout)
     if parser is not None and not isinstance(parser, MessageParser):
         raise UsageError(f"parser must be a mendstream.MessageParser, not {type(parser).__name__}")
     return StreamMachine(
         retry,
         reader=parser_factory(parser),
-        presenter=EventPresenter(),
+        presenter=EventPresenter(pause),
         now=time.monotonic(),
         idle_timeout=idle_timeout,
         progress_timeout=progress_timeout,

@@ -8,14 +8,16 @@
 # -------------------
 # A stream is a sequence of attempts. Each attempt goes through the states
 #
-#     OPEN ──opened──► READ ──received*──► ended / timed_out ──► DONE
+#     OPEN ──opened──► READ ──received*──► ended / timed_out ──► DONE (or OPEN: a paused turn resumed)
 #       │                 │                                        or a fault ──► SLEEP ──slept──► OPEN
 #       └─open_failed─────┴──(a fault)──► decide: retry (SLEEP, then OPEN) or FAILED (the error to raise)
 #
 # and `close()` from any state leads to CLOSED. The action for each state:
 #
-#     OPEN    Open(attempt, continuation, timeout): send the request (with the continuation appended to its
-#             messages when continuing); the response head must arrive within `timeout` (stall timeouts)
+#     OPEN    Open(attempt, continuation, timeout, restart, request): send the request (`request` when the
+#             machine gives one, a paused turn's continuation request; else the stream's own), with the
+#             continuation appended to its messages when continuing; the response head must arrive within
+#             `timeout` (stall timeouts)
 #     READ    Read(): read the next chunk, giving up at `read_deadline()` (None: no stall timeout)
 #     SLEEP   Sleep(seconds): back off; a close() during the sleep must end it
 #     DONE    Finish()
@@ -29,6 +31,14 @@
 # message_start); after content, `on_partial` says raise, restart (a RestartEvent, then the stream again)
 # or continue (the text shown so far is sent back as an assistant prefill).
 #
+# Paused turns (`resume_pause_turn=N`): when an attempt completes with stop_reason "pause_turn" and the
+# presenter's PauseResumer (pause.py) allows another continuation, the stream is not done: the machine goes
+# back to OPEN with an attempt of mode "resume" whose Open carries the continuation request (the request
+# that paused, the paused content appended). Each request of the turn is a *segment* with its own Retry
+# budget (max_attempts and deadline counted from its first attempt); faults inside a segment are decided as
+# above, over what that segment has shown (a restart sends the turn's first request again). The presenter
+# shows the segments as one message. Off (the default), nothing here runs: not one check per chunk.
+#
 # Stalls: the machine keeps one StallClock per attempt (the last byte, the last event that was not a ping).
 # `read_deadline()` is the earlier of the two deadlines; a driver that cannot interrupt a read (sync) arms a
 # watchdog with it and reports the resulting end of body with `ended()`: the machine then finds the
@@ -41,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from mendstream.core.events import (
     ContentBlockDeltaEvent,
@@ -56,6 +66,9 @@ from mendstream.core.parser import MessageParser
 from mendstream.core.repair import Repair
 from mendstream.errors import IncompleteStreamError, StreamError, StreamStalledError, UsageError
 from mendstream.streaming.retry import Attempt, AttemptMode, RestartEvent, Retry, check_timeout, classify
+
+if TYPE_CHECKING:
+    from mendstream.streaming.pause import PauseResumer
 
 __all__ = [
     "Action",
@@ -131,12 +144,15 @@ class Continuation:
 class Open:
     """Send attempt ``attempt.number``'s request (with ``continuation`` appended when not None); its response
     head must arrive within ``timeout`` seconds (None: no bound beyond the transport's), else report
-    ``timed_out()``. Deliver ``restart`` (if any) to the consumer before the attempt's events."""
+    ``timed_out()``. Deliver ``restart`` (if any) to the consumer before the attempt's events. ``request``:
+    the request to send instead of the stream's own (the continuation request of a paused turn, as
+    :func:`~mendstream.streaming.pause.continuation_request` made it; None: the stream's own request)."""
 
     attempt: Attempt
     continuation: Continuation | None
     timeout: float | None
     restart: RestartEvent | None = None
+    request: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +265,9 @@ class Presenter(Protocol[Out]):
     transparent: bool
     """True while :meth:`show` would return its input unchanged (the machine then skips the call)."""
 
+    resumes: bool
+    """Whether :meth:`resume` may return a request (a paused turn can be resumed); False: never asked."""
+
     def begin(self, attempt: Attempt) -> None: ...
 
     def show(self, output: Out, attempt: Attempt) -> Out: ...
@@ -274,6 +293,11 @@ class Presenter(Protocol[Out]):
 
     def keep(self, message: dict[str, Any]) -> None:
         """A failed attempt that showed nothing is retried: keep what its ``message`` adds (usage)."""
+        ...
+
+    def resume(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The attempt completed with ``message`` (the reader's): the request that continues its paused turn,
+        the next segment then starting (nothing of it shown yet), or None when the stream is done."""
         ...
 
 
@@ -356,6 +380,11 @@ class StreamMachine(Generic[Out]):
         self._kept: Reader[Out] | None = None  # the reader whose repairs are in _repairs already
         self.note: str | None = None
         """Why the stream failed when it might have continued (``restarts=False``), for the error shown."""
+        self.request: dict[str, Any] | None = None
+        """What the current segment sends: the continuation request of a paused turn, or None (the stream's
+        own request)."""
+        self._segment = 0  # attempts before the current segment: its Retry budget counts from there
+        self._completed: Attempt | None = None  # the last attempt that read a whole message
 
     # -- what to do next ---------------------------------------------------------------------------------------
 
@@ -369,7 +398,7 @@ class StreamMachine(Generic[Out]):
             epoch = self._epoch
             attempt = Attempt(number=len(self.attempts) + 1, mode=epoch.mode, delay=epoch.delay, note=epoch.note)
             self._attempt = attempt
-            action = Open(attempt, epoch.continuation, self.head_timeout, epoch.restart)
+            action = Open(attempt, epoch.continuation, self.head_timeout, epoch.restart, self.request)
         elif state == "read":
             action = _READ
         elif state == "sleep":
@@ -395,6 +424,12 @@ class StreamMachine(Generic[Out]):
     @property
     def reading(self) -> bool:
         return self.state == "read"
+
+    @property
+    def attempt_complete(self) -> bool:
+        """Whether the current (or last) attempt read a whole message (the stream may go on after it: a
+        paused turn resumed)."""
+        return self._attempt is not None and self._completed is self._attempt
 
     # -- inputs ----------------------------------------------------------------------------------------------------
 
@@ -482,7 +517,9 @@ class StreamMachine(Generic[Out]):
 
     def ended(self, now: float) -> Out:
         """The body ended (EOF, or the transport's error ended it): the last output; the machine moves to
-        DONE, or decides about the fault (an incomplete stream, or a stall when the deadline had passed)."""
+        DONE (or back to OPEN when the presenter resumes a paused turn: the next segment's Retry deadline
+        counts from ``now``), or decides about the fault (an incomplete stream, or a stall when the deadline
+        had passed)."""
         self._expect("read")
         reader = self.reader
         attempt = self._attempt
@@ -500,7 +537,25 @@ class StreamMachine(Generic[Out]):
                 self._attempt_failed(error, now)
             return output
         self._set("done")
-        return presenter.show(output, attempt)
+        self._completed = attempt
+        shown = presenter.show(output, attempt)  # first: a paused stop is held back as it is shown
+        if presenter.resumes:
+            request = presenter.resume(reader.message)
+            if request is not None:
+                self._resume(request, now)
+        return shown
+
+    def _resume(self, request: dict[str, Any], now: float) -> None:
+        """The attempt completed a paused turn that goes on: the next segment's first attempt (mode
+        "resume") sends ``request``, with a Retry budget of its own."""
+        self._keep_repairs()
+        self.request = request
+        self._continuation = None
+        self._segment = len(self.attempts)
+        self.started = now
+        self._epoch = _Epoch(mode="resume")
+        self.reader = None  # the turn so far is the presenter's (stitched); no attempt is reading
+        self._set("open")
 
     def timed_out(self, now: float) -> Out:
         """No chunk arrived by ``read_deadline()``."""
@@ -612,9 +667,10 @@ class StreamMachine(Generic[Out]):
         if fault.complete or not (refused_prefill or retry.retries(fault)):
             return None
         number = len(self.attempts)
-        if number >= retry.max_attempts:
+        tries = number - self._segment  # the attempts of this segment (one request of a paused turn)
+        if tries >= retry.max_attempts:
             return None
-        delay = 0.0 if refused_prefill else retry.delay(number, fault)
+        delay = 0.0 if refused_prefill else retry.delay(tries, fault)
         if retry.deadline is not None and now - self.started + delay > retry.deadline:
             return None
         epoch = _Epoch(delay=delay)
@@ -657,6 +713,7 @@ class StreamMachine(Generic[Out]):
         epoch.mode = "restart"
         epoch.restart = RestartEvent(attempt=number + 1, error=error)
         epoch.continuation = None
+        self.request = None  # a paused turn starts again from its first request (in this segment's budget)
         self.presenter.restart()
 
 
@@ -712,15 +769,21 @@ class EventPresenter:
     continuing, the continuation's text spliced into text block 0 (whitespace the prefill had to leave out is
     not repeated), its snapshots, final block and final message stitched, and usage summed over attempts.
 
+    With ``pause`` (a :class:`~mendstream.streaming.pause.PauseResumer`: ``resume_pause_turn``), a turn that
+    pauses is resumed: every request of the turn is a segment, shown as above (block indexes from 0, text
+    continuations spliced within it), then rewritten by ``pause.events`` into one message (one
+    ``message_start``, indexes that go on from segment to segment, the paused stops held back, usage summed,
+    the stitched final message).
+
     Invariant: the consumer sees every character of text at most once per epoch.
     """
 
     __slots__ = (
-        "_drop_text_event", "_shown", "_skipping", "continuing", "shown_content", "shown_start", "skipped",
-        "transparent",
+        "_drop_text_event", "_shown", "_skipping", "continuing", "pause", "resumes", "shown_content",
+        "shown_start", "skipped", "transparent",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, pause: PauseResumer | None = None) -> None:
         self.shown_start = False
         self.shown_content = False
         self.continuing = False
@@ -729,6 +792,8 @@ class EventPresenter:
         self.skipped = 0
         self._skipping = False
         self._drop_text_event = False
+        self.pause = pause
+        self.resumes = pause is not None
 
     def begin(self, attempt: Attempt) -> None:
         self.skipped = 0
@@ -764,15 +829,40 @@ class EventPresenter:
             else:
                 self.shown_content = True
             out.append(event)
+        pause = self.pause
+        if pause is not None:
+            out = pause.events(out)
         attempt.events_delivered += len(out)
-        self.transparent = self.shown_content and not self.continuing
+        self.transparent = self.shown_content and not self.continuing and pause is None
         return out
 
     def restart(self) -> None:
         self.shown_start = self.shown_content = False
+        self._segment()
+        if self.pause is not None:
+            self.pause.reset()
+
+    def _segment(self) -> None:
+        """Forget the text shown (a new epoch, or the next request of a paused turn)."""
+        self.shown_content = False
         self.continuing = False
         self.transparent = False
         self._shown = _Shown()
+        self.skipped = 0
+        self._skipping = False
+        self._drop_text_event = False
+
+    def resume(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        pause = self.pause
+        if pause is None:
+            return None
+        request = pause.next_request(self._stitch_text(message))
+        if request is not None:
+            # Nothing of the next request is shown yet; its message_start goes to the resumer, which takes
+            # its usage and drops it (the consumer has the turn's).
+            self.shown_start = False
+            self._segment()
+        return request
 
     def keep(self, message: dict[str, Any]) -> None:
         if self.continuing:
@@ -800,7 +890,16 @@ class EventPresenter:
 
     def stitch(self, message: dict[str, Any]) -> dict[str, Any]:
         """The message as the consumer must see it: when continuing, text block 0 holds all the text shown
-        and usage is summed over every attempt."""
+        and usage is summed over every attempt; in a resumed turn, the earlier requests' messages come first
+        (``message`` may then be ``{}``: no attempt of the running request has a message yet)."""
+        out = self._stitch_text(message)
+        pause = self.pause
+        if pause is None or not pause.resuming:
+            return out
+        return pause.message(out)
+
+    def _stitch_text(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The running request's ``message`` with the text continued in it stitched (see :meth:`stitch`)."""
         if not self.continuing or not message:
             return message
         content = list(message.get("content") or [])
@@ -847,7 +946,7 @@ class EventPresenter:
                 block["text"] = self._shown.text + str(block.get("text", ""))[self.skipped :]
             return ContentBlockStopEvent(0, Data(block))
         if isinstance(event, MessageStopEvent):
-            return MessageStopEvent(Data(self.stitch(dict(event.message))))
+            return MessageStopEvent(Data(self._stitch_text(event.message.to_dict())))
         return event
 
     def _skip(self, text: str) -> str:

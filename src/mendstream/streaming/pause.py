@@ -25,10 +25,25 @@ from mendstream.core.events import (
 )
 from mendstream.errors import UsageError
 
-__all__ = ["PAUSE_TURN", "PauseResumer", "continuation_request", "stitch_messages", "sum_usage"]
+__all__ = [
+    "PAUSE_TURN",
+    "PauseResumer",
+    "check_resume_pause_turn",
+    "continuation_request",
+    "stitch_messages",
+    "sum_usage",
+]
 
 PAUSE_TURN = "pause_turn"
 _MARKERS = ("input_incomplete",)  # mendstream's own keys on blocks (accumulate.INPUT_INCOMPLETE): never sent
+
+
+def check_resume_pause_turn(value: object) -> int:
+    """``value`` (the ``resume_pause_turn`` option: continuation requests allowed) as an int >= 0;
+    :class:`~mendstream.errors.UsageError` naming it otherwise (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"resume_pause_turn must be an int >= 0 (continuation requests; 0: off), not {value!r}")
+    return value
 
 
 def continuation_request(params: Mapping[str, Any], paused: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,6 +154,8 @@ class PauseResumer:
         if isinstance(max_continuations, bool) or not isinstance(max_continuations, int) or max_continuations < 0:
             raise UsageError(f"max_continuations must be an int >= 0, got {max_continuations!r}")
         self.max_continuations = max_continuations
+        self.first: dict[str, Any] = dict(params)
+        """The turn's first request (what :meth:`reset` goes back to)."""
         self.request: dict[str, Any] = dict(params)
         self.continuations = 0  # continuation requests sent so far
         self._done: list[dict[str, Any]] = []  # the messages of the finished (paused) requests
@@ -146,11 +163,25 @@ class PauseResumer:
         self._usage: dict[str, Any] = {}  # usage of the finished requests, summed
         self._withheld: list[Event] = []
         self._holding = False
+        self._started: dict[str, Any] = {}  # the running request's usage as its message_start gave it
 
     @property
     def resuming(self) -> bool:
-        """True once a continuation has been sent (the running request's events are rewritten)."""
-        return self.continuations > 0
+        """True while the running request is a continuation (its events are rewritten, the turn's message is
+        stitched); False for the turn's first request, also after :meth:`reset`."""
+        return bool(self._done)
+
+    def reset(self) -> None:
+        """The turn starts again from its first request (a restart: the consumer was told to forget what it
+        was shown). The continuations already sent still count against ``max_continuations``, so that
+        restarts and continuations cannot take turns for ever."""
+        self.request = dict(self.first)
+        self._done = []
+        self._offset = 0
+        self._usage = {}
+        self._withheld = []
+        self._holding = False
+        self._started = {}
 
     def _may_continue(self) -> bool:
         return self.continuations < self.max_continuations
@@ -161,12 +192,17 @@ class PauseResumer:
         offset = self._offset
         for event in events:
             if isinstance(event, MessageStartEvent):
+                usage = event.message.to_dict().get("usage")
+                self._started = dict(usage) if isinstance(usage, Mapping) else {}
                 if self.resuming:
                     continue  # the consumer has the turn's message_start
             elif isinstance(event, MessageDeltaEvent):
                 pausing = event.delta.get("stop_reason") == PAUSE_TURN and self._may_continue()
                 if self.resuming:
-                    event = MessageDeltaEvent(event.delta, Data(sum_usage(self._usage, event.usage.to_dict())))
+                    # The delta's usage is the request's so far (its start's counts, those the delta sends
+                    # replacing them): the turn's is that plus the earlier requests'.
+                    sent = {k: v for k, v in event.usage.to_dict().items() if v is not None}
+                    event = MessageDeltaEvent(event.delta, Data(sum_usage(self._usage, {**self._started, **sent})))
                 if pausing:
                     self._holding = True
                     self._withheld.append(event)

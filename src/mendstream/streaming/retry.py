@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 OnPartial = Literal["raise", "restart", "continue"]
-AttemptMode = Literal["first", "retry", "restart", "continue"]
+AttemptMode = Literal["first", "retry", "restart", "continue", "resume"]
 
 # Fault kinds that are not an API error type or an HTTP status.
 _LOCAL_KINDS = frozenset({"read_error", "truncated", "stalled", "connection"})
@@ -266,7 +266,8 @@ class Attempt:
 
     Attributes:
         number: 1 for the first request.
-        mode: ``"first"``, ``"retry"`` (nothing had been shown: invisible), ``"restart"`` or ``"continue"``.
+        mode: ``"first"``, ``"retry"`` (nothing had been shown: invisible), ``"restart"``, ``"continue"``, or
+            ``"resume"`` (the next request of a turn that paused with ``pause_turn``: ``resume_pause_turn``).
         delay: seconds slept before this attempt.
         error: what ended it (None: it succeeded, or is still running).
         bytes_received: body bytes read.

@@ -21,6 +21,7 @@ from mendstream.errors import ContentTypeError, HTTPStatusError, StreamError, Us
 from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
 from mendstream.streaming.machine import Open
 from mendstream.streaming.opener import AsyncStreamOpener
+from mendstream.streaming.pause import PauseResumer, check_resume_pause_turn
 from mendstream.streaming.retry import Retry
 from mendstream.transports.capturing import (
     CapturePath,
@@ -178,16 +179,20 @@ class _Request:
         self.started_at = 0.0
 
     def for_attempt(self, action: Open) -> _Request:
-        """This request as attempt ``action.attempt.number`` sends it: the continuation appended to the
-        messages, its own capture path, and the stall bound as the read timeout (unless one was given)."""
+        """This request as attempt ``action.attempt.number`` sends it: ``action.request`` as the body when it
+        names one (the continuation request of a paused turn), the continuation appended to the messages,
+        its own capture path, and the stall bound as the read timeout (unless one was given)."""
         plain = action.continuation is None and (action.timeout is None or not _is_unset(self.timeout))
-        if action.attempt.number == 1 and plain:
+        if action.attempt.number == 1 and plain and action.request is None:
             return self
         out = copy.copy(self)
         out.capture = attempt_capture_path(self.capture, action.attempt.number)
+        body = action.request if action.request is not None else self.body
         if action.continuation is not None:
-            out.body = {**self.body, "messages": action.continuation.apply(self.body.get("messages"))}
-            out.content = json.dumps(out.body, ensure_ascii=False).encode("utf-8")
+            body = {**body, "messages": action.continuation.apply(body.get("messages"))}
+        if body is not self.body:
+            out.body = body
+            out.content = json.dumps(body, ensure_ascii=False).encode("utf-8")
         if action.timeout is not None and _is_unset(self.timeout):
             out.timeout = _StallBound(action.timeout)
         return out
@@ -318,6 +323,7 @@ def stream(
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
     sanitize: Any = False,
+    resume_pause_turn: int = 0,
 ) -> MessageStream:
     """Stream a Messages API request from ``base_url`` (any Anthropic-compatible endpoint).
 
@@ -342,6 +348,8 @@ def stream(
             :func:`mendstream.stream`; see docs/resilience.md.
         sanitize: fix the mechanical 400s in the body before sending, as for :func:`mendstream.stream`
             (``stream.request_changes`` says what changed).
+        resume_pause_turn: resume a turn that stops with ``pause_turn`` with up to this many continuation
+            requests, shown as one message, as for :func:`mendstream.stream` (0: off).
 
     Returns:
         A :class:`~mendstream.MessageStream`; close it (or use ``with``) to release the connection.
@@ -353,6 +361,7 @@ def stream(
             core's ``StreamError`` subclasses; a connection dropped mid-body ends the input (see
             :class:`~mendstream.transports.pump.BodyPump`).
     """
+    limit = check_resume_pause_turn(resume_pause_turn)
     req = _Request(
         body,
         base_url=base_url,
@@ -374,7 +383,13 @@ def stream(
         return BodyPump(writer).opened(response, response.iter_bytes(), response.close)
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                         parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
+                         parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes,
+                         pause=_pause(req, limit))
+
+
+def _pause(req: _Request, limit: int) -> PauseResumer | None:
+    """The stream's :class:`~mendstream.streaming.pause.PauseResumer` over the body as sent (None: off)."""
+    return PauseResumer(req.body, max_continuations=limit) if limit else None
 
 
 def astream(
@@ -398,6 +413,7 @@ def astream(
     idle_timeout: float | None = None,
     progress_timeout: float | None = None,
     sanitize: Any = False,
+    resume_pause_turn: int = 0,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`; ``client`` is an ``httpx.AsyncClient`` / ``httpx2.AsyncClient``.
 
@@ -405,6 +421,7 @@ def astream(
     clients are bound to one event loop, so none is shared); pass your own to reuse connections. Returns an
     opener: ``async with mendstream.httpx.astream(...) as stream:`` or ``stream = await ...``.
     """
+    limit = check_resume_pause_turn(resume_pause_turn)
     req = _Request(
         body,
         base_url=base_url,
@@ -425,6 +442,7 @@ def astream(
 
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
-                                  parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes)
+                                  parser=parser, sdk_events=sdk_events, beta=req.beta, request_changes=req.changes,
+                                  pause=_pause(req, limit))
 
     return AsyncStreamOpener(make)

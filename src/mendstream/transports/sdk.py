@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import reprlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mendstream.cache.integration import apply_cache
@@ -28,6 +28,7 @@ from mendstream.errors import (
 from mendstream.streaming.drivers import AsyncMessageStream, MessageStream, Opened
 from mendstream.streaming.machine import Open
 from mendstream.streaming.opener import AsyncStreamOpener
+from mendstream.streaming.pause import PauseResumer, check_resume_pause_turn
 from mendstream.streaming.retry import Retry
 from mendstream.streaming.sdk_rules import sdk_partial_mode
 from mendstream.streaming.tracing import SpanFeed
@@ -453,8 +454,11 @@ def _sdk_stall(err: StreamStalledError) -> BaseException:
 
 
 def _attempt_params(params: dict[str, Any], action: Open) -> dict[str, Any]:
-    """The request parameters of one attempt: the continuation appended to the messages, and the stall
+    """The request parameters of one attempt: ``action.request`` instead of ``params`` when it names one
+    (the continuation request of a paused turn), the continuation appended to the messages, and the stall
     bound on the wait for the response head as the SDK's timeout (unless the caller set one)."""
+    if action.request is not None:
+        params = action.request
     if action.continuation is None and (action.timeout is None or "timeout" in params):
         return params
     out = dict(params)
@@ -477,6 +481,7 @@ def stream(
     progress_timeout: float | None = None,
     sdk_events: bool = False,
     sanitize: Any = False,
+    resume_pause_turn: int = 0,
     **params: Any,
 ) -> MessageStream:
     """Send a streaming Messages request through ``client`` and read it with mendstream.
@@ -502,6 +507,11 @@ def stream(
         sdk_events: yield the SDK's own event objects (``anthropic.types.RawMessageStartEvent``,
             ``anthropic.lib.streaming.TextEvent``, ...; their ``Beta`` variants with ``betas=``) instead of
             mendstream's, for code that checks event classes. Costs one SDK model per event.
+        resume_pause_turn: when the turn stops with ``pause_turn`` (server tools ran long), send up to this
+            many continuation requests (the request again with the paused content appended, through the
+            same client and ``retry``) and show the whole turn as one message (0, the default: off; the
+            stream ends with ``pause_turn``). ``stream.attempts`` records each as mode ``"resume"``. See
+            docs/stop-reasons.md.
         **params: what ``client.messages.stream(...)`` takes (``model``, ``max_tokens``, ``messages``,
             ``tools``, ``extra_headers``, ``timeout``, ...). With ``betas=[...]`` the request goes to
             ``client.beta.messages``.
@@ -522,6 +532,7 @@ def stream(
         is not an SDK client (None, a str, a request body) or is an async one (use :func:`astream`).
     """
     _check_client(client, want_async=False)
+    pause = _pause(resume_pause_turn)
     prepared, changes = _prepare(params, cache, sanitize)
     params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
@@ -537,7 +548,16 @@ def stream(
 
     return MessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                          parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
-                         output_format=structured, request_changes=changes)
+                         output_format=structured, request_changes=changes, pause=pause(params))
+
+
+def _pause(resume_pause_turn: object) -> Callable[[dict[str, Any]], PauseResumer | None]:
+    """``resume_pause_turn`` checked (a UsageError names a bad value, before anything is sent): what makes
+    the stream's :class:`~mendstream.streaming.pause.PauseResumer` over the request as sent (None: off)."""
+    limit = check_resume_pause_turn(resume_pause_turn)
+    if not limit:
+        return lambda params: None
+    return lambda params: PauseResumer(params, max_continuations=limit)
 
 
 def _for_sdk(opened: Opened, given: MessageParser | None, parser: MessageParser | None, params: Any,
@@ -577,16 +597,18 @@ def astream(
     progress_timeout: float | None = None,
     sdk_events: bool = False,
     sanitize: Any = False,
+    resume_pause_turn: int = 0,
     **params: Any,
 ) -> AsyncStreamOpener:
     """The async twin of :func:`stream`, for ``anthropic.AsyncAnthropic`` and the async platform clients.
 
     Returns an opener: ``async with mendstream.astream(client, ...) as stream:`` (as with the SDK's
     ``client.messages.stream``), or ``stream = await mendstream.astream(client, ...)``. The first attempt
-    is sent when it is entered or awaited. Arguments, errors and capture as for :func:`stream`; ``client``
-    must be an async SDK client (``UsageError`` at once otherwise).
+    is sent when it is entered or awaited. Arguments (``resume_pause_turn`` too), errors and capture as for
+    :func:`stream`; ``client`` must be an async SDK client (``UsageError`` at once otherwise).
     """
     _check_client(client, want_async=True)
+    pause = _pause(resume_pause_turn)
     prepared, changes = _prepare(params, cache, sanitize)
     params, structured = _output_format(prepared)
     messages = _messages_of(client, params)
@@ -603,6 +625,6 @@ def astream(
     def make() -> AsyncMessageStream:
         return AsyncMessageStream(opener, retry=retry, idle_timeout=idle_timeout, progress_timeout=progress_timeout,
                                   parser=parser, convert_stall=_sdk_stall, sdk_events=sdk_events, beta=beta,
-                                  output_format=structured, request_changes=changes)
+                                  output_format=structured, request_changes=changes, pause=pause(params))
 
     return AsyncStreamOpener(make)

@@ -222,6 +222,7 @@ class WirePresenter:
         "_holding", "_offset", "_shown", "_skipping", "continuing", "hold_tools", "shown_blocks", "shown_content",
         "shown_start", "skipped", "track_text", "transparent",
     )
+    resumes = False  # a client that sent one request expects one response: a paused turn is passed on as it is
 
     def __init__(self, *, track_text: bool = False, hold_tools: bool = False) -> None:
         self.track_text = track_text
@@ -319,6 +320,9 @@ class WirePresenter:
     def keep(self, message: dict[str, Any]) -> None:
         if self.continuing:
             self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
+
+    def resume(self, message: dict[str, Any]) -> dict[str, Any] | None:  # pragma: no cover - resumes is False
+        return None
 
     def continue_from(self, message: dict[str, Any]) -> Continuation | str:
         kinds = self.shown_blocks  # what the client has: a held tool block it never saw does not count
