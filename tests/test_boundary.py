@@ -208,3 +208,41 @@ def test_a_continuation_that_goes_straight_to_a_tool_call_is_shifted_after_the_t
     assert [b["type"] for b in message["content"]] == ["text", "tool_use"]
     assert message["content"][0]["text"] == "Let me check the weather."
     assert message["content"][1]["input"] == {"city": "Paris", "unit": "celsius"}
+
+
+def test_the_text_kept_for_a_continuation_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past MAX_TRACKED_TEXT the boundary lets the text go: a later fault ends in an error event, said why.
+    import mendstream.wire.boundary as boundary
+
+    monkeypatch.setattr(boundary, "MAX_TRACKED_TEXT", 10)
+    full = text_stream("hello there world, a longer answer", pieces=6)
+    opener = WireOpener(full, [ErrorEvent(after_events=7)])
+    out, run = forward(opener, CONTINUE)
+    assert wire_events(out)[-1] == "error" and len(opener.requests) == 1
+    assert run.machine.note is not None and "MAX_TRACKED_TEXT" in run.machine.note
+    assert run.machine.presenter._shown.text == []  # type: ignore[attr-defined]
+    short = WireOpener(text_stream("hello there", pieces=2), [ErrorEvent(after_events=4)])
+    assert full_text(forward(short, CONTINUE)[0]) == "hello there"  # under the bound: continued
+
+
+def test_a_tool_block_held_back_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past MAX_HELD_TOOL_BYTES the held tool block is sent as it is and streams on; the message is the same.
+    import mendstream.wire.boundary as boundary
+
+    full = tool_stream()
+
+    def chunks() -> list[bytes]:
+        opener = WireOpener(full, [], splits=list(range(0, len(full), 16)))
+        run = SyncRun(opener, boundary_machine(CONTINUE, now=time.monotonic()), fail_as=error_event)
+        received = list(run.events())
+        assert sdk_outcome(b"".join(received))[0] == sdk_outcome(full)[0]
+        return received
+
+    def first(received: list[bytes], needle: bytes) -> int:
+        return next(i for i, chunk in enumerate(received) if needle in chunk)
+
+    held = chunks()  # the default bound: the tool block goes out whole, with its stop
+    assert first(held, b"input_json_delta") == first(held, b'"content_block_stop", "index": 1')
+    monkeypatch.setattr(boundary, "MAX_HELD_TOOL_BYTES", 200)
+    streamed = chunks()
+    assert first(streamed, b"input_json_delta") < first(streamed, b'"content_block_stop", "index": 1')

@@ -124,6 +124,13 @@ class Survival:
 _RETRY_FIELDS = ("max_attempts", "backoff", "cap", "deadline", "retry_on", "on_partial", "jitter", "seed")
 
 
+MAX_TRACKED_TEXT = 1 << 22
+"""Characters of forwarded text the boundary keeps for a continuation's prefill (4 Mi: far past any answer's
+``max_tokens``); past it the text is let go and a fault is answered with an ``event: error``."""
+MAX_HELD_TOOL_BYTES = 1 << 24
+"""Bytes of one tool block held back until it is complete (``hold_tools``); past it the block is sent as it
+is and streams on, as with ``hold_tools=False``."""
+
 PROXY_SURVIVAL = Survival(Retry(max_attempts=3, on_partial="continue"), idle_timeout=120.0, progress_timeout=600.0)
 """The proxy's defaults: up to 3 attempts, text continued after a fault, and stall timeouts no healthy stream
 trips (the API sends bytes at least every few seconds while a response is in progress, pings included, so
@@ -219,8 +226,8 @@ class WirePresenter:
     the cost is that a client sees a tool call's input at once when it is complete, not as it is written."""
 
     __slots__ = (
-        "_holding", "_offset", "_shown", "_skipping", "continuing", "hold_tools", "shown_blocks", "shown_content",
-        "shown_start", "skipped", "track_text", "transparent",
+        "_held_bytes", "_holding", "_offset", "_shown", "_skipping", "_tracked", "continuing", "hold_tools",
+        "shown_blocks", "shown_content", "shown_start", "skipped", "track_text", "transparent", "untracked",
     )
     resumes = False  # a client that sent one request expects one response: a paused turn is passed on as it is
 
@@ -233,6 +240,9 @@ class WirePresenter:
         self.transparent = False
         self.shown_blocks: list[str] = []  # the types of the blocks whose start the client has
         self._holding: list[bytes] | None = None  # a tool block's events, held until its stop
+        self._held_bytes = 0
+        self._tracked = 0  # characters in _shown.text
+        self.untracked: str | None = None  # why the text stopped being followed, when it did
         self._offset = 0  # added to a continuation's block indexes (1 when it does not go on with text)
         self._shown = _Shown()
         self.skipped = 0
@@ -274,7 +284,9 @@ class WirePresenter:
             if holding is not None:
                 changed = True
                 holding.append(event)
-                if name not in (b"content_block_stop", b"message_delta", b"message_stop", b"error"):
+                self._held_bytes += len(event)
+                if (name not in (b"content_block_stop", b"message_delta", b"message_stop", b"error")
+                        and self._held_bytes <= MAX_HELD_TOOL_BYTES):
                     continue
                 self._holding = None  # the tool block is whole (or the message ends): it goes out now
                 for held in holding:
@@ -284,6 +296,7 @@ class WirePresenter:
                 continue
             if self.hold_tools and name == b"content_block_start" and self._is_tool_start(event):
                 self._holding = [event]
+                self._held_bytes = len(event)
                 changed = True
                 continue
             shown = self._one(name, event)
@@ -332,7 +345,7 @@ class WirePresenter:
         if len(kinds) > 1:
             return "the partial output has more than one text block"
         if not self.track_text:
-            return "the boundary did not follow the text (on_partial is not 'continue')"
+            return self.untracked or "the boundary did not follow the text (on_partial is not 'continue')"
         shown = "".join(self._shown.text)
         prefill = shown.rstrip()
         self._shown.usage = sum_usage(self._shown.usage, message.get("usage"))
@@ -382,6 +395,11 @@ class WirePresenter:
             delta = payload.get("delta")
             if type(delta) is dict and delta.get("type") == "text_delta" and type(delta.get("text")) is str:
                 self._shown.text.append(delta["text"])
+                self._tracked += len(delta["text"])
+                if self._tracked > MAX_TRACKED_TEXT:  # bounded: let the text go, and with it a continuation
+                    self.track_text = False
+                    self._shown.text = []
+                    self.untracked = f"the text shown is over {MAX_TRACKED_TEXT} characters (MAX_TRACKED_TEXT)"
 
     def _continued(self, name: bytes, event: bytes) -> bytes | None:
         """A continuation's event as the client must see it (None: dropped; the same object: unchanged).
