@@ -724,6 +724,18 @@ def _not_reading(data: bytes, /) -> Any:
 # -- the presenter for event consumers -----------------------------------------------------------------------
 
 
+def skip_held(text: str, held: str, skipped: int) -> tuple[str, int, bool]:
+    """Drop from a continuation's start the whitespace the consumer already saw (``held``: held back from the
+    prefill, because the API refuses a prefill ending in whitespace; ``skipped`` of it matched so far).
+    Returns the rest of ``text``, the new ``skipped``, and whether skipping is over (a character that differs,
+    or all of ``held`` matched)."""
+    i = 0
+    while i < len(text) and skipped < len(held) and text[i] == held[skipped]:
+        i += 1
+        skipped += 1
+    return text[i:], skipped, i < len(text) or skipped >= len(held)
+
+
 class _StitchedSnapshot:
     """The snapshot of a continued text block at one event: the text shown before, then this attempt's
     text without the whitespace it repeated (computed when the event is stitched)."""
@@ -950,16 +962,10 @@ class EventPresenter:
         return event
 
     def _skip(self, text: str) -> str:
-        """Drop from the continuation's start the whitespace the consumer already saw (held back from the
-        prefill because the API refuses a prefill ending in whitespace)."""
-        held = self._shown.held
-        i = 0
-        while i < len(text) and self.skipped < len(held) and text[i] == held[self.skipped]:
-            i += 1
-            self.skipped += 1
-        if i < len(text) or self.skipped >= len(held):
+        rest, self.skipped, done = skip_held(text, self._shown.held, self.skipped)
+        if done:
             self._skipping = False
-        return text[i:]
+        return rest
 
 
 def parser_factory(first: MessageParser | None) -> Callable[[int], MessageParser]:

@@ -30,7 +30,7 @@ from jiter import from_json
 from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.repair import Repair
 from mendstream.errors import StreamError, UsageError
-from mendstream.streaming.machine import Continuation, StreamMachine, check_stream_options, sum_usage
+from mendstream.streaming.machine import Continuation, StreamMachine, check_stream_options, skip_held, sum_usage
 from mendstream.streaming.retry import Attempt, Retry
 from mendstream.wire.rewrite import ResponseRewriter, encode_event
 
@@ -444,14 +444,10 @@ class WirePresenter:
         return event
 
     def _skip(self, text: str) -> str:
-        held = self._shown.held
-        i = 0
-        while i < len(text) and self.skipped < len(held) and text[i] == held[self.skipped]:
-            i += 1
-            self.skipped += 1
-        if i < len(text) or self.skipped >= len(held):
+        rest, self.skipped, done = skip_held(text, self._shown.held, self.skipped)
+        if done:
             self._skipping = False
-        return text[i:]
+        return rest
 
 
 def boundary_machine(
