@@ -161,6 +161,9 @@ def test_fault_matrix_through_the_transports_and_the_proxy(server: ReplayServer,
         assert "".join(seen.texts) == (TEXT if fixture == "text" else "Checking.")  # nothing repeated or missing
         assert seen.message["content"] == expected["content"]
         assert seen.message["stop_reason"] == expected["stop_reason"]
+        if fixture == "text":  # usage summed over the attempts whose answers the client sees spliced
+            continued = fault not in ("overloaded_before_content", "status_529_before_streaming")
+            assert seen.message["usage"]["input_tokens"] == expected["usage"]["input_tokens"] * (1 + continued)
     else:
         assert seen.error is not None and seen.message is None
         assert "incomplete_stream_error" in str(seen.error)

@@ -261,6 +261,10 @@ def test_fault_matrix(server: ReplayServer, fault: str, policy: str, mode: str, 
         "output_tokens": partial_usage["output_tokens"] + continued["usage"]["output_tokens"],
     }
     assert final["stop_reason"] == "end_turn"
+    # The message_delta shown carries the whole turn's usage, as the final message does: a consumer that
+    # applies it (the SDK keeps each field a delta has) ends with the same numbers.
+    delta = [e for e in out.events if e.type == "message_delta"][-1]
+    assert {k: delta.usage.to_dict()[k] for k in final["usage"]} == final["usage"]
 
 
 # -- budgets and rules ---------------------------------------------------------------------------------------

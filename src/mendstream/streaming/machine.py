@@ -59,6 +59,7 @@ from mendstream.core.events import (
     ContentBlockStopEvent,
     Data,
     Event,
+    MessageDeltaEvent,
     MessageStopEvent,
     TextEvent,
 )
@@ -769,11 +770,23 @@ def sum_usage(total: dict[str, Any], usage: Any) -> dict[str, Any]:
 @dataclass(slots=True)
 class _Shown:
     """What a continuation continues: the text shown so far, the whitespace the prefill left out (to be
-    dropped from the continuation's start), and the usage of the attempts before."""
+    dropped from the continuation's start), the usage of the attempts before, and the usage the running
+    attempt's (dropped) ``message_start`` reported."""
 
     text: str = ""
     held: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
+    start_usage: dict[str, Any] = field(default_factory=dict)
+
+
+def delta_usage(shown: dict[str, Any], start: dict[str, Any], delta: Any) -> dict[str, Any]:
+    """The usage a continuation's ``message_delta`` must carry so that a consumer that applies it (the SDK
+    keeps each field the delta has) ends with the whole turn's: the continuation's own usage (its
+    ``message_start``'s, overridden by the delta's non-null fields) added to the earlier attempts' ``shown``."""
+    own = dict(start)
+    if isinstance(delta, dict):
+        own.update((key, value) for key, value in delta.items() if value is not None)
+    return sum_usage(dict(shown), own)
 
 
 class EventPresenter:
@@ -830,6 +843,9 @@ class EventPresenter:
         for event in output:
             if event.type == "message_start":
                 if self.shown_start:
+                    if self.continuing:  # its usage is part of the turn's: the continuation's delta adds it
+                        usage = event.message.to_dict().get("usage")
+                        self._shown.start_usage = usage if isinstance(usage, dict) else {}
                     continue  # a retry or continuation: the consumer already has its message_start
                 self.shown_start = True
             elif self.continuing:
@@ -959,6 +975,10 @@ class EventPresenter:
             return ContentBlockStopEvent(0, Data(block))
         if isinstance(event, MessageStopEvent):
             return MessageStopEvent(Data(self._stitch_text(event.message.to_dict())))
+        if isinstance(event, MessageDeltaEvent):
+            shown = self._shown
+            return MessageDeltaEvent(event.delta, Data(delta_usage(shown.usage, shown.start_usage,
+                                                                   event.usage.to_dict())))
         return event
 
     def _skip(self, text: str) -> str:

@@ -30,7 +30,14 @@ from jiter import from_json
 from mendstream.core.accumulate import TOOL_BLOCK_TYPES
 from mendstream.core.repair import Repair
 from mendstream.errors import StreamError, UsageError
-from mendstream.streaming.machine import Continuation, StreamMachine, check_stream_options, skip_held, sum_usage
+from mendstream.streaming.machine import (
+    Continuation,
+    StreamMachine,
+    check_stream_options,
+    delta_usage,
+    skip_held,
+    sum_usage,
+)
 from mendstream.streaming.retry import Attempt, Retry
 from mendstream.wire.rewrite import ResponseRewriter, encode_event
 
@@ -214,6 +221,7 @@ class _Shown:
     text: list[str] = field(default_factory=list)  # text block 0 as forwarded (for a continuation's prefill)
     held: str = ""  # the whitespace the prefill had to leave out, to drop from the continuation's start
     usage: dict[str, Any] = field(default_factory=dict)  # the usage of the attempts before the current one
+    start_usage: dict[str, Any] = field(default_factory=dict)  # the current one's message_start usage
 
 
 class WirePresenter:
@@ -310,6 +318,11 @@ class WirePresenter:
         """One event as the client must see it (None: not sent)."""
         if name == b"message_start":
             if self.shown_start:
+                if self.continuing:  # its usage is part of the turn's: the continuation's delta adds it
+                    payload = self._payload(event)
+                    message = payload.get("message") if type(payload) is dict else None
+                    usage = message.get("usage") if type(message) is dict else None
+                    self._shown.start_usage = usage if type(usage) is dict else {}
                 return None  # a retry or continuation: the client already has its message_start
             self.shown_start = True
             return event
@@ -416,7 +429,9 @@ class WirePresenter:
             usage = payload.get("usage")
             if type(usage) is not dict:
                 return event
-            return encode_event("message_delta", {**payload, "usage": self.stitch_usage(usage)})
+            shown = self._shown
+            return encode_event("message_delta", {**payload, "usage": delta_usage(shown.usage, shown.start_usage,
+                                                                                 usage)})
         index = payload.get("index")
         if name == b"content_block_start" and index == 0 and self._offset == 0:
             block = payload.get("content_block")
