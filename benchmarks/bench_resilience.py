@@ -25,6 +25,7 @@ from typing import Any
 import anthropic
 
 import mendstream
+from mendstream.cli.common import positive_int
 from mendstream.testing.faults import Cut, ErrorEvent, HTTPError, RandomMix, Stall
 
 # The fault server lives with the tests until ReplayServer(faults=...) is merged.
@@ -179,14 +180,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
 
 
 def _configs(text: str) -> set[str]:
@@ -200,7 +193,7 @@ def _configs(text: str) -> set[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=_positive, default=1000, help="turns per configuration (default: %(default)s)")
+    parser.add_argument("--turns", type=positive_int, default=1000, help="turns per configuration (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", type=_configs, help="comma-separated configurations: " + ",".join(CONFIGS))
     args = parser.parse_args()

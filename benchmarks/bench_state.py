@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Any
 
+from mendstream.cli.common import positive_int
+
 
 def rss_mb() -> float:
     gc.collect()
@@ -168,14 +170,6 @@ def measure_time(rounds: int) -> None:
               f"{q(commit, 99):6.3f} ms")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
 
 
 def main() -> None:
@@ -184,9 +178,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description="What the proxy's planner-state stores cost: resident memory, "
                                      "and time per request of checkout + commit (in process and on redis-server).")
-    parser.add_argument("--conversations", type=_positive, default=30, help="(default: %(default)s)")
-    parser.add_argument("--mb", type=_positive, default=12, help="request size in MB (default: %(default)s)")
-    parser.add_argument("--rounds", type=_positive, default=50, help="(default: %(default)s)")
+    parser.add_argument("--conversations", type=positive_int, default=30, help="(default: %(default)s)")
+    parser.add_argument("--mb", type=positive_int, default=12, help="request size in MB (default: %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=50, help="(default: %(default)s)")
     args = parser.parse_args()
     measure_memory(args.conversations, args.mb)
     measure_time(args.rounds)

@@ -78,12 +78,12 @@ def _busy(pool: Any) -> int:
     return sum(1 for conn in pool.connections if not conn.is_idle())
 
 
-def run_sync(base_url: str, fixture: str, **options: Any) -> Seen:
+def sdk_turn(base_url: str, fixture: str, transport: Any, inner: Any) -> Seen:
+    """One turn of the SDK (its own retries off) over ``transport``; ``inner`` is the pool it ends up on."""
     http = sdk_http_module()
-    inner = http.HTTPTransport()
     seen = Seen()
     with anthropic.Anthropic(base_url=base_url, api_key="sk-test", max_retries=0,
-                             http_client=http.Client(transport=RepairTransport(inner, **options))) as client:
+                             http_client=http.Client(transport=transport)) as client:
         try:
             with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": fixture}) as stream:
                 for event in stream:
@@ -93,6 +93,11 @@ def run_sync(base_url: str, fixture: str, **options: Any) -> Seen:
             seen.error, seen.error_at = exc, time.monotonic()
         seen.busy = _busy(inner._pool)
     return seen
+
+
+def run_sync(base_url: str, fixture: str, **options: Any) -> Seen:
+    inner = sdk_http_module().HTTPTransport()
+    return sdk_turn(base_url, fixture, RepairTransport(inner, **options), inner)
 
 
 async def run_async(base_url: str, fixture: str, **options: Any) -> Seen:
@@ -117,21 +122,9 @@ def run_proxy(base_url: str, fixture: str, *, retry: Retry | None = None, hold_t
               **stall: float) -> Seen:
     """The SDK with its own HTTP client, pointed at a proxy in front of ``base_url``."""
     survival = Survival(retry, hold_tools=hold_tools, **stall) if retry or stall else None
-    http = sdk_http_module()
-    inner = http.HTTPTransport()
     with Served(create_app(base_url, survival=survival, coalesce=None)) as proxy:
-        seen = Seen()
-        with anthropic.Anthropic(base_url=proxy.base_url, api_key="sk-test", max_retries=0,
-                                 http_client=http.Client(transport=inner)) as client:
-            try:
-                with client.messages.stream(**PARAMS, extra_headers={"x-mendstream-fixture": fixture}) as stream:
-                    for event in stream:
-                        seen.record(event)
-                    seen.message = stream.get_final_message().to_dict()
-            except Exception as exc:
-                seen.error, seen.error_at = exc, time.monotonic()
-            seen.busy = _busy(inner._pool)
-    return seen
+        inner = sdk_http_module().HTTPTransport()
+        return sdk_turn(proxy.base_url, fixture, inner, inner)
 
 
 MODES = ["sync", "async", "proxy"]

@@ -25,7 +25,7 @@ from mendstream.cache.simulate import (
     simulate,
 )
 from mendstream.cache.strategies import STRATEGIES
-from mendstream.cli.common import CLIError, Parser, input_file, output_file, read_json, run
+from mendstream.cli.common import CLIError, Parser, input_file, output_file, positive_int, read_json, run
 from mendstream.errors import UsageError
 
 __all__ = ["add_subcommands", "main"]
@@ -211,14 +211,6 @@ def write_chart(report: SimulationReport, path: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -257,7 +249,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
     sim.add_argument("session", metavar="SESSION.jsonl", help="the recorded requests")
     sim.add_argument(
         "--lookback",
-        type=_positive,
+        type=positive_int,
         default=20,
         help="blocks walked back from each breakpoint (20 for Anthropic, 1 for exact-match providers)",
     )

@@ -91,6 +91,17 @@ def read_json(path: Path, what: str) -> Any:
         raise CLIError(f"{path} nests JSON too deeply to be {what}") from None
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (else one line naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
 def port(text: str) -> int:
     try:
         value = int(text)

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from mendstream.cli.common import port
+from mendstream.cli.common import port, positive_int
 from mendstream.errors import UsageError
 from mendstream.streaming.retry import Retry
 from mendstream.wire.boundary import PROXY_SURVIVAL, Survival
@@ -21,14 +21,6 @@ _DEFAULTS = ProxyLimits()
 _RETRY = PROXY_SURVIVAL.retry or Retry()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -42,7 +34,7 @@ def _seconds(text: str) -> float:
 
 
 def _workers(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 64:
         raise argparse.ArgumentTypeError(f"at most 64 workers; got {value}")
     return value
@@ -85,10 +77,10 @@ def add_subcommand(subparsers: Any) -> None:
                         help="serve Prometheus metrics on GET /metrics (summed over the workers)")
     parser.add_argument("--no-stats", dest="stats", action="store_false",
                         help="turn GET /mendstream/stats off (answered 404)")
-    parser.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-connections", type=positive_int, default=None, metavar="N",
                         help="open client connections per worker (default: a third of the file limit, at most "
                              "4096); over it idle keep-alive connections make room, else 503")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=_DEFAULTS.max_body_bytes, metavar="N",
+    parser.add_argument("--max-body-bytes", type=positive_int, default=_DEFAULTS.max_body_bytes, metavar="N",
                         help="largest request body, else 413 (default 32 MiB: the Messages API's own limit)")
     parser.add_argument("--header-timeout", type=_seconds, default=_DEFAULTS.header_timeout, metavar="SECONDS",
                         help=f"time to send a request's head, else 408 (default {_DEFAULTS.header_timeout:g})")
@@ -108,7 +100,7 @@ def add_subcommand(subparsers: Any) -> None:
         "stall) is retried unseen; after text, the response is continued in place (the partial text sent back "
         "as an assistant prefill); anything else ends the stream with an 'event: error' the client's SDK "
         "raises. A client that gets an answer after the proxy gave up sees 'x-should-retry: false'.")
-    survival.add_argument("--retry", type=_positive_int, default=_RETRY.max_attempts, metavar="N",
+    survival.add_argument("--retry", type=positive_int, default=_RETRY.max_attempts, metavar="N",
                           help=f"attempts per request, the first included (default {_RETRY.max_attempts}; "
                                "1: never retry)")
     survival.add_argument("--on-partial", choices=("continue", "raise"), default=_RETRY.on_partial,
