@@ -317,6 +317,18 @@ def test_a_cut_after_the_stop_reason_is_complete_and_not_retried(server: ReplayS
     assert out.stream.message["stop_reason"] == "end_turn" and text_of(out.stream.message) == TEXT
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_failed_continuation_keeps_the_whole_text_shown_in_its_snapshot(server: ReplayServer, mode: str) -> None:
+    # The first attempt is cut mid-text, the continuation fails after more text, no attempt is left: the
+    # error's snapshot holds all the text the consumer saw (both attempts), not only the continuation's part.
+    server.reset(Schedule((Cut(after_events=6), ErrorEvent(after_events=5))))
+    out = run(mode, "sdk", server.base_url, "text", retry=Retry(max_attempts=2, on_partial="continue", backoff=0.01))
+    assert isinstance(out.error, APIStreamError) and len(server.requests) == 2
+    shown = shown_text(out.events)
+    assert len(shown) > len(text_of(out.stream.attempts[0].error.snapshot))  # type: ignore[union-attr]
+    assert text_of(out.error.snapshot) == shown and TEXT.startswith(shown)  # type: ignore[attr-defined]
+
+
 def test_continue_falls_back_to_restart_when_the_api_refuses_the_prefill(server: ReplayServer) -> None:
     server.reset(Schedule((ErrorEvent(after_events=6), HTTPError(400, error_type="invalid_request_error"))))
     out = run("sync", "sdk", server.base_url, "text", retry=Retry(on_partial="continue", backoff=0.01))

@@ -240,9 +240,10 @@ class Run:
 
     def fail(self, action: Fail) -> NoReturn:
         error = action.error
-        if self.machine.request is not None:
-            # A request of a resumed paused turn failed: the error's snapshot is the whole turn so far (set
-            # on any error that takes an attribute: the SDK's status errors too).
+        if self.machine.request is not None or getattr(self.presenter, "continuing", False):
+            # A continuation (of a text cut short, or a request of a resumed paused turn) failed: the error's
+            # snapshot is everything shown so far, stitched (set on any error that takes an attribute: the
+            # SDK's status errors too), not only the failed attempt's part.
             with contextlib.suppress(AttributeError, TypeError):
                 error.snapshot = self.message() or None  # type: ignore[attr-defined]
         raise error from error.__cause__
