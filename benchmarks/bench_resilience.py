@@ -180,8 +180,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-
-
 def _configs(text: str) -> set[str]:
     chosen = {name.strip() for name in text.split(",")}
     unknown = sorted(chosen - set(CONFIGS))

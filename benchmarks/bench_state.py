@@ -170,8 +170,6 @@ def measure_time(rounds: int) -> None:
               f"{q(commit, 99):6.3f} ms")
 
 
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -211,8 +211,6 @@ def write_chart(report: SimulationReport, path: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-
-
 def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``cache`` with its ``plan`` and ``simulate`` subcommands to an existing CLI.
 

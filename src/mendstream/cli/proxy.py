@@ -21,8 +21,6 @@ _DEFAULTS = ProxyLimits()
 _RETRY = PROXY_SURVIVAL.retry or Retry()
 
 
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
