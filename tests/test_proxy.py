@@ -22,36 +22,12 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import FIXTURE_NAMES, expected, fixture_bytes, sync_client  # noqa: E402
 from mendstream.testing import ReplayServer  # noqa: E402
-from mendstream.wire.proxy import ProxyApp, create_app  # noqa: E402
-from mendstream.wire.serving import uvicorn_config  # noqa: E402
+from mendstream.wire.proxy import create_app  # noqa: E402
+from proxy_helpers import Served  # noqa: E402
 from test_rewrite import is_clean, without_sdk_nulls  # noqa: E402
 
 REQUEST = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "sk-ant-api03-very-secret-value"
-
-
-class Served:
-    def __init__(self, app: Any) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.app = app
-        if isinstance(app, ProxyApp):  # served as `mendstream proxy` serves it: limits, uvloop, httptools
-            config = uvicorn_config(app)
-        else:
-            config = uvicorn.Config(app, log_level="info", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self.base_url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
