@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import anthropic
 import httpx
 
+from _net import free_port, wait_port
 from mendstream import AsyncRepairTransport, RepairTransport
 from mendstream.recording.capture import sidecar_path
 
@@ -56,23 +56,6 @@ def long_stream(deltas: int) -> bytes:
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     )
     return head + delta * deltas + tail
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def start_upstream(directory: Path) -> tuple[subprocess.Popen[str], str]:
